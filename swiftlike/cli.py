@@ -1,0 +1,161 @@
+"""The `swiftlike` command: the composition root that wires the layers into processes.
+
+This is the only module that imports every service package; the packages themselves
+keep to the layer rules of ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from swiftlike.common.config import ConfigError, load_config
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _setup_logging(conf: dict[str, Any], section: str) -> None:
+    level = str(conf.get(section, {}).get("log_level", "INFO")).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s {section}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from swiftlike.serve import ServeOptions, serve
+
+    opts = ServeOptions(
+        data_dir=Path(args.data_dir),
+        host=args.host,
+        port=args.port,
+        nodes=args.nodes,
+        workers=args.workers,
+        daemons=not args.no_daemons,
+    )
+    return int(_run(serve(opts)))
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from swiftlike.storage.server import run_node
+
+    conf = load_config(args.config)
+    _setup_logging(conf, "node")
+    _run(_until_signalled(run_node(conf)))
+    return 0
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    conf = load_config(args.config)
+    _setup_logging(conf, "proxy")
+    _run(_until_signalled(_run_proxy_with_apis(conf)))
+    return 0
+
+
+async def _run_proxy_with_apis(conf: dict[str, Any]) -> None:
+    """The proxy, plus the image API on the same port when the config has an [image] table."""
+    from swiftlike.proxy.server import run_proxy
+
+    extra_apps: dict[str, Any] = {}
+    if conf.get("image", {}).get("enabled", True) and "image" in conf:
+        from swiftlike.image.server import make_app as make_image_app
+
+        image_conf = dict(conf)
+        image_conf["image"] = {
+            "object_store_url": _proxy_base_url(conf),
+            **conf["image"],
+        }
+        extra_apps["/image"] = make_image_app(image_conf)
+    await run_proxy(conf, extra_apps=extra_apps)
+
+
+def _proxy_base_url(conf: dict[str, Any]) -> str:
+    proxy = conf.get("proxy", {})
+    return f"http://{proxy.get('bind_ip', '127.0.0.1')}:{proxy.get('bind_port', 8080)}"
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from swiftlike.image.server import run_image
+
+    conf = load_config(args.config)
+    _setup_logging(conf, "image")
+    _run(_until_signalled(run_image(conf)))
+    return 0
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from swiftlike.daemons.runner import run_daemon
+
+    conf = load_config(args.config)
+    _setup_logging(conf, args.command)
+    return int(_run(run_daemon(args.command, conf, once=args.once)) or 0)
+
+
+async def _until_signalled(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a server coroutine until SIGTERM/SIGINT, then cancel it so it can clean up."""
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swiftlike", description="Swift-compatible object storage, images and compute."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run an all-in-one cluster on this host")
+    serve.add_argument("--data-dir", default="swiftlike-data")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--nodes", type=int, default=4)
+    serve.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    serve.add_argument("--no-daemons", action="store_true",
+                       help="do not run replicator/auditor/updater/expirer in the nodes")
+    serve.set_defaults(func=_cmd_serve)
+
+    for name, func, text in (
+        ("node", _cmd_node, "run one storage node (its [node] table)"),
+        ("proxy", _cmd_proxy, "run one proxy worker (its [proxy] table)"),
+        ("image", _cmd_image, "run the image API alone (its [image] table)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True)
+        p.set_defaults(func=func)
+
+    for name in ("replicate", "audit", "update", "expire"):
+        p = sub.add_parser(name, help=f"run the {name} daemon of a storage node")
+        p.add_argument("--config", required=True)
+        p.add_argument("--once", action="store_true", help="one pass, then exit")
+        p.set_defaults(func=_cmd_daemon)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"swiftlike: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

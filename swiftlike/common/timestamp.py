@@ -1,0 +1,121 @@
+"""Timestamps: the single arbiter of which write wins.
+
+A Swift timestamp is seconds since the epoch with 5 decimals (10 us resolution),
+optionally followed by an offset that orders internal rewrites of the same client
+write (``1700000000.12345_0000000000000001``). Every replica compares them as
+values, never as wall-clock guesses, so all replicas converge on the same answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from email.utils import formatdate
+
+PRECISION = 5
+_SCALE = 10**PRECISION
+
+
+@functools.total_ordering
+class Timestamp:
+    """An immutable, totally ordered X-Timestamp value (ticks of 10 us plus offset)."""
+
+    __slots__ = ("offset", "ticks")
+
+    def __init__(self, value: float | int | str | Timestamp, offset: int = 0) -> None:
+        if isinstance(value, Timestamp):
+            ticks, base_offset = value.ticks, value.offset
+        elif isinstance(value, str):
+            ticks, base_offset = _parse(value)
+        elif isinstance(value, (int, float)):
+            ticks, base_offset = round(float(value) * _SCALE), 0
+        else:
+            raise TypeError(f"cannot make a Timestamp from {type(value).__name__}")
+        if ticks < 0:
+            raise ValueError("timestamps cannot be negative")
+        if ticks >= 10**16:
+            raise ValueError("timestamp too large")
+        total_offset = base_offset + offset
+        if total_offset < 0:
+            raise ValueError("timestamp offset cannot be negative")
+        self.ticks: int = ticks
+        self.offset: int = total_offset
+
+    @classmethod
+    def now(cls, offset: int = 0) -> Timestamp:
+        return cls(time.time(), offset)
+
+    @property
+    def timestamp(self) -> float:
+        return self.ticks / _SCALE
+
+    @property
+    def normal(self) -> str:
+        """Ten integer digits and five decimals: what clients see in X-Timestamp."""
+        return f"{self.ticks // _SCALE:010d}.{self.ticks % _SCALE:05d}"
+
+    @property
+    def internal(self) -> str:
+        """The normal form plus ``_<16 hex>`` when there is an offset: file names use it."""
+        if self.offset:
+            return f"{self.normal}_{self.offset:016x}"
+        return self.normal
+
+    @property
+    def http_date(self) -> str:
+        """Last-Modified form: HTTP dates have one-second resolution, rounded up like Swift."""
+        seconds = -(-self.ticks // _SCALE)
+        return formatdate(seconds, usegmt=True)
+
+    def __str__(self) -> str:
+        return self.internal
+
+    def __repr__(self) -> str:
+        return f"Timestamp({self.internal!r})"
+
+    def __float__(self) -> float:
+        return self.timestamp
+
+    def _key(self) -> tuple[int, int]:
+        return (self.ticks, self.offset)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timestamp):
+            try:
+                other = Timestamp(other)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return NotImplemented
+        return self._key() == other._key()
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Timestamp):
+            other = Timestamp(other)  # type: ignore[arg-type]
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+def _parse(text: str) -> tuple[int, int]:
+    text = text.strip()
+    offset = 0
+    if "_" in text:
+        text, _, hex_offset = text.partition("_")
+        if not hex_offset or len(hex_offset) > 16:
+            raise ValueError(f"invalid timestamp offset in {text!r}")
+        offset = int(hex_offset, 16)
+    if not text:
+        raise ValueError("empty timestamp")
+    whole, dot, frac = text.partition(".")
+    if not whole.isdigit() or (dot and frac and not frac.isdigit()):
+        raise ValueError(f"invalid timestamp {text!r}")
+    frac = (frac or "")[: PRECISION + 1].ljust(PRECISION + 1, "0")
+    ticks = int(whole) * _SCALE + int(frac[:PRECISION])
+    if int(frac[PRECISION]) >= 5:
+        ticks += 1
+    return ticks, offset
+
+
+def normalize_timestamp(value: float | int | str | Timestamp) -> str:
+    """The normal string form of any timestamp value."""
+    return Timestamp(value).normal

@@ -1,0 +1,292 @@
+"""`swiftlike serve`: the embedded all-in-one cluster.
+
+With no configuration it builds a small ring over local directories and supervises a
+set of storage-node processes and proxy worker processes on one host. Everything it
+generates (secrets, ring, per-process TOML files) is written under the data directory
+and reused on the next start, so a restart serves the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from swiftlike.common.config import ConfigError, dump_toml, load_config, new_secret
+
+CLUSTER_FILE = "cluster.toml"
+RING_FILE = "cluster.ring"
+BUILDER_FILE = "cluster.builder"
+DEFAULT_PART_POWER = 10
+DEFAULT_REPLICAS = 3
+
+
+@dataclass
+class ServeOptions:
+    """What the `serve` command line can change."""
+
+    data_dir: Path = Path("swiftlike-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    nodes: int = 4
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    replicas: int = DEFAULT_REPLICAS
+    part_power: int = DEFAULT_PART_POWER
+    node_base_port: int = 0  # 0: pick free ports when the cluster is first created
+    daemons: bool = True
+
+
+def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
+    """Ask the kernel for a port that is free right now."""
+    avoid = avoid or set()
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise RuntimeError("could not find a free port")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def prepare_cluster(opts: ServeOptions) -> dict[str, Any]:
+    """Create (first start) or load (later starts) the cluster under the data directory.
+
+    Returns the cluster description: the shared config and each node's config.
+    """
+    data_dir = opts.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cluster_path = data_dir / CLUSTER_FILE
+    if cluster_path.exists():
+        conf = load_config(cluster_path)
+        existing = conf.get("serve", {}).get("nodes")
+        if existing is not None and int(existing) != opts.nodes:
+            raise ConfigError(
+                f"{data_dir} holds a cluster of {existing} nodes; "
+                f"use --nodes {existing} or another --data-dir"
+            )
+        return conf
+    conf = _new_cluster(opts, data_dir)
+    _write_atomic(cluster_path, dump_toml(conf))
+    return conf
+
+
+def _new_cluster(opts: ServeOptions, data_dir: Path) -> dict[str, Any]:
+    from ring import RingBuilder
+
+    if opts.nodes < 1:
+        raise ConfigError("--nodes must be at least 1")
+    replicas = min(opts.replicas, opts.nodes)
+    builder = RingBuilder(opts.part_power, replicas, 1)
+    used: set[int] = {opts.port}
+    nodes: dict[str, Any] = {}
+    for i in range(1, opts.nodes + 1):
+        if opts.node_base_port:
+            port = opts.node_base_port + i - 1
+        else:
+            port = 6200 + i if _port_is_free(opts.host, 6200 + i) else free_port(opts.host, used)
+        used.add(port)
+        device = f"d{i}"
+        devices_dir = data_dir / f"node{i}"
+        (devices_dir / device).mkdir(parents=True, exist_ok=True)
+        builder.add_dev(
+            {"region": 1, "zone": i, "ip": opts.host, "port": port, "device": device,
+             "weight": 100.0}
+        )
+        nodes[f"node{i}"] = {"bind_ip": opts.host, "bind_port": port, "devices": str(devices_dir)}
+    builder.rebalance()
+    builder.save(str(data_dir / BUILDER_FILE))
+    builder.save_ring(str(data_dir / RING_FILE))
+    return {
+        "cluster": {
+            "hash_path_prefix": new_secret(),
+            "hash_path_suffix": new_secret(),
+            "ring": str(data_dir / RING_FILE),
+        },
+        "serve": {"nodes": opts.nodes, "data_dir": str(data_dir)},
+        "auth": {"secret": new_secret()},
+        "image": {"registry": str(data_dir / "images.sqlite")},
+        "nodes": nodes,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[str, Any]]:
+    """One config per process kind: each node's, and the proxy workers' shared one."""
+    shared = {k: v for k, v in conf.items() if k in ("cluster", "auth", "image")}
+    out: dict[str, dict[str, Any]] = {}
+    for name, node in conf.get("nodes", {}).items():
+        node_conf = dict(shared)
+        node_conf["node"] = {**node, "fsync": True, "mount_check": False}
+        node_conf["daemons"] = {"enabled": opts.daemons}
+        out[name] = node_conf
+    proxy_conf = dict(shared)
+    proxy_conf["proxy"] = {"bind_ip": opts.host, "bind_port": opts.port, "workers": opts.workers}
+    out["proxy"] = proxy_conf
+    return out
+
+
+async def wait_healthy(urls: list[str], within: float = 30.0) -> None:
+    """Poll each /healthcheck until it answers 200, or fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    pending = list(urls)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while pending:
+            url = pending[0]
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        pending.pop(0)
+                        continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not become healthy within {within:.0f}s")
+            await asyncio.sleep(0.1)
+
+
+class Supervisor:
+    """Starts the cluster's processes, restarts any that die, stops them all on a signal."""
+
+    def __init__(self, opts: ServeOptions, configs: dict[str, dict[str, Any]]) -> None:
+        self.opts = opts
+        self.configs = configs
+        self.conf_dir = opts.data_dir.resolve() / "run"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def _command(self, name: str) -> list[str]:
+        if name.startswith("proxy"):
+            conf_path = self.conf_dir / "proxy.toml"
+            return [sys.executable, "-m", "swiftlike", "proxy", "--config", str(conf_path)]
+        conf_path = self.conf_dir / f"{name}.toml"
+        return [sys.executable, "-m", "swiftlike", "node", "--config", str(conf_path)]
+
+    def start(self) -> None:
+        """Write each process's config, then start nodes and `workers` proxy processes.
+
+        The proxy workers all bind the same port with SO_REUSEPORT, so the kernel spreads
+        connections over them and every core serves requests.
+        """
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        for name, conf in self.configs.items():
+            _write_atomic(self.conf_dir / f"{name}.toml", dump_toml(conf))
+        for name in self.configs:
+            if name != "proxy":
+                self._spawn(name)
+        for worker in range(1, max(1, self.opts.workers) + 1):
+            self._spawn(f"proxy-{worker}")
+
+    def _spawn(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(self._command(name), start_new_session=True)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
+
+    async def watch(self) -> None:
+        """Restart a process that exits on its own (with a pause, so a crash loop stays slow)."""
+        while not self.stopping:
+            await asyncio.sleep(0.5)
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.stopping:
+                    print(f"swiftlike: {name} exited with {proc.returncode}; restarting",
+                          file=sys.stderr, flush=True)
+                    await asyncio.sleep(1.0)
+                    if not self.stopping:
+                        self._spawn(name)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def ready_message(opts: ServeOptions) -> str:
+    base = f"http://{opts.host}:{opts.port}"
+    return (
+        f"swiftlike ready: {base} (data in {opts.data_dir})\n"
+        f"  try: swift -A {base}/auth/v1.0 -U test:tester -K testing stat"
+    )
+
+
+async def serve(opts: ServeOptions) -> int:
+    """Run the all-in-one cluster until SIGINT/SIGTERM; returns the exit status."""
+    try:
+        conf = prepare_cluster(opts)
+    except ConfigError as exc:
+        print(f"swiftlike: {exc}", file=sys.stderr)
+        return 2
+    configs = process_configs(conf, opts)
+    if not _port_is_free(opts.host, opts.port):
+        print(f"swiftlike: {opts.host}:{opts.port} is already in use (try --port)",
+              file=sys.stderr)
+        return 2
+    sup = Supervisor(opts, configs)
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_event.set)
+    sup.start()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        urls = [
+            f"http://{n['node']['bind_ip']}:{n['node']['bind_port']}/healthcheck"
+            for name, n in configs.items() if name != "proxy"
+        ]
+        urls.append(f"http://{opts.host}:{opts.port}/healthcheck")
+        health = asyncio.ensure_future(wait_healthy(urls, within=60))
+        stopper = asyncio.ensure_future(stop_event.wait())
+        done, _ = await asyncio.wait({health, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            health.cancel()
+            return 0
+        stopper.cancel()
+        health.result()
+        print(ready_message(opts), flush=True)
+        watcher = asyncio.ensure_future(sup.watch())
+        await stop_event.wait()
+        return 0
+    except TimeoutError as exc:
+        print(f"swiftlike: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if watcher:
+            watcher.cancel()
+        sup.stop()
+        print("swiftlike: stopped", file=sys.stderr, flush=True)

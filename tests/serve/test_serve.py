@@ -1,0 +1,98 @@
+"""`swiftlike serve` as a newcomer meets it: start, use the printed command, stop, restart."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cluster_harness import start_served_cluster
+
+
+def _printed_swift_command(output: list[str]) -> list[str]:
+    for line in output:
+        if "try: swift " in line:
+            return shlex.split(line.split("try: ", 1)[1])
+    raise AssertionError("no swift command in the ready output:\n" + "".join(output))
+
+
+def _swift(cmd: list[str], *args: str, cwd: Path | None = None) -> str:
+    swift_bin = Path(sys.executable).with_name("swift")
+    full = [str(swift_bin), *cmd[1:], *args]
+    done = subprocess.run(full, capture_output=True, text=True, timeout=60, cwd=cwd)
+    assert done.returncode == 0, f"{full}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _child_pids(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_printed_command_works_and_data_survives_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    cluster = start_served_cluster(data_dir, nodes=4, workers=2)
+    try:
+        cmd = _printed_swift_command(cluster.output)
+        assert f"http://127.0.0.1:{cluster.port}/auth/v1.0" in cmd
+        stat = _swift(cmd, "stat")
+        assert "Account: AUTH_test" in stat
+        src = tmp_path / "hello.txt"
+        src.write_bytes(b"hello from a newcomer\n" * 100)
+        _swift(cmd, "upload", "docs", "hello.txt", cwd=tmp_path)
+        assert _swift(cmd, "list", "docs").split() == ["hello.txt"]
+        children = _child_pids(cluster.process.pid)
+        assert len(children) == 4 + 2, "4 storage nodes and 2 proxy workers"
+    finally:
+        assert cluster.stop() == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"{pid} still running"
+
+    again = start_served_cluster(data_dir, nodes=4, workers=1)
+    try:
+        cmd = _printed_swift_command(again.output)
+        out_dir = tmp_path / "out"
+        out_dir.mkdir()
+        _swift(cmd, "download", "docs", "hello.txt", cwd=out_dir)
+        assert (out_dir / "hello.txt").read_bytes() == src.read_bytes()
+    finally:
+        again.stop()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_refuses_a_port_in_use_and_a_changed_node_count(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "swiftlike", "serve", "--data-dir", str(tmp_path / "d"),
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2
+    assert "already in use" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "swiftlike", "serve", "--data-dir", str(tmp_path / "d"),
+         "--nodes", "5", "--port", str(port)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "4 nodes" in done.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    done = subprocess.run([sys.executable, "-m", "swiftlike", "--help"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0
+    for word in ("serve", "node", "proxy", "replicate", "audit"):
+        assert word in done.stdout

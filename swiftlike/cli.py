@@ -69,8 +69,10 @@ async def _run_proxy_with_apis(conf: dict[str, Any]) -> None:
     from swiftlike.proxy.server import run_proxy
 
     extra_apps: dict[str, Any] = {}
+    extra_routes: dict[str, Any] = {}
     if conf.get("image", {}).get("enabled", True) and "image" in conf:
         from swiftlike.image.server import make_app as make_image_app
+        from swiftlike.image.server import versions_multiple_choice
 
         image_conf = dict(conf)
         image_conf["image"] = {
@@ -78,7 +80,8 @@ async def _run_proxy_with_apis(conf: dict[str, Any]) -> None:
             **conf["image"],
         }
         extra_apps["/image"] = make_image_app(image_conf)
-    await run_proxy(conf, extra_apps=extra_apps)
+        extra_routes["/image"] = versions_multiple_choice  # keystoneauth asks without a slash
+    await run_proxy(conf, extra_apps=extra_apps, extra_routes=extra_routes)
 
 
 def _proxy_base_url(conf: dict[str, Any]) -> str:

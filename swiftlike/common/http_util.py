@@ -1,0 +1,168 @@
+"""HTTP helpers shared by servers: byte ranges and conditional requests, Swift-style.
+
+Both the storage node and the proxy answer Range and If-* headers; keeping the rules
+in one place means a client sees the same status whichever layer decides.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import uuid
+from collections.abc import Iterable
+
+MAX_RANGES = 100
+"""More ranges than this in one request: serve the whole entity (RFC 7233 section 6.1)."""
+
+
+class RangeNotSatisfiable(Exception):
+    """Every requested range lies beyond the entity: answer 416."""
+
+
+def parse_range_header(header: str | None) -> list[tuple[int | None, int | None]] | None:
+    """Parse ``bytes=a-b,c-,-d`` into (start, end) pairs; None when the header is invalid.
+
+    An invalid header is ignored (the whole entity is served), as Swift does.
+    """
+    if not header:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    ranges: list[tuple[int | None, int | None]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if not dash:
+            return None
+        first, last = first.strip(), last.strip()
+        if (first and not first.isdigit()) or (last and not last.isdigit()):
+            return None
+        if not first and not last:
+            return None
+        start = int(first) if first else None
+        end = int(last) if last else None
+        if start is not None and end is not None and end < start:
+            return None
+        ranges.append((start, end))
+    if not ranges or len(ranges) > MAX_RANGES:
+        return None
+    return ranges
+
+
+def ranges_for_length(
+    ranges: list[tuple[int | None, int | None]], length: int
+) -> list[tuple[int, int]]:
+    """Resolve parsed ranges against an entity length into half-open (start, stop) pairs.
+
+    Raises RangeNotSatisfiable when none of them overlaps the entity.
+    """
+    resolved: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if start is None:
+            assert end is not None
+            if end == 0:
+                continue
+            resolved.append((max(0, length - end), length))
+        elif start < length:
+            stop = length if end is None else min(end + 1, length)
+            resolved.append((start, stop))
+    if not resolved:
+        raise RangeNotSatisfiable()
+    return resolved
+
+
+def content_range(start: int, stop: int, length: int) -> str:
+    """The Content-Range value of a half-open range."""
+    return f"bytes {start}-{stop - 1}/{length}"
+
+
+def new_boundary() -> str:
+    return uuid.uuid4().hex
+
+
+def multipart_part_header(boundary: str, content_type: str, start: int, stop: int,
+                          length: int) -> bytes:
+    """The headers that open one part of a multipart/byteranges body."""
+    return (
+        f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Range: {content_range(start, stop, length)}\r\n\r\n"
+    ).encode("latin-1")
+
+
+def multipart_closing(boundary: str) -> bytes:
+    return f"--{boundary}--".encode("latin-1")
+
+
+def multipart_length(boundary: str, content_type: str, spans: list[tuple[int, int]],
+                     length: int) -> int:
+    """The exact Content-Length of a multipart/byteranges body (parts joined by CRLF)."""
+    total = 0
+    for start, stop in spans:
+        total += len(multipart_part_header(boundary, content_type, start, stop, length))
+        total += stop - start + 2  # data + CRLF
+    return total + len(multipart_closing(boundary))
+
+
+def _etag_list(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",") if tag.strip()]
+
+
+def etag_matches(header: str, etag: str | None) -> bool:
+    """Does an If-Match / If-None-Match header name this (unquoted) etag or ``*``?"""
+    tags = _etag_list(header)
+    if "*" in tags:
+        return etag is not None
+    return etag is not None and etag.strip('"') in tags
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP date as epoch seconds, or None when absent or malformed (then ignored)."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    return parsed.timestamp()
+
+
+def evaluate_conditions(
+    headers: dict[str, str] | object, etag: str | None, last_modified: float | None
+) -> int | None:
+    """Status a conditional GET/HEAD must answer instead of 200 (412 or 304), else None.
+
+    Order follows RFC 7232 section 6: If-Match, If-Unmodified-Since (only without
+    If-Match), If-None-Match, If-Modified-Since (only without If-None-Match).
+    ``last_modified`` is in whole seconds, as the Last-Modified header shows it.
+    """
+    get = headers.get  # type: ignore[attr-defined]
+    if_match = get("If-Match")
+    if if_match is not None:
+        if not etag_matches(if_match, etag):
+            return 412
+    else:
+        since = parse_http_date(get("If-Unmodified-Since"))
+        if since is not None and last_modified is not None and last_modified > since:
+            return 412
+    if_none_match = get("If-None-Match")
+    if if_none_match is not None:
+        if etag_matches(if_none_match, etag):
+            return 304
+    else:
+        since = parse_http_date(get("If-Modified-Since"))
+        if since is not None and last_modified is not None and last_modified <= since:
+            return 304
+    return None
+
+
+def quote_etag(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def join_ranges(spans: Iterable[tuple[int, int]]) -> int:
+    """Total bytes of half-open spans (for logging and tests)."""
+    return sum(stop - start for start, stop in spans)

@@ -1,0 +1,118 @@
+"""Account and container listings as Swift renders them: plain, JSON and XML.
+
+Shared by the storage node (which builds listings) and the proxy (which may merge or
+re-render them), so the byte format lives in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from swiftlike.common.timestamp import Timestamp
+
+LISTING_LIMIT = 10000
+MAX_MARKER_LENGTH = 1024
+CONTENT_TYPES = {
+    "plain": "text/plain; charset=utf-8",
+    "json": "application/json; charset=utf-8",
+    "xml": "application/xml; charset=utf-8",
+}
+
+
+class ListingParamError(ValueError):
+    """A listing parameter Swift refuses; carries the status it answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def listing_format(query: Mapping[str, str], accept: str | None) -> str:
+    """plain, json or xml: ``format=`` wins, then the Accept header, else plain."""
+    fmt = (query.get("format") or "").strip().lower()
+    if fmt:
+        return fmt if fmt in CONTENT_TYPES else "plain"
+    accept = (accept or "").lower()
+    if "application/json" in accept:
+        return "json"
+    if "application/xml" in accept or "text/xml" in accept:
+        return "xml"
+    return "plain"
+
+
+def listing_params(query: Mapping[str, str]) -> dict[str, Any]:
+    """limit, marker, end_marker, prefix, delimiter, reverse from a query string."""
+    raw_limit = query.get("limit")
+    limit = LISTING_LIMIT
+    if raw_limit is not None and raw_limit != "":
+        if not raw_limit.isdigit():
+            raise ListingParamError(412, "Value of limit must be a positive integer")
+        limit = int(raw_limit)
+        if limit > LISTING_LIMIT:
+            raise ListingParamError(412, f"Maximum limit is {LISTING_LIMIT}")
+    params: dict[str, Any] = {"limit": limit}
+    for key in ("marker", "end_marker", "prefix", "delimiter"):
+        value = query.get(key, "")
+        if "\x00" in value:
+            raise ListingParamError(400, f"NUL in {key}")
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_MARKER_LENGTH:
+            raise ListingParamError(400, f"{key} too long")
+        params[key] = value
+    if len(params["delimiter"]) > 1:
+        raise ListingParamError(412, "Bad delimiter")
+    params["reverse"] = query.get("reverse", "").strip().lower() in ("1", "true", "yes", "on",
+                                                                     "t", "y")
+    return params
+
+
+def iso_last_modified(stamp: str) -> str:
+    """Timestamp as Swift's listing ``last_modified``: ``2024-01-02T03:04:05.123450``."""
+    value = Timestamp(stamp)
+    moment = datetime.fromtimestamp(value.ticks // 100000, UTC).replace(
+        microsecond=(value.ticks % 100000) * 10, tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"name": entry["name"], "hash": entry["hash"], "bytes": entry["bytes"],
+            "content_type": entry["content_type"],
+            "last_modified": iso_last_modified(entry["created_at"])}
+
+
+def _container_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"name": entry["name"], "count": entry["count"], "bytes": entry["bytes"],
+            "last_modified": iso_last_modified(entry["created_at"])}
+
+
+def render_listing(kind: str, owner: str, entries: list[dict[str, Any]], fmt: str
+                   ) -> tuple[bytes, str]:
+    """(body, content type) of a listing. ``kind`` is "container" or "account".
+
+    ``entries`` are the broker's dicts (with ``created_at``) or ``{"subdir": ...}``.
+    """
+    item_of = _object_entry if kind == "container" else _container_entry
+    if fmt == "json":
+        rows = [entry if "subdir" in entry else item_of(entry) for entry in entries]
+        return json.dumps(rows).encode("utf-8"), CONTENT_TYPES["json"]
+    if fmt == "xml":
+        tag = "object" if kind == "container" else "container"
+        parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
+                 f"<{kind} name={quoteattr(owner)}>"]
+        for entry in entries:
+            if "subdir" in entry:
+                parts.append(f"<subdir name={quoteattr(entry['subdir'])}>"
+                             f"<name>{escape(entry['subdir'])}</name></subdir>")
+                continue
+            fields = item_of(entry)
+            inner = "".join(f"<{key}>{escape(str(value))}</{key}>"
+                            for key, value in fields.items())
+            parts.append(f"<{tag}>{inner}</{tag}>")
+        parts.append(f"</{kind}>")
+        return "".join(parts).encode("utf-8"), CONTENT_TYPES["xml"]
+    names = [entry.get("subdir") or entry["name"] for entry in entries]
+    body = "".join(name + "\n" for name in names)
+    return body.encode("utf-8"), CONTENT_TYPES["plain"]

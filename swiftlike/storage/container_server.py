@@ -1,0 +1,237 @@
+"""Container verbs of a storage node, and the object-row updates object servers send.
+
+A container PUT/DELETE is reported to the account servers named by the proxy
+(X-Account-Host/Partition/Device) right away; object-row changes are reported at most once
+per ``account_update_interval`` per container, to the account location remembered in the
+container database. Reports that fail are queued in async_pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from aiohttp import web
+
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.db_server_common import (
+    RowBatcher,
+    backend_headers,
+    db_path,
+    listing_response,
+    load_info,
+    make_broker_cache,
+    metadata_from_headers,
+    metadata_headers,
+    request_timestamp,
+)
+from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.routing import Route
+from swiftlike.storage.updates import (
+    UpdateTarget,
+    parse_update_targets,
+    pending_record,
+    send_updates,
+    write_async_pending,
+)
+
+LOG = logging.getLogger(__name__)
+META_PREFIXES = ("x-container-meta-", "x-container-sysmeta-")
+META_EXACT = frozenset({"x-container-read", "x-container-write", "x-versions-location",
+                        "x-history-location", "x-container-sync-to", "x-container-sync-key"})
+
+
+class ContainerServer:
+    """Container databases of this node; ``node`` supplies settings and pools."""
+
+    def __init__(self, node: StorageNode) -> None:
+        self.node = node
+        self.brokers = make_broker_cache(node, ContainerBroker)
+        self.batcher = RowBatcher(node)
+        self._report_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def broker(self, device_path: str, route: Route) -> ContainerBroker:
+        assert route.container is not None
+        path = db_path(self.node, device_path, "containers", route.partition, route.account,
+                       route.container)
+        return self.brokers.get(path)  # type: ignore[return-value]
+
+    async def handle(self, request: web.Request, route: Route, device_path: str
+                     ) -> web.StreamResponse:
+        method = request.method
+        if route.obj is not None:
+            if method in ("PUT", "DELETE"):
+                return await self.object_row(request, route, device_path)
+            return error_response(405, f"{method} not allowed on container rows")
+        handler = {"PUT": self.put, "GET": self.get_or_head, "HEAD": self.get_or_head,
+                   "POST": self.post, "DELETE": self.delete}.get(method)
+        if handler is None:
+            return error_response(405, f"{method} not allowed on containers")
+        return await handler(request, route, device_path)
+
+    def _headers(self, info: dict[str, Any]) -> dict[str, str]:
+        return {**backend_headers(info), **metadata_headers(info),
+                "X-Container-Object-Count": str(info["object_count"]),
+                "X-Container-Bytes-Used": str(info["bytes_used"])}
+
+    async def put(self, request: web.Request, route: Route, device_path: str
+                  ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        broker = self.broker(device_path, route)
+        assert route.container is not None
+        created = False
+        if not broker.exists():
+            created = await self.node.run_db(broker.create, os.path.join(device_path, "tmp"),
+                                             route.account, route.container,
+                                             timestamp.internal)
+        if not created:
+            was_deleted = await self.node.run_db(broker.is_deleted)
+            info = await self.node.run_db(broker.merge_timestamps, timestamp.internal)
+            if broker.is_deleted_info(info):
+                return error_response(409, "Container was deleted more recently",
+                                      backend_headers(info))
+            created = was_deleted
+        changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
+        await self.node.run_db(broker.update_metadata, changes)
+        targets = parse_update_targets(request.headers.get("X-Account-Host"),
+                                       request.headers.get("X-Account-Partition"),
+                                       request.headers.get("X-Account-Device"))
+        if targets:
+            first = targets[0]
+            await self.node.run_db(broker.set_account_target,
+                                   ",".join(t.host for t in targets), first.partition,
+                                   ",".join(t.device for t in targets))
+        await self.account_update(route, device_path, broker, targets)
+        return web.Response(status=201 if created else 202)
+
+    async def get_or_head(self, request: web.Request, route: Route, device_path: str
+                          ) -> web.StreamResponse:
+        broker = self.broker(device_path, route)
+        info = await load_info(self.node, broker)
+        if info is None:
+            return web.Response(status=404)
+        headers = self._headers(info)
+        if broker.is_deleted_info(info):
+            return web.Response(status=404, headers=backend_headers(info))
+        if request.method == "HEAD":
+            return web.Response(status=204, headers=headers)
+        assert route.container is not None
+        return await listing_response(request, self.node, "container", route.container,
+                                      broker.list_objects, headers)
+
+    async def post(self, request: web.Request, route: Route, device_path: str
+                   ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        broker = self.broker(device_path, route)
+        info = await load_info(self.node, broker)
+        if info is None or broker.is_deleted_info(info):
+            return web.Response(status=404)
+        changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
+        await self.node.run_db(broker.update_metadata, changes)
+        return web.Response(status=204)
+
+    async def delete(self, request: web.Request, route: Route, device_path: str
+                     ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        broker = self.broker(device_path, route)
+        info = await load_info(self.node, broker)
+        if info is None or broker.is_deleted_info(info):
+            return web.Response(status=404)
+        if not await self.node.run_db(broker.is_empty):
+            return error_response(409, "There was a conflict when trying to complete your "
+                                       "request: the container is not empty")
+        if timestamp <= Timestamp(info["put_timestamp"]):
+            return error_response(409, "The container was created after this DELETE",
+                                  backend_headers(info))
+        await self.node.run_db(broker.merge_timestamps, None, timestamp.internal)
+        targets = parse_update_targets(request.headers.get("X-Account-Host"),
+                                       request.headers.get("X-Account-Partition"),
+                                       request.headers.get("X-Account-Device"))
+        await self.account_update(route, device_path, broker, targets)
+        return web.Response(status=204)
+
+    async def object_row(self, request: web.Request, route: Route, device_path: str
+                         ) -> web.StreamResponse:
+        """PUT/DELETE of one object row (sent by object servers and the updater)."""
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        broker = self.broker(device_path, route)
+        if not broker.exists():
+            return error_response(404, "No such container")
+        if request.method == "PUT":
+            size = request.headers.get("X-Size", "")
+            if not size.isdigit():
+                return error_response(400, "Missing or invalid X-Size")
+            row = {"name": route.obj, "created_at": timestamp.internal, "size": int(size),
+                   "content_type": request.headers.get("X-Content-Type",
+                                                       "application/octet-stream"),
+                   "etag": request.headers.get("X-Etag", "").strip('"'), "deleted": 0}
+        else:
+            row = {"name": route.obj, "created_at": timestamp.internal, "size": 0,
+                   "content_type": "", "etag": "", "deleted": 1}
+        changed = await self.batcher.merge(broker, row)
+        if changed:
+            self._schedule_report(route, device_path, broker)
+        return web.Response(status=201 if request.method == "PUT" else 204)
+
+    # ---- account updates ---------------------------------------------------------------
+    def _schedule_report(self, route: Route, device_path: str, broker: ContainerBroker
+                         ) -> None:
+        if broker.db_path in self._report_timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._report_timers.pop(broker.db_path, None)
+            task = loop.create_task(self.account_update(route, device_path, broker, None))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._report_timers[broker.db_path] = loop.call_later(
+            self.node.account_update_interval, fire)
+
+    async def account_update(self, route: Route, device_path: str, broker: ContainerBroker,
+                             targets: list[UpdateTarget] | None) -> None:
+        """Report this container's timestamps and counts to its account servers."""
+        info = await self.node.run_db(broker.get_info)
+        if targets is None:
+            targets = parse_update_targets(info["account_host"], info["account_partition"],
+                                           info["account_device"])
+        if not targets:
+            return
+        assert route.container is not None
+        headers = {"X-Backend-Server-Type": "account",
+                   "X-Timestamp": Timestamp.now().internal,
+                   "X-Put-Timestamp": info["put_timestamp"],
+                   "X-Delete-Timestamp": info["delete_timestamp"],
+                   "X-Object-Count": str(info["object_count"]),
+                   "X-Bytes-Used": str(info["bytes_used"])}
+        failed = await send_updates(self.node.session, targets, "PUT", route.account,
+                                    route.container, None, headers, self.node.update_timeout)
+        if failed:
+            record = pending_record("PUT", route.account, route.container, None, "account",
+                                    headers, failed)
+            await self.node.run_io(write_async_pending, device_path, record,
+                                   info["put_timestamp"], self.node.hash_prefix,
+                                   self.node.hash_suffix, self.node.fsync)
+        else:
+            await self.node.run_db(broker.mark_reported, info)
+
+    async def close(self) -> None:
+        for timer in self._report_timers.values():
+            timer.cancel()
+        self._report_timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.node.run_db(self.brokers.close_all)

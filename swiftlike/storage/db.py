@@ -1,0 +1,294 @@
+"""The SQLite base shared by account and container databases.
+
+One database file per account or container, in WAL mode with ``synchronous=FULL`` so a
+committed row is on disk before the 2xx. A new database is built in the device's tmp/
+and renamed into place, so a half-initialised file is never seen. Every method blocks:
+servers call them through the node's database thread pool, one lock per database.
+Metadata is ``{name: [value, timestamp]}`` merged key by key, newest timestamp wins; an
+empty value is a deletion that still carries its timestamp (so it replicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from swiftlike.common.timestamp import Timestamp
+
+LISTING_LIMIT = 10000
+
+
+class DatabaseNotFound(Exception):
+    """No database file at this path."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF and not 0xD7FF <= last < 0xE000:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+class DatabaseBroker:
+    """One account or container database; subclasses supply the schema and rows."""
+
+    stat_table = ""
+    item_table = ""
+    item_columns: tuple[str, ...] = ()
+
+    def __init__(self, db_path: str, fsync: bool = True) -> None:
+        self.db_path = db_path
+        self.fsync = fsync
+        self.lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self._conn is not None or os.path.exists(self.db_path)
+
+    def schema(self) -> str:
+        raise NotImplementedError
+
+    def initialize(self, tmp_dir: str, stat_row: dict[str, Any]) -> bool:
+        """Create the database (False if it already exists): build in tmp, rename in."""
+        with self.lock:
+            if self.exists():
+                return False
+            os.makedirs(tmp_dir, exist_ok=True)
+            tmp_path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.db")
+            conn = sqlite3.connect(tmp_path, isolation_level=None)
+            try:
+                conn.executescript(self.schema())
+                columns = ", ".join(stat_row)
+                marks = ", ".join("?" for _ in stat_row)
+                conn.execute(f"INSERT INTO {self.stat_table} ({columns}) VALUES ({marks})",
+                             tuple(stat_row.values()))
+                conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                conn.close()
+            if self.fsync:
+                with open(tmp_path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            directory = os.path.dirname(self.db_path)
+            created = not os.path.isdir(directory)
+            os.makedirs(directory, exist_ok=True)
+            if os.path.exists(self.db_path):  # another worker won the race
+                os.unlink(tmp_path)
+                return False
+            os.rename(tmp_path, self.db_path)
+            if self.fsync:
+                _fsync_dir(directory)
+                if created:
+                    for parent in (os.path.dirname(directory),
+                                   os.path.dirname(os.path.dirname(directory))):
+                        _fsync_dir(parent)
+            return True
+
+    def connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if not os.path.exists(self.db_path):
+                raise DatabaseNotFound(self.db_path)
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
+            conn.execute("PRAGMA busy_timeout=25000")
+            conn.row_factory = sqlite3.Row
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        with self.lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under this database's lock."""
+        with self.lock:
+            conn = self.connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ---- stat row, timestamps, metadata -----------------------------------------------
+    def get_info(self) -> dict[str, Any]:
+        with self.lock:
+            row = self.connection().execute(f"SELECT * FROM {self.stat_table}").fetchone()
+        info = dict(row)
+        info["metadata"] = json.loads(info.get("metadata") or "{}")
+        return info
+
+    @staticmethod
+    def is_deleted_info(info: dict[str, Any]) -> bool:
+        """Deleted when the delete timestamp is newer than the put timestamp."""
+        return Timestamp(info["delete_timestamp"] or 0) > Timestamp(info["put_timestamp"] or 0)
+
+    def is_deleted(self) -> bool:
+        return self.is_deleted_info(self.get_info())
+
+    def merge_timestamps(self, put_timestamp: str | None = None,
+                         delete_timestamp: str | None = None) -> dict[str, Any]:
+        """Raise put/delete timestamps to the newer of ours and theirs (replication too)."""
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT put_timestamp, delete_timestamp FROM "
+                               f"{self.stat_table}").fetchone()
+            old_deleted = Timestamp(row[1] or 0) > Timestamp(row[0] or 0)
+            new_put = max(Timestamp(row[0] or 0), Timestamp(put_timestamp or 0))
+            new_delete = max(Timestamp(row[1] or 0), Timestamp(delete_timestamp or 0))
+            now_deleted = new_delete > new_put
+            updates = {"put_timestamp": new_put.internal,
+                       "delete_timestamp": new_delete.internal}
+            if old_deleted != now_deleted:
+                updates["status_changed_at"] = Timestamp.now().internal
+            assignments = ", ".join(f"{key} = ?" for key in updates)
+            conn.execute(f"UPDATE {self.stat_table} SET {assignments}", tuple(updates.values()))
+        return self.get_info()
+
+    def update_metadata(self, changes: dict[str, tuple[str, str]]) -> None:
+        """Merge ``{name: (value, timestamp)}``; an item wins only with a newer timestamp."""
+        if not changes:
+            return
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT metadata FROM {self.stat_table}").fetchone()
+            metadata = json.loads(row[0] or "{}")
+            for key, (value, stamp) in changes.items():
+                current = metadata.get(key)
+                if current is None or Timestamp(stamp) >= Timestamp(current[1]):
+                    metadata[key] = [value, stamp]
+            conn.execute(f"UPDATE {self.stat_table} SET metadata = ?", (json.dumps(metadata),))
+
+    # ---- rows -------------------------------------------------------------------------
+    def get_items_since(self, start_rowid: int, count: int) -> list[dict[str, Any]]:
+        """Rows changed after ``start_rowid`` (replication ships these), oldest first."""
+        columns = ", ".join(("ROWID", *self.item_columns))
+        with self.lock:
+            rows = self.connection().execute(
+                f"SELECT {columns} FROM {self.item_table} WHERE ROWID > ? "
+                f"ORDER BY ROWID LIMIT ?", (start_rowid, count)).fetchall()
+        return [dict(row) for row in rows]
+
+    def list_rows(self, columns: str, limit: int, marker: str = "", end_marker: str = "",
+                  prefix: str = "", delimiter: str = "", reverse: bool = False
+                  ) -> list[sqlite3.Row | tuple[str]]:
+        """Live rows by name, Swift listing rules; a ``(subdir,)`` tuple per roll-up.
+
+        Forward: names > marker and < end_marker; reverse: names < marker and
+        > end_marker. Rows sharing ``prefix + ... + delimiter`` collapse into one subdir.
+        """
+        results: list[sqlite3.Row | tuple[str]] = []
+        prefix_high = prefix_upper_bound(prefix) if prefix else None
+        # bounds as (value, inclusive); None means unbounded
+        low: tuple[str, bool] | None = (prefix, True) if prefix else None
+        high: str | None = prefix_high
+        if reverse:
+            if marker and (high is None or marker < high):
+                high = marker
+            extra_low = (end_marker, False) if end_marker else None
+        else:
+            if marker and (low is None or marker >= low[0]):
+                low = (marker, False)
+            if end_marker and (high is None or end_marker < high):
+                high = end_marker
+            extra_low = None
+        with self.lock:
+            conn = self.connection()
+            while len(results) < limit:
+                clauses = ["deleted = 0"]
+                params: list[Any] = []
+                for bound in (low, extra_low):
+                    if bound is not None:
+                        clauses.append("name >= ?" if bound[1] else "name > ?")
+                        params.append(bound[0])
+                if high is not None:
+                    clauses.append("name < ?")
+                    params.append(high)
+                batch = limit - len(results)
+                rows = conn.execute(
+                    f"SELECT {columns} FROM {self.item_table} WHERE {' AND '.join(clauses)} "
+                    f"ORDER BY name {'DESC' if reverse else 'ASC'} LIMIT ?",
+                    (*params, batch)).fetchall()
+                rolled_up = False
+                for row in rows:
+                    name = row["name"]
+                    if prefix and not name.startswith(prefix):
+                        if not reverse:
+                            return results[:limit]
+                        high = name
+                        continue
+                    if delimiter:
+                        cut = name.find(delimiter, len(prefix))
+                        if cut >= 0:
+                            subdir = name[:cut + len(delimiter)]
+                            results.append((subdir,))
+                            if reverse:
+                                high = subdir
+                            else:
+                                skip_to = prefix_upper_bound(subdir)
+                                if skip_to is None:
+                                    return results[:limit]
+                                low = (skip_to, True)
+                            rolled_up = True
+                            break
+                    results.append(row)
+                    if reverse:
+                        high = name
+                    else:
+                        low = (name, False)
+                if not rolled_up and len(rows) < batch:
+                    break
+        return results[:limit]
+
+
+class BrokerCache:
+    """An LRU of open databases, so hot containers keep their connection."""
+
+    def __init__(self, factory: Callable[[str], DatabaseBroker], size: int = 256) -> None:
+        self.factory = factory
+        self.size = size
+        self._brokers: OrderedDict[str, DatabaseBroker] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, db_path: str) -> DatabaseBroker:
+        with self._lock:
+            broker = self._brokers.get(db_path)
+            if broker is not None:
+                self._brokers.move_to_end(db_path)
+                return broker
+            broker = self.factory(db_path)
+            self._brokers[db_path] = broker
+            evicted = []
+            while len(self._brokers) > self.size:
+                evicted.append(self._brokers.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+        return broker
+
+    def close_all(self) -> None:
+        with self._lock:
+            brokers = list(self._brokers.values())
+            self._brokers.clear()
+        for broker in brokers:
+            broker.close()

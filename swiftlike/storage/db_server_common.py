@@ -1,0 +1,143 @@
+"""What the account and container servers share: broker access, group commits, listings.
+
+Row updates arrive one per object write; committing each alone would cost one fsync per
+row. The RowBatcher coalesces the rows waiting for the same database into one
+transaction (one fsync) and answers every waiter only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aiohttp import web
+
+from ring.hashing import hash_path_hex, suffix_of
+from swiftlike.common.listing import (
+    ListingParamError,
+    listing_format,
+    listing_params,
+    render_listing,
+)
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.db import BrokerCache, DatabaseBroker
+from swiftlike.storage.node import StorageNode, error_response
+
+
+def db_path(node: StorageNode, device_path: str, kind: str, partition: str, account: str,
+            container: str | None = None) -> str:
+    """``<device>/<accounts|containers>/<part>/<suffix>/<hash>/<hash>.db``."""
+    db_hash = hash_path_hex(account, container, prefix=node.hash_prefix,
+                            suffix=node.hash_suffix)
+    return os.path.join(device_path, kind, partition, suffix_of(db_hash), db_hash,
+                        f"{db_hash}.db")
+
+
+def title_header(name: str) -> str:
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def metadata_from_headers(request: web.Request, prefixes: tuple[str, ...],
+                          exact: frozenset[str], timestamp: Timestamp
+                          ) -> dict[str, tuple[str, str]]:
+    """The metadata a PUT/POST sets: ``{Header-Name: (value, timestamp)}``."""
+    changes = {}
+    for key, value in request.headers.items():
+        lowered = key.lower()
+        if lowered in exact or lowered.startswith(prefixes):
+            changes[title_header(key)] = (value.strip(), timestamp.internal)
+    return changes
+
+
+def metadata_headers(info: dict[str, Any]) -> dict[str, str]:
+    """Stored metadata as response headers; empty values are deletions and stay hidden."""
+    return {key: value for key, (value, _stamp) in info["metadata"].items() if value}
+
+
+def request_timestamp(request: web.Request, header: str = "X-Timestamp") -> Timestamp | None:
+    value = request.headers.get(header)
+    if not value:
+        return None
+    try:
+        return Timestamp(value)
+    except ValueError:
+        return None
+
+
+def backend_headers(info: dict[str, Any]) -> dict[str, str]:
+    return {
+        "X-Backend-Timestamp": info["created_at"],
+        "X-Backend-Put-Timestamp": info["put_timestamp"],
+        "X-Backend-Delete-Timestamp": info["delete_timestamp"],
+        "X-Backend-Status-Changed-At": info["status_changed_at"],
+        "X-Timestamp": Timestamp(info["created_at"]).normal,
+        "X-PUT-Timestamp": Timestamp(info["put_timestamp"]).normal,
+    }
+
+
+async def load_info(node: StorageNode, broker: DatabaseBroker) -> dict[str, Any] | None:
+    """The stat row, or None when the database does not exist."""
+    if not broker.exists():
+        return None
+    return await node.run_db(broker.get_info)
+
+
+async def listing_response(request: web.Request, node: StorageNode, kind: str, owner: str,
+                           lister: Any, headers: dict[str, str]) -> web.Response:
+    """GET of an account/container: parameters checked, rows listed, body rendered."""
+    try:
+        params = listing_params(request.query)
+    except ListingParamError as err:
+        return error_response(err.status, str(err))
+    fmt = listing_format(request.query, request.headers.get("Accept"))
+    entries = await node.run_db(lister, **params)
+    body, content_type = render_listing(kind, owner, entries, fmt)
+    if fmt == "plain" and not entries:
+        return web.Response(status=204, headers=headers)
+    headers = {**headers, "Content-Type": content_type}
+    return web.Response(status=200, body=body, headers=headers)
+
+
+class RowBatcher:
+    """Group commit of row merges per database (one transaction for all waiting rows)."""
+
+    def __init__(self, node: StorageNode) -> None:
+        self.node = node
+        self._pending: dict[str, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
+        self._draining: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def merge(self, broker: DatabaseBroker, row: dict[str, Any]) -> int:
+        """Merge one row; returns 1 if it changed the database, after the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.setdefault(broker.db_path, []).append((row, future))
+        if broker.db_path not in self._draining:
+            self._draining.add(broker.db_path)
+            task = loop.create_task(self._drain(broker))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, broker: DatabaseBroker) -> None:
+        try:
+            while self._pending.get(broker.db_path):
+                batch = self._pending.pop(broker.db_path)
+                try:
+                    changed = await self.node.run_db(broker.merge_items,
+                                                     [row for row, _ in batch])
+                except Exception as err:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(1 if changed else 0)
+        finally:
+            self._draining.discard(broker.db_path)
+
+
+def make_broker_cache(node: StorageNode, broker_class: type[DatabaseBroker]) -> BrokerCache:
+    return BrokerCache(lambda path: broker_class(path, fsync=node.fsync), node.db_cache_size)

@@ -1,0 +1,416 @@
+"""The on-disk object layout: one directory per object hash, files named by timestamp.
+
+``<devices>/<device>/objects/<partition>/<suffix>/<hash>/<timestamp>.data|.ts|.meta``.
+Every write goes to ``<device>/tmp`` first, is fsynced, then atomically renamed into the
+hash directory, whose directory entry is fsynced too: a crash leaves either the old or the
+new version, never half an object. Metadata (msgpack) lives in an xattr, or in a
+``<file>.msgpack`` sidecar written before the file it describes where xattrs fail.
+
+All functions here are blocking; the object server calls them through a thread pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import msgpack
+
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.hashes import invalidate_suffix
+
+META_XATTR = "user.swiftlike.meta"
+SIDECAR_EXT = ".msgpack"
+FILE_EXTS = (".data", ".ts", ".meta")
+XATTR_FAILURES = {errno.ENOTSUP, errno.E2BIG, errno.ENOSPC, errno.ERANGE, errno.EPERM}
+if hasattr(errno, "EOPNOTSUPP"):
+    XATTR_FAILURES.add(errno.EOPNOTSUPP)
+
+
+class DiskFileError(Exception):
+    """Base of the errors the object server maps to statuses."""
+
+
+class DiskFull(DiskFileError):
+    """Not enough free space (or ENOSPC while writing): 507."""
+
+
+class DiskFileQuarantined(DiskFileError):
+    """The object was found damaged and moved aside: treat as not found."""
+
+
+@dataclass
+class OnDiskState:
+    """What one hash directory holds, resolved by timestamp."""
+
+    data_file: str | None = None
+    ts_file: str | None = None
+    meta_file: str | None = None
+    data_timestamp: Timestamp | None = None
+    ts_timestamp: Timestamp | None = None
+    meta_timestamp: Timestamp | None = None
+    obsolete: list[str] = field(default_factory=list)
+
+    @property
+    def newest_durable(self) -> Timestamp | None:
+        """Timestamp of the winning .data or .ts: a write must be newer than this."""
+        return self.data_timestamp or self.ts_timestamp
+
+
+@dataclass
+class OpenedObject:
+    """A live object opened for reading: metadata merged with any newer .meta."""
+
+    path: str
+    metadata: dict[str, str]
+    data_timestamp: Timestamp
+    newest_timestamp: Timestamp
+    size: int
+    body: bytes | None = None  # whole content, read at open time for small objects
+    fd: int | None = None  # open descriptor when the body was not read (caller closes)
+    corrupt: bool = False  # small body read at open time did not match its ETag
+
+
+def parse_file_name(name: str) -> tuple[Timestamp, str] | None:
+    """(timestamp, extension) of an object file name, or None for anything else."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or "." + ext not in FILE_EXTS:
+        return None
+    try:
+        return Timestamp(stem), "." + ext
+    except ValueError:
+        return None
+
+
+def gather_ondisk_files(object_dir: str) -> OnDiskState:
+    """Resolve a hash directory: newest .data or .ts wins, .meta counts only if newer."""
+    state = OnDiskState()
+    try:
+        names = os.listdir(object_dir)
+    except FileNotFoundError:
+        return state
+    parsed: list[tuple[Timestamp, str, str]] = []
+    for name in names:
+        info = parse_file_name(name)
+        if info is not None:
+            parsed.append((info[0], info[1], name))
+    parsed.sort(key=lambda item: (item[0], item[1] != ".meta"), reverse=True)
+    for stamp, ext, name in parsed:
+        if state.newest_durable is None:
+            if ext == ".meta":
+                if state.meta_file is None:
+                    state.meta_file, state.meta_timestamp = name, stamp
+                else:
+                    state.obsolete.append(name)
+            elif ext == ".data":
+                state.data_file, state.data_timestamp = name, stamp
+            else:
+                state.ts_file, state.ts_timestamp = name, stamp
+        else:
+            state.obsolete.append(name)
+    if state.ts_file and state.meta_file:
+        state.obsolete.append(state.meta_file)
+        state.meta_file = state.meta_timestamp = None
+    if state.newest_durable is None and state.meta_file:
+        # a .meta with nothing under it describes nothing
+        state.meta_file = state.meta_timestamp = None
+    return state
+
+
+def read_metadata(path: str, fd: int | None = None) -> dict[str, str]:
+    """Metadata of an object file: the xattr, else its sidecar."""
+    try:
+        raw = os.getxattr(fd if fd is not None else path, META_XATTR)
+    except OSError as err:
+        if err.errno not in (errno.ENODATA, *XATTR_FAILURES):
+            raise
+        with open(path + SIDECAR_EXT, "rb") as sidecar:
+            raw = sidecar.read()
+    meta = msgpack.unpackb(raw, raw=False)
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a mapping")
+    return meta
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str, fsync: bool) -> None:
+    """Create missing directories, fsyncing each new entry's parent so they survive a crash."""
+    if os.path.isdir(path):
+        return
+    missing = []
+    probe = path
+    while not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(path, exist_ok=True)
+    if fsync:
+        for created in reversed(missing):
+            _fsync_dir(os.path.dirname(created))
+
+
+class ObjectWriter:
+    """Streams one object into a temp file, then commits it atomically.
+
+    Blocking methods: call them from a worker thread.
+    """
+
+    def __init__(self, device_path: str, object_dir: str, fsync: bool = True,
+                 use_xattr: bool = True) -> None:
+        self.device_path = device_path
+        self.object_dir = object_dir
+        self.fsync = fsync
+        self.use_xattr = use_xattr
+        self.fd: int | None = None
+        self.tmp_path = ""
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.bytes_written = 0
+
+    def open(self) -> None:
+        tmp_dir = os.path.join(self.device_path, "tmp")
+        try:
+            self.fd, self.tmp_path = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
+        except FileNotFoundError:
+            os.makedirs(tmp_dir, exist_ok=True)
+            self.fd, self.tmp_path = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append bytes (also hashed); ENOSPC becomes DiskFull after cleanup."""
+        if self.fd is None:
+            self.open()
+        assert self.fd is not None
+        self.md5.update(chunk)
+        view = memoryview(chunk)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as err:
+            self.abort()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(str(err)) from err
+            raise
+        self.bytes_written += len(chunk)
+
+    def commit(self, timestamp: Timestamp, ext: str, metadata: dict[str, str]) -> None:
+        """fsync, attach metadata, rename into place, fsync the directory, drop old files."""
+        if self.fd is None:
+            self.open()
+        assert self.fd is not None
+        final_name = timestamp.internal + ext
+        final_path = os.path.join(self.object_dir, final_name)
+        packed = msgpack.packb(metadata, use_bin_type=True)
+        try:
+            makedirs_durable(self.object_dir, self.fsync)
+            sidecar = not self.use_xattr
+            if not sidecar:
+                try:
+                    os.setxattr(self.fd, META_XATTR, packed)
+                except OSError as err:
+                    if err.errno not in XATTR_FAILURES:
+                        raise
+                    sidecar = True
+            if sidecar:
+                _write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
+            if self.fsync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.rename(self.tmp_path, final_path)
+            if self.fsync:
+                _fsync_dir(self.object_dir)
+        except OSError as err:
+            self.abort()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(str(err)) from err
+            raise
+        cleanup_object_dir(self.object_dir)
+        invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
+                          os.path.basename(os.path.dirname(self.object_dir)))
+
+    def abort(self) -> None:
+        """Remove the temp file: nothing half-written ever reaches the object dir."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        if self.tmp_path:
+            try:
+                os.unlink(self.tmp_path)
+            except FileNotFoundError:
+                pass
+
+
+def _write_sidecar(path: str, packed: bytes, fsync: bool) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(packed)
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.rename(tmp, path)
+
+
+def cleanup_object_dir(object_dir: str) -> OnDiskState:
+    """Delete files a newer .data/.ts made obsolete (and their sidecars)."""
+    state = gather_ondisk_files(object_dir)
+    for name in state.obsolete:
+        for victim in (name, name + SIDECAR_EXT):
+            try:
+                os.unlink(os.path.join(object_dir, victim))
+            except FileNotFoundError:
+                pass
+    return state
+
+
+def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
+                       ext: str, metadata: dict[str, str], fsync: bool = True,
+                       use_xattr: bool = True) -> None:
+    """Write a small object (or tombstone / .meta) in one worker-thread hop."""
+    writer = ObjectWriter(device_path, object_dir, fsync=fsync, use_xattr=use_xattr)
+    writer.open()
+    if body:
+        writer.write(body)
+    writer.commit(timestamp, ext, metadata)
+
+
+def quarantine_object_dir(device_path: str, object_dir: str) -> str:
+    """Move a damaged hash directory to ``<device>/quarantined/objects/<hash>``."""
+    object_hash = os.path.basename(object_dir)
+    target_root = os.path.join(device_path, "quarantined", "objects")
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, object_hash)
+    if os.path.exists(target):
+        target = f"{target}-{uuid.uuid4().hex}"
+    try:
+        os.rename(object_dir, target)
+    except FileNotFoundError:
+        return target
+    suffix_dir = os.path.dirname(object_dir)
+    invalidate_suffix(os.path.dirname(suffix_dir), os.path.basename(suffix_dir))
+    return target
+
+
+def open_object(device_path: str, object_dir: str, read_limit: int, keep_fd: bool = False
+                ) -> tuple[OnDiskState, OpenedObject | None]:
+    """Resolve and open the live object of a hash directory.
+
+    Returns the on-disk state and, when a .data wins, its merged metadata. Objects of at
+    most ``read_limit`` bytes are read whole (and checked against their ETag: a mismatch
+    quarantines them and sets ``corrupt``); bigger ones keep their descriptor open when
+    ``keep_fd``. A .data whose metadata cannot be read or whose size disagrees with its
+    metadata is quarantined (DiskFileQuarantined).
+    """
+    state = gather_ondisk_files(object_dir)
+    if state.data_file is None or state.data_timestamp is None:
+        return state, None
+    data_path = os.path.join(object_dir, state.data_file)
+    try:
+        fd = os.open(data_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return gather_ondisk_files(object_dir), None
+    keep = False
+    corrupt = False
+    try:
+        try:
+            metadata = read_metadata(data_path, fd)
+            size = os.fstat(fd).st_size
+            if int(metadata.get("Content-Length", -1)) != size:
+                raise ValueError("size on disk disagrees with metadata")
+        except (OSError, ValueError, msgpack.UnpackException) as err:
+            if isinstance(err, OSError) and err.errno not in (errno.ENODATA, errno.ENOENT):
+                raise
+            quarantine_object_dir(device_path, object_dir)
+            raise DiskFileQuarantined(str(err)) from err
+        body = None
+        if size <= read_limit:
+            body = os.pread(fd, size, 0) if size else b""
+            digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
+            if len(body) != size or digest != metadata.get("ETag"):
+                quarantine_object_dir(device_path, object_dir)
+                corrupt = True
+        elif keep_fd:
+            keep = True
+    finally:
+        if not keep:
+            os.close(fd)
+    newest = state.data_timestamp
+    if state.meta_file and state.meta_timestamp:
+        try:
+            post_meta = read_metadata(os.path.join(object_dir, state.meta_file))
+        except (OSError, ValueError):
+            post_meta = {}
+        if post_meta:
+            metadata = merge_post_metadata(metadata, post_meta)
+            newest = state.meta_timestamp
+    return state, OpenedObject(data_path, metadata, state.data_timestamp, newest, size,
+                               body, fd if keep else None, corrupt)
+
+
+POST_REPLACED_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
+
+
+def merge_post_metadata(data_meta: dict[str, str], post_meta: dict[str, str]) -> dict[str, str]:
+    """Metadata after a POST: user metadata and X-Delete-At replaced, the rest kept."""
+    merged = {key: value for key, value in data_meta.items()
+              if not key.lower().startswith(POST_REPLACED_PREFIXES)
+              and key.lower() != "x-delete-at"}
+    for key, value in post_meta.items():
+        if key == "X-Timestamp":
+            continue
+        merged[key] = value
+    return merged
+
+
+def read_chunk(fd: int, offset: int, size: int, md5: object | None = None) -> bytes:
+    """Read up to ``size`` bytes at ``offset``, feeding ``md5`` (a worker-thread call)."""
+    chunk = os.pread(fd, size, offset)
+    if md5 is not None:
+        md5.update(chunk)  # type: ignore[attr-defined]
+    return chunk
+
+
+def close_fd(fd: int) -> None:
+    os.close(fd)
+
+
+def free_bytes(device_path: str) -> int:
+    stats = os.statvfs(device_path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def reserve_bytes(device_path: str, reserve: str | int | float) -> int:
+    """fallocate_reserve as bytes: an absolute number or ``"N%"`` of the device."""
+    if isinstance(reserve, str) and reserve.strip().endswith("%"):
+        stats = os.statvfs(device_path)
+        return int(stats.f_blocks * stats.f_frsize * float(reserve.strip()[:-1]) / 100)
+    return int(float(reserve))
+
+
+def remove_tree_quietly(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_expired(metadata: dict[str, str], now: float | None = None) -> bool:
+    """True when X-Delete-At has passed: the object reads as gone."""
+    delete_at = metadata.get("X-Delete-At")
+    if not delete_at:
+        return False
+    try:
+        return int(delete_at) <= (time.time() if now is None else now)
+    except ValueError:
+        return False

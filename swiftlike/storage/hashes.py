@@ -1,0 +1,150 @@
+"""Suffix hashes: the fingerprint replication compares, one per suffix directory.
+
+Each partition directory keeps ``hashes.msgpack`` ({suffix: hex digest}) and an
+append-only ``hashes.invalid`` journal of suffixes written since. Writers only append to
+the journal (cheap, under a short lock); :func:`get_suffix_hashes` folds the journal in and
+rehashes just the invalidated suffixes. Both sides hold an flock on ``.lock`` in the
+partition directory, so threads and processes (object server, replicator) agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+
+import msgpack
+
+HASHES_FILE = "hashes.msgpack"
+INVALID_FILE = "hashes.invalid"
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def partition_lock(partition_dir: str) -> Iterator[None]:
+    """An exclusive flock on the partition's lock file (held per open file description)."""
+    fd = os.open(os.path.join(partition_dir, LOCK_FILE), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def invalidate_suffix(partition_dir: str, suffix: str) -> None:
+    """Record that a suffix changed; its hash is recomputed on the next read.
+
+    Appends under an flock of the journal itself (one open per write); the reader takes
+    the same lock while it reads and truncates the journal.
+    """
+    try:
+        fd = os.open(os.path.join(partition_dir, INVALID_FILE),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, (suffix + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def hash_suffix_dir(suffix_dir: str) -> str | None:
+    """md5 over the sorted ``<hash>/<file>`` names of a suffix; None when it is empty.
+
+    Sidecar metadata files are left out: their names follow from the file they describe.
+    Empty hash directories are removed on the way.
+    """
+    md5 = hashlib.md5(usedforsecurity=False)
+    found = False
+    try:
+        hash_dirs = sorted(os.listdir(suffix_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for hash_dir in hash_dirs:
+        path = os.path.join(suffix_dir, hash_dir)
+        try:
+            names = sorted(name for name in os.listdir(path) if not name.endswith(".msgpack"))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not names:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            continue
+        for name in names:
+            md5.update(f"{hash_dir}/{name}\n".encode())
+            found = True
+    if not found:
+        with contextlib.suppress(OSError):
+            os.rmdir(suffix_dir)
+        return None
+    return md5.hexdigest()
+
+
+def _write_hashes(hashes_path: str, hashes: dict[str, str | None]) -> None:
+    tmp = hashes_path + ".tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(msgpack.packb(hashes, use_bin_type=True))
+    os.rename(tmp, hashes_path)
+
+
+def _is_suffix(name: str) -> bool:
+    return len(name) == 3 and all(c in "0123456789abcdef" for c in name)
+
+
+def get_suffix_hashes(device_path: str, partition: int | str,
+                      recalculate: Iterable[str] = (), kind: str = "objects") -> dict[str, str]:
+    """{suffix: hash} of one partition, rehashing invalidated and ``recalculate`` suffixes.
+
+    The replicator compares this dict with a peer's and syncs the suffixes that differ.
+    """
+    partition_dir = os.path.join(device_path, kind, str(partition))
+    if not os.path.isdir(partition_dir):
+        return {}
+    with partition_lock(partition_dir):
+        hashes_path = os.path.join(partition_dir, HASHES_FILE)
+        hashes: dict[str, str | None] = {}
+        full_rehash = False
+        try:
+            with open(hashes_path, "rb") as handle:
+                loaded = msgpack.unpackb(handle.read(), raw=False)
+            if isinstance(loaded, dict):
+                hashes = loaded
+            else:
+                full_rehash = True
+        except (FileNotFoundError, ValueError, msgpack.UnpackException):
+            full_rehash = True
+        invalid_path = os.path.join(partition_dir, INVALID_FILE)
+        journal_fd = os.open(invalid_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(journal_fd, fcntl.LOCK_EX)
+            journal = b""
+            while chunk := os.read(journal_fd, 65536):
+                journal += chunk
+            for line in journal.decode("ascii", "replace").splitlines():
+                if _is_suffix(line.strip()):
+                    hashes[line.strip()] = None
+            if journal:
+                # keep the invalidations durable in hashes.msgpack before dropping the journal
+                _write_hashes(hashes_path, hashes)
+                os.ftruncate(journal_fd, 0)
+        finally:
+            os.close(journal_fd)
+        for suffix in recalculate:
+            hashes[suffix] = None
+        if full_rehash:
+            hashes = {name: None for name in os.listdir(partition_dir) if _is_suffix(name)}
+        changed = False
+        for suffix, value in list(hashes.items()):
+            if value is None:
+                digest = hash_suffix_dir(os.path.join(partition_dir, suffix))
+                changed = True
+                if digest is None:
+                    del hashes[suffix]
+                else:
+                    hashes[suffix] = digest
+        if changed or full_rehash:
+            _write_hashes(hashes_path, hashes)
+        return {suffix: value for suffix, value in hashes.items() if value is not None}

@@ -1,0 +1,509 @@
+"""Object verbs of a storage node: PUT, GET, HEAD, POST, DELETE on one device's disk.
+
+Small objects take a single worker-thread hop (write, fsync, rename, fsync dir); big
+ones stream through a temp file chunk by chunk, so memory stays flat. A full GET checks
+the md5 while streaming and holds back the last chunk until it matches: a damaged file is
+quarantined and the connection cut, so the proxy never mistakes it for a clean answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+
+from aiohttp import web
+
+from ring.hashing import hash_path_hex, suffix_of
+from swiftlike.common.http_util import (
+    RangeNotSatisfiable,
+    content_range,
+    evaluate_conditions,
+    multipart_closing,
+    multipart_length,
+    multipart_part_header,
+    new_boundary,
+    parse_range_header,
+    quote_etag,
+    ranges_for_length,
+)
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage import diskfile
+from swiftlike.storage.expiring_queue import enqueue_expiring
+from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.routing import Route
+from swiftlike.storage.updates import (
+    parse_update_targets,
+    pending_record,
+    send_updates,
+    write_async_pending,
+)
+
+LOG = logging.getLogger(__name__)
+
+STORED_HEADERS = {
+    "content-type", "content-encoding", "content-disposition", "x-delete-at",
+    "x-static-large-object", "x-object-manifest", "cache-control", "content-language",
+    "expires", "x-robots-tag",
+}
+STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
+                   "x-object-transient-sysmeta-")
+POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disposition",
+                "cache-control", "content-language", "expires", "x-robots-tag"}
+POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
+INTERNAL_KEYS = {"name"}
+STREAM_WRITE_BATCH = 1024 * 1024
+SPACE_CHECK_INTERVAL = 8 * 1024 * 1024
+READ_BATCH = 256 * 1024
+
+
+def request_timestamp(request: web.Request) -> Timestamp | None:
+    value = request.headers.get("X-Timestamp")
+    if not value:
+        return None
+    try:
+        return Timestamp(value)
+    except ValueError:
+        return None
+
+
+def title_header(name: str) -> str:
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def _delete_at_error(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        return "Non-integer X-Delete-At"
+    if int(value) <= time.time():
+        return "X-Delete-At in past"
+    return None
+
+
+class ObjectServer:
+    """The object verbs; ``node`` supplies settings, pools and the update session."""
+
+    def __init__(self, node: StorageNode) -> None:
+        self.node = node
+
+    def object_dir(self, device_path: str, route: Route) -> str:
+        object_hash = hash_path_hex(route.account, route.container, route.obj,
+                                    prefix=self.node.hash_prefix, suffix=self.node.hash_suffix)
+        return os.path.join(device_path, "objects", route.partition, suffix_of(object_hash),
+                            object_hash)
+
+    async def handle(self, request: web.Request, route: Route, device_path: str
+                     ) -> web.StreamResponse:
+        method = request.method
+        if method == "PUT":
+            return await self.put(request, route, device_path)
+        if method in ("GET", "HEAD"):
+            return await self.get_or_head(request, route, device_path)
+        if method == "POST":
+            return await self.post(request, route, device_path)
+        if method == "DELETE":
+            return await self.delete(request, route, device_path)
+        return error_response(405, f"{method} not allowed on objects")
+
+    # ---- PUT ---------------------------------------------------------------------------
+    async def put(self, request: web.Request, route: Route, device_path: str
+                  ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        length = request.content_length
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if length is None and not chunked:
+            return error_response(411, "Content-Length or chunked transfer required")
+        problem = _delete_at_error(request.headers.get("X-Delete-At"))
+        if problem:
+            return error_response(400, problem)
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None and if_none_match.strip() != "*":
+            return error_response(400, "If-None-Match only supports *")
+        object_dir = self.object_dir(device_path, route)
+        state = await self.node.run_lookup(diskfile.gather_ondisk_files, object_dir)
+        if state.newest_durable is not None and timestamp <= state.newest_durable:
+            return error_response(409, "A newer or equal version exists", {
+                "X-Backend-Timestamp": state.newest_durable.internal})
+        if if_none_match is not None and state.data_file is not None:
+            _, opened = await self.node.run_lookup(diskfile.open_object, device_path,
+                                                   object_dir, -1)
+            if opened is not None and not diskfile.is_expired(opened.metadata):
+                return error_response(412, "Object exists (If-None-Match: *)")
+        if not self.node.has_space_for(device_path, length or 0):
+            return error_response(507, "Not enough free space on device")
+        metadata = {"name": f"/{route.account}/{route.container}/{route.obj}",
+                    "X-Timestamp": timestamp.internal}
+        for key, value in request.headers.items():
+            lowered = key.lower()
+            if lowered in STORED_HEADERS or lowered.startswith(STORED_PREFIXES):
+                metadata[title_header(key)] = value
+        metadata.setdefault("Content-Type", "application/octet-stream")
+        expected_etag = request.headers.get("ETag", "").strip('"').lower() or None
+        try:
+            if length is not None and length <= self.node.small_object_limit:
+                result = await self._put_small(request, device_path, object_dir, length,
+                                               expected_etag, timestamp, metadata)
+            else:
+                result = await self._put_streaming(request, device_path, object_dir, length,
+                                                   expected_etag, timestamp, metadata)
+        except diskfile.DiskFull:
+            return error_response(507, "Device full")
+        if isinstance(result, web.StreamResponse):
+            return result
+        await self._queue_expiry(route, device_path, metadata, timestamp)
+        await self.container_update(request, "PUT", route, device_path, timestamp, {
+            "X-Size": metadata["Content-Length"], "X-Etag": result,
+            "X-Content-Type": metadata["Content-Type"]})
+        return web.Response(status=201, headers={"ETag": quote_etag(result)})
+
+    async def _put_small(self, request: web.Request, device_path: str, object_dir: str,
+                         length: int, expected_etag: str | None, timestamp: Timestamp,
+                         metadata: dict[str, str]) -> str | web.StreamResponse:
+        try:
+            body = await request.content.readexactly(length) if length else b""
+        except Exception:  # client went away or sent fewer bytes than promised
+            return error_response(499, "Client disconnected before sending the whole body")
+        etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        if expected_etag is not None and expected_etag != etag:
+            return error_response(422, "ETag does not match the body's md5")
+        metadata["ETag"] = etag
+        metadata["Content-Length"] = str(length)
+        await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, body,
+                               timestamp, ".data", metadata, fsync=self.node.fsync,
+                               use_xattr=self.node.use_xattr)
+        return etag
+
+    async def _put_streaming(self, request: web.Request, device_path: str, object_dir: str,
+                             length: int | None, expected_etag: str | None,
+                             timestamp: Timestamp, metadata: dict[str, str]
+                             ) -> str | web.StreamResponse:
+        node = self.node
+        writer = diskfile.ObjectWriter(device_path, object_dir, fsync=node.fsync,
+                                       use_xattr=node.use_xattr)
+        await node.run_io(writer.open)
+        committed = False
+        try:
+            buffer = bytearray()
+            received = 0
+            next_space_check = SPACE_CHECK_INTERVAL
+            try:
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    received += len(chunk)
+                    if length is not None and received > length:
+                        return error_response(400, "Body longer than Content-Length")
+                    if len(buffer) >= STREAM_WRITE_BATCH:
+                        await node.run_io(writer.write, bytes(buffer))
+                        buffer.clear()
+                    if length is None and received >= next_space_check:
+                        next_space_check += SPACE_CHECK_INTERVAL
+                        if not node.has_space_for(device_path, 0):
+                            raise diskfile.DiskFull("fallocate_reserve reached")
+            except diskfile.DiskFull:
+                raise
+            except Exception as err:
+                LOG.info("PUT body read failed: %r", err)
+                return error_response(499, "Client disconnected before sending the whole body")
+            if length is not None and received != length:
+                return error_response(499, "Client disconnected before sending the whole body")
+            if buffer:
+                await node.run_io(writer.write, bytes(buffer))
+            etag = writer.md5.hexdigest()
+            if expected_etag is not None and expected_etag != etag:
+                return error_response(422, "ETag does not match the body's md5")
+            metadata["ETag"] = etag
+            metadata["Content-Length"] = str(writer.bytes_written)
+            await node.run_io(writer.commit, timestamp, ".data", metadata)
+            committed = True
+            return etag
+        finally:
+            if not committed:
+                await node.run_io(writer.abort)
+
+    # ---- GET / HEAD ----------------------------------------------------------------------
+    def _object_headers(self, opened: diskfile.OpenedObject) -> dict[str, str]:
+        headers = {key: value for key, value in opened.metadata.items()
+                   if key not in INTERNAL_KEYS}
+        headers["Content-Length"] = str(opened.size)
+        headers["ETag"] = quote_etag(opened.metadata.get("ETag", ""))
+        headers["Last-Modified"] = opened.newest_timestamp.http_date
+        headers["X-Timestamp"] = opened.data_timestamp.normal
+        headers["X-Backend-Timestamp"] = opened.newest_timestamp.internal
+        headers["X-Backend-Data-Timestamp"] = opened.data_timestamp.internal
+        headers["Accept-Ranges"] = "bytes"
+        return headers
+
+    async def get_or_head(self, request: web.Request, route: Route, device_path: str
+                          ) -> web.StreamResponse:
+        node = self.node
+        is_get = request.method == "GET"
+        object_dir = self.object_dir(device_path, route)
+        try:
+            state, opened = await node.run_lookup(
+                diskfile.open_object, device_path, object_dir,
+                node.small_object_limit if is_get else -1, keep_fd=is_get)
+        except diskfile.DiskFileQuarantined:
+            return error_response(404, "Not found (quarantined)")
+        fd = opened.fd if opened is not None else None
+        try:
+            return await self._answer_read(request, device_path, state, opened, is_get)
+        finally:
+            if fd is not None:
+                await node.run_io(diskfile.close_fd, fd)
+
+    async def _answer_read(self, request: web.Request, device_path: str,
+                           state: diskfile.OnDiskState,
+                           opened: diskfile.OpenedObject | None, is_get: bool
+                           ) -> web.StreamResponse:
+        if opened is None or diskfile.is_expired(opened.metadata):
+            headers = {}
+            stamp = opened.newest_timestamp if opened else state.ts_timestamp
+            if stamp is not None:
+                headers["X-Backend-Timestamp"] = stamp.internal
+            status = 412 if "If-Match" in request.headers else 404
+            return web.Response(status=status, headers=headers)
+        if opened.corrupt and not request.headers.get("Range"):
+            return await self._abort_response(request, opened)
+        headers = self._object_headers(opened)
+        last_modified = math.ceil(opened.newest_timestamp.timestamp)
+        verdict = evaluate_conditions(request.headers, opened.metadata.get("ETag"),
+                                      last_modified)
+        if verdict == 304:
+            keep = ("ETag", "Last-Modified", "X-Timestamp", "X-Backend-Timestamp")
+            return web.Response(status=304, headers={k: headers[k] for k in keep})
+        if verdict == 412:
+            return web.Response(status=412, headers={
+                "X-Backend-Timestamp": headers["X-Backend-Timestamp"]})
+        spans = None
+        parsed = parse_range_header(request.headers.get("Range"))
+        if parsed is not None:
+            try:
+                spans = ranges_for_length(parsed, opened.size)
+            except RangeNotSatisfiable:
+                return web.Response(status=416, headers={
+                    "Content-Range": f"bytes */{opened.size}",
+                    "X-Backend-Timestamp": headers["X-Backend-Timestamp"]})
+            if opened.corrupt:
+                return error_response(404, "Not found (quarantined)")
+        if spans is None:
+            return await self._send_whole(request, device_path, opened, headers, is_get)
+        if len(spans) == 1:
+            start, stop = spans[0]
+            headers["Content-Range"] = content_range(start, stop, opened.size)
+            headers["Content-Length"] = str(stop - start)
+            return await self._send_spans(request, opened, headers, 206, spans, None, is_get)
+        boundary = new_boundary()
+        content_type = headers.get("Content-Type", "application/octet-stream")
+        headers["Content-Type"] = f"multipart/byteranges;boundary={boundary}"
+        headers["Content-Length"] = str(
+            multipart_length(boundary, content_type, spans, opened.size))
+        return await self._send_spans(request, opened, headers, 206, spans,
+                                      (boundary, content_type), is_get)
+
+    async def _abort_response(self, request: web.Request, opened: diskfile.OpenedObject
+                              ) -> web.StreamResponse:
+        """Headers, then a cut connection: the body was corrupt (already quarantined)."""
+        LOG.error("quarantined corrupt object %s", opened.path)
+        response = web.StreamResponse(status=200, headers=self._object_headers(opened))
+        await response.prepare(request)
+        _cut_connection(request)
+        raise ConnectionResetError("object quarantined mid-GET")
+
+    async def _send_whole(self, request: web.Request, device_path: str,
+                          opened: diskfile.OpenedObject, headers: dict[str, str],
+                          is_get: bool) -> web.StreamResponse:
+        if not is_get:
+            response = web.StreamResponse(status=200, headers=headers)
+            response.content_length = opened.size
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if opened.body is not None:
+            return web.Response(status=200, body=opened.body, headers=headers)
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(request)
+        assert opened.fd is not None
+        md5 = hashlib.md5(usedforsecurity=False)
+        offset = 0
+        pending: bytes | None = None
+        while offset < opened.size:
+            chunk = await self.node.run_io(diskfile.read_chunk, opened.fd, offset,
+                                           min(READ_BATCH, opened.size - offset), md5)
+            if not chunk:
+                break
+            offset += len(chunk)
+            if pending is not None:
+                await response.write(pending)
+            pending = chunk
+        if offset != opened.size or md5.hexdigest() != opened.metadata.get("ETag"):
+            # hold back the last chunk: the client must not see a complete body
+            object_dir = os.path.dirname(opened.path)
+            await self.node.run_io(diskfile.quarantine_object_dir, device_path, object_dir)
+            LOG.error("md5 mismatch, quarantined %s", opened.path)
+            _cut_connection(request)
+            raise ConnectionResetError("object quarantined mid-GET")
+        if pending is not None:
+            await response.write(pending)
+        await response.write_eof()
+        return response
+
+    async def _send_spans(self, request: web.Request, opened: diskfile.OpenedObject,
+                          headers: dict[str, str], status: int, spans: list[tuple[int, int]],
+                          multipart: tuple[str, str] | None, is_get: bool
+                          ) -> web.StreamResponse:
+        length = int(headers.pop("Content-Length"))
+        if is_get and opened.body is not None and multipart is None:
+            start, stop = spans[0]
+            return web.Response(status=status, body=opened.body[start:stop], headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        await response.prepare(request)
+        if not is_get:
+            await response.write_eof()
+            return response
+        for index, (start, stop) in enumerate(spans):
+            if multipart is not None:
+                boundary, content_type = multipart
+                if index:
+                    await response.write(b"\r\n")
+                await response.write(multipart_part_header(boundary, content_type, start,
+                                                           stop, opened.size))
+            await self._write_span(response, opened, start, stop)
+        if multipart is not None:
+            await response.write(b"\r\n" + multipart_closing(multipart[0]))
+        await response.write_eof()
+        return response
+
+    async def _write_span(self, response: web.StreamResponse, opened: diskfile.OpenedObject,
+                          start: int, stop: int) -> None:
+        if opened.body is not None:
+            await response.write(opened.body[start:stop])
+            return
+        assert opened.fd is not None
+        offset = start
+        while offset < stop:
+            chunk = await self.node.run_io(diskfile.read_chunk, opened.fd, offset,
+                                           min(READ_BATCH, stop - offset))
+            if not chunk:
+                raise ConnectionResetError("object shorter than expected")
+            await response.write(chunk)
+            offset += len(chunk)
+
+    # ---- POST / DELETE -----------------------------------------------------------------
+    async def post(self, request: web.Request, route: Route, device_path: str
+                   ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        problem = _delete_at_error(request.headers.get("X-Delete-At"))
+        if problem:
+            return error_response(400, problem)
+        object_dir = self.object_dir(device_path, route)
+        try:
+            state, opened = await self.node.run_lookup(diskfile.open_object, device_path,
+                                                   object_dir, -1)
+        except diskfile.DiskFileQuarantined:
+            return error_response(404, "Not found (quarantined)")
+        if opened is None or diskfile.is_expired(opened.metadata):
+            headers = {}
+            if state.ts_timestamp is not None:
+                headers["X-Backend-Timestamp"] = state.ts_timestamp.internal
+            return web.Response(status=404, headers=headers)
+        if timestamp <= opened.newest_timestamp:
+            return error_response(409, "A newer or equal version exists", {
+                "X-Backend-Timestamp": opened.newest_timestamp.internal})
+        metadata = {"X-Timestamp": timestamp.internal}
+        for key, value in request.headers.items():
+            lowered = key.lower()
+            if lowered in POST_HEADERS or lowered.startswith(POST_PREFIXES):
+                metadata[title_header(key)] = value
+        try:
+            await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, b"",
+                                   timestamp, ".meta", metadata, fsync=self.node.fsync,
+                                   use_xattr=self.node.use_xattr)
+        except diskfile.DiskFull:
+            return error_response(507, "Device full")
+        await self._queue_expiry(route, device_path, metadata, timestamp)
+        return web.Response(status=202)
+
+    async def delete(self, request: web.Request, route: Route, device_path: str
+                     ) -> web.StreamResponse:
+        timestamp = request_timestamp(request)
+        if timestamp is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        object_dir = self.object_dir(device_path, route)
+        try:
+            state, opened = await self.node.run_lookup(diskfile.open_object, device_path,
+                                                   object_dir, -1)
+        except diskfile.DiskFileQuarantined:
+            state, opened = diskfile.OnDiskState(), None
+        if_delete_at = request.headers.get("X-If-Delete-At")
+        if if_delete_at is not None:
+            if not if_delete_at.isdigit():
+                return error_response(400, "Bad X-If-Delete-At header value")
+            if opened is None or opened.metadata.get("X-Delete-At") != if_delete_at:
+                return error_response(412, "X-If-Delete-At mismatch")
+        if state.newest_durable is not None and timestamp <= state.newest_durable:
+            return error_response(409, "A newer or equal version exists", {
+                "X-Backend-Timestamp": state.newest_durable.internal})
+        existed = opened is not None and not diskfile.is_expired(opened.metadata)
+        try:
+            await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, b"",
+                                   timestamp, ".ts", {"X-Timestamp": timestamp.internal,
+                                                      "name": f"/{route.account}/"
+                                                              f"{route.container}/{route.obj}"},
+                                   fsync=self.node.fsync, use_xattr=self.node.use_xattr)
+        except diskfile.DiskFull:
+            return error_response(507, "Device full")
+        await self.container_update(request, "DELETE", route, device_path, timestamp, {})
+        headers = {"X-Backend-Timestamp": timestamp.internal}
+        return web.Response(status=204 if existed else 404, headers=headers)
+
+    async def _queue_expiry(self, route: Route, device_path: str, metadata: dict[str, str],
+                            timestamp: Timestamp) -> None:
+        """Record X-Delete-At in the node's expiring queue for the expirer daemon."""
+        delete_at = metadata.get("X-Delete-At")
+        if not delete_at:
+            return
+        assert route.container is not None and route.obj is not None
+        await self.node.run_io(enqueue_expiring, device_path, route.account, route.container,
+                               route.obj, delete_at, timestamp.internal,
+                               self.node.hash_prefix, self.node.hash_suffix, self.node.fsync)
+
+    # ---- container updates -------------------------------------------------------------
+    async def container_update(self, request: web.Request, method: str, route: Route,
+                               device_path: str, timestamp: Timestamp,
+                               extra: dict[str, str]) -> None:
+        """Tell the container servers; queue what fails in async_pending."""
+        targets = parse_update_targets(request.headers.get("X-Container-Host"),
+                                       request.headers.get("X-Container-Partition"),
+                                       request.headers.get("X-Container-Device"))
+        if not targets:
+            return
+        headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp.internal,
+                   **extra}
+        assert route.container is not None
+        failed = await send_updates(self.node.session, targets, method, route.account,
+                                    route.container, route.obj, headers,
+                                    self.node.update_timeout)
+        if failed:
+            record = pending_record(method, route.account, route.container, route.obj,
+                                    "container", headers, failed)
+            await self.node.run_io(write_async_pending, device_path, record,
+                                   timestamp.internal, self.node.hash_prefix,
+                                   self.node.hash_suffix, self.node.fsync)
+
+
+def _cut_connection(request: web.Request) -> None:
+    """Abort the TCP connection so the client sees a broken body, never a clean end."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

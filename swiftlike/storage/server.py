@@ -1,0 +1,114 @@
+"""The storage node process: one aiohttp app serving every device of the node.
+
+``make_app(conf)`` builds the app (the CLI and the tests start it); ``run_node(conf)``
+binds [node] bind_ip/bind_port and serves until cancelled. Requests are dispatched by
+X-Backend-Server-Type, else by the number of path segments (see
+docs/internal-protocol.md); replication verbs, /healthcheck and /recon/* are routed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from swiftlike.storage.account_server import AccountServer
+from swiftlike.storage.container_server import ContainerServer
+from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
+from swiftlike.storage.object_server import ObjectServer
+from swiftlike.storage.recon import handle_recon
+from swiftlike.storage.replication_server import handle_replication, replication_verb
+from swiftlike.storage.routing import BadPath, parse_route
+
+LOG = logging.getLogger(__name__)
+
+NODE_KEY = web.AppKey("storage_node", StorageNode)
+SERVERS_KEY = web.AppKey("storage_servers", dict)
+
+
+class NodeDispatcher:
+    """Routes one request to the account, container or object server."""
+
+    def __init__(self, node: StorageNode) -> None:
+        self.node = node
+        self.servers = {"object": ObjectServer(node), "container": ContainerServer(node),
+                        "account": AccountServer(node)}
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/healthcheck":
+            return web.Response(text="OK")
+        if path.startswith("/recon/"):
+            return await handle_recon(request, self.node)
+        if replication_verb(request) is not None:
+            return await handle_replication(request, self.node)
+        try:
+            server_type, route = parse_route(request.raw_path,
+                                             request.headers.get("X-Backend-Server-Type"))
+        except BadPath as err:
+            return error_response(400, f"Invalid path: {err}")
+        try:
+            device_path = self.node.device_path(route.device)
+        except DeviceUnavailable:
+            return error_response(507, f"{route.device} is not mounted")
+        return await self.servers[server_type].handle(request, route, device_path)
+
+
+def make_app(conf: dict) -> web.Application:
+    """The storage node app for the [cluster] and [node] sections of ``conf``."""
+    node = StorageNode(conf)
+    dispatcher = NodeDispatcher(node)
+    app = web.Application(client_max_size=1024**2, handler_args={"max_field_size": 16384})
+    app[NODE_KEY] = node
+    app[SERVERS_KEY] = dispatcher.servers
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await dispatcher(request)
+
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def shutdown(_app: web.Application) -> None:
+        await dispatcher.servers["container"].close()
+        await dispatcher.servers["account"].close()
+        await node.close()
+
+    app.on_cleanup.append(shutdown)
+    return app
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_node(conf: dict) -> None:
+    """Serve the node on [node] bind_ip:bind_port until cancelled.
+
+    The caller chooses the loop; ``main_node(conf)`` runs this on uvloop.
+    """
+    node_conf = conf.get("node", {})
+    logging.basicConfig(level=str(node_conf.get("log_level", "INFO")).upper())
+    app = make_app(conf)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, node_conf.get("bind_ip", "127.0.0.1"),
+                       int(node_conf.get("bind_port", 6200)), backlog=1024,
+                       reuse_address=True)
+    await site.start()
+    LOG.info("storage node serving %s on %s:%s", node_conf.get("devices"),
+             node_conf.get("bind_ip", "127.0.0.1"), node_conf.get("bind_port", 6200))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main_node(conf: dict) -> None:
+    """Blocking entry point: run_node on uvloop (when installed) until interrupted."""
+    _install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_node(conf))

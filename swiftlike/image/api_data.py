@@ -1,0 +1,246 @@
+"""Image data: upload (``PUT /file``), download (``GET /file``), stage and import.
+
+Why the status dance: Glance's lifecycle is queued -> saving -> active for uploads and
+queued -> uploading -> importing -> active for the interoperable import. Every
+transition is a conditional write in the registry, so two uploads racing for one image
+cannot both win, and a failed or interrupted upload returns the image to ``queued``
+after deleting whatever bytes it had written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from swiftlike.image.context import (
+    container_for,
+    ctx,
+    http_error,
+    identity,
+    json_response,
+    read_json,
+    require_owner,
+    visible_image,
+)
+from swiftlike.image.registry import ImageRecord, utc_now
+from swiftlike.image.store import Location, StoreError
+from swiftlike.image.upload import (
+    UploadRefused,
+    UploadResult,
+    Verifier,
+    discard,
+    parse_content_md5,
+    store_stream,
+    verify_stored,
+)
+
+LOG = logging.getLogger("swiftlike.image.data")
+CHUNK = 64 * 1024
+IMPORT_METHODS = ("glance-direct",)
+TASKS_KEY: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("image_import_tasks")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
+    """The client's bytes in chunks; a short body (client gone) raises, never ends cleanly."""
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+    if request.content_length is not None and not request.content.at_eof():
+        raise ConnectionResetError("client closed the connection mid-upload")
+
+
+def _declared_size(request: web.Request) -> int | None:
+    return request.content_length if request.content_length is not None else None
+
+
+async def _receive(request: web.Request, image: ImageRecord, from_status: str,
+                   busy_status: str, done_status: str) -> None:
+    """Shared body of upload and stage: claim, stream, verify, record or roll back."""
+    c = ctx(request)
+    require_owner(request, image, "upload data to")
+    if not image.disk_format or not image.container_format:
+        raise http_error(400, "Properties disk_format, container_format must be set prior "
+                              "to saving data.")
+    if image.status != from_status:
+        raise http_error(409, f"Image status transition from {image.status} to "
+                              f"{busy_status} is not allowed")
+    expected_md5 = parse_content_md5(request.headers.get("Content-MD5"))
+    declared = _declared_size(request)
+    if declared is not None and declared > c.settings.image_size_cap:
+        raise http_error(413, f"Image exceeds the storage quota of "
+                              f"{c.settings.image_size_cap} bytes")
+    image.status = busy_status
+    image.updated_at = utc_now()
+    if not await c.repo.save(image, expect_status=from_status):
+        raise http_error(409, f"Image {image.id} is already receiving data.")
+    container = container_for(c.settings, image.owner)
+    verifier = Verifier(image.disk_format, expected_size=declared, expected_md5=expected_md5,
+                        hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
+    try:
+        loc, result = await store_stream(c.store, container, image.id, _request_body(request),
+                                         verifier, declared)
+    except BaseException as exc:
+        await _revert(request, image, busy_status)
+        if isinstance(exc, UploadRefused):
+            LOG.warning("upload to image %s refused: %s", image.id, exc)
+            raise http_error(exc.status, str(exc)) from exc
+        if isinstance(exc, StoreError):
+            LOG.error("upload to image %s failed in the store: %s", image.id, exc)
+            raise http_error(503, "The object store failed to store the data.") from exc
+        raise
+    _record_result(image, loc, result, done_status)
+    if not await c.repo.save(image, expect_status=busy_status):
+        await discard(c.store, container, image.id)  # deleted (or reset) while uploading
+        raise http_error(410, "Image was deleted while its data was being uploaded.")
+
+
+def _record_result(image: ImageRecord, loc: Location, result: UploadResult, status: str
+                   ) -> None:
+    image.size = result.size
+    image.checksum = result.checksum
+    image.os_hash_algo = result.os_hash_algo
+    image.os_hash_value = result.os_hash_value
+    image.virtual_size = result.virtual_size
+    image.location = loc.to_json()
+    image.status = status
+    image.updated_at = utc_now()
+
+
+async def _revert(request: web.Request, image: ImageRecord, busy_status: str) -> None:
+    """Back to queued, with no data (shielded: runs even if the client vanished)."""
+    image.status = "queued"
+    image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
+    image.virtual_size = None
+    image.location = None
+    image.updated_at = utc_now()
+    await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status))
+
+
+async def upload(request: web.Request) -> web.Response:
+    image = await visible_image(request, request.match_info["image_id"])
+    await _receive(request, image, "queued", "saving", "active")
+    LOG.info("image %s active: %s bytes", image.id, image.size)
+    return web.Response(status=204)
+
+
+async def stage(request: web.Request) -> web.Response:
+    image = await visible_image(request, request.match_info["image_id"])
+    await _receive(request, image, "queued", "uploading", "uploading")
+    return web.Response(status=204)
+
+
+async def import_info(request: web.Request) -> web.Response:
+    return json_response({
+        "import-methods": {
+            "description": "Import methods available.",
+            "type": "array",
+            "value": list(IMPORT_METHODS),
+        }
+    })
+
+
+async def import_image(request: web.Request) -> web.Response:
+    c = ctx(request)
+    image = await visible_image(request, request.match_info["image_id"])
+    require_owner(request, image, "import")
+    body = await read_json(request)
+    method = (body or {}).get("method", {}) if isinstance(body, dict) else {}
+    name = method.get("name") if isinstance(method, dict) else None
+    if name not in IMPORT_METHODS:
+        raise http_error(400, f"Import method {name!r} is not valid; available: "
+                              f"{', '.join(IMPORT_METHODS)}")
+    if image.status != "uploading" or not image.location:
+        raise http_error(409, f"Image {image.id} is not in a valid state for import "
+                              f"(status {image.status}): stage its data first.")
+    image.status = "importing"
+    image.updated_at = utc_now()
+    if not await c.repo.save(image, expect_status="uploading"):
+        raise http_error(409, f"Image {image.id} is already being imported.")
+    task = asyncio.get_running_loop().create_task(_run_import(request, image))
+    tasks: set[asyncio.Task[None]] = request.config_dict[TASKS_KEY]
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return web.Response(status=202)
+
+
+async def _run_import(request: web.Request, image: ImageRecord) -> None:
+    """Re-read the staged bytes, verify format and hashes, then activate (or revert)."""
+    c = ctx(request)
+    assert image.location is not None
+    loc = Location.from_json(image.location)
+    staged_md5 = image.checksum
+    verifier = Verifier(image.disk_format, expected_size=image.size, expected_md5=staged_md5,
+                        hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
+    try:
+        result = await verify_stored(c.store, loc, verifier)
+    except (UploadRefused, StoreError) as exc:
+        LOG.warning("import of image %s failed: %s", image.id, exc)
+        await c.store.delete_location(loc)
+        await _revert(request, image, "importing")
+        return
+    _record_result(image, loc, result, "active")
+    if not await c.repo.save(image, expect_status="importing"):
+        await c.store.delete_location(loc)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """One byte range ``[start, end)`` from a Range header; 416 when unsatisfiable."""
+    match = _RANGE_RE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise http_error(416, f"Invalid Range header {header!r}: one byte range is supported")
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size
+    else:
+        start = int(first)
+        end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or start >= end:
+        raise http_error(416, f"Requested range {header} is not satisfiable "
+                              f"for an image of {size} bytes")
+    return start, end
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    c = ctx(request)
+    image = await visible_image(request, request.match_info["image_id"])
+    if image.status == "deactivated" and not identity(request).is_admin:
+        raise http_error(403, "The requested image has been deactivated. Image data "
+                              "download is forbidden.")
+    if image.status not in ("active", "deactivated") or not image.location:
+        return web.Response(status=204)
+    loc = Location.from_json(image.location)
+    size = loc.size
+    headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    start, end, status = 0, size, 200
+    if "Range" in request.headers and size > 0:
+        start, end = _parse_range(request.headers["Range"], size)
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    elif image.checksum:
+        headers["Content-MD5"] = image.checksum
+    body = c.store.iter_location(loc, start, end)
+    try:
+        first = await anext(body, b"")  # fail with a status while one can still be sent
+    except StoreError as exc:
+        LOG.error("image %s data unreadable: %s", image.id, exc)
+        raise http_error(503, "The image data could not be read from the store.") from exc
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(request)
+    sent = len(first)
+    if first:
+        await response.write(first)
+    async for chunk in body:
+        sent += len(chunk)
+        await response.write(chunk)
+    if sent != end - start:  # never end a short body cleanly: the client must see an error
+        LOG.error("image %s: store returned %d of %d bytes", image.id, sent, end - start)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response

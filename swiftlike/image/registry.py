@@ -1,0 +1,248 @@
+"""The image registry: image records, tags and members behind a small repository interface.
+
+Why an interface: one API node uses SQLite in its data dir (the default); several API
+nodes would share a server database by implementing ``ImageRepository`` again. SQLite
+calls run in a worker thread under a lock so the event loop never waits on fsync.
+Every write commits before it returns (``synchronous=FULL``), so a restart loses nothing
+that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+def utc_now() -> str:
+    """Glance's timestamp format: ISO 8601 in UTC, seconds precision, ``Z`` suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+#: columns of the ``images`` table that are image attributes (besides extra properties)
+CORE_COLUMNS = (
+    "id", "name", "status", "visibility", "protected", "owner", "size", "virtual_size",
+    "checksum", "os_hash_algo", "os_hash_value", "disk_format", "container_format",
+    "min_disk", "min_ram", "os_hidden", "created_at", "updated_at",
+)
+
+
+@dataclass
+class ImageRecord:
+    """One image as the registry stores it."""
+
+    id: str
+    owner: str
+    name: str | None = None
+    status: str = "queued"
+    visibility: str = "shared"
+    protected: bool = False
+    size: int | None = None
+    virtual_size: int | None = None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
+    min_disk: int = 0
+    min_ram: int = 0
+    os_hidden: bool = False
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    location: str | None = None  # JSON of store.Location, never shown to users
+    extra: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MemberRecord:
+    """A project an image is shared with, and its answer."""
+
+    image_id: str
+    member_id: str
+    status: str = "pending"
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+
+
+class ImageRepository(Protocol):
+    """What the API needs from an image database."""
+
+    async def add(self, image: ImageRecord) -> None: ...
+    async def get(self, image_id: str) -> ImageRecord | None: ...
+    async def save(self, image: ImageRecord, expect_status: str | None = None) -> bool: ...
+    async def remove(self, image_id: str) -> None: ...
+    async def all_images(self) -> list[ImageRecord]: ...
+    async def members(self, image_id: str) -> list[MemberRecord]: ...
+    async def member_statuses(self, member_id: str) -> dict[str, str]: ...
+    async def get_member(self, image_id: str, member_id: str) -> MemberRecord | None: ...
+    async def save_member(self, member: MemberRecord) -> None: ...
+    async def remove_member(self, image_id: str, member_id: str) -> bool: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, visibility TEXT NOT NULL,
+    protected INTEGER NOT NULL, owner TEXT NOT NULL, size INTEGER, virtual_size INTEGER,
+    checksum TEXT, os_hash_algo TEXT, os_hash_value TEXT, disk_format TEXT,
+    container_format TEXT, min_disk INTEGER NOT NULL, min_ram INTEGER NOT NULL,
+    os_hidden INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    location TEXT, extra TEXT NOT NULL, tags TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    image_id TEXT NOT NULL, member_id TEXT NOT NULL, status TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (image_id, member_id)
+);
+CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
+"""
+
+_ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags")
+_BOOL_COLUMNS = ("protected", "os_hidden")
+
+
+class SqliteImageRepository:
+    """``ImageRepository`` on one SQLite file (WAL, full sync)."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(locked)
+
+    @staticmethod
+    def _row_to_image(row: tuple[Any, ...]) -> ImageRecord:
+        values = dict(zip(_ALL_COLUMNS, row, strict=True))
+        for col in _BOOL_COLUMNS:
+            values[col] = bool(values[col])
+        values["extra"] = json.loads(values["extra"])
+        values["tags"] = json.loads(values["tags"])
+        return ImageRecord(**values)
+
+    @staticmethod
+    def _image_values(image: ImageRecord) -> list[Any]:
+        values = []
+        for col in _ALL_COLUMNS:
+            value = getattr(image, col)
+            if col in ("extra", "tags"):
+                value = json.dumps(value)
+            elif col in _BOOL_COLUMNS:
+                value = int(value)
+            values.append(value)
+        return values
+
+    async def add(self, image: ImageRecord) -> None:
+        marks = ",".join("?" * len(_ALL_COLUMNS))
+        sql = f"INSERT INTO images ({','.join(_ALL_COLUMNS)}) VALUES ({marks})"
+        await self._run(self._db.execute, sql, self._image_values(image))
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        def fetch() -> ImageRecord | None:
+            cur = self._db.execute(
+                f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE id = ?", (image_id,)
+            )
+            row = cur.fetchone()
+            return None if row is None else self._row_to_image(row)
+
+        return await self._run(fetch)
+
+    async def save(self, image: ImageRecord, expect_status: str | None = None) -> bool:
+        """Write the record; with ``expect_status`` only if the stored status still is that.
+
+        The conditional form makes status transitions atomic: two uploads racing for one
+        queued image cannot both move it to ``saving``.
+        """
+        sets = ",".join(f"{col} = ?" for col in _ALL_COLUMNS[1:])
+        sql = f"UPDATE images SET {sets} WHERE id = ?"
+        args = [*self._image_values(image)[1:], image.id]
+        if expect_status is not None:
+            sql += " AND status = ?"
+            args.append(expect_status)
+
+        def update() -> bool:
+            return self._db.execute(sql, args).rowcount == 1
+
+        return await self._run(update)
+
+    async def remove(self, image_id: str) -> None:
+        def delete() -> None:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM members WHERE image_id = ?", (image_id,))
+            self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            self._db.execute("COMMIT")
+
+        await self._run(delete)
+
+    async def all_images(self) -> list[ImageRecord]:
+        def fetch() -> list[ImageRecord]:
+            cur = self._db.execute(f"SELECT {','.join(_ALL_COLUMNS)} FROM images")
+            return [self._row_to_image(row) for row in cur.fetchall()]
+
+        return await self._run(fetch)
+
+    async def members(self, image_id: str) -> list[MemberRecord]:
+        def fetch() -> list[MemberRecord]:
+            cur = self._db.execute(
+                "SELECT image_id, member_id, status, created_at, updated_at FROM members "
+                "WHERE image_id = ? ORDER BY created_at, member_id", (image_id,)
+            )
+            return [MemberRecord(*row) for row in cur.fetchall()]
+
+        return await self._run(fetch)
+
+    async def member_statuses(self, member_id: str) -> dict[str, str]:
+        """image id -> this project's membership status, for list filtering."""
+        def fetch() -> dict[str, str]:
+            cur = self._db.execute(
+                "SELECT image_id, status FROM members WHERE member_id = ?", (member_id,)
+            )
+            return dict(cur.fetchall())
+
+        return await self._run(fetch)
+
+    async def get_member(self, image_id: str, member_id: str) -> MemberRecord | None:
+        def fetch() -> MemberRecord | None:
+            cur = self._db.execute(
+                "SELECT image_id, member_id, status, created_at, updated_at FROM members "
+                "WHERE image_id = ? AND member_id = ?", (image_id, member_id)
+            )
+            row = cur.fetchone()
+            return None if row is None else MemberRecord(*row)
+
+        return await self._run(fetch)
+
+    async def save_member(self, member: MemberRecord) -> None:
+        await self._run(
+            self._db.execute,
+            "INSERT OR REPLACE INTO members (image_id, member_id, status, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?)",
+            (member.image_id, member.member_id, member.status, member.created_at,
+             member.updated_at),
+        )
+
+    async def remove_member(self, image_id: str, member_id: str) -> bool:
+        def delete() -> bool:
+            cur = self._db.execute(
+                "DELETE FROM members WHERE image_id = ? AND member_id = ?", (image_id, member_id)
+            )
+            return cur.rowcount == 1
+
+        return await self._run(delete)

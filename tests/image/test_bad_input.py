@@ -1,0 +1,171 @@
+"""Bad input: every refusal gets Glance's status, a message, and leaves no bytes behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from tests.image.conftest import ImageService
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None,
+                                reason="qemu-img (Debian qemu-utils) is needed")
+PATCH = "application/openstack-images-v2.1-json-patch"
+
+
+class Api:
+    def __init__(self, service: ImageService, user: str = "test:tester", key: str = "testing"
+                 ) -> None:
+        self.base = service.image_url + "/v2"
+        self.headers = {"X-Auth-Token": service.token(user, key)}
+
+    def create(self, **body: object) -> requests.Response:
+        return requests.post(f"{self.base}/images", json=body, headers=self.headers, timeout=30)
+
+    def new_image(self, disk_format: str = "raw") -> str:
+        resp = self.create(name="bad-input", disk_format=disk_format, container_format="bare")
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    def get(self, image_id: str) -> dict:
+        resp = requests.get(f"{self.base}/images/{image_id}", headers=self.headers, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def upload(self, image_id: str, data: bytes, **headers: str) -> requests.Response:
+        return requests.put(f"{self.base}/images/{image_id}/file", data=data, timeout=60,
+                            headers={**self.headers, "Content-Type": "application/octet-stream",
+                                     **headers})
+
+    def patch(self, image_id: str, ops: list, content_type: str = PATCH) -> requests.Response:
+        return requests.patch(f"{self.base}/images/{image_id}", data=json.dumps(ops),
+                              timeout=30,
+                              headers={**self.headers, "Content-Type": content_type})
+
+
+@pytest.fixture
+def api(image_service: ImageService) -> Api:
+    return Api(image_service)
+
+
+def _assert_queued_without_data(api: Api, image_id: str) -> None:
+    image = api.get(image_id)
+    assert image["status"] == "queued"
+    assert image["size"] is None and image["checksum"] is None
+    resp = requests.get(f"{api.base}/images/{image_id}/file", headers=api.headers, timeout=30)
+    assert resp.status_code == 204
+
+
+def test_qcow2_with_backing_file_is_refused(api: Api, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw",
+                    str(evil), "1M"], check=True, capture_output=True)
+    for disk_format in ("qcow2", "raw"):  # refused under its own name and disguised as raw
+        image_id = api.new_image(disk_format)
+        resp = api.upload(image_id, evil.read_bytes())
+        assert resp.status_code == 400, resp.text
+        assert "backing file" in resp.text or "qcow2" in resp.text
+        _assert_queued_without_data(api, image_id)
+
+
+def test_qcow2_with_external_data_file_is_refused(api: Api, tmp_path: Path) -> None:
+    evil = tmp_path / "datafile.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-o",
+                    f"data_file={tmp_path / 'ext.raw'}", str(evil), "1M"],
+                   check=True, capture_output=True)
+    image_id = api.new_image("qcow2")
+    resp = api.upload(image_id, evil.read_bytes())
+    assert resp.status_code == 400 and "data file" in resp.text
+    _assert_queued_without_data(api, image_id)
+
+
+def test_vmdk_split_descriptor_is_refused(api: Api, tmp_path: Path) -> None:
+    split = tmp_path / "split.vmdk"
+    subprocess.run(["qemu-img", "create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse",
+                    str(split), "1M"], check=True, capture_output=True)
+    image_id = api.new_image("vmdk")
+    resp = api.upload(image_id, split.read_bytes())
+    assert resp.status_code == 400, resp.text
+    _assert_queued_without_data(api, image_id)
+
+
+def test_format_mismatch_is_refused(api: Api, tmp_path: Path) -> None:
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(disk), "1M"], check=True)
+    image_id = api.new_image("vmdk")
+    resp = api.upload(image_id, disk.read_bytes())
+    assert resp.status_code == 400 and "qcow2" in resp.text
+    _assert_queued_without_data(api, image_id)
+    raw_image = api.new_image("qcow2")
+    assert api.upload(raw_image, os.urandom(70_000)).status_code == 400
+    _assert_queued_without_data(api, raw_image)
+
+
+def test_wrong_checksum_is_refused_and_retry_works(api: Api) -> None:
+    image_id = api.new_image()
+    data = os.urandom(50_000)
+    resp = api.upload(image_id, data, **{"Content-MD5": "0" * 32})
+    assert resp.status_code == 400 and "Checksum" in resp.text
+    _assert_queued_without_data(api, image_id)
+    import hashlib
+
+    ok = api.upload(image_id, data, **{"Content-MD5": hashlib.md5(data).hexdigest()})
+    assert ok.status_code == 204, ok.text
+    assert api.get(image_id)["status"] == "active"
+    assert api.upload(image_id, data).status_code == 409  # no second upload
+
+
+def test_truncated_upload_goes_back_to_queued(api: Api) -> None:
+    image_id = api.new_image()
+    url = urlparse(f"{api.base}/images/{image_id}/file")
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        head = (f"PUT {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"X-Auth-Token: {api.headers['X-Auth-Token']}\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\n")
+        sock.sendall(head.encode() + b"\0" * 1_000_000)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while api.get(image_id)["status"] != "queued" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _assert_queued_without_data(api, image_id)
+
+
+def test_read_only_and_invalid_attributes(api: Api) -> None:
+    assert api.create(name="x", status="active").status_code == 403
+    assert api.create(name="x", checksum="abc").status_code == 403
+    assert api.create(name="x", disk_format="floppy").status_code == 400
+    assert api.create(name="x", container_format="zip").status_code == 400
+    assert api.create(name="x", visibility="public").status_code == 403  # admin only
+    image_id = api.new_image()
+    for path in ("/status", "/size", "/checksum", "/id", "/created_at", "/os_hash_value"):
+        resp = api.patch(image_id, [{"op": "replace", "path": path, "value": "x"}])
+        assert resp.status_code == 403, (path, resp.text)
+    assert api.patch(image_id, [{"op": "replace", "path": "/disk_format",
+                                 "value": "floppy"}]).status_code == 400
+    assert api.patch(image_id, [{"op": "replace", "path": "/nope", "value": "1"}]
+                     ).status_code == 409
+    assert api.patch(image_id, [], content_type="application/json").status_code == 415
+    assert api.upload(image_id, b"x" * 10).status_code == 204
+    # formats are fixed once there is data
+    assert api.patch(image_id, [{"op": "replace", "path": "/disk_format",
+                                 "value": "qcow2"}]).status_code == 403
+
+
+def test_other_accounts_cannot_see_or_touch(api: Api, image_service: ImageService) -> None:
+    other = Api(image_service, "test2:tester2", "testing2")
+    image_id = api.new_image()
+    for method in ("get", "delete"):
+        resp = requests.request(method, f"{other.base}/images/{image_id}",
+                                headers=other.headers, timeout=30)
+        assert resp.status_code == 404
+    assert other.upload(image_id, b"x").status_code == 404
+    resp = requests.get(f"{api.base}/images", headers={"X-Auth-Token": "bogus"}, timeout=30)
+    assert resp.status_code == 401

@@ -29,6 +29,9 @@ RING_FILE = "cluster.ring"
 BUILDER_FILE = "cluster.builder"
 DEFAULT_PART_POWER = 10
 DEFAULT_REPLICAS = 3
+#: The tempauth user the image service keeps image bytes under (``.admin`` of its own
+#: account only, never a reseller admin).
+IMAGE_SERVICE_USER = "glance:glance"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ServeOptions:
     part_power: int = DEFAULT_PART_POWER
     node_base_port: int = 0  # 0: pick free ports when the cluster is first created
     daemons: bool = True
+    image_segment_size: int | None = None  # None: keep cluster.toml's (or the default)
 
 
 def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
@@ -84,10 +88,42 @@ def prepare_cluster(opts: ServeOptions) -> dict[str, Any]:
                 f"{data_dir} holds a cluster of {existing} nodes; "
                 f"use --nodes {existing} or another --data-dir"
             )
+        if configure_image_service(conf, opts):
+            _write_atomic(cluster_path, dump_toml(conf))
         return conf
     conf = _new_cluster(opts, data_dir)
+    configure_image_service(conf, opts)
     _write_atomic(cluster_path, dump_toml(conf))
     return conf
+
+
+def configure_image_service(conf: dict[str, Any], opts: ServeOptions) -> bool:
+    """Give the image service its own store account and segment size; True if changed.
+
+    Why a dedicated user: the image service must not hold reseller-admin rights over
+    every account just to keep image bytes. ``glance:glance`` (random key) is ``.admin``
+    of ``AUTH_glance`` only; tempauth learns it from ``[auth.extra_users]``, which adds
+    to the default users instead of replacing them. A cluster created before this
+    existed gets the user on its next start; an operator's own ``store_user`` is kept.
+    """
+    changed = False
+    image = conf.setdefault("image", {})
+    if "store_user" not in image:
+        key = new_secret()
+        auth = conf.setdefault("auth", {})
+        extra = auth.setdefault("extra_users", {})
+        extra[IMAGE_SERVICE_USER] = f"{key} .admin"
+        image["store_user"] = IMAGE_SERVICE_USER
+        image["store_key"] = key
+        changed = True
+    size = opts.image_segment_size
+    if size is not None:
+        if size < 1:
+            raise ConfigError("--image-segment-size must be a positive number of bytes")
+        if image.get("segment_size") != size:
+            image["segment_size"] = size
+            changed = True
+    return changed
 
 
 def _new_cluster(opts: ServeOptions, data_dir: Path) -> dict[str, Any]:
@@ -141,14 +177,23 @@ def _write_atomic(path: Path, text: str) -> None:
 def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[str, Any]]:
     """One config per process kind: each node's, and the proxy workers' shared one."""
     shared = {k: v for k, v in conf.items() if k in ("cluster", "auth", "image")}
+    node_tables = ("node", "daemons", "replicator", "auditor", "updater", "expirer")
     out: dict[str, dict[str, Any]] = {}
     for name, node in conf.get("nodes", {}).items():
         node_conf = dict(shared)
-        node_conf["node"] = {**node, "fsync": True, "mount_check": False}
-        node_conf["daemons"] = {"enabled": opts.daemons}
+        for table in node_tables:
+            if isinstance(conf.get(table), dict):
+                node_conf[table] = dict(conf[table])
+        node_conf["node"] = {**node_conf.get("node", {}), **node, "fsync": True,
+                             "mount_check": False}
+        node_conf["daemons"] = {**node_conf.get("daemons", {}), "enabled": opts.daemons}
         out[name] = node_conf
-    proxy_conf = dict(shared)
-    proxy_conf["proxy"] = {"bind_ip": opts.host, "bind_port": opts.port, "workers": opts.workers}
+    # Every other table of cluster.toml ([proxy], [tempurl], [ratelimit], ...) configures
+    # the proxy workers, so an operator can tune middlewares of the all-in-one there.
+    proxy_conf = {k: v for k, v in conf.items()
+                  if k not in ("nodes", "serve", *node_tables)}
+    proxy_conf["proxy"] = {**conf.get("proxy", {}), "bind_ip": opts.host,
+                           "bind_port": opts.port, "workers": opts.workers}
     out["proxy"] = proxy_conf
     return out
 

@@ -1,0 +1,129 @@
+"""The internal HTTP client that proxies and daemons use to talk to storage nodes.
+
+One shared aiohttp ``ClientSession`` with a keep-alive connection pool: a small
+request to a node then costs one round trip on an open socket, not a TCP handshake.
+Every call has two timeouts: ``conn_timeout`` to get a connection and
+``node_timeout`` for each read from the node. Bodies are never decompressed here
+(a stored object may carry ``Content-Encoding: gzip``; we pass its bytes verbatim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from yarl import URL
+
+#: Exceptions meaning "this node did not answer properly": try another one.
+NODE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def node_path(
+    node: Mapping[str, Any],
+    part: int,
+    account: str,
+    container: str | None = None,
+    obj: str | None = None,
+) -> str:
+    """The percent-encoded backend path ``/<device>/<part>/<a>[/<c>[/<o>]]``."""
+    parts = [node["device"], str(part), account]
+    if container is not None:
+        parts.append(container)
+        if obj is not None:
+            parts.append(obj)
+    return "/" + "/".join(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in parts)
+
+
+def node_key(node: Mapping[str, Any]) -> str:
+    """A stable identity of a node device, for error limiting and logs."""
+    return f"{node['ip']}:{node['port']}/{node['device']}"
+
+
+class NodeClient:
+    """Pooled HTTP access to storage nodes with per-call timeouts.
+
+    Create it inside a running event loop (or call :meth:`start` from one) and
+    :meth:`close` it on shutdown.
+    """
+
+    def __init__(
+        self,
+        conn_timeout: float = 0.5,
+        node_timeout: float = 10.0,
+        pool_size: int = 512,
+        pool_per_host: int = 64,
+    ) -> None:
+        self.conn_timeout = conn_timeout
+        self.node_timeout = node_timeout
+        self._pool_size = pool_size
+        self._pool_per_host = pool_per_host
+        self._session: aiohttp.ClientSession | None = None
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=conn_timeout,
+            sock_read=node_timeout,
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._pool_size,
+                limit_per_host=self._pool_per_host,
+                keepalive_timeout=30.0,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def start(self) -> None:
+        _ = self.session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def request(
+        self,
+        node: Mapping[str, Any],
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        body: bytes | AsyncIterator[bytes] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
+        """Start ``method path`` on ``node``; await it (or ``async with``) for the response.
+
+        ``path`` must already be percent-encoded (see :func:`node_path`). The caller
+        must read or release the response.
+        """
+        url = f"http://{node['ip']}:{node['port']}{path}"
+        if query:
+            url += "?" + urlencode(query, quote_via=quote)
+        return self.session.request(
+            method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=body,
+            timeout=timeout or self.timeout,
+            allow_redirects=False,
+            compress=None,
+        )

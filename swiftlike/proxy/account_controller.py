@@ -1,0 +1,159 @@
+"""Accounts: container listings, stats, metadata; creation/deletion for reseller admins.
+
+With ``account_autocreate`` (Swift's default for tempauth clusters) an account that
+was never written reads as empty rather than 404, and its first POST or container
+PUT creates it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from swiftlike.common.constraints import check_listing_params, check_metadata
+from swiftlike.common.node_client import node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.base_controller import (
+    Controller,
+    client_headers,
+    forward_headers,
+    parse_account_acl,
+)
+from swiftlike.proxy.container_controller import listing_format, listing_query
+from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
+
+#: Account headers only the account owner may see.
+OWNER_ONLY_HEADERS = (
+    "X-Account-Meta-Temp-URL-Key",
+    "X-Account-Meta-Temp-URL-Key-2",
+    "X-Account-Access-Control",
+)
+
+
+class AccountController(Controller):
+    server_type = "account"
+
+    async def handle(self, req: SwiftRequest, account: str) -> SwiftResponse:
+        method = req.method
+        if method in ("GET", "HEAD"):
+            return await self.get_or_head(req, account)
+        if method == "POST":
+            return await self.post(req, account)
+        if method in ("PUT", "DELETE"):
+            return await self.put_or_delete(req, account)
+        return error_response(405, headers={"Allow": "GET, HEAD, POST, PUT, DELETE"})
+
+    async def get_or_head(self, req: SwiftRequest, account: str) -> SwiftResponse:
+        denial = await self.authorize(req)
+        if denial is not None:
+            return denial
+        query = None
+        if req.method == "GET":
+            message, status = check_listing_params(
+                req.query, self.ctx.limits.account_listing_limit)
+            if message:
+                return error_response(status, message)
+            query = listing_query(req)
+        part, nodes = self.ctx.ring.get_nodes(account)
+        headers = forward_headers(req)
+        headers["X-Backend-Server-Type"] = "account"
+        resp = await self.get_first(
+            part, nodes, req.method, lambda n: node_path(n, part, account), headers, query)
+        if resp is None:
+            return error_response(503)
+        if resp.status == 404:
+            if self.ctx.account_autocreate and req.environ.get("swift.owner", True):
+                return self._empty_account(req)
+            return error_response(404)
+        out = client_headers(resp.headers)
+        if not req.environ.get("swift.owner", True):
+            for key in OWNER_ONLY_HEADERS:
+                out.popall(key, None)
+        if req.method == "HEAD":
+            length = int(resp.headers.get("Content-Length", 0) or 0)
+            return SwiftResponse(resp.status, out, None, content_length=length)
+        return SwiftResponse(resp.status, out, resp.body)
+
+    def _empty_account(self, req: SwiftRequest) -> SwiftResponse:
+        """What a never-written account looks like (Swift fakes the same answer)."""
+        now = Timestamp.now()
+        headers = {
+            "X-Account-Container-Count": "0",
+            "X-Account-Object-Count": "0",
+            "X-Account-Bytes-Used": "0",
+            "X-Timestamp": now.normal,
+            "X-PUT-Timestamp": now.normal,
+        }
+        if req.method == "HEAD":
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+            return SwiftResponse(204, headers, None, content_length=0)
+        fmt = listing_format(req)
+        if fmt == "json":
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            return SwiftResponse(200, headers, json.dumps([]).encode())
+        if fmt == "xml":
+            headers["Content-Type"] = "application/xml; charset=utf-8"
+            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+                    f'<account name="{_xml_escape(req.split_path()[1] or "")}"></account>')
+            return SwiftResponse(200, headers, body.encode())
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        return SwiftResponse(204, headers, b"")
+
+    async def post(self, req: SwiftRequest, account: str) -> SwiftResponse:
+        message = check_metadata(req.headers, "account", self.ctx.limits)
+        if message:
+            return error_response(400, message)
+        if "X-Account-Access-Control" in req.headers:
+            acl = parse_account_acl(req.headers["X-Account-Access-Control"])
+            if acl is None:
+                return error_response(400, "Invalid X-Account-Access-Control: a JSON object "
+                                           "of admin, read-write, read-only lists expected")
+            req.headers["X-Account-Access-Control"] = json.dumps(acl) if acl else ""
+        denial = await self.authorize(req)
+        if denial is not None:
+            return denial
+        if "X-Account-Access-Control" in req.headers and not req.environ.get(
+                "swift.owner", True):
+            return error_response(403, "Only account administrators may change account ACLs")
+        part, nodes = self.ctx.ring.get_nodes(account)
+        info = await self.account_info(account)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "account"
+        base["X-Timestamp"] = Timestamp.now().internal
+        method = "POST"
+        if info["status"] == 404:
+            if not self.ctx.account_autocreate:
+                return error_response(404)
+            method = "PUT"  # autocreate with the metadata in one write
+        responses = await self.make_requests(
+            part, nodes, method, lambda n: node_path(n, part, account), lambda slot: base)
+        self.invalidate_info(account)
+        resp = self.quorum_response(responses, len(nodes))
+        if resp.status // 100 == 2:
+            resp.status = 204
+        return resp
+
+    async def put_or_delete(self, req: SwiftRequest, account: str) -> SwiftResponse:
+        """Account management: allowed only to reseller admins by the auth middleware."""
+        if req.method == "PUT":
+            message = check_metadata(req.headers, "account", self.ctx.limits)
+            if message:
+                return error_response(400, message)
+        if not req.environ.get("swift.reseller_request"):
+            denial = await self.authorize(req)
+            if denial is not None:
+                return denial
+            if "swift.authorize" in req.environ:
+                return error_response(403)
+        part, nodes = self.ctx.ring.get_nodes(account)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "account"
+        base["X-Timestamp"] = Timestamp.now().internal
+        responses = await self.make_requests(
+            part, nodes, req.method, lambda n: node_path(n, part, account), lambda slot: base)
+        self.invalidate_info(account)
+        return self.quorum_response(responses, len(nodes))
+
+
+def _xml_escape(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))

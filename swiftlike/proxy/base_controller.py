@@ -1,0 +1,407 @@
+"""What every controller shares: node calls, quorum, best response, cached db info.
+
+A controller turns one public request into backend requests through the ring.
+Writes go to all primaries at once (a failed primary is replaced by the next
+handoff) and succeed on a majority; reads ask one node at a time, primaries first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from swiftlike.common.constraints import Limits
+from swiftlike.common.node_client import NODE_ERRORS, NodeClient, node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.node_pool import ErrorLimiter, iter_nodes
+from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
+
+#: Client headers never forwarded to storage nodes.
+DROP_REQUEST_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Host", "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "TE",
+        "Upgrade", "Expect", "X-Auth-Token", "X-Storage-Token", "Authorization", "Cookie",
+        "Proxy-Authorization", "X-Timestamp", "Trailer",
+    )
+)
+#: Backend response headers never returned to clients as they are.
+DROP_RESPONSE_HEADERS = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Server",
+              "Date")
+)
+
+INFO_CACHE_MAX = 10000
+
+
+@dataclass
+class ProxyContext:
+    """Per-app state shared by all controllers (no module globals)."""
+
+    ring: Any
+    client: NodeClient
+    limiter: ErrorLimiter
+    limits: Limits
+    account_autocreate: bool = True
+    info_ttl: float = 3.0
+    put_queue_depth: int = 4
+    buffered_put_limit: int = 256 * 1024
+    info_cache: dict[tuple, tuple[float, dict]] = field(default_factory=dict)
+    inflight_info: dict[tuple, asyncio.Future] = field(default_factory=dict)
+
+
+class BackendResponse:
+    """A fully read backend response (status, headers, body) and the node it came from."""
+
+    __slots__ = ("body", "headers", "node", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, node: dict) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.node = node
+
+    def timestamp(self) -> Timestamp | None:
+        for key in ("X-Backend-Timestamp", "X-Put-Timestamp", "X-Timestamp"):
+            value = self.headers.get(key)
+            if value:
+                try:
+                    return Timestamp(value)
+                except ValueError:
+                    continue
+        return None
+
+
+def forward_headers(req: SwiftRequest) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in req.headers.items():
+        if key.lower() not in DROP_REQUEST_HEADERS:
+            headers.add(key, value)
+    trans_id = req.environ.get("swift.trans_id")
+    if trans_id:
+        headers["X-Trans-Id"] = trans_id
+    return headers
+
+
+def client_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower not in DROP_RESPONSE_HEADERS:
+            if lower == "etag":
+                value = value.strip('"')  # Swift answers unquoted ETags by default
+            out.add(key, value)
+    return out
+
+
+def quorum_size(replicas: int) -> int:
+    return replicas // 2 + 1
+
+
+def best_status(statuses: list[int], quorum: int) -> int:
+    """Swift's rule: the first status class (2xx, 3xx, 4xx) a quorum agrees on, else 503."""
+    for cls in (2, 3, 4):
+        group = [s for s in statuses if s // 100 == cls]
+        if len(group) >= quorum:
+            return Counter(group).most_common(1)[0][0]
+    return 503
+
+
+class Controller:
+    """Base class: backend plumbing used by the account/container/object controllers."""
+
+    server_type = ""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+
+    # -- single node calls -------------------------------------------------------------
+    async def backend(
+        self,
+        node: dict,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> BackendResponse | None:
+        """One request to one node, body read; None (and an error mark) when it failed."""
+        ctx = self.ctx
+        for attempt in (1, 2):
+            try:
+                async with ctx.client.request(
+                    node, method, path, headers=headers, body=body, query=query
+                ) as resp:
+                    data = await resp.read()
+                    result = BackendResponse(resp.status, resp.headers, data, node)
+                break
+            except aiohttp.ServerDisconnectedError:
+                # A pooled keep-alive connection the node had closed: one fresh retry
+                # (safe: every write carries its X-Timestamp, so a repeat is a no-op).
+                if attempt == 2:
+                    ctx.limiter.error(node)
+                    return None
+            except NODE_ERRORS:
+                ctx.limiter.error(node)
+                return None
+        if result.status == 507:
+            ctx.limiter.limit_now(node)
+        elif result.status >= 500:
+            ctx.limiter.error(node)
+        return result
+
+    # -- writes to every replica -------------------------------------------------------
+    async def make_requests(
+        self,
+        part: int,
+        primaries: list[dict],
+        method: str,
+        path_for: Callable[[dict], str],
+        headers_for: Callable[[int], Mapping[str, str]],
+        body: bytes | None = None,
+    ) -> list[BackendResponse | None]:
+        """Send to every primary concurrently; a slot whose node fails takes the next handoff."""
+        nodes = iter_nodes(self.ctx.ring, part, primaries, self.ctx.limiter)
+
+        async def fill_slot(slot: int) -> BackendResponse | None:
+            headers = headers_for(slot)
+            for node in nodes:
+                resp = await self.backend(node, method, path_for(node), headers, body)
+                if resp is not None and resp.status < 500:
+                    return resp
+            return None
+
+        return list(await asyncio.gather(*(fill_slot(i) for i in range(len(primaries)))))
+
+    def quorum_response(
+        self,
+        responses: list[BackendResponse | None],
+        replicas: int,
+        ok_headers: Mapping[str, str] | None = None,
+    ) -> SwiftResponse:
+        statuses = [r.status if r is not None else 503 for r in responses]
+        status = best_status(statuses, quorum_size(replicas))
+        if status >= 300:
+            for r in responses:
+                if r is not None and r.status == status and r.body and status != 404:
+                    text = r.body.decode("utf-8", "replace")
+                    if text.startswith("<html>"):
+                        resp = SwiftResponse(status, {"Content-Type": "text/html; charset=UTF-8"},
+                                             r.body)
+                        return resp
+            return error_response(status)
+        return SwiftResponse(status, ok_headers or {}, b"")
+
+    # -- reads from one replica at a time ----------------------------------------------
+    async def get_first(
+        self,
+        part: int,
+        primaries: list[dict],
+        method: str,
+        path_for: Callable[[dict], str],
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+    ) -> BackendResponse | None:
+        """The first authoritative answer: a 2xx/3xx/4xx other than 404 wins at once.
+
+        404s are collected; when every primary said 404 the newest one is returned
+        (handoffs are only asked when some primary could not answer).
+        """
+        if headers.get("X-Newest", "").lower() in ("true", "1", "yes", "on"):
+            return await self._get_newest(part, primaries, method, path_for, headers, query)
+        not_found: BackendResponse | None = None
+        primary_404s = 0
+        primary_ids = {id(n) for n in primaries}
+        for node in iter_nodes(self.ctx.ring, part, primaries, self.ctx.limiter):
+            resp = await self.backend(node, method, path_for(node), headers, query=query)
+            if resp is None or resp.status >= 500:
+                continue
+            if resp.status == 404:
+                if not_found is None or _newer(resp, not_found):
+                    not_found = resp
+                if id(node) in primary_ids:
+                    primary_404s += 1
+                    if primary_404s >= len(primaries):
+                        break
+                continue
+            return resp
+        return not_found
+
+    async def _get_newest(
+        self,
+        part: int,
+        primaries: list[dict],
+        method: str,
+        path_for: Callable[[dict], str],
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None,
+    ) -> BackendResponse | None:
+        """``X-Newest: true``: ask every primary at once, answer with the newest copy."""
+        responses = await asyncio.gather(*(
+            self.backend(n, method, path_for(n), headers, query=query) for n in primaries
+            if not self.ctx.limiter.is_limited(n)))
+        best: BackendResponse | None = None
+        for resp in responses:
+            if resp is None or resp.status >= 500:
+                continue
+            if best is None or (resp.status // 100 == 2 and best.status // 100 != 2) or (
+                    (resp.status // 100 == 2) == (best.status // 100 == 2)
+                    and _newer(resp, best)):
+                best = resp
+        return best
+
+    # -- cached account / container info -----------------------------------------------
+    def invalidate_info(self, account: str, container: str | None = None) -> None:
+        self.ctx.info_cache.pop(("a", account, None), None)
+        if container is not None:
+            self.ctx.info_cache.pop(("c", account, container), None)
+
+    async def _cached_info(self, key: tuple, fetch: Callable[[], Any]) -> dict:
+        ctx = self.ctx
+        now = time.monotonic()
+        cached = ctx.info_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        waiting = ctx.inflight_info.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        ctx.inflight_info[key] = future
+        try:
+            info = await fetch()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved
+            raise
+        finally:
+            ctx.inflight_info.pop(key, None)
+        if not future.done():
+            future.set_result(info)
+        if info["status"] < 500:
+            if len(ctx.info_cache) >= INFO_CACHE_MAX:
+                ctx.info_cache.clear()
+            ctx.info_cache[key] = (now + ctx.info_ttl, info)
+        return info
+
+    async def account_info(self, account: str) -> dict:
+        async def fetch() -> dict:
+            part, nodes = self.ctx.ring.get_nodes(account)
+            resp = await self.get_first(
+                part, nodes, "HEAD", lambda n: node_path(n, part, account),
+                {"X-Backend-Server-Type": "account"},
+            )
+            return _info_from(resp, "account")
+
+        return await self._cached_info(("a", account, None), fetch)
+
+    async def container_info(self, account: str, container: str) -> dict:
+        async def fetch() -> dict:
+            part, nodes = self.ctx.ring.get_nodes(account, container)
+            resp = await self.get_first(
+                part, nodes, "HEAD", lambda n: node_path(n, part, account, container),
+                {"X-Backend-Server-Type": "container"},
+            )
+            info = _info_from(resp, "container")
+            info["partition"] = part
+            info["nodes"] = nodes
+            return info
+
+        return await self._cached_info(("c", account, container), fetch)
+
+    async def authorize(self, req: SwiftRequest, acl_loader: Callable[[], Any] | None = None
+                        ) -> SwiftResponse | None:
+        """Ask the auth middleware (``swift.authorize``); load the container ACL if needed.
+
+        The first call has no ACL so an account owner costs no container lookup; a
+        denial is retried once with the container's ACL from ``acl_loader``.
+        """
+        authorize = req.environ.get("swift.authorize")
+        if authorize is None:
+            return None
+        denial = authorize(req)
+        if denial is None:
+            return None
+        loaded = await self.load_account_acl(req)
+        if acl_loader is not None:
+            req.environ["swift.acl"] = await acl_loader()
+            loaded = True
+        return authorize(req) if loaded else denial
+
+    async def load_account_acl(self, req: SwiftRequest) -> bool:
+        """Put the account's X-Account-Access-Control into ``swift.account_acl``.
+
+        Only for authenticated callers (account ACLs name users); True when loaded.
+        """
+        if not req.environ.get("swift.identity") or "swift.account_acl" in req.environ:
+            return False
+        account = req.split_path()[1]
+        if not account:
+            return False
+        info = await self.account_info(account)
+        raw = info.get("headers", {}).get("X-Account-Access-Control", "")
+        req.environ["swift.account_acl"] = parse_account_acl(raw) or {}
+        return bool(req.environ["swift.account_acl"])
+
+
+ACCOUNT_ACL_KEYS = ("admin", "read-write", "read-only")
+
+
+def parse_account_acl(raw: str | None) -> dict[str, list[str]] | None:
+    """X-Account-Access-Control JSON -> ``{level: [identities]}``; None when invalid."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or any(k not in ACCOUNT_ACL_KEYS for k in data):
+        return None
+    for value in data.values():
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None
+    return {k: list(v) for k, v in data.items()}
+
+
+def _newer(a: BackendResponse, b: BackendResponse) -> bool:
+    ta, tb = a.timestamp(), b.timestamp()
+    return ta is not None and (tb is None or ta > tb)
+
+
+def _info_from(resp: BackendResponse | None, kind: str) -> dict:
+    if resp is None:
+        return {"status": 503}
+    headers: CIMultiDictProxy[str] | Mapping[str, str] = resp.headers
+    info: dict[str, Any] = {"status": resp.status}
+    if resp.status // 100 != 2:
+        return info
+    prefix = f"x-{kind}-"
+    info["meta"] = {}
+    info["sysmeta"] = {}
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower.startswith(prefix + "meta-"):
+            info["meta"][lower[len(prefix) + 5:]] = value
+        elif lower.startswith(prefix + "sysmeta-"):
+            info["sysmeta"][lower[len(prefix) + 8:]] = value
+    if kind == "container":
+        info["read_acl"] = headers.get("X-Container-Read", "")
+        info["write_acl"] = headers.get("X-Container-Write", "")
+        info["object_count"] = int(headers.get("X-Container-Object-Count", 0) or 0)
+        info["bytes"] = int(headers.get("X-Container-Bytes-Used", 0) or 0)
+        info["versions"] = headers.get("X-Versions-Location")
+        info["history"] = headers.get("X-History-Location")
+    else:
+        info["container_count"] = int(headers.get("X-Account-Container-Count", 0) or 0)
+        info["object_count"] = int(headers.get("X-Account-Object-Count", 0) or 0)
+        info["bytes"] = int(headers.get("X-Account-Bytes-Used", 0) or 0)
+    info["headers"] = dict(headers)
+    return info

@@ -1,0 +1,212 @@
+"""Containers: create, list, stat, metadata, delete (409 when not empty).
+
+Creating a container first makes sure its account exists (``account_autocreate``
+creates it like Swift does for tempauth accounts), then writes every container
+replica with the ``X-Account-*`` headers its server needs to report back to the
+account listing.
+"""
+
+from __future__ import annotations
+
+from swiftlike.common.constraints import check_container_name, check_listing_params, check_metadata
+from swiftlike.common.node_client import node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.acl import clean_acl
+from swiftlike.proxy.base_controller import (
+    Controller,
+    client_headers,
+    forward_headers,
+)
+from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
+
+LISTING_FORMATS = {"json": "json", "xml": "xml", "plain": "plain"}
+
+
+def listing_format(req: SwiftRequest) -> str:
+    """``format=`` if given, else from Accept, else plain (like Swift)."""
+    fmt = req.query.get("format", "").lower()
+    if fmt in LISTING_FORMATS:
+        return fmt
+    accept = req.headers.get("Accept", "")
+    if "application/json" in accept:
+        return "json"
+    if "application/xml" in accept or "text/xml" in accept:
+        return "xml"
+    return "plain"
+
+
+def listing_query(req: SwiftRequest) -> dict[str, str]:
+    query = {k: v for k, v in req.query.items()
+             if k in ("prefix", "delimiter", "marker", "end_marker", "limit", "reverse",
+                      "path")}
+    query["format"] = listing_format(req)
+    return query
+
+
+class ContainerController(Controller):
+    server_type = "container"
+
+    async def handle(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
+        method = req.method
+        if method in ("GET", "HEAD"):
+            return await self.get_or_head(req, account, container)
+        if method == "PUT":
+            return await self.put(req, account, container)
+        if method == "POST":
+            return await self.post(req, account, container)
+        if method == "DELETE":
+            return await self.delete(req, account, container)
+        return error_response(405, headers={"Allow": "GET, HEAD, PUT, POST, DELETE"})
+
+    async def _acl(self, account: str, container: str) -> dict | None:
+        info = await self.container_info(account, container)
+        if info["status"] // 100 != 2:
+            return None
+        return {"read": info["read_acl"], "write": info["write_acl"]}
+
+    async def get_or_head(self, req: SwiftRequest, account: str, container: str
+                          ) -> SwiftResponse:
+        denial = await self.authorize(req, lambda: self._acl(account, container))
+        if denial is not None:
+            return denial
+        query = None
+        if req.method == "GET":
+            message, status = check_listing_params(
+                req.query, self.ctx.limits.container_listing_limit)
+            if message:
+                return error_response(status, message)
+            query = listing_query(req)
+        part, nodes = self.ctx.ring.get_nodes(account, container)
+        headers = forward_headers(req)
+        headers["X-Backend-Server-Type"] = "container"
+        resp = await self.get_first(
+            part, nodes, req.method, lambda n: node_path(n, part, account, container),
+            headers, query,
+        )
+        if resp is None:
+            return error_response(503)
+        if resp.status == 404:
+            return error_response(404)
+        out = client_headers(resp.headers)
+        if not req.environ.get("swift.owner", True):
+            for key in ("X-Container-Read", "X-Container-Write", "X-Container-Sync-Key",
+                        "X-Container-Sync-To"):
+                out.popall(key, None)
+        if req.method == "HEAD":
+            length = int(resp.headers.get("Content-Length", 0) or 0)
+            return SwiftResponse(resp.status, out, None, content_length=length)
+        return SwiftResponse(resp.status, out, resp.body)
+
+    def _check(self, req: SwiftRequest, container: str) -> SwiftResponse | None:
+        message = check_container_name(container, self.ctx.limits)
+        if message:
+            return error_response(400, message)
+        message = check_metadata(req.headers, "container", self.ctx.limits)
+        if message:
+            return error_response(400, message)
+        for header in ("X-Container-Read", "X-Container-Write"):
+            if header in req.headers:
+                try:
+                    req.headers[header] = clean_acl(header, req.headers[header])
+                except ValueError as exc:
+                    return error_response(400, str(exc))
+        return None
+
+    async def ensure_account(self, req: SwiftRequest, account: str) -> SwiftResponse | None:
+        """404 unless the account exists; autocreate it when configured."""
+        info = await self.account_info(account)
+        if info["status"] // 100 == 2:
+            return None
+        if info["status"] != 404:
+            return error_response(503)
+        if not self.ctx.account_autocreate:
+            return error_response(404, "Account not found")
+        part, nodes = self.ctx.ring.get_nodes(account)
+        headers = {"X-Backend-Server-Type": "account", "X-Timestamp": Timestamp.now().internal}
+        trans_id = req.environ.get("swift.trans_id")
+        if trans_id:
+            headers["X-Trans-Id"] = trans_id
+        responses = await self.make_requests(
+            part, nodes, "PUT", lambda n: node_path(n, part, account), lambda slot: headers)
+        self.invalidate_info(account)
+        resp = self.quorum_response(responses, len(nodes))
+        if resp.status // 100 != 2:
+            return error_response(503, "Could not create the account")
+        return None
+
+    def _account_update_headers(self, account: str, replicas: int) -> list[dict[str, str]]:
+        apart, anodes = self.ctx.ring.get_nodes(account)
+        groups: list[list[dict]] = [[] for _ in range(replicas)]
+        for i, anode in enumerate(anodes):
+            groups[i % replicas].append(anode)
+        return [
+            {
+                "X-Account-Host": ",".join(f"{n['ip']}:{n['port']}" for n in group),
+                "X-Account-Device": ",".join(n["device"] for n in group),
+                "X-Account-Partition": str(apart),
+            } if group else {}
+            for group in groups
+        ]
+
+    async def put(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
+        problem = self._check(req, container)
+        if problem is not None:
+            return problem
+        denial = await self.authorize(req)
+        if denial is not None:
+            return denial
+        problem = await self.ensure_account(req, account)
+        if problem is not None:
+            return problem
+        part, nodes = self.ctx.ring.get_nodes(account, container)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "container"
+        base["X-Timestamp"] = Timestamp.now().internal
+        updates = self._account_update_headers(account, len(nodes))
+        responses = await self.make_requests(
+            part, nodes, "PUT", lambda n: node_path(n, part, account, container),
+            lambda slot: {**base, **updates[slot]},
+        )
+        self.invalidate_info(account, container)
+        return self.quorum_response(responses, len(nodes))
+
+    async def post(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
+        problem = self._check(req, container)
+        if problem is not None:
+            return problem
+        denial = await self.authorize(req)
+        if denial is not None:
+            return denial
+        info = await self.container_info(account, container)
+        if info["status"] == 404:
+            return error_response(404)
+        part, nodes = self.ctx.ring.get_nodes(account, container)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "container"
+        base["X-Timestamp"] = Timestamp.now().internal
+        responses = await self.make_requests(
+            part, nodes, "POST", lambda n: node_path(n, part, account, container),
+            lambda slot: base,
+        )
+        self.invalidate_info(account, container)
+        return self.quorum_response(responses, len(nodes))
+
+    async def delete(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
+        denial = await self.authorize(req)
+        if denial is not None:
+            return denial
+        part, nodes = self.ctx.ring.get_nodes(account, container)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "container"
+        base["X-Timestamp"] = Timestamp.now().internal
+        updates = self._account_update_headers(account, len(nodes))
+        responses = await self.make_requests(
+            part, nodes, "DELETE", lambda n: node_path(n, part, account, container),
+            lambda slot: {**base, **updates[slot]},
+        )
+        self.invalidate_info(account, container)
+        resp = self.quorum_response(responses, len(nodes))
+        if resp.status == 409:
+            return error_response(409, "There was a conflict when trying to complete your "
+                                       "request. The container is not empty.")
+        return resp

@@ -1,0 +1,72 @@
+"""Container quotas: ``X-Container-Meta-Quota-Bytes`` and ``-Quota-Count``.
+
+Anyone who may write a container's metadata may set its quotas (they protect the
+owner from their own users, e.g. of a public upload form). A PUT or copy whose
+size would take the container past ``Quota-Bytes``, or one more object past
+``Quota-Count``, answers 413 "Upload exceeds quota." Non-integer quotas are 400.
+"""
+
+from __future__ import annotations
+
+from swiftlike.proxy.mw_util import InfoCache, split_v1
+from swiftlike.proxy.pipeline import (
+    Handler,
+    SwiftRequest,
+    SwiftResponse,
+    error_response,
+    info_registry,
+)
+from swiftlike.proxy.quota_util import (
+    QuotaExceededInStream,
+    cap_chunked_body,
+    quota_response,
+    write_size,
+    write_target,
+)
+
+
+class ContainerQuotas:
+    def __init__(self, app: Handler, conf: dict) -> None:
+        self.app = app
+        # quotas need the current usage: never answer from a cache
+        self.info = InfoCache(app, ttl=0, source="CQ")
+        info_registry(conf).register_info("container_quotas", {})
+
+    async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        _account, container, obj = split_v1(req.path)
+        if container is not None and obj is None and req.method in ("PUT", "POST"):
+            for header, what in (("X-Container-Meta-Quota-Bytes", "bytes"),
+                                 ("X-Container-Meta-Quota-Count", "count")):
+                value = req.headers.get(header, "").strip()
+                if value and not value.isdigit():
+                    return error_response(400, f"Invalid {what} quota.")
+            return await self.app(req)
+        target = write_target(req)
+        if target is None:
+            return await self.app(req)
+        t_account, t_container, _ = target
+        info = await self.info.container(req, t_account, t_container)
+        if not info["status"] // 100 == 2:
+            return await self.app(req)
+        meta = info["meta"]
+        acl = {"read": info.get("read_acl", ""), "write": info.get("write_acl", "")}
+        quota_bytes = meta.get("quota-bytes", "").strip()
+        capped = False
+        if quota_bytes.isdigit():
+            size = await write_size(self.app, req)
+            if size is not None and info["bytes"] + size > int(quota_bytes):
+                return quota_response(req, acl)
+            capped = cap_chunked_body(req, int(quota_bytes) - info["bytes"])
+        quota_count = meta.get("quota-count", "").strip()
+        if quota_count.isdigit() and info["object_count"] + 1 > int(quota_count):
+            return quota_response(req, acl)
+        if not capped:
+            return await self.app(req)
+        try:
+            return await self.app(req)
+        except QuotaExceededInStream:
+            return quota_response(req, acl)
+
+
+def make_middleware(app: Handler, conf: dict) -> Handler:
+    return ContainerQuotas(app, conf)

@@ -1,0 +1,120 @@
+"""Server-side copy: ``COPY`` with ``Destination`` and ``PUT`` with ``X-Copy-From``.
+
+Implemented as a subrequest pair: a GET of the source (authorized as the caller, so
+copying needs read access to the source) whose body streams straight into a PUT of
+the destination. Unless ``X-Fresh-Metadata: true``, the source's user metadata and
+content headers travel along; headers in the request override them.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, error_response
+
+COPIED_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition",
+                  "Content-Language", "Cache-Control", "Expires")
+
+
+def _split_target(value: str) -> tuple[str, str] | None:
+    text = unquote(value).lstrip("/")
+    container, sep, obj = text.partition("/")
+    if not sep or not container or not obj:
+        return None
+    return container, obj
+
+
+def _source_metadata(headers) -> dict[str, str]:
+    out = {}
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower.startswith("x-object-meta-") or key.title() in COPIED_HEADERS or \
+                lower in (h.lower() for h in COPIED_HEADERS):
+            out[key] = value
+    return out
+
+
+def make_middleware(app: Handler, conf: dict) -> Handler:
+    async def copy(req: SwiftRequest) -> SwiftResponse:
+        if req.method not in ("COPY", "PUT"):
+            return await app(req)
+        version, account, container, obj = req.split_path()
+        if version != "v1" or not account or not container or not obj:
+            return await app(req)
+        if req.method == "COPY":
+            destination = req.headers.get("Destination")
+            if not destination:
+                return error_response(412, "You must provide a Destination header")
+            target = _split_target(destination)
+            if target is None:
+                return error_response(412, "Destination header must be of the form "
+                                           "<container name>/<object name>")
+            dest_account = req.headers.get("Destination-Account", account)
+            dest_account = unquote(dest_account)
+            src = (account, container, obj)
+            dest = (dest_account, *target)
+        elif "X-Copy-From" in req.headers:
+            source = _split_target(req.headers["X-Copy-From"])
+            if source is None:
+                return error_response(412, "X-Copy-From header must be of the form "
+                                           "<container name>/<object name>")
+            src_account = unquote(req.headers.get("X-Copy-From-Account", account))
+            src = (src_account, *source)
+            dest = (account, container, obj)
+            length = req.headers.get("Content-Length")
+            if length not in (None, "0"):
+                return error_response(400, "Copy requests require a zero byte body")
+        else:
+            return await app(req)
+        return await _do_copy(app, req, src, dest)
+
+    return copy
+
+
+async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
+                   dest: tuple[str, str, str]) -> SwiftResponse:
+    src_path = "/v1/" + "/".join(src)
+    get_headers = {k: v for k, v in req.headers.items()
+                   if k.lower() in ("if-match", "if-none-match", "if-modified-since",
+                                    "if-unmodified-since")}
+    source = await app(req.make_subrequest("GET", src_path, headers=get_headers))
+    if source.status != 200:
+        source.close()
+        if source.status == 304:
+            return error_response(412)
+        return source
+    headers: dict[str, str] = {}
+    fresh = req.headers.get("X-Fresh-Metadata", "").lower() in ("true", "1", "yes")
+    if not fresh:
+        headers.update(_source_metadata(source.headers))
+    elif "Content-Type" in source.headers:
+        headers["Content-Type"] = source.headers["Content-Type"]
+    for key, value in req.headers.items():
+        lower = key.lower()
+        if lower in ("x-copy-from", "x-copy-from-account", "destination",
+                     "destination-account", "content-length", "transfer-encoding",
+                     "x-fresh-metadata", "if-match", "if-none-match",
+                     "if-modified-since", "if-unmodified-since", "x-auth-token"):
+            continue
+        headers[key] = value
+    length = source.content_length
+    if length is None:
+        headers["Transfer-Encoding"] = "chunked"
+    else:
+        headers["Content-Length"] = str(length)
+    etag = source.headers.get("ETag", "").strip('"')
+    if etag and "X-Object-Manifest" not in source.headers and \
+            "X-Static-Large-Object" not in source.headers:
+        headers["ETag"] = etag
+    put = req.make_subrequest("PUT", "/v1/" + "/".join(dest), headers=headers,
+                              body=source.iter_body())
+    resp = await app(put)
+    source.close()
+    if resp.is_success:
+        resp.headers["X-Copied-From"] = quote(f"{src[1]}/{src[2]}".encode(
+            "utf-8", "surrogateescape"))
+        resp.headers["X-Copied-From-Account"] = quote(src[0].encode("utf-8",
+                                                                    "surrogateescape"))
+        if "Last-Modified" in source.headers:
+            resp.headers["X-Copied-From-Last-Modified"] = source.headers["Last-Modified"]
+    return resp

@@ -1,0 +1,78 @@
+"""Node selection with error limiting.
+
+A node device that keeps failing (connection refused, timeouts, 5xx) is skipped for
+``error_suppression_interval`` seconds once it has failed more than
+``error_suppression_limit`` times, so one dead disk does not cost every request a
+timeout. State is per proxy process (like Swift's proxy), held by the app object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from itertools import islice
+from typing import Any
+
+from swiftlike.common.node_client import node_key
+
+
+class ErrorLimiter:
+    """Counts node failures and says which nodes to skip for a while."""
+
+    def __init__(self, interval: float = 60.0, limit: int = 10) -> None:
+        self.interval = interval
+        self.limit = limit
+        self._errors: dict[str, tuple[int, float]] = {}
+
+    def is_limited(self, node: Mapping[str, Any], now: float | None = None) -> bool:
+        entry = self._errors.get(node_key(node))
+        if entry is None:
+            return False
+        count, last = entry
+        now = time.monotonic() if now is None else now
+        if now - last > self.interval:
+            del self._errors[node_key(node)]
+            return False
+        return count > self.limit
+
+    def error(self, node: Mapping[str, Any]) -> None:
+        key = node_key(node)
+        count, _ = self._errors.get(key, (0, 0.0))
+        self._errors[key] = (count + 1, time.monotonic())
+
+    def limit_now(self, node: Mapping[str, Any]) -> None:
+        """Suppress a node at once (e.g. 507: the device is unmounted or full)."""
+        self._errors[node_key(node)] = (self.limit + 1, time.monotonic())
+
+    def success(self, node: Mapping[str, Any]) -> None:
+        if self._errors:
+            self._errors.pop(node_key(node), None)
+
+    def reset(self) -> None:
+        """Forget every failure (an operator action, and for tests)."""
+        self._errors.clear()
+
+    def error_count(self, node: Mapping[str, Any]) -> int:
+        return self._errors.get(node_key(node), (0, 0.0))[0]
+
+
+def iter_nodes(
+    ring: Any,
+    part: int,
+    primaries: list[dict],
+    limiter: ErrorLimiter,
+    handoff_limit: int | None = None,
+) -> Iterator[dict]:
+    """Primaries, then handoffs, skipping error-limited devices.
+
+    ``handoff_limit`` bounds how many handoffs are consulted (Swift's
+    ``request_node_count``), so a missing object does not fan out over the cluster.
+    """
+    if handoff_limit is None:
+        handoff_limit = len(primaries) * 2
+    for node in primaries:
+        if not limiter.is_limited(node):
+            yield node
+    for node in islice(ring.get_more_nodes(part), handoff_limit):
+        if not limiter.is_limited(node):
+            yield node

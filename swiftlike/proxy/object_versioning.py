@@ -1,0 +1,383 @@
+"""Object versioning (``X-Versions-Enabled: true``): every write kept, addressable by id.
+
+Each version of an object lives in a hidden archive container (one per versioned
+container) under ``<3 hex digits of len(name)><name>/<inverted version id>`` so that a
+prefix listing returns an object's versions newest first. A PUT stores the new bytes
+in the archive and then copies them over the live object, so the user container
+always holds a plain copy of the latest version (listings, ranges and large objects
+work unchanged); DELETE writes a delete marker. The version id is the PUT's
+timestamp, kept in sysmeta and returned as ``X-Object-Version-Id``; ``?version-id=``
+reads, HEADs or deletes one version (deleting the latest restores the one before) and
+``GET <container>?versions`` lists them all with ``version_id`` and ``is_latest``.
+Objects stored before versioning was enabled are the ``null`` version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.pipeline import (
+    Handler,
+    SwiftRequest,
+    SwiftResponse,
+    error_response,
+    info_registry,
+)
+from swiftlike.proxy.subrequest import (
+    container_headers,
+    copy_object,
+    delete_object,
+    discard,
+    forget_container_headers,
+    internal_subrequest,
+    list_container,
+    object_path,
+    true_value,
+)
+
+SOURCE = "OV"
+ENABLED = "X-Container-Sysmeta-Versions-Enabled"
+VERSION_ID = "X-Object-Sysmeta-Versions-Id"
+DELETE_MARKER_TYPE = "application/x-deleted;swift_versions_deleted=1"
+NULL = "null"
+MAX_TS = 9999999999.99999
+LEGACY_ERROR = ("Cannot enable object versioning on a container that is already using "
+                "the legacy versioned writes feature.")
+
+
+RESERVED = "\x01"
+"""Hidden container names start with this byte (Swift uses NUL, which our storage
+nodes reject in paths); clients cannot address such containers through this API."""
+
+
+def archive_container(container: str) -> str:
+    """The hidden container holding a versioned container's versions."""
+    return f"{RESERVED}versions{RESERVED}{container}"
+
+
+def version_prefix(obj: str) -> str:
+    return f"{len(obj.encode('utf-8', 'surrogateescape')):03x}{obj}/"
+
+
+def version_name(obj: str, version_id: str, *, null: bool = False) -> str:
+    inverted = f"{MAX_TS - float(version_id):016.5f}"
+    return version_prefix(obj) + inverted + ("n" if null else "")
+
+
+def parse_version_name(name: str) -> tuple[str, str, bool] | None:
+    """(object, version id, is-null) of an archive row name."""
+    try:
+        length = int(name[:3], 16)
+    except ValueError:
+        return None
+    encoded = name[3:].encode("utf-8", "surrogateescape")
+    obj = encoded[:length].decode("utf-8", "surrogateescape")
+    rest = encoded[length + 1:].decode()
+    null = rest.endswith("n")
+    try:
+        stamp = Timestamp(MAX_TS - float(rest.rstrip("n")))
+    except ValueError:
+        return None
+    return obj, NULL if null else stamp.normal, null
+
+
+def valid_version_id(value: str) -> bool:
+    if value == NULL:
+        return True
+    try:
+        Timestamp(value)
+    except ValueError:
+        return False
+    return True
+
+
+def make_middleware(app: Handler, conf: dict) -> Handler:
+    info_registry(conf).register_info("object_versioning", {})
+
+    async def object_versioning(req: SwiftRequest) -> SwiftResponse:
+        version, account, container, obj = req.split_path()
+        if version != "v1" or not account:
+            return await app(req)
+        if not container:
+            resp = await app(req)
+            if req.method == "GET" and resp.is_success:
+                await hide_archives(resp)
+            return resp
+        if container.startswith(RESERVED):
+            return error_response(400, "Container names starting with \\x01 are reserved")
+        if obj is None:
+            return await container_request(req, account, container)
+        version_id = req.query.get("version-id")
+        if version_id is not None:
+            if not valid_version_id(version_id):
+                return error_response(400, "Invalid version-id")
+            if req.method not in ("GET", "HEAD", "DELETE"):
+                return error_response(400, "version-id is only allowed with GET, HEAD "
+                                      "and DELETE")
+            return await version_request(req, account, container, obj, version_id)
+        if req.method in ("PUT", "DELETE"):
+            info = await container_headers(app, req, account, container, source=SOURCE)
+            if info.is_success and true_value(info.headers.get(ENABLED)):
+                if req.method == "PUT":
+                    return await versioned_put(req, account, container, obj)
+                return await versioned_delete(req, account, container, obj)
+        resp = await app(req)
+        if req.method in ("GET", "HEAD") and resp.headers.get(VERSION_ID):
+            resp.headers["X-Object-Version-Id"] = resp.headers[VERSION_ID]
+        return resp
+
+    # ---------------------------------------------------------------- containers
+
+    async def container_request(req: SwiftRequest, account: str,
+                                container: str) -> SwiftResponse:
+        if req.method in ("PUT", "POST") and "X-Versions-Enabled" in req.headers:
+            enable = true_value(req.headers.popone("X-Versions-Enabled"))
+            if enable and len(archive_container(container).encode()) > 256:
+                return error_response(400, "Container name too long for object versioning")
+            if enable:
+                if any(req.headers.get(h) for h in ("X-Versions-Location",
+                                                    "X-History-Location")):
+                    return error_response(400, LEGACY_ERROR)
+                info = await container_headers(app, req, account, container, source=SOURCE)
+                if info.is_success and (info.headers.get("X-Versions-Location")
+                                        or info.headers.get("X-History-Location")):
+                    return error_response(400, LEGACY_ERROR)
+                archive = await app(internal_subrequest(
+                    req, "PUT", object_path(account, archive_container(container)),
+                    source=SOURCE))
+                discard(archive)
+                if not archive.is_success:
+                    return error_response(503, "Unable to create the versions container")
+            req.headers[ENABLED] = "True" if enable else "False"
+            forget_container_headers(req, account, container)
+            return await app(req)
+        if req.method == "GET" and "versions" in req.query:
+            return await list_versions(req, account, container)
+        if req.method == "DELETE":
+            status, rows = await list_container(
+                app, req, account, archive_container(container), limit=1, source=SOURCE)
+            if status == 200 and rows:
+                return error_response(409, "There are versions of objects left in this "
+                                      "container; delete them first.")
+            resp = await app(req)
+            if resp.is_success and status == 200:
+                await delete_object(app, req, object_path(account, archive_container(
+                    container)), source=SOURCE)
+            return resp
+        resp = await app(req)
+        if req.method in ("GET", "HEAD") and resp.headers.get(ENABLED) is not None:
+            resp.headers["X-Versions-Enabled"] = str(true_value(resp.headers[ENABLED]))
+        return resp
+
+    async def hide_archives(resp: SwiftResponse) -> None:
+        """Account listings never show the hidden archive containers."""
+        ctype = resp.headers.get("Content-Type", "")
+        body = await resp.read()
+        if b"\\u0001" not in body and RESERVED.encode() not in body:
+            return
+        if "json" in ctype:
+            rows = [r for r in json.loads(body)
+                    if not r.get("name", "").startswith(RESERVED)]
+            data = json.dumps(rows).encode()
+        elif "text/plain" in ctype:
+            data = b"".join(line + b"\n" for line in body.splitlines()
+                            if not line.startswith(RESERVED.encode()))
+        else:
+            return
+        resp.body = data
+        resp.content_length = len(data)
+
+    async def list_versions(req: SwiftRequest, account: str,
+                            container: str) -> SwiftResponse:
+        head = await container_headers(app, req, account, container, source=SOURCE)
+        if not head.is_success:
+            return error_response(head.status)
+        status, archived = await list_container(
+            app, req, account, archive_container(container), source=SOURCE)
+        if status not in (200, 404):
+            return error_response(503)
+        status, current = await list_container(app, req, account, container, source=SOURCE)
+        if status != 200:
+            return error_response(status if status in (401, 403, 404) else 503)
+        entries: list[tuple[str, float, dict[str, Any]]] = []
+        versioned_names = set()
+        for row in archived:
+            parsed = parse_version_name(row["name"])
+            if parsed is None:
+                continue
+            obj, vid, _null = parsed
+            versioned_names.add(obj)
+            entry = {k: row[k] for k in ("hash", "bytes", "content_type", "last_modified")
+                     if k in row}
+            entry.update(name=obj, version_id=vid)
+            entries.append((obj, _inverted(row["name"]), entry))
+        for row in current:
+            if "name" in row and row["name"] not in versioned_names:
+                entry = dict(row)
+                entry["version_id"] = NULL
+                entries.append((row["name"], MAX_TS, entry))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        prefix = req.query.get("prefix", "")
+        marker = req.query.get("marker", "")
+        limit = int(req.query.get("limit", "10000") or 10000)
+        rows, last = [], None
+        for name, _stamp, entry in entries:
+            entry["is_latest"] = name != last
+            last = name
+            if prefix and not name.startswith(prefix):
+                continue
+            if marker and name <= marker:
+                continue
+            rows.append(entry)
+        rows = rows[:limit]
+        if req.query.get("format") == "json" or "json" in req.headers.get("Accept", ""):
+            body = json.dumps(rows).encode()
+            ctype = "application/json; charset=utf-8"
+        else:
+            body = "".join(f"{row['name']}\n" for row in rows).encode()
+            ctype = "text/plain; charset=utf-8"
+        resp = SwiftResponse(200 if rows else 204, dict(head.headers), body if rows else b"")
+        resp.headers["Content-Type"] = ctype
+        resp.headers.popall("Content-Length", None)
+        resp.headers["X-Versions-Enabled"] = str(true_value(head.headers.get(ENABLED)))
+        return resp
+
+    # ------------------------------------------------------------------- objects
+
+    async def keep_null_version(req: SwiftRequest, account: str, container: str,
+                                obj: str) -> SwiftResponse | None:
+        """Archive an object written before versioning was on, as the null version."""
+        path = object_path(account, container, obj)
+        head = await app(internal_subrequest(req, "HEAD", path, source=SOURCE))
+        discard(head)
+        if head.status == 404 or head.headers.get(VERSION_ID):
+            return None
+        if not head.is_success:
+            return error_response(head.status if head.status in (401, 403) else 503)
+        stamp = head.headers.get("X-Timestamp") or Timestamp.now().normal
+        name = version_name(obj, Timestamp(stamp).normal, null=True)
+        status, put = await copy_object(app, req, path, object_path(
+            account, archive_container(container), name), extra_headers={VERSION_ID: NULL},
+            source=SOURCE)
+        if status // 100 != 2 and not (status == 404 and put is None):
+            return error_response(503, "Unable to keep the unversioned object")
+        return None
+
+    async def versioned_put(req: SwiftRequest, account: str, container: str,
+                            obj: str) -> SwiftResponse:
+        failure = await keep_null_version(req, account, container, obj)
+        if failure is not None:
+            return failure
+        version_id = Timestamp.now().normal
+        archive_path = object_path(account, archive_container(container),
+                                   version_name(obj, version_id))
+        headers = dict(req.headers)
+        headers[VERSION_ID] = version_id
+        put = req.make_subrequest("PUT", archive_path, headers=headers, body=req.body)
+        put.environ["swift.source"] = SOURCE
+        req.body = None
+        resp = await app(put)
+        if not resp.is_success:
+            return resp
+        status, _ = await copy_object(app, req, archive_path,
+                                      object_path(account, container, obj), source=SOURCE)
+        if status // 100 != 2:
+            await delete_object(app, req, archive_path, source=SOURCE)
+            return error_response(status if status in (401, 403, 412) else 503,
+                                  "Unable to make the new version current")
+        resp.headers["X-Object-Version-Id"] = version_id
+        return resp
+
+    async def versioned_delete(req: SwiftRequest, account: str, container: str,
+                               obj: str) -> SwiftResponse:
+        failure = await keep_null_version(req, account, container, obj)
+        if failure is not None:
+            return failure
+        version_id = Timestamp.now().normal
+        marker = internal_subrequest(
+            req, "PUT", object_path(account, archive_container(container),
+                                    version_name(obj, version_id)),
+            headers={"Content-Type": DELETE_MARKER_TYPE, "Content-Length": "0",
+                     VERSION_ID: version_id}, source=SOURCE)
+        resp = await app(marker)
+        discard(resp)
+        if not resp.is_success:
+            return error_response(503, "Unable to write a delete marker")
+        status = await delete_object(app, req, object_path(account, container, obj),
+                                     source=SOURCE)
+        if status // 100 != 2 and status != 404:
+            return error_response(503)
+        return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
+
+    async def find_version(req: SwiftRequest, account: str, container: str, obj: str,
+                           version_id: str) -> tuple[int, list[dict[str, Any]], int | None]:
+        status, rows = await list_container(
+            app, req, account, archive_container(container), prefix=version_prefix(obj),
+            source=SOURCE)
+        if status != 200:
+            return status, [], None
+        for index, row in enumerate(rows):
+            parsed = parse_version_name(row["name"])
+            if parsed is not None and parsed[1] == version_id:
+                return 200, rows, index
+        return 200, rows, None
+
+    async def version_request(req: SwiftRequest, account: str, container: str, obj: str,
+                              version_id: str) -> SwiftResponse:
+        status, rows, index = await find_version(req, account, container, obj, version_id)
+        if status not in (200, 404):
+            return error_response(status if status in (401, 403) else 503)
+        if index is None:
+            if version_id == NULL and req.method != "DELETE":
+                resp = await app(internal_subrequest(
+                    req, req.method, object_path(account, container, obj), source=SOURCE,
+                    headers=dict(req.headers)))
+                if resp.is_success and resp.headers.get(VERSION_ID):
+                    discard(resp)
+                    return error_response(404)
+                if resp.is_success:
+                    resp.headers["X-Object-Version-Id"] = NULL
+                return resp
+            if req.method == "DELETE":
+                return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
+            return error_response(404)
+        row = rows[index]
+        path = object_path(account, archive_container(container), row["name"])
+        if req.method in ("GET", "HEAD"):
+            if row.get("content_type", "").startswith("application/x-deleted"):
+                return error_response(404, headers={"X-Object-Version-Id": version_id})
+            resp = await app(internal_subrequest(req, req.method, path, source=SOURCE,
+                                                 headers=dict(req.headers)))
+            if resp.status // 100 in (2, 3, 4) and resp.status != 404:
+                resp.headers["X-Object-Version-Id"] = version_id
+            return resp
+        status = await delete_object(app, req, path, source=SOURCE)
+        if status // 100 != 2 and status != 404:
+            return error_response(503)
+        if index == 0:
+            await restore_latest(req, account, container, obj, rows[1:])
+        return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
+
+    async def restore_latest(req: SwiftRequest, account: str, container: str, obj: str,
+                             older: list[dict[str, Any]]) -> None:
+        """After the newest version went away, make the next one current (or none)."""
+        live = object_path(account, container, obj)
+        if older and not older[0].get("content_type", "").startswith("application/x-deleted"):
+            source_path = object_path(account, archive_container(container), older[0]["name"])
+            status, _ = await copy_object(app, req, source_path, live, source=SOURCE)
+            if status // 100 == 2:
+                return
+        await delete_object(app, req, live, source=SOURCE)
+
+    return object_versioning
+
+
+def _inverted(name: str) -> float:
+    """The inverted timestamp of an archive row: smaller is newer."""
+    tail = name.rsplit("/", 1)[-1].rstrip("n")
+    try:
+        return float(tail)
+    except ValueError:
+        return MAX_TS

@@ -1,0 +1,243 @@
+"""The proxy server: core app (routing to controllers), aiohttp glue, process runner.
+
+``make_app(conf)`` builds an aiohttp application whose single catch-all route turns
+the aiohttp request into a :class:`SwiftRequest` once, runs the middleware pipeline
+around :class:`ProxyApp`, and streams the :class:`SwiftResponse` back.
+``run_proxy(conf)`` serves it with ``reuse_port`` so several worker processes share
+one port (start each worker with ``uvloop.run(run_proxy(conf))``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from aiohttp import web
+
+from ring import Ring
+from swiftlike.common.config import hash_salts
+from swiftlike.common.constraints import (
+    Limits,
+    check_account_name,
+    check_container_name,
+    check_utf8,
+)
+from swiftlike.common.node_client import NodeClient
+from swiftlike.proxy.account_controller import AccountController
+from swiftlike.proxy.base_controller import ProxyContext
+from swiftlike.proxy.container_controller import ContainerController
+from swiftlike.proxy.info import info_response, register_core_info
+from swiftlike.proxy.node_pool import ErrorLimiter
+from swiftlike.proxy.object_controller import ObjectController
+from swiftlike.proxy.pipeline import (
+    DEFAULT_PIPELINE,
+    Handler,
+    InfoRegistry,
+    SwiftRequest,
+    SwiftResponse,
+    build_pipeline,
+    error_response,
+    info_registry,
+)
+
+log = logging.getLogger("swiftlike.proxy")
+
+HANDLER_KEY = web.AppKey("swiftlike_proxy_handler", object)
+CONTEXT_KEY = web.AppKey("swiftlike_proxy_context", ProxyContext)
+CLIENT_TIMEOUT_KEY = web.AppKey("swiftlike_proxy_client_timeout", float)
+BODY_CHUNK = 65536
+
+
+class ProxyApp:
+    """The innermost handler: validates the path and hands it to a controller."""
+
+    def __init__(self, ctx: ProxyContext, registry: InfoRegistry) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.accounts = AccountController(ctx)
+        self.containers = ContainerController(ctx)
+        self.objects = ObjectController(ctx)
+
+    async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        path = req.path
+        if path == "/info":
+            return info_response(req, self.registry)
+        if not check_utf8(path):
+            return error_response(412, "Invalid UTF8 or contains NULL")
+        version, account, container, obj = req.split_path()
+        if version not in ("v1", "v1.0") or not account:
+            return error_response(404, "Bad URL")
+        limits = self.ctx.limits
+        message = check_account_name(account, limits)
+        if message:
+            return error_response(400, message)
+        if obj:
+            if not container:
+                return error_response(400, "Container name cannot be empty")
+            message = check_container_name(container, limits)
+            if message:
+                return error_response(400, message)
+            return await self.objects.handle(req, account, container, obj)
+        if container:
+            message = check_container_name(container, limits)
+            if message:
+                return error_response(400, message)
+            return await self.containers.handle(req, account, container)
+        if container == "" and obj is not None:
+            return error_response(400, "Container name cannot be empty")
+        return await self.accounts.handle(req, account)
+
+
+def build_context(conf: dict, ring: Any | None = None) -> ProxyContext:
+    """The shared state of one proxy app from its config."""
+    proxy_conf = conf.get("proxy", {})
+    if ring is None:
+        prefix, suffix = hash_salts(conf)
+        ring = Ring(conf["cluster"]["ring"], hash_prefix=prefix, hash_suffix=suffix)
+    client = NodeClient(
+        conn_timeout=float(proxy_conf.get("conn_timeout", 0.5)),
+        node_timeout=float(proxy_conf.get("node_timeout", 10.0)),
+    )
+    limiter = ErrorLimiter(
+        interval=float(proxy_conf.get("error_suppression_interval", 60.0)),
+        limit=int(proxy_conf.get("error_suppression_limit", 10)),
+    )
+    return ProxyContext(
+        ring=ring,
+        client=client,
+        limiter=limiter,
+        limits=Limits.from_conf(proxy_conf),
+        account_autocreate=bool(proxy_conf.get("account_autocreate", True)),
+        info_ttl=float(proxy_conf.get("container_info_ttl", 3.0)),
+    )
+
+
+def make_app(conf: dict, *, ring: Any | None = None) -> web.Application:
+    """The proxy as an aiohttp application (conf: parsed TOML with [cluster], [proxy], [auth])."""
+    conf = dict(conf)
+    conf.pop("_info_registry", None)
+    registry = info_registry(conf)
+    ctx = build_context(conf, ring)
+    register_core_info(registry, ctx.limits, ctx.account_autocreate)
+    names = list(conf.get("proxy", {}).get("pipeline", DEFAULT_PIPELINE))
+    handler = build_pipeline(ProxyApp(ctx, registry), conf, names)
+    app = web.Application(
+        handler_args={"max_field_size": ctx.limits.max_header_size,
+                      "max_line_size": ctx.limits.max_request_line},
+    )
+    app[HANDLER_KEY] = handler
+    app[CONTEXT_KEY] = ctx
+    app[CLIENT_TIMEOUT_KEY] = float(conf.get("proxy", {}).get("client_timeout", 60.0))
+
+    async def close_client(_app: web.Application) -> None:
+        await ctx.client.close()
+
+    app.on_cleanup.append(close_client)
+    app.router.add_route("*", "/{tail:.*}", _aiohttp_entry)
+    return app
+
+
+async def _timed_body(request: web.Request, stall_limit: float) -> AsyncIterator[bytes]:
+    """The client's body in chunks; TimeoutError when the client stalls (-> 408)."""
+    content = request.content
+    while True:
+        async with asyncio.timeout(stall_limit):
+            chunk = await content.read(BODY_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> SwiftRequest:
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+    query: dict[str, str] = {}
+    if raw_query:
+        for key, value in parse_qsl(raw_query, keep_blank_values=True,
+                                    errors="surrogateescape"):
+            query.setdefault(key, value)
+    body = _timed_body(request, client_timeout) if request.body_exists else None
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return SwiftRequest(
+        request.method, path, query=query, headers=request.headers, body=body,
+        host=request.host, scheme=request.scheme,
+        remote=peer[0] if peer else None,
+    )
+
+
+async def _aiohttp_entry(request: web.Request) -> web.StreamResponse:
+    handler: Handler = request.app[HANDLER_KEY]  # type: ignore[assignment]
+    req = to_swift_request(request, request.app[CLIENT_TIMEOUT_KEY])
+    resp = await handler(req)
+    return await send_response(request, resp)
+
+
+async def send_response(request: web.Request, resp: SwiftResponse) -> web.StreamResponse:
+    """Write a SwiftResponse to the client, streaming iterator bodies chunk by chunk."""
+    headers = resp.headers
+    length = resp.content_length
+    header_length = headers.popall("Content-Length", None)
+    if length is None and header_length and header_length[0].isdigit():
+        length = int(header_length[0])
+    body = resp.body
+    if isinstance(body, bytes) and request.method != "HEAD":
+        return web.Response(status=resp.status, headers=headers, body=body)
+    out = web.StreamResponse(status=resp.status, headers=headers)
+    if length is not None and resp.status not in (204, 304):
+        out.content_length = length
+    try:
+        await out.prepare(request)
+        if request.method != "HEAD" and body is not None:
+            async for chunk in resp.iter_body():
+                await out.write(chunk)
+        else:
+            resp.close()
+        await out.write_eof()
+    except (asyncio.CancelledError, Exception):
+        resp.close()
+        if request.transport is not None:
+            request.transport.abort()  # never a clean end for a broken body
+        raise
+    return out
+
+
+async def run_proxy(
+    conf: dict,
+    sock: socket.socket | None = None,
+    extra_apps: dict[str, web.Application] | None = None,
+    extra_routes: dict[str, Any] | None = None,
+) -> None:
+    """Serve the proxy until cancelled; several processes may share the port.
+
+    `extra_apps` mounts other APIs (prefix -> app, e.g. the image API at /image) on the
+    same port, the all-in-one convention; their prefixes take precedence over the
+    Swift API's catch-all route.
+    """
+    app = make_app(conf)
+    for path, route_handler in (extra_routes or {}).items():
+        app.router.add_get(path, route_handler)
+    for prefix, sub_app in (extra_apps or {}).items():
+        app.add_subapp(prefix, sub_app)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    if sock is not None:
+        site: web.BaseSite = web.SockSite(runner, sock)
+    else:
+        proxy_conf = conf.get("proxy", {})
+        site = web.TCPSite(
+            runner,
+            host=str(proxy_conf.get("bind_ip", "127.0.0.1")),
+            port=int(proxy_conf.get("bind_port", 8080)),
+            reuse_port=True,
+            backlog=1024,
+        )
+    await site.start()
+    log.info("proxy listening on %s", site.name)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,201 @@
+"""Symlinks: a zero-byte object whose GET/HEAD serves another object.
+
+``PUT`` with ``X-Symlink-Target: <container>/<object>`` (and optionally
+``X-Symlink-Target-Account``) stores the target in object sysmeta. A GET or HEAD
+follows the chain up to ``symloop_max`` links (then 409) and names the object it
+served in ``Content-Location``; ``?symlink=get`` returns the link itself. A static
+link (``X-Symlink-Target-Etag``) is pinned to the target's ETag at PUT time: the PUT
+fails with 409 when the target does not match, and so does a GET once it changes.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from multidict import CIMultiDict
+
+from swiftlike.proxy.pipeline import (
+    Handler,
+    SwiftRequest,
+    SwiftResponse,
+    error_response,
+    info_registry,
+)
+from swiftlike.proxy.subrequest import (
+    discard,
+    internal_subrequest,
+    split_container_object,
+    strip_etag,
+    true_value,
+)
+
+SOURCE = "SYM"
+TARGET = "X-Object-Sysmeta-Symlink-Target"
+TARGET_ACCOUNT = "X-Object-Sysmeta-Symlink-Target-Account"
+TARGET_ETAG = "X-Object-Sysmeta-Symlink-Target-Etag"
+TARGET_BYTES = "X-Object-Sysmeta-Symlink-Target-Bytes"
+CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+FORM_ERROR = "X-Symlink-Target header must be of the form <container name>/<object name>"
+DEFAULT_TYPE = "application/symlink"
+
+
+def _target_of(headers: CIMultiDict[str] | object, account: str) -> tuple[str, str] | None:
+    """(account, "container/object") a stored symlink points at, or None."""
+    target = headers.get(TARGET)  # type: ignore[attr-defined]
+    if not target:
+        return None
+    return headers.get(TARGET_ACCOUNT) or account, target  # type: ignore[attr-defined]
+
+
+def make_middleware(app: Handler, conf: dict) -> Handler:
+    section = conf.get("symlink", {}) if isinstance(conf.get("symlink"), dict) else {}
+    symloop_max = int(section.get("symloop_max", 2))
+    info_registry(conf).register_info("symlink", {"symloop_max": symloop_max,
+                                                  "static_links": True})
+
+    async def symlink(req: SwiftRequest) -> SwiftResponse:
+        version, account, container, obj = req.split_path()
+        if version != "v1" or not account or not container or not obj:
+            return await app(req)
+        if req.method == "PUT" and "X-Symlink-Target" in req.headers:
+            return await handle_put(req, account)
+        if req.method == "POST" and "X-Symlink-Target" in req.headers:
+            return error_response(400, "A PUT request is required to set a symlink target")
+        if req.method in ("GET", "HEAD"):
+            if req.query.get("symlink") == "get":
+                resp = await app(req)
+                expose(resp, account)
+                return resp
+            return await follow(req, account)
+        return await app(req)
+
+    def expose(resp: SwiftResponse, account: str) -> None:
+        """Show a link's stored target as the public X-Symlink-* headers."""
+        target = _target_of(resp.headers, account)
+        if target is None:
+            return
+        resp.headers["X-Symlink-Target"] = quote(target[1])
+        if resp.headers.get(TARGET_ACCOUNT):
+            resp.headers["X-Symlink-Target-Account"] = resp.headers[TARGET_ACCOUNT]
+        if resp.headers.get(TARGET_ETAG):
+            resp.headers["X-Symlink-Target-Etag"] = resp.headers[TARGET_ETAG]
+            resp.headers["X-Symlink-Target-Bytes"] = resp.headers.get(TARGET_BYTES, "")
+
+    async def handle_put(req: SwiftRequest, account: str) -> SwiftResponse:
+        raw_target = req.headers["X-Symlink-Target"]
+        parsed = split_container_object(raw_target)
+        if parsed is None or raw_target.startswith("/"):
+            return error_response(412, FORM_ERROR)
+        target_account = req.headers.get("X-Symlink-Target-Account")
+        if target_account is not None and (not target_account or "/" in target_account):
+            return error_response(412, "Account name cannot contain slashes")
+        if req.content_length not in (None, 0):
+            return error_response(400, "Symlink requests require a zero byte body")
+        if req.content_length is None and req.body is not None:
+            try:
+                data = await req.read_body(limit=0)
+            except ValueError:
+                return error_response(400, "Symlink requests require a zero byte body")
+            if data:
+                return error_response(400, "Symlink requests require a zero byte body")
+        headers = CIMultiDict(req.headers)
+        for key in ("X-Symlink-Target", "X-Symlink-Target-Account", "X-Symlink-Target-Etag",
+                    "X-Symlink-Target-Bytes", "Transfer-Encoding"):
+            headers.popall(key, None)
+        target_text = "/".join(parsed)
+        headers[TARGET] = target_text
+        if target_account:
+            headers[TARGET_ACCOUNT] = target_account
+        if "X-Symlink-Target-Etag" in req.headers:
+            checked = await check_static(req, target_account or account, target_text)
+            if isinstance(checked, SwiftResponse):
+                return checked
+            headers[TARGET_ETAG], headers[TARGET_BYTES], target_type = checked
+            if not req.headers.get("Content-Type"):
+                headers["Content-Type"] = target_type
+        if not headers.get("Content-Type"):
+            headers["Content-Type"] = DEFAULT_TYPE
+        headers["Content-Length"] = "0"
+        sub = req.make_subrequest("PUT", req.path, headers=headers, body=None,
+                                  query=req.query)
+        sub.environ["swift.subrequest"] = req.environ.get("swift.subrequest", False)
+        resp = await app(sub)
+        if resp.is_success and TARGET_ETAG in headers:
+            resp.headers["X-Symlink-Target-Etag"] = headers[TARGET_ETAG]
+            resp.headers["X-Symlink-Target-Bytes"] = headers[TARGET_BYTES]
+        return resp
+
+    async def check_static(req: SwiftRequest, account: str,
+                           target: str) -> tuple[str, str, str] | SwiftResponse:
+        wanted = strip_etag(req.headers["X-Symlink-Target-Etag"])
+        head = await app(internal_subrequest(req, "HEAD", f"/v1/{account}/{target}",
+                                             source=SOURCE))
+        discard(head)
+        if head.status == 404:
+            return error_response(409, f"X-Symlink-Target does not exist: {quote(target)}")
+        if not head.is_success:
+            return error_response(head.status if head.status in (401, 403) else 409,
+                                  f"Unable to check the symlink target ({head.status})")
+        if head.headers.get(TARGET):
+            return error_response(409, "X-Symlink-Target-Etag cannot point at a symlink")
+        if true_value(head.headers.get("X-Static-Large-Object")):
+            etag = strip_etag(head.headers.get("X-Object-Sysmeta-Slo-Etag"))
+            size = head.headers.get("X-Object-Sysmeta-Slo-Size", "0")
+        else:
+            etag = strip_etag(head.headers.get("ETag"))
+            size = str(head.content_length if head.content_length is not None
+                       else head.headers.get("Content-Length", "0"))
+        if etag != wanted:
+            return error_response(409, f'Object Etag "{etag}" does not match '
+                                  f'X-Symlink-Target-Etag header "{wanted}"')
+        wanted_bytes = req.headers.get("X-Symlink-Target-Bytes")
+        if wanted_bytes is not None and wanted_bytes.strip() != size:
+            return error_response(409, f'Object Content-Length "{size}" does not match '
+                                  f'X-Symlink-Target-Bytes header "{wanted_bytes}"')
+        return etag, size, head.headers.get("Content-Type", DEFAULT_TYPE)
+
+    async def follow(req: SwiftRequest, account: str) -> SwiftResponse:
+        conditional = any(h in req.headers for h in CONDITIONAL)
+        if conditional:
+            # Range/If-* are for the target; look at the link without them first
+            first = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
+            discard(first)
+            if first.headers.get(TARGET) is None or not first.is_success:
+                return await app(req)
+            resp = first
+        else:
+            resp = await app(req)
+        hops = 0
+        current_account = account
+        while resp.is_success and resp.headers.get(TARGET):
+            link = resp.headers
+            if hops >= symloop_max:
+                discard(resp)
+                return error_response(409, "Too many levels of symbolic links, maximum "
+                                      f"allowed is {symloop_max}")
+            hops += 1
+            current_account, target = _target_of(link, current_account)  # type: ignore[misc]
+            pinned = strip_etag(link.get(TARGET_ETAG)) or None
+            discard(resp)
+            path = f"/v1/{current_account}/{target}"
+            headers = {k: v for k, v in req.headers.items()}
+            sub = internal_subrequest(req, req.method, path, headers=headers, query={
+                k: v for k, v in req.query.items() if k != "symlink"}, source=SOURCE)
+            resp = await app(sub)
+            location = quote(path)
+            if resp.status == 404:
+                resp.headers["Content-Location"] = location
+                return resp
+            if pinned is not None and resp.is_success:
+                if true_value(resp.headers.get("X-Static-Large-Object")):
+                    actual = strip_etag(resp.headers.get("X-Object-Sysmeta-Slo-Etag"))
+                else:
+                    actual = strip_etag(resp.headers.get("ETag"))
+                if actual != pinned:
+                    discard(resp)
+                    return error_response(409, f'Object Etag "{actual}" does not match '
+                                          f'X-Symlink-Target-Etag header "{pinned}"')
+            resp.headers["Content-Location"] = location
+        return resp
+
+    return symlink

@@ -1,0 +1,121 @@
+"""Symlinks end to end over raw HTTP, including static links and a link to an SLO."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from tests.middleware.lo_helpers import api_for, md5
+
+
+@pytest.fixture
+def api(swift_cluster):
+    return api_for(swift_cluster)
+
+
+async def test_info(swift_cluster):
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{swift_cluster.proxy_url}/info") as resp:
+        info = await resp.json()
+    assert info["symlink"] == {"symloop_max": 2, "static_links": True}
+
+
+async def test_symlink_follow_get_and_errors(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/target", data=b"target bytes",
+                      headers={"Content-Type": "text/plain"})
+    status, _, _ = await api.request("PUT", f"{c}/link", data=b"",
+                                     headers={"X-Symlink-Target": f"{c}/target"})
+    assert status == 201
+    status, headers, body = await api.request("GET", f"{c}/link")
+    assert status == 200 and body == b"target bytes"
+    assert headers["Content-Location"].endswith(f"/{c}/target")
+    status, headers, body = await api.request("GET", f"{c}/link",
+                                              headers={"Range": "bytes=0-5"})
+    assert status == 206 and body == b"target"
+    status, headers, _ = await api.request("HEAD", f"{c}/link")
+    assert int(headers["Content-Length"]) == 12
+    status, headers, body = await api.request("GET", f"{c}/link",
+                                              params={"symlink": "get"})
+    assert status == 200 and body == b"" and headers["X-Symlink-Target"] == f"{c}/target"
+    _, headers, _ = await api.request("HEAD", f"{c}/link")
+    assert headers["Content-Type"].startswith("text/plain")  # the target's
+    # errors
+    status, _, _ = await api.request("PUT", f"{c}/x", data=b"body",
+                                     headers={"X-Symlink-Target": f"{c}/target"})
+    assert status == 400
+    status, _, _ = await api.request("PUT", f"{c}/x", data=b"",
+                                     headers={"X-Symlink-Target": "no-object"})
+    assert status == 412
+    status, _, _ = await api.request("POST", f"{c}/target",
+                                     headers={"X-Symlink-Target": f"{c}/other"})
+    assert status == 400
+    # chains: two hops are fine, three are a loop error
+    await api.request("PUT", f"{c}/l2", data=b"", headers={"X-Symlink-Target": f"{c}/link"})
+    await api.request("PUT", f"{c}/l3", data=b"", headers={"X-Symlink-Target": f"{c}/l2"})
+    status, _, body = await api.request("GET", f"{c}/l2")
+    assert status == 200 and body == b"target bytes"
+    status, _, body = await api.request("GET", f"{c}/l3")
+    assert status == 409 and b"Too many levels of symbolic links" in body
+    # dangling
+    await api.request("PUT", f"{c}/dangling", data=b"",
+                      headers={"X-Symlink-Target": f"{c}/missing"})
+    status, _, _ = await api.request("GET", f"{c}/dangling")
+    assert status == 404
+    # cross-account target header is kept
+    await api.request("PUT", f"{c}/xacct", data=b"", headers={
+        "X-Symlink-Target": f"{c}/target", "X-Symlink-Target-Account": "AUTH_test"})
+    status, headers, body = await api.request("GET", f"{c}/xacct")
+    assert body == b"target bytes"
+    _, headers, _ = await api.request("HEAD", f"{c}/xacct", params={"symlink": "get"})
+    assert headers["X-Symlink-Target-Account"] == "AUTH_test"
+
+
+async def test_static_links(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/t", data=b"v1")
+    status, _, body = await api.request("PUT", f"{c}/s", data=b"", headers={
+        "X-Symlink-Target": f"{c}/t", "X-Symlink-Target-Etag": "0" * 32})
+    assert status == 409 and b"does not match" in body
+    status, _, _ = await api.request("PUT", f"{c}/s", data=b"", headers={
+        "X-Symlink-Target": f"{c}/t", "X-Symlink-Target-Etag": md5(b"v1"),
+        "X-Symlink-Target-Bytes": "3"})
+    assert status == 409
+    status, _, _ = await api.request("PUT", f"{c}/s", data=b"", headers={
+        "X-Symlink-Target": f"{c}/gone", "X-Symlink-Target-Etag": md5(b"v1")})
+    assert status == 409
+    status, _, _ = await api.request("PUT", f"{c}/s", data=b"", headers={
+        "X-Symlink-Target": f"{c}/t", "X-Symlink-Target-Etag": md5(b"v1")})
+    assert status == 201
+    _, headers, body = await api.request("GET", f"{c}/s")
+    assert body == b"v1"
+    _, headers, _ = await api.request("HEAD", f"{c}/s", params={"symlink": "get"})
+    assert headers["X-Symlink-Target-Etag"] == md5(b"v1")
+    await api.request("PUT", f"{c}/t", data=b"v2")
+    status, _, _ = await api.request("GET", f"{c}/s")
+    assert status == 409
+
+
+async def test_symlink_to_slo(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    parts = [b"1" * 100, b"2" * 50]
+    manifest = []
+    for i, part in enumerate(parts):
+        await api.request("PUT", f"{c}/seg{i}", data=part)
+        manifest.append({"path": f"{c}/seg{i}", "etag": md5(part), "size_bytes": len(part)})
+    status, _, _ = await api.request("PUT", f"{c}/slo", data=json.dumps(manifest).encode(),
+                                     params={"multipart-manifest": "put"})
+    assert status == 201
+    slo_etag = md5("".join(m["etag"] for m in manifest).encode())
+    status, _, _ = await api.request("PUT", f"{c}/link", data=b"", headers={
+        "X-Symlink-Target": f"{c}/slo", "X-Symlink-Target-Etag": slo_etag})
+    assert status == 201
+    status, _, body = await api.request("GET", f"{c}/link")
+    assert status == 200 and body == b"".join(parts)
+    status, _, body = await api.request("GET", f"{c}/link", headers={"Range": "bytes=98-101"})
+    assert status == 206 and body == b"1122"

@@ -1,0 +1,162 @@
+"""Object versioning end to end: legacy X-Versions-Location / X-History-Location and
+the newer X-Versions-Enabled with version ids, delete markers and ?versions listings."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from tests.middleware.lo_helpers import api_for
+
+
+@pytest.fixture
+def api(swift_cluster):
+    return api_for(swift_cluster)
+
+
+def archive_name_prefix(obj: str) -> str:
+    return f"{len(obj.encode()):03x}{obj}/"
+
+
+async def test_info(swift_cluster):
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{swift_cluster.proxy_url}/info") as resp:
+        info = await resp.json()
+    assert info["versioned_writes"] == {"allowed_flags": ["x-versions-location",
+                                                          "x-history-location"]}
+    assert info["object_versioning"] == {}
+
+
+async def listing(api, container, **params):
+    status, _, body = await api.request("GET", container,
+                                        params={"format": "json", **params})
+    assert status in (200, 204), status
+    return json.loads(body or b"[]")
+
+
+async def test_stack_mode(api, unique_name):
+    c, arch = unique_name, f"{unique_name}-arch"
+    await api.request("PUT", arch)
+    status, _, _ = await api.request("PUT", c, headers={"X-Versions-Location": arch,
+                                                        "X-History-Location": arch})
+    assert status == 400
+    status, _, _ = await api.request("PUT", c, headers={"X-Versions-Location": arch})
+    assert status in (201, 202)
+    _, headers, _ = await api.request("HEAD", c)
+    assert headers["X-Versions-Location"] == arch
+    for body in (b"first", b"second", b"third"):
+        status, _, _ = await api.request("PUT", f"{c}/obj", data=body)
+        assert status == 201
+    rows = await listing(api, arch)
+    assert [r["name"].startswith(archive_name_prefix("obj")) for r in rows] == [True, True]
+    _, _, body = await api.request("GET", f"{arch}/{rows[0]['name']}")
+    assert body == b"first"
+    status, _, _ = await api.request("DELETE", f"{c}/obj")
+    assert status == 204
+    _, _, body = await api.request("GET", f"{c}/obj")
+    assert body == b"second"
+    await api.request("DELETE", f"{c}/obj")
+    _, _, body = await api.request("GET", f"{c}/obj")
+    assert body == b"first"
+    await api.request("DELETE", f"{c}/obj")
+    status, _, _ = await api.request("GET", f"{c}/obj")
+    assert status == 404
+    assert await listing(api, arch) == []
+    # switching versioning off
+    await api.request("POST", c, headers={"X-Remove-Versions-Location": "x"})
+    _, headers, _ = await api.request("HEAD", c)
+    assert "X-Versions-Location" not in headers
+
+
+async def test_history_mode(api, unique_name):
+    c, arch = unique_name, f"{unique_name}-hist"
+    await api.request("PUT", arch)
+    await api.request("PUT", c, headers={"X-History-Location": arch})
+    await api.request("PUT", f"{c}/doc", data=b"v1")
+    await api.request("PUT", f"{c}/doc", data=b"v2")
+    status, _, _ = await api.request("DELETE", f"{c}/doc")
+    assert status == 204
+    status, _, _ = await api.request("GET", f"{c}/doc")
+    assert status == 404
+    rows = await listing(api, arch, prefix=archive_name_prefix("doc"))
+    assert len(rows) == 3
+    assert rows[-1]["content_type"].startswith("application/x-deleted")
+    _, _, body = await api.request("GET", f"{arch}/{rows[1]['name']}")
+    assert body == b"v2"
+
+
+async def test_versions_enabled(api, unique_name):
+    c = unique_name
+    status, _, _ = await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    assert status == 201
+    _, headers, _ = await api.request("HEAD", c)
+    assert headers["X-Versions-Enabled"] == "True"
+    status, _, _ = await api.request("POST", c, headers={"X-Versions-Location": "other"})
+    assert status == 400
+    ids = []
+    for body in (b"one", b"two", b"three"):
+        status, headers, _ = await api.request("PUT", f"{c}/o", data=body)
+        assert status == 201
+        ids.append(headers["X-Object-Version-Id"])
+    assert len(set(ids)) == 3
+    status, headers, body = await api.request("GET", f"{c}/o")
+    assert body == b"three" and headers["X-Object-Version-Id"] == ids[2]
+    status, headers, body = await api.request("GET", f"{c}/o", params={"version-id": ids[0]})
+    assert status == 200 and body == b"one" and headers["X-Object-Version-Id"] == ids[0]
+    status, _, _ = await api.request("HEAD", f"{c}/o", params={"version-id": ids[1]})
+    assert status == 200
+    status, _, _ = await api.request("GET", f"{c}/o", params={"version-id": "junk"})
+    assert status == 400
+    status, _, _ = await api.request("GET", f"{c}/o", params={"version-id": "1.00000"})
+    assert status == 404
+    rows = await listing(api, c, versions="")
+    assert [r["version_id"] for r in rows] == ids[::-1]
+    assert [r["is_latest"] for r in rows] == [True, False, False]
+    # the plain listing still shows one object
+    assert [r["name"] for r in await listing(api, c)] == ["o"]
+    # delete: a marker, the object is gone, older versions stay readable
+    status, headers, _ = await api.request("DELETE", f"{c}/o")
+    assert status == 204
+    marker = headers["X-Object-Version-Id"]
+    status, _, _ = await api.request("GET", f"{c}/o")
+    assert status == 404
+    rows = await listing(api, c, versions="")
+    assert rows[0]["version_id"] == marker and rows[0]["is_latest"]
+    assert rows[0]["content_type"].startswith("application/x-deleted")
+    _, _, body = await api.request("GET", f"{c}/o", params={"version-id": ids[1]})
+    assert body == b"two"
+    # deleting the marker and then the latest version restores the one before
+    await api.request("DELETE", f"{c}/o", params={"version-id": marker})
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"three"
+    await api.request("DELETE", f"{c}/o", params={"version-id": ids[2]})
+    _, headers, body = await api.request("GET", f"{c}/o")
+    assert body == b"two" and headers["X-Object-Version-Id"] == ids[1]
+    # a versioned container with versions left cannot be deleted
+    status, _, _ = await api.request("DELETE", c)
+    assert status == 409
+    # the hidden archive does not show in the account listing
+    _, _, body = await api.request("GET", "", params={"format": "json"})
+    assert all("\x01" not in row["name"] for row in json.loads(body))
+
+
+async def test_legacy_and_new_do_not_mix(api, unique_name):
+    c = unique_name
+    status, _, _ = await api.request("PUT", c, headers={"X-Versions-Enabled": "true",
+                                                        "X-Versions-Location": "x"})
+    assert status == 400
+    await api.request("PUT", c, headers={"X-History-Location": "x"})
+    status, _, _ = await api.request("POST", c, headers={"X-Versions-Enabled": "true"})
+    assert status == 400
+
+
+async def test_missing_archive_container_keeps_current(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Location": f"{c}-missing"})
+    await api.request("PUT", f"{c}/o", data=b"precious")
+    status, _, _ = await api.request("PUT", f"{c}/o", data=b"new")
+    assert status == 412
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"precious"

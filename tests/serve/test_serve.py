@@ -14,7 +14,9 @@ from tests.cluster_harness import start_served_cluster
 def _printed_swift_command(output: list[str]) -> list[str]:
     for line in output:
         if "try: swift " in line:
-            return shlex.split(line.split("try: ", 1)[1])
+            words = shlex.split(line.split("try: ", 1)[1])
+            assert words[-1] == "stat"
+            return words[:-1]
     raise AssertionError("no swift command in the ready output:\n" + "".join(output))
 
 

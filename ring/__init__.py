@@ -2,3 +2,16 @@
 
 Pure: no sockets, no asyncio. Imports only stdlib, xxhash, msgpack and numpy.
 """
+
+from .builder import RebalanceReport, RingBuilder, RingBuilderError, UnknownDeviceError
+from .ring import Ring
+from .ringfile import RingFileError
+
+__all__ = [
+    "RebalanceReport",
+    "Ring",
+    "RingBuilder",
+    "RingBuilderError",
+    "RingFileError",
+    "UnknownDeviceError",
+]

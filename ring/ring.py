@@ -1,0 +1,299 @@
+"""Ring: the read-only placement lookup every proxy, storage node and daemon uses.
+
+Loaded from a ring file (``ring.ringfile``); immutable once loaded, except that it swaps in
+a new file when the one on disk changes (checked at most every ``reload_interval``
+seconds). Lookups are on the hot path of every request, so per-device node dicts are
+built once per load and each lookup only hashes the path and copies R small dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from xxhash import xxh3_128_intdigest as _xxh3_128_int
+
+from .hashing import hash_path
+from .ringfile import RingData, RingFileError, read_ring_file
+
+_WALK_CHUNK = 128
+
+
+class _Loaded:
+    """Everything derived from one ring file; swapped atomically on reload."""
+
+    __slots__ = (
+        "data",
+        "dev_ids",
+        "devs",
+        "ip_count",
+        "mtime_key",
+        "nodes_of",
+        "part_power",
+        "partition_count",
+        "region_count",
+        "replica_count",
+        "rows",
+        "shift",
+        "shift128",
+        "templates",
+        "tiers",
+        "zone_count",
+    )
+
+    def __init__(self, data: RingData, mtime_key: tuple):
+        self.data = data
+        self.mtime_key = mtime_key
+        self.part_power = data.part_power
+        self.partition_count = 1 << data.part_power
+        self.replica_count = data.replicas
+        self.shift = 64 - data.part_power
+        self.shift128 = 128 - data.part_power
+        self.devs: list[dict | None] = [None if d is None else dict(d) for d in data.devs]
+        # memoryview indexing returns plain ints fast, without boxing numpy scalars.
+        self.rows = [memoryview(np.ascontiguousarray(row)) for row in data.replica2part2dev]
+        self.templates = [
+            [None if d is None else {**d, "index": r} for d in self.devs]
+            for r in range(data.replicas)
+        ]
+        self.nodes_of = _make_nodes_of(self.rows, self.templates)
+        live = [d for d in self.devs if d is not None]
+        self.dev_ids = sorted(d["id"] for d in live)
+        self.tiers = {d["id"]: (d["region"], (d["region"], d["zone"]),
+                                (d["region"], d["zone"], d["ip"])) for d in live}
+        self.region_count = len({t[0] for t in self.tiers.values()})
+        self.zone_count = len({t[1] for t in self.tiers.values()})
+        self.ip_count = len({t[2] for t in self.tiers.values()})
+
+
+def _make_nodes_of(rows: list[memoryview], templates: list[list[dict | None]]
+                   ) -> Callable[[int], list[dict]]:
+    """A function part -> fresh primary node dicts, unrolled for the common replica counts.
+
+    Bound ``dict.copy`` methods are looked up once here, so a lookup is R memoryview
+    reads and R small dict copies.
+    """
+    copiers = [[None if d is None else d.copy for d in tmpl] for tmpl in templates]
+    if len(rows) == 3:
+        (r0, r1, r2), (c0, c1, c2) = rows, copiers
+
+        def nodes3(part: int) -> list[dict]:
+            return [c0[r0[part]](), c1[r1[part]](), c2[r2[part]]()]
+        return nodes3
+    if len(rows) == 2:
+        (r0, r1), (c0, c1) = rows, copiers
+
+        def nodes2(part: int) -> list[dict]:
+            return [c0[r0[part]](), c1[r1[part]]()]
+        return nodes2
+    pairs = list(zip(rows, copiers, strict=True))
+
+    def nodes(part: int) -> list[dict]:
+        return [c[row[part]]() for row, c in pairs]
+    return nodes
+
+
+def _mtime_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Ring:
+    """Partition lookups against a ring file. See docs/internal-protocol.md ("The ring API")."""
+
+    def __init__(self, path: str | os.PathLike[str], hash_prefix: bytes = b"",
+                 hash_suffix: bytes = b"", reload_interval: float = 15.0, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path = os.fspath(path)
+        self._prefix = bytes(hash_prefix)
+        self._suffix = bytes(hash_suffix)
+        self._prefix_str = self._prefix.decode("utf-8", "surrogateescape")
+        self._suffix_str = self._suffix.decode("utf-8", "surrogateescape")
+        self.reload_interval = float(reload_interval)
+        self._clock = clock
+        self._ring = self._read()
+        self._next_check = clock() + self.reload_interval
+
+    def _read(self) -> _Loaded:
+        try:
+            key = _mtime_key(self.path)
+        except OSError as exc:
+            raise RingFileError(f"cannot read ring file {self.path!r}: {exc}") from exc
+        return _Loaded(read_ring_file(self.path), key)
+
+    # --- reloading -------------------------------------------------------------------------
+    def _maybe_reload(self) -> None:
+        now = self._clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.reload_interval
+        self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Reload now if the file changed; True if a new ring was loaded.
+
+        A file that fails to load keeps the current ring in service (a half-copied or
+        corrupt ring must not take a node down); the error is raised to the caller of
+        this method only, and the next check retries.
+        """
+        try:
+            key = _mtime_key(self.path)
+        except OSError:
+            return False
+        if key == self._ring.mtime_key:
+            return False
+        try:
+            self._ring = _Loaded(read_ring_file(self.path), key)
+        except RingFileError:
+            return False
+        return True
+
+    # --- properties ------------------------------------------------------------------------
+    @property
+    def replica_count(self) -> int:
+        self._maybe_reload()
+        return self._ring.replica_count
+
+    @property
+    def partition_count(self) -> int:
+        self._maybe_reload()
+        return self._ring.partition_count
+
+    @property
+    def part_power(self) -> int:
+        self._maybe_reload()
+        return self._ring.part_power
+
+    @property
+    def devs(self) -> list[dict | None]:
+        """Devices indexed by id (None where an id is unused)."""
+        self._maybe_reload()
+        return self._ring.devs
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._ring.data.meta
+
+    # --- lookups ---------------------------------------------------------------------------
+    def get_part(self, account: str, container: str | None = None,
+                 obj: str | None = None) -> int:
+        """The partition of /account[/container[/object]]."""
+        if self._clock() >= self._next_check:
+            self._maybe_reload()
+        digest = hash_path(account, container, obj, prefix=self._prefix, suffix=self._suffix)
+        return int.from_bytes(digest[:8], "big") >> self._ring.shift
+
+    def get_nodes(self, account: str, container: str | None = None,
+                  obj: str | None = None) -> tuple[int, list[dict]]:
+        """(partition, primary node dicts with 'index') for a path."""
+        if self._clock() >= self._next_check:
+            self._maybe_reload()
+        ring = self._ring
+        if obj is not None and container is not None and account:
+            # Same bytes as ring.hashing.hash_path builds (tests check they agree); the
+            # 128-bit digest read as one big-endian int, top part_power bits.
+            # Prefix and suffix are kept decoded with surrogateescape, which encodes back
+            # to exactly the same bytes, so one encode builds prefix + path + suffix.
+            key = f"{self._prefix_str}/{account}/{container}/{obj}{self._suffix_str}"
+            part = _xxh3_128_int(key.encode("utf-8", "surrogateescape")) >> ring.shift128
+        else:
+            digest = hash_path(account, container, obj, prefix=self._prefix,
+                               suffix=self._suffix)
+            part = int.from_bytes(digest[:8], "big") >> ring.shift
+        return part, ring.nodes_of(part)
+
+    def get_part_nodes(self, part: int) -> list[dict]:
+        """Primary node dicts of a partition, in replica order, each with 'index'."""
+        if self._clock() >= self._next_check:
+            self._maybe_reload()
+        ring = self._ring
+        if not 0 <= part < ring.partition_count:
+            raise IndexError(f"partition {part} out of range 0..{ring.partition_count - 1}")
+        return ring.nodes_of(part)
+
+    def get_more_nodes(self, part: int) -> Iterator[dict]:
+        """Handoff nodes for a partition, deterministic, never a primary.
+
+        Devices come in the order they appear walking the partitions after ``part``
+        (so a device turns up in proportion to its weight), then any device never seen.
+        Four passes over that order: first devices in regions no earlier node used, then
+        unused zones, then unused servers (ip), then any unused device.
+        """
+        ring = self._ring
+        if not 0 <= part < ring.partition_count:
+            raise IndexError(f"partition {part} out of range 0..{ring.partition_count - 1}")
+        return self._handoffs(ring, part)
+
+    @staticmethod
+    def _handoffs(ring: _Loaded, part: int) -> Iterator[dict]:
+        primaries = [row[part] for row in ring.rows]
+        used_devs = set(primaries)
+        used = [set(), set(), set()]
+        for dev_id in primaries:
+            for level, tier in enumerate(ring.tiers[dev_id]):
+                used[level].add(tier)
+        totals = (ring.region_count, ring.zone_count, ring.ip_count)
+        order = _HandoffOrder(ring, part)
+        handoff_index = ring.replica_count
+        for level in (0, 1, 2, None):
+            if level is not None and len(used[level]) >= totals[level]:
+                continue
+            i = 0
+            while True:
+                dev_id = order.get(i)
+                if dev_id is None:
+                    break
+                i += 1
+                if dev_id in used_devs:
+                    continue
+                tiers = ring.tiers[dev_id]
+                if level is not None and tiers[level] in used[level]:
+                    continue
+                used_devs.add(dev_id)
+                for lv, tier in enumerate(tiers):
+                    used[lv].add(tier)
+                node = dict(ring.devs[dev_id], handoff_index=handoff_index)
+                handoff_index += 1
+                yield node
+                if level is not None and len(used[level]) >= totals[level]:
+                    break
+
+
+class _HandoffOrder:
+    """Lazily built device order for one partition's handoffs (see Ring.get_more_nodes)."""
+
+    def __init__(self, ring: _Loaded, part: int):
+        self.ring = ring
+        self.part = part
+        self.order: list[int] = []
+        self.seen: set[int] = set()
+        self.walked = 1  # partitions walked after `part`
+        self.done = False
+
+    def get(self, i: int) -> int | None:
+        while i >= len(self.order) and not self.done:
+            self._extend()
+        return self.order[i] if i < len(self.order) else None
+
+    def _extend(self) -> None:
+        ring = self.ring
+        n = ring.partition_count
+        if self.walked >= n or len(self.seen) >= len(ring.dev_ids):
+            rest = [d for d in ring.dev_ids if d not in self.seen]
+            # Deterministic but part-dependent order for devices the walk never met.
+            rest.sort(key=lambda d: ((d * 2654435761) ^ (self.part * 40503)) & 0xFFFFFFFF)
+            self.order.extend(rest)
+            self.seen.update(rest)
+            self.done = True
+            return
+        stop = min(self.walked + _WALK_CHUNK, n)
+        parts = (self.part + np.arange(self.walked, stop)) % n
+        self.walked = stop
+        block = ring.data.replica2part2dev[:, parts].T.ravel().tolist()
+        for dev_id in block:
+            if dev_id not in self.seen:
+                self.seen.add(dev_id)
+                self.order.append(dev_id)

@@ -1,0 +1,205 @@
+"""Ring lookups, handoffs, reloading, and the ring file format (round trip and corruption)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ring import Ring, RingBuilder, RingFileError
+from ring.hashing import hash_path, partition_of
+from ring.ringfile import HEADER, decode_ring, encode_ring
+
+from .helpers import add_cluster, layouts, n_devices, uniform_builder
+
+FAST = settings(max_examples=30, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def ring_path(tmp_path):
+    b = uniform_builder(part_power=8, zones=4, servers=2, disks=2)
+    b.rebalance(seed=3, now=0)
+    path = tmp_path / "test.ring"
+    b.save_ring(path)
+    return path, b
+
+
+def test_get_nodes_matches_hash_path_and_builder(ring_path):
+    path, b = ring_path
+    ring = Ring(path, hash_prefix=b"pre", hash_suffix=b"suf")
+    assert ring.replica_count == 3 and ring.partition_count == 256 and ring.part_power == 8
+    arr = b.replica2part2dev
+    for args in [("a",), ("a", "c"), ("a", "c", "o"), ("AUTH_x", "c/d", "ü/\U0001f600"),
+                 ("a", "c", "\udcff")]:
+        part, nodes = ring.get_nodes(*args)
+        want = partition_of(hash_path(*args, prefix=b"pre", suffix=b"suf"), 8)
+        assert part == want == ring.get_part(*args)
+        assert [n["id"] for n in nodes] == arr[:, part].tolist()
+        assert [n["index"] for n in nodes] == [0, 1, 2]
+        assert set(nodes[0]) >= {"id", "region", "zone", "ip", "port", "device", "weight",
+                                 "meta", "index"}
+    with pytest.raises(ValueError):
+        ring.get_nodes("a", None, "o")
+
+
+def test_returned_nodes_are_copies(ring_path):
+    ring = Ring(ring_path[0])
+    _, nodes = ring.get_nodes("a", "c", "o")
+    nodes[0]["ip"] = "mutated"
+    assert ring.get_part_nodes(ring.get_part("a", "c", "o"))[0]["ip"] != "mutated"
+
+
+def test_prefix_suffix_change_placement(ring_path):
+    a = Ring(ring_path[0], hash_prefix=b"one")
+    b = Ring(ring_path[0], hash_prefix=b"two")
+    parts = [(a.get_part("acc", "c", f"o{i}"), b.get_part("acc", "c", f"o{i}"))
+             for i in range(50)]
+    assert any(x != y for x, y in parts)
+
+
+def test_handoffs_prefer_unused_zones_then_servers(ring_path):
+    ring = Ring(ring_path[0])
+    for part in range(0, 256, 17):
+        primaries = ring.get_part_nodes(part)
+        handoffs = list(ring.get_more_nodes(part))
+        assert handoffs == list(ring.get_more_nodes(part))  # deterministic
+        ids = [n["id"] for n in handoffs]
+        assert len(ids) == len(set(ids)) == 16 - 3
+        assert not {n["id"] for n in primaries} & set(ids)
+        used = {n["zone"] for n in primaries}
+        # 4 zones, 3 primaries: the first handoff is in the zone no primary uses.
+        assert handoffs[0]["zone"] not in used
+        servers = {n["ip"] for n in primaries} | {handoffs[0]["ip"]}
+        # next come the servers not used yet, before any second device on a used one
+        unused_servers = 8 - len(servers)
+        assert {n["ip"] for n in handoffs[1:1 + unused_servers]}.isdisjoint(servers)
+
+
+@FAST
+@given(layout=layouts, replicas=st.integers(1, 3), part_power=st.integers(0, 6),
+       seed=st.integers(0, 1000))
+def test_handoffs_property(tmp_path_factory, layout, replicas, part_power, seed):
+    if n_devices(layout) < replicas:
+        return
+    b = RingBuilder(part_power, replicas)
+    add_cluster(b, layout)
+    b.rebalance(seed=seed, now=0)
+    path = tmp_path_factory.mktemp("h") / "r.ring"
+    b.save_ring(path)
+    ring = Ring(path)
+    for part in {0, (1 << part_power) - 1, seed % (1 << part_power)}:
+        prim = [n["id"] for n in ring.get_part_nodes(part)]
+        hand = [n["id"] for n in ring.get_more_nodes(part)]
+        assert hand == [n["id"] for n in ring.get_more_nodes(part)]
+        assert not set(prim) & set(hand)
+        assert len(hand) == len(set(hand))
+        assert sorted(prim + hand) == sorted(d["id"] for d in b.devs if d is not None)
+
+
+@FAST
+@given(layout=layouts, replicas=st.integers(1, 3), part_power=st.integers(0, 8),
+       seed=st.integers(0, 1000))
+def test_file_round_trip(layout, replicas, part_power, seed):
+    if n_devices(layout) < replicas:
+        return
+    b = RingBuilder(part_power, replicas)
+    add_cluster(b, layout)
+    b.rebalance(seed=seed, now=0)
+    blob = encode_ring(b.part_power, b.replicas, b.devs, b.replica2part2dev)
+    data = decode_ring(blob)
+    assert data.part_power == part_power and data.replicas == replicas
+    assert np.array_equal(data.replica2part2dev, b.replica2part2dev)
+    assert data.devs == [dict(d) for d in b.devs]
+
+
+def test_builder_file_round_trip(tmp_path):
+    b = uniform_builder(part_power=6, min_part_hours=2, overload=0.25)
+    b.rebalance(seed=1, now=5000)
+    b.remove_dev(3)
+    b.save(tmp_path / "x.builder")
+    c = RingBuilder.load(tmp_path / "x.builder")
+    assert c.devs == b.devs and c.min_part_hours == 2 and c.overload == 0.25
+    assert np.array_equal(c.replica2part2dev, b.replica2part2dev)
+    assert np.array_equal(c.last_moved, b.last_moved)
+    assert c.rebalance(seed=2, now=6000).moved_replicas == b.rebalance(seed=2, now=6000
+                                                                        ).moved_replicas
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_payload", "flip_header", "magic",
+                                    "version", "empty", "append"])
+def test_corrupt_ring_file_refused(ring_path, damage):
+    path, _ = ring_path
+    blob = bytearray(path.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "flip_payload":
+        blob[-5] ^= 0x40
+    elif damage == "flip_header":
+        blob[HEADER.size + 3] ^= 0x01
+    elif damage == "magic":
+        blob[0:8] = b"NOTARING"
+    elif damage == "version":
+        struct.pack_into("<H", blob, 8, 99)
+    elif damage == "empty":
+        blob = bytearray()
+    elif damage == "append":
+        blob += b"junk"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RingFileError) as info:
+        Ring(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)
+
+
+def test_missing_ring_file(tmp_path):
+    with pytest.raises(RingFileError, match="cannot read"):
+        Ring(tmp_path / "nope.ring")
+
+
+def test_reload_when_file_changes(tmp_path):
+    now = [0.0]
+    b = uniform_builder(part_power=6)
+    b.rebalance(seed=1, now=0)
+    path = tmp_path / "r.ring"
+    b.save_ring(path)
+    ring = Ring(path, reload_interval=15, clock=lambda: now[0])
+    assert len([d for d in ring.devs if d]) == 16
+    b.add_dev({"region": 1, "zone": 9, "ip": "10.9.9.9", "port": 6200, "device": "x",
+               "weight": 100})
+    b.rebalance(seed=2, now=10**6)
+    b.save_ring(path)
+    os.utime(path, ns=(1, 10**18))  # make sure the mtime differs even on coarse clocks
+    now[0] = 10.0
+    assert len([d for d in ring.devs if d]) == 16  # not checked yet: interval not over
+    now[0] = 16.0
+    assert len([d for d in ring.devs if d]) == 17
+    # A corrupt replacement keeps the good ring in service.
+    path.write_bytes(b"garbage")
+    now[0] = 40.0
+    assert ring.replica_count == 3 and len([d for d in ring.devs if d]) == 17
+
+
+def test_save_ring_is_atomic_and_leaves_no_temp(tmp_path):
+    b = uniform_builder(part_power=5)
+    b.rebalance(seed=1, now=0)
+    b.save_ring(tmp_path / "r.ring")
+    b.save(tmp_path / "r.builder")
+    assert sorted(os.listdir(tmp_path)) == ["r.builder", "r.ring"]
+
+
+@pytest.mark.parametrize("prefix, suffix", [(b"", b""), (b"\xff\xe2\x82", b"\x80x\xc3"),
+                                            (b"secret", b"\x00")])
+@given(names=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=5))
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fast_hash_path_agrees_with_hashing(ring_path, prefix, suffix, names):
+    # get_nodes builds the hashed bytes itself for speed: it must match ring.hashing.
+    ring = Ring(ring_path[0], hash_prefix=prefix, hash_suffix=suffix)
+    for name in names:
+        want = partition_of(hash_path("acct", "cont", name, prefix=prefix, suffix=suffix), 8)
+        assert ring.get_nodes("acct", "cont", name)[0] == want

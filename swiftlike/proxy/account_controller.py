@@ -17,6 +17,7 @@ from swiftlike.proxy.base_controller import (
     client_headers,
     forward_headers,
     parse_account_acl,
+    translate_remove_headers,
 )
 from swiftlike.proxy.container_controller import listing_format, listing_query
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
@@ -56,8 +57,14 @@ class AccountController(Controller):
         part, nodes = self.ctx.ring.get_nodes(account)
         headers = forward_headers(req)
         headers["X-Backend-Server-Type"] = "account"
-        resp = await self.get_first(
-            part, nodes, req.method, lambda n: node_path(n, part, account), headers, query)
+        if req.method == "HEAD":
+            resp = await self.head_shared(("a", account, headers.get("X-Newest", "")), part,
+                                          nodes, lambda n: node_path(n, part, account),
+                                          headers)
+        else:
+            resp = await self.get_first(
+                part, nodes, req.method, lambda n: node_path(n, part, account), headers,
+                query)
         if resp is None:
             return error_response(503)
         if resp.status == 404:
@@ -99,6 +106,7 @@ class AccountController(Controller):
         return SwiftResponse(204, headers, b"")
 
     async def post(self, req: SwiftRequest, account: str) -> SwiftResponse:
+        translate_remove_headers(req.headers, "account")
         message = check_metadata(req.headers, "account", self.ctx.limits)
         if message:
             return error_response(400, message)
@@ -135,6 +143,7 @@ class AccountController(Controller):
     async def put_or_delete(self, req: SwiftRequest, account: str) -> SwiftResponse:
         """Account management: allowed only to reseller admins by the auth middleware."""
         if req.method == "PUT":
+            translate_remove_headers(req.headers, "account")
             message = check_metadata(req.headers, "account", self.ctx.limits)
             if message:
                 return error_response(400, message)

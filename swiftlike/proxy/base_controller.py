@@ -57,6 +57,7 @@ class ProxyContext:
     buffered_put_limit: int = 256 * 1024
     info_cache: dict[tuple, tuple[float, dict]] = field(default_factory=dict)
     inflight_info: dict[tuple, asyncio.Future] = field(default_factory=dict)
+    inflight_heads: dict[tuple, asyncio.Future] = field(default_factory=dict)
 
 
 class BackendResponse:
@@ -90,6 +91,37 @@ def forward_headers(req: SwiftRequest) -> CIMultiDict[str]:
     if trans_id:
         headers["X-Trans-Id"] = trans_id
     return headers
+
+
+#: ``X-Remove-*`` headers (beside ``X-Remove-<kind>-Meta-*``) that clear one setting.
+REMOVABLE_SETTINGS = {
+    "container": ("X-Container-Read", "X-Container-Write", "X-Container-Sync-Key",
+                  "X-Container-Sync-To", "X-Versions-Location", "X-History-Location"),
+    "account": ("X-Account-Access-Control",),
+}
+
+
+def translate_remove_headers(headers: CIMultiDict[str], kind: str) -> None:
+    """Turn Swift's ``X-Remove-*`` headers into the empty values that delete metadata.
+
+    ``X-Remove-Container-Meta-Color: x`` becomes ``X-Container-Meta-Color:`` (an empty
+    value is a deletion on the node). Like Swift, an explicit value for the same key
+    in the same request wins over its removal.
+    """
+    meta_prefix = f"x-remove-{kind}-meta-"
+    settings = {"x-remove-" + name[2:].lower(): name
+                for name in REMOVABLE_SETTINGS.get(kind, ())}
+    removals = []
+    for key in headers:
+        lower = key.lower()
+        if lower.startswith(meta_prefix) and len(lower) > len(meta_prefix):
+            removals.append((key, f"X-{kind.title()}-Meta-{key[len(meta_prefix):]}"))
+        elif lower in settings:
+            removals.append((key, settings[lower]))
+    for remove_key, target in removals:
+        headers.popall(remove_key, None)
+        if target not in headers:
+            headers[target] = ""
 
 
 def client_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -236,6 +268,36 @@ class Controller:
             return resp
         return not_found
 
+    async def head_shared(
+        self,
+        key: tuple,
+        part: int,
+        primaries: list[dict],
+        path_for: Callable[[dict], str],
+        headers: Mapping[str, str],
+    ) -> BackendResponse | None:
+        """An account/container HEAD that joins an identical HEAD already in flight.
+
+        Under load many requests of one worker ask for the same container's metadata
+        at once (quota and versioning middlewares HEAD it on every object write); they
+        share one backend round trip. The answer is at least as fresh as one fetched
+        at the moment the shared HEAD started: nothing is cached beyond its flight.
+        """
+        inflight = self.ctx.inflight_heads
+        waiting = inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        inflight[key] = future
+        resp: BackendResponse | None = None
+        try:
+            resp = await self.get_first(part, primaries, "HEAD", path_for, headers)
+        finally:
+            if inflight.get(key) is future:
+                del inflight[key]
+            future.set_result(resp)  # on failure the joiners see None (-> 503)
+        return resp
+
     async def _get_newest(
         self,
         part: int,
@@ -261,9 +323,15 @@ class Controller:
 
     # -- cached account / container info -----------------------------------------------
     def invalidate_info(self, account: str, container: str | None = None) -> None:
-        self.ctx.info_cache.pop(("a", account, None), None)
+        """Forget cached info after a metadata write; later HEADs start a fresh flight."""
+        ctx = self.ctx
+        ctx.info_cache.pop(("a", account, None), None)
         if container is not None:
-            self.ctx.info_cache.pop(("c", account, container), None)
+            ctx.info_cache.pop(("c", account, container), None)
+        if ctx.inflight_heads:
+            for key in [k for k in ctx.inflight_heads
+                        if k[1] == account and (k[0] == "a" or k[2] == container)]:
+                del ctx.inflight_heads[key]
 
     async def _cached_info(self, key: tuple, fetch: Callable[[], Any]) -> dict:
         ctx = self.ctx

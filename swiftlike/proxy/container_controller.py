@@ -16,6 +16,7 @@ from swiftlike.proxy.base_controller import (
     Controller,
     client_headers,
     forward_headers,
+    translate_remove_headers,
 )
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -79,10 +80,15 @@ class ContainerController(Controller):
         part, nodes = self.ctx.ring.get_nodes(account, container)
         headers = forward_headers(req)
         headers["X-Backend-Server-Type"] = "container"
-        resp = await self.get_first(
-            part, nodes, req.method, lambda n: node_path(n, part, account, container),
-            headers, query,
-        )
+        if req.method == "HEAD":
+            resp = await self.head_shared(
+                ("c", account, container, headers.get("X-Newest", "")), part, nodes,
+                lambda n: node_path(n, part, account, container), headers)
+        else:
+            resp = await self.get_first(
+                part, nodes, req.method, lambda n: node_path(n, part, account, container),
+                headers, query,
+            )
         if resp is None:
             return error_response(503)
         if resp.status == 404:
@@ -101,6 +107,7 @@ class ContainerController(Controller):
         message = check_container_name(container, self.ctx.limits)
         if message:
             return error_response(400, message)
+        translate_remove_headers(req.headers, "container")
         message = check_metadata(req.headers, "container", self.ctx.limits)
         if message:
             return error_response(400, message)

@@ -81,6 +81,10 @@ class ObjectController(Controller):
             return node_path(node, part, account, container, obj)
 
         nodes = iter_nodes(ctx.ring, part, primaries, ctx.limiter)
+        if _is_true(req.headers.get("X-Newest")):
+            newest = await self._get_newest_object(req, primaries, nodes, path_for, headers)
+            if newest is not None:
+                return newest
         newest_404: Timestamp | None = None
         saw_404 = False
         primary_404s = 0
@@ -122,6 +126,66 @@ class ObjectController(Controller):
         if saw_404:
             return error_response(404)
         return error_response(503)
+
+    async def _get_newest_object(self, req: SwiftRequest, primaries: list[dict],
+                                 nodes: Iterator[dict], path_for: Callable[[dict], str],
+                                 headers: CIMultiDict[str]) -> SwiftResponse | None:
+        """``X-Newest: true``: ask every primary at once and serve the newest copy.
+
+        The newest live copy wins unless a newer tombstone (404 with
+        X-Backend-Timestamp) says the object was deleted after it. None when no
+        primary answered at all (the caller then tries handoffs one by one).
+        """
+        ctx = self.ctx
+        asked = [n for n in primaries if not ctx.limiter.is_limited(n)]
+
+        async def ask(node: dict) -> Any:
+            try:
+                return await self._open(node, req.method, path_for(node), headers)
+            except NODE_ERRORS:
+                ctx.limiter.error(node)
+                return None
+
+        answers = await asyncio.gather(*(ask(n) for n in asked))
+        best: tuple[Timestamp, Any, dict] | None = None
+        newest_404: Timestamp | None = None
+        saw_404 = False
+        losers = []
+        for node, resp in zip(asked, answers, strict=True):
+            if resp is None:
+                continue
+            status = resp.status
+            stamp = _header_ts(resp.headers, "X-Backend-Timestamp") or _header_ts(
+                resp.headers, "X-Timestamp")
+            if status == 404:
+                saw_404 = True
+                if stamp is not None and (newest_404 is None or stamp > newest_404):
+                    newest_404 = stamp
+            elif status >= 500:
+                if status == 507:
+                    ctx.limiter.limit_now(node)
+                else:
+                    ctx.limiter.error(node)
+            else:  # 2xx, or 304 / 412 / 416 where the copy's conditions decided
+                stamp = stamp or Timestamp(0)
+                if best is None or stamp > best[0]:
+                    if best is not None:
+                        losers.append(best[1])
+                    best = (stamp, resp, node)
+                    continue
+            losers.append(resp)
+        for resp in losers:
+            await _drain(resp)
+        if best is None:
+            return error_response(404) if saw_404 else None
+        stamp, resp, node = best
+        if newest_404 is not None and stamp < newest_404 and resp.status // 100 == 2:
+            await _drain(resp)
+            return error_response(404)
+        result = await self._client_response(req, resp, node, nodes, path_for, headers)
+        if result is not None:
+            ctx.limiter.success(node)
+        return result
 
     async def _open(self, node: dict, method: str, path: str, headers: CIMultiDict[str]
                     ) -> Any:
@@ -347,7 +411,13 @@ class ObjectController(Controller):
                 "Last-Modified": timestamp.http_date,
                 "Content-Type": "text/html; charset=UTF-8",
             }, b"")
-        return self.quorum_response(responses, replicas)
+        resp = self.quorum_response(responses, replicas)
+        if resp.status == 409:
+            # Swift's rule: the nodes already hold a newer-or-equal version (e.g. a
+            # retried request or a racing writer with a later timestamp), so this write
+            # is accepted and superseded, not an error.
+            return SwiftResponse(202, {"Content-Type": "text/html; charset=UTF-8"}, b"")
+        return resp
 
     async def _stream_put(self, req: SwiftRequest, part: int, primaries: list[dict],
                           path_for: Callable[[dict], str],
@@ -370,6 +440,9 @@ class ObjectController(Controller):
         if len(live) < quorum:
             for p in putters:
                 p.abort()
+            early = _early_answers(putters)
+            if early is not None:
+                return early
             return error_response(503, "Not enough storage nodes available")
         max_size = ctx.limits.max_file_size
         total = 0
@@ -388,6 +461,9 @@ class ObjectController(Controller):
                         if len(live) < quorum:
                             for p in putters:
                                 p.abort()
+                            early = _early_answers(putters)
+                            if early is not None:
+                                return early
                             return error_response(503, "Too many storage nodes failed")
         except TimeoutError:
             for p in putters:
@@ -549,6 +625,29 @@ class _Putter:
             if asyncio.current_task() is not None and asyncio.current_task().cancelling():
                 raise
             return None
+
+
+def _early_answers(putters: list[_Putter]) -> list[BackendResponse | None] | None:
+    """Answers nodes gave before taking the whole body (409 newer version, 412
+    If-None-Match ...), or None when no node answered with less than a 5xx.
+
+    With them the quorum rules decide the status, as for a buffered PUT.
+    """
+    answers: list[BackendResponse | None] = []
+    for p in putters:
+        answer = p.final
+        task = p.task
+        if answer is None and task.done() and not task.cancelled() and \
+                task.exception() is None:
+            answer = task.result()
+        answers.append(answer)
+    if any(a is not None and a.status < 500 for a in answers):
+        return answers
+    return None
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("true", "1", "yes", "on", "t", "y")
 
 
 def _header_ts(headers: Any, key: str) -> Timestamp | None:

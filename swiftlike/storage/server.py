@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from aiohttp import web
 
@@ -28,13 +29,37 @@ NODE_KEY = web.AppKey("storage_node", StorageNode)
 SERVERS_KEY = web.AppKey("storage_servers", dict)
 
 
+#: How long a device found present is trusted without another stat (seconds).
+DEVICE_CHECK_INTERVAL = 1.0
+
+
 class NodeDispatcher:
-    """Routes one request to the account, container or object server."""
+    """Routes one request to the account, container or object server.
+
+    The device check (a stat, or a mount check) runs on the event loop; on a disk busy
+    with fsyncs one stat can stall the whole node, so a device found present is
+    trusted for ``DEVICE_CHECK_INTERVAL`` seconds. A missing device is re-checked on
+    every request; a device that vanishes within the interval fails its file
+    operations instead.
+    """
 
     def __init__(self, node: StorageNode) -> None:
         self.node = node
         self.servers = {"object": ObjectServer(node), "container": ContainerServer(node),
                         "account": AccountServer(node)}
+        self._devices_seen: dict[str, tuple[float, str]] = {}
+
+    def device_path(self, device: str) -> str:
+        """The device's directory; DeviceUnavailable when it is not there."""
+        now = time.monotonic()
+        seen = self._devices_seen.get(device)
+        if seen is not None and seen[0] > now:
+            return seen[1]
+        path = self.node.device_path(device)
+        if len(self._devices_seen) > 4096:
+            self._devices_seen.clear()
+        self._devices_seen[device] = (now + DEVICE_CHECK_INTERVAL, path)
+        return path
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -50,7 +75,7 @@ class NodeDispatcher:
         except BadPath as err:
             return error_response(400, f"Invalid path: {err}")
         try:
-            device_path = self.node.device_path(route.device)
+            device_path = self.device_path(route.device)
         except DeviceUnavailable:
             return error_response(507, f"{route.device} is not mounted")
         return await self.servers[server_type].handle(request, route, device_path)

@@ -177,9 +177,12 @@ async def delete_image(request: web.Request) -> web.Response:
     try:
         if image.location:
             await c.store.delete_location(Location.from_json(image.location))
-        else:  # an upload may be in flight or may have crashed: sweep its name too
+        else:  # an upload may have crashed: sweep its object and any segments too
             container = container_for(c.settings, image.owner)
             await c.store.delete_object(container, image.id)
+            for seg_name in await c.store.list_objects(f"{container}_segments",
+                                                       prefix=f"{image.id}/"):
+                await c.store.delete_object(f"{container}_segments", seg_name)
     except StoreError as exc:
         LOG.error("cannot delete bytes of image %s: %s", image.id, exc)
         raise http_error(503, "The image data could not be deleted; try again.") from exc

@@ -8,6 +8,7 @@ must leave no bytes behind when they fail.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from swiftlike.image.format_inspector import FormatInspector, ImageFormatError
-from swiftlike.image.store import Location, StoreError, SwiftStore, write_segmented
+from swiftlike.image.store import Location, Segment, StoreError, SwiftStore, write_segmented
 
 LOG = logging.getLogger("swiftlike.image.upload")
 
@@ -137,28 +138,40 @@ async def store_stream(
     unknown, chunked length) is written as segments plus a manifest.
     """
     checked = verifier.wrap(source)
+    written: list[Segment] = []
     try:
         if declared_size is not None and declared_size <= store.segment_size:
             await store.ensure_container(container)
             await store.put_object(container, name, checked)
             loc = Location(container, name, verifier.size)
         else:
-            loc = await write_segmented(store, container, name, checked)
+            loc = await write_segmented(store, container, name, checked,
+                                        on_segment=written.append)
         result = verifier.finish()
         if loc.size != result.size:
             raise StoreError(f"stored {loc.size} bytes but {result.size} passed through")
     except BaseException:
-        await discard(store, container, name)
+        # Shielded: a client that hangs up may cancel this handler, but its bytes must go.
+        await asyncio.shield(discard(store, container, name, written))
         raise
     return loc, result
 
 
-async def discard(store: SwiftStore, container: str, name: str) -> None:
-    """Delete every object an upload of ``name`` may have written (best effort, logged)."""
+async def discard(store: SwiftStore, container: str, name: str,
+                  known_segments: list[Segment] | None = None) -> None:
+    """Delete every object an upload of ``name`` may have written (best effort, logged).
+
+    Segments this process knows it wrote are deleted by name, so an orphan cannot hide
+    behind a container listing that has not caught up yet; the listing then sweeps up
+    any others (e.g. from an earlier upload attempt that crashed).
+    """
+    seg_container = f"{container}_segments"
     try:
         await store.delete_object(container, name)
-        for seg_name in await store.list_objects(f"{container}_segments", prefix=f"{name}/"):
-            await store.delete_object(f"{container}_segments", seg_name)
+        names = {seg.name for seg in known_segments or ()}
+        names.update(await store.list_objects(seg_container, prefix=f"{name}/"))
+        for seg_name in sorted(names):
+            await store.delete_object(seg_container, seg_name)
     except Exception:  # the caller's error matters more; leave a trace for operators
         LOG.exception("could not remove the bytes of failed upload %s/%s", container, name)
 

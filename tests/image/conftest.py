@@ -1,34 +1,34 @@
-"""Fixtures for the image API tests: a running image service and tokens for it.
+"""Fixtures for the image API tests: the image service of the real all-in-one cluster.
 
-The image service under test is the one `swiftlike serve` mounts at /image on the real
-cluster (fixture `swift_cluster`). Only while the real proxy cannot start yet do we fall
-back to a standalone image app in front of `fake_swift` (set SWIFTLIKE_IMAGE_FAKE=1 to
-force the fallback).
+The service under test is the one `swiftlike serve` mounts at /image on the proxy port
+(session fixture `swift_cluster`, started with 4 MiB image segments). Nothing is faked:
+image bytes go through the real proxy, SLO middleware and storage nodes, and tests
+check what is (or is not) left in the store by listing the image service's own account
+with the credentials `swiftlike serve` generated for it in cluster.toml.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
-import os
-import threading
-from collections.abc import Iterator
+import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
-from aiohttp import web
 
-from tests.cluster_harness import free_port
+from tests.cluster_harness import ServedCluster
+from tests.conftest import IMAGE_SEGMENT_SIZE
 
 
 @dataclass
 class ImageService:
-    """Where the image API is, and how to log in to the object store behind it."""
+    """Where the image API is, how to log in, and a view of the store behind it."""
 
     image_url: str  # e.g. http://127.0.0.1:8080/image
     auth_url: str
+    store_user: str
+    store_key: str
+    segment_size: int
 
     def token(self, user: str = "test:tester", key: str = "testing") -> str:
         resp = requests.get(self.auth_url, headers={"X-Auth-User": user, "X-Auth-Key": key},
@@ -36,66 +36,69 @@ class ImageService:
         assert resp.status_code == 200, resp.text
         return resp.headers["X-Auth-Token"]
 
-
-class _ThreadLoop:
-    """Runs aiohttp apps on an event loop in a background thread (tests use sync clients)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runners: list[web.AppRunner] = []
-
-    def serve(self, app: web.Application, port: int) -> None:
-        async def start() -> None:
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            self.runners.append(runner)
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for runner in reversed(self.runners):
-                await runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    def store(self) -> StoreView:
+        """The object store as the image service sees it (its own account)."""
+        resp = requests.get(self.auth_url, timeout=30, headers={
+            "X-Auth-User": self.store_user, "X-Auth-Key": self.store_key})
+        assert resp.status_code == 200, resp.text
+        return StoreView(resp.headers["X-Storage-Url"], resp.headers["X-Auth-Token"])
 
 
-def _real_cluster_available() -> bool:
-    if os.environ.get("SWIFTLIKE_IMAGE_FAKE") == "1":
-        return False
-    return importlib.util.find_spec("swiftlike.proxy.server") is not None
+@dataclass
+class StoreView:
+    """Plain Swift API calls on the image service's account, for checking its contents."""
+
+    storage_url: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Auth-Token": self.token}
+
+    def _listing(self, path: str) -> list[dict]:
+        rows: list[dict] = []
+        marker = ""
+        while True:
+            resp = requests.get(f"{self.storage_url}{path}", headers=self.headers, timeout=30,
+                                params={"format": "json", "marker": marker})
+            if resp.status_code == 404:
+                return rows
+            assert resp.status_code in (200, 204), resp.text
+            page = resp.json() if resp.status_code == 200 else []
+            if not page:
+                return rows
+            rows.extend(page)
+            marker = page[-1]["name"]
+
+    def containers(self) -> list[str]:
+        return [row["name"] for row in self._listing("")]
+
+    def objects(self, container: str) -> list[str]:
+        return [row["name"] for row in self._listing(f"/{quote(container)}")]
+
+    def objects_of(self, image_id: str) -> list[str]:
+        """Every ``container/object`` in the whole account that belongs to ``image_id``."""
+        return [f"{c}/{o}" for c in self.containers() for o in self.objects(c)
+                if o == image_id or o.startswith(f"{image_id}/")]
+
+    def get(self, container: str, name: str, **params: str) -> requests.Response:
+        return requests.get(f"{self.storage_url}/{quote(container)}/{quote(name)}",
+                            headers=self.headers, params=params or None, timeout=60)
+
+    def head(self, container: str, name: str) -> requests.Response:
+        return requests.head(f"{self.storage_url}/{quote(container)}/{quote(name)}",
+                             headers=self.headers, timeout=30)
 
 
-def start_fake_image_service(data_dir: Path, segment_size: int = 4 * 1024 * 1024
-                             ) -> tuple[ImageService, _ThreadLoop]:
-    from swiftlike.image.server import make_root_app
-    from tests.image.fake_swift import make_fake_swift
-
-    loop = _ThreadLoop()
-    swift_port, image_port = free_port(), free_port()
-    loop.serve(make_fake_swift(data_dir / "objects"), swift_port)
-    base = f"http://127.0.0.1:{swift_port}"
-    conf = {"image": {"object_store_url": base, "registry": str(data_dir / "images.sqlite"),
-                      "store_user": "admin:admin", "store_key": "admin",
-                      "segment_size": segment_size}}
-    loop.serve(make_root_app(conf), image_port)
-    return ImageService(f"http://127.0.0.1:{image_port}/image", f"{base}/auth/v1.0"), loop
+def cluster_image_conf(cluster: ServedCluster) -> dict:
+    """The [image] table `swiftlike serve` wrote into the cluster's cluster.toml."""
+    with (cluster.data_dir / "cluster.toml").open("rb") as fh:
+        return tomllib.load(fh)
 
 
 @pytest.fixture(scope="session")
-def image_service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[ImageService]:
-    if _real_cluster_available():
-        cluster = request.getfixturevalue("swift_cluster")
-        yield ImageService(cluster.image_url, cluster.auth_url)
-        return
-    service, loop = start_fake_image_service(tmp_path_factory.mktemp("image-fake"))
-    try:
-        yield service
-    finally:
-        loop.close()
+def image_service(swift_cluster: ServedCluster) -> ImageService:
+    conf = cluster_image_conf(swift_cluster)["image"]
+    assert int(conf["segment_size"]) == IMAGE_SEGMENT_SIZE
+    return ImageService(swift_cluster.image_url, swift_cluster.auth_url,
+                        conf["store_user"], conf["store_key"], int(conf["segment_size"]))

@@ -96,7 +96,7 @@ def test_qcow2_and_raw_lifecycle(glance, tmp_path: Path) -> None:
 
 
 def test_range_download_and_content_md5(glance, image_service: ImageService) -> None:
-    data = os.urandom(10 * 1024 * 1024 + 5)  # bigger than the fake's 4 MiB segments
+    data = os.urandom(10 * 1024 * 1024 + 5)  # 3 of the cluster's 4 MiB segments
     img = glance.images.create(name="ranged", disk_format="raw", container_format="bare")
     glance.images.upload(img.id, io.BytesIO(data))
     headers = {"X-Auth-Token": image_service.token()}

@@ -44,17 +44,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         workers=args.workers,
         daemons=not args.no_daemons,
+        image_segment_size=args.image_segment_size,
     )
     return int(_run(serve(opts)))
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from swiftlike.storage.server import run_node
-
     conf = load_config(args.config)
     _setup_logging(conf, "node")
-    _run(_until_signalled(run_node(conf)))
+    _run(_until_signalled(_run_node_with_daemons(conf)))
     return 0
+
+
+async def _run_node_with_daemons(conf: dict[str, Any]) -> None:
+    """A storage node, and its consistency daemons in the same process when enabled.
+
+    The daemons live in a layer below storage, so the node server cannot start them
+    itself; this composition root runs both side by side.
+    """
+    from swiftlike.common.config import conf_bool
+    from swiftlike.storage.server import run_node
+
+    if not conf_bool(conf.get("daemons", {}).get("enabled"), default=False):
+        await run_node(conf)
+        return
+    from swiftlike.daemons.runner import run_daemons
+
+    node = asyncio.ensure_future(run_node(conf))
+    daemons = asyncio.ensure_future(run_daemons(conf))
+    try:
+        done, _ = await asyncio.wait({node, daemons}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in (node, daemons):
+            task.cancel()
+        await asyncio.gather(node, daemons, return_exceptions=True)
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -134,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
     serve.add_argument("--no-daemons", action="store_true",
                        help="do not run replicator/auditor/updater/expirer in the nodes")
+    serve.add_argument("--image-segment-size", type=int, default=None, metavar="BYTES",
+                       help="images larger than this are stored as segments plus an SLO "
+                            "manifest (kept in cluster.toml [image] segment_size)")
     serve.set_defaults(func=_cmd_serve)
 
     for name, func, text in (

@@ -93,6 +93,9 @@ def start_served_cluster(
             line = proc.stdout.readline()
             cluster.output.append(line)
             if line.startswith("swiftlike ready"):
+                # The ready message's second line is the swift command to try; the
+                # server prints both in one write, so this read does not block.
+                cluster.output.append(proc.stdout.readline())
                 _drain_in_background(proc, cluster.output)
                 return cluster
     cluster.stop()

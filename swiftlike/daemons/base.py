@@ -1,0 +1,150 @@
+"""What every daemon of a storage node shares: config, ring, local devices, HTTP client.
+
+One :class:`DaemonContext` is built per process and handed to each daemon (no module
+state). A daemon's devices are the ring devices whose ip/port are this node's
+``[node] bind_ip``/``bind_port`` and whose directory exists under ``[node] devices``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ring import Ring
+from swiftlike.common.config import conf_bool, hash_salts
+from swiftlike.common.node_client import NodeClient
+from swiftlike.storage.recon import save_device_stats
+
+T = TypeVar("T")
+LOG = logging.getLogger(__name__)
+LOCAL_ANY = {"0.0.0.0", "::", ""}
+
+
+class DaemonContext:
+    """Per-process dependencies of the daemons."""
+
+    def __init__(self, conf: dict[str, Any], ring: Ring | None = None,
+                 client: NodeClient | None = None, io_threads: int = 8) -> None:
+        self.conf = conf
+        node = conf.get("node", {})
+        self.devices = str(node.get("devices", "/srv/node"))
+        self.bind_ip = str(node.get("bind_ip", "127.0.0.1"))
+        self.bind_port = int(node.get("bind_port", 6200))
+        self.mount_check = conf_bool(node.get("mount_check"), False)
+        self.fsync = conf_bool(node.get("fsync"), True)
+        self.use_xattr = conf_bool(node.get("xattr"), True)
+        self.hash_prefix, self.hash_suffix = hash_salts(conf)
+        if ring is None:
+            ring_path = conf.get("cluster", {}).get("ring")
+            if not ring_path:
+                raise ValueError("[cluster] ring is required for the daemons")
+            ring = Ring(ring_path, hash_prefix=self.hash_prefix, hash_suffix=self.hash_suffix)
+        self.ring = ring
+        proxy_like = conf.get("daemons", {})
+        self.client = client or NodeClient(
+            conn_timeout=float(proxy_like.get("conn_timeout", 1.0)),
+            node_timeout=float(proxy_like.get("node_timeout", 20.0)))
+        self.executor = ThreadPoolExecutor(io_threads, thread_name_prefix="daemon-io")
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.conf.get(name, {}))
+
+    async def run_io(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(func, *args,
+                                                                           **kwargs))
+
+    def is_local(self, dev: dict[str, Any]) -> bool:
+        ips = {dev.get("ip"), dev.get("replication_ip")}
+        if int(dev.get("port", -1)) != self.bind_port and \
+                int(dev.get("replication_port", -1) or -1) != self.bind_port:
+            return False
+        return self.bind_ip in LOCAL_ANY or self.bind_ip in ips
+
+    def local_devices(self) -> list[dict[str, Any]]:
+        """Ring devices served by this node whose directory is present (mounted)."""
+        found = []
+        for dev in self.ring.devs:
+            if not dev or not self.is_local(dev):
+                continue
+            path = self.device_path(dev["device"])
+            if self.mount_check and not os.path.ismount(path):
+                continue
+            if os.path.isdir(path):
+                found.append(dev)
+        return found
+
+    def device_path(self, device: str) -> str:
+        return os.path.join(self.devices, device)
+
+    async def close(self) -> None:
+        await self.client.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class PassStats:
+    """Counters of one daemon pass on one device, saved for recon and logged."""
+
+    daemon: str
+    device: str
+    started: float = field(default_factory=time.time)
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def error(self, message: str) -> None:
+        self.add("errors")
+        if len(self.errors) < 20:
+            self.errors.append(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        finished = time.time()
+        return {"daemon": self.daemon, "device": self.device, "started": self.started,
+                "finished": finished, "duration": round(finished - self.started, 4),
+                "counts": dict(self.counts), "recent_errors": list(self.errors)}
+
+    def save(self, device_path: str) -> dict[str, Any]:
+        data = self.as_dict()
+        try:
+            save_device_stats(device_path, self.daemon, data)
+        except OSError as err:  # a full or broken device must not stop the daemon
+            LOG.warning("%s: cannot save stats on %s: %s", self.daemon, device_path, err)
+        LOG.info("%s pass on %s: %s in %.2fs", self.daemon, self.device, data["counts"],
+                 data["duration"])
+        return data
+
+
+class RateLimiter:
+    """A token bucket: ``await consume(n)`` sleeps so the long-run rate stays <= rate/s.
+
+    rate <= 0 means unlimited. Shared by all tasks of a daemon, so the limit is per
+    process, not per connection.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = float(rate)
+        self.capacity = float(burst if burst is not None else max(self.rate, 1.0))
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def consume(self, amount: float) -> None:
+        if self.rate <= 0 or amount <= 0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            self.tokens -= amount
+            if self.tokens < 0:
+                await asyncio.sleep(-self.tokens / self.rate)

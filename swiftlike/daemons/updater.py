@@ -1,0 +1,147 @@
+"""The object updater: replays container updates that failed when the object was written.
+
+The object server writes a failed update to ``<device>/async_pending/<suffix>/<hash>-<ts>``
+(see :mod:`swiftlike.storage.updates`). Each pass sends every pending record to the
+targets that had failed; a record whose targets all answered 2xx is deleted, one that
+partly succeeded is rewritten (atomically) with only the targets still failing, so no
+update is ever sent twice to a server that took it and none is dropped. Container rows
+merge by timestamp, so replaying late or out of order converges.
+
+Config ``[updater]``: interval (s, 30), concurrency (16), update_timeout (s, 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import msgpack
+
+from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.storage.updates import UpdateTarget, send_updates
+
+LOG = logging.getLogger(__name__)
+
+
+def list_pending(device_path: str) -> list[str]:
+    root = os.path.join(device_path, "async_pending")
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for suffix in sorted(os.listdir(root)):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                found.extend(os.path.join(root, suffix, name)
+                             for name in sorted(os.listdir(os.path.join(root, suffix))))
+    return found
+
+
+def load_pending(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as handle:
+            record = msgpack.unpackb(handle.read(), raw=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, msgpack.UnpackException):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def rewrite_pending(path: str, record: dict[str, Any], fsync: bool) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(msgpack.packb(record, use_bin_type=True))
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.rename(tmp, path)
+
+
+def remove_pending(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
+
+
+class ObjectUpdater:
+    """Replays async pending container updates: :meth:`run_once`."""
+
+    name = "updater"
+
+    def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
+        conf = conf if conf is not None else ctx.section("updater")
+        self.ctx = ctx
+        self.interval = float(conf.get("interval", 30))
+        self.concurrency = max(1, int(conf.get("concurrency", 16)))
+        self.update_timeout = float(conf.get("update_timeout", 5))
+
+    async def run_once(self) -> dict[str, Any]:
+        results = {}
+        for dev in self.ctx.local_devices():
+            device_path = self.ctx.device_path(dev["device"])
+            stats = PassStats(self.name, dev["device"])
+            pending = await self.ctx.run_io(list_pending, device_path)
+            semaphore = asyncio.Semaphore(self.concurrency)
+
+            async def guarded(path: str, stats: PassStats = stats,
+                              semaphore: Any = semaphore) -> None:
+                async with semaphore:
+                    try:
+                        await self.replay(path, stats)
+                    except Exception as err:
+                        LOG.exception("replaying %s failed", path)
+                        stats.error(f"{path}: {err!r}")
+
+            await asyncio.gather(*(guarded(p) for p in pending))
+            results[dev["device"]] = await self.ctx.run_io(stats.save, device_path)
+        return results
+
+    async def replay(self, path: str, stats: PassStats) -> None:
+        record = await self.ctx.run_io(load_pending, path)
+        if record is None:
+            return
+        stats.add("pending_seen")
+        try:
+            targets = [UpdateTarget(t["host"], str(t["partition"]), t["device"])
+                       for t in record["targets"]]
+            method = record["op"]
+            headers = dict(record["headers"])
+            account, container, obj = record["account"], record["container"], record.get("obj")
+        except (KeyError, TypeError):
+            LOG.error("unreadable async pending %s: quarantining", path)
+            await self.ctx.run_io(_quarantine_pending, path)
+            stats.add("unreadable")
+            return
+        headers.setdefault("X-Backend-Server-Type", record.get("server_type", "container"))
+        failed = await send_updates(self.ctx.client.session, targets, method, account,
+                                    container, obj, headers, self.update_timeout)
+        if not failed:
+            await self.ctx.run_io(remove_pending, path)
+            stats.add("successes")
+            return
+        stats.add("failures")
+        if len(failed) < len(targets):
+            record["targets"] = [{"host": t.host, "partition": t.partition,
+                                  "device": t.device} for t in failed]
+            await self.ctx.run_io(rewrite_pending, path, record, self.ctx.fsync)
+
+    async def run_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_once()
+            except Exception:
+                LOG.exception("updater pass failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def _quarantine_pending(path: str) -> None:
+    device_path = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+    target = os.path.join(device_path, "quarantined", "async_pending")
+    os.makedirs(target, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, os.path.join(target, os.path.basename(path)))

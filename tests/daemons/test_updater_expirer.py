@@ -1,0 +1,166 @@
+# ruff: noqa: ASYNC230, ASYNC240
+"""Updater, expirer, auditor requeue and recon against real in-process nodes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import aiohttp
+import msgpack
+import pytest
+
+from swiftlike.common.node_client import node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.daemons.auditor import ObjectAuditor
+from swiftlike.daemons.expirer import ObjectExpirer
+from swiftlike.daemons.updater import ObjectUpdater, list_pending
+from swiftlike.storage.diskfile import gather_ondisk_files
+from swiftlike.storage.expiring_queue import enqueue_expiring, pending_count
+from swiftlike.storage.updates import pending_record, write_async_pending
+from tests.daemons.mini_cluster import PREFIX, SUFFIX, start_mini_cluster
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    mini = await start_mini_cluster(str(tmp_path))
+    try:
+        yield mini
+    finally:
+        for node in mini.nodes:
+            await node.stop()
+
+
+async def put(cluster, name: str, body: bytes, headers: dict[str, str]) -> list:
+    part, nodes = cluster.ring.get_nodes("AUTH_a", "c", name)
+    async with aiohttp.ClientSession() as session:
+        for node in nodes:
+            url = f"http://127.0.0.1:{node['port']}{node_path(node, part, 'AUTH_a', 'c', name)}"
+            async with session.put(url, data=body, headers={
+                    "X-Timestamp": Timestamp.now().internal, **headers}) as resp:
+                assert resp.status == 201, await resp.text()
+    return nodes
+
+
+async def test_expirer_deletes_due_objects_everywhere_and_keeps_the_rest(cluster):
+    delete_at = int(time.time()) + 2
+    nodes = await put(cluster, "short", b"bye", {"X-Delete-At": str(delete_at)})
+    await put(cluster, "keep", b"stay", {})
+    holder = cluster.node_of(nodes[0])
+    ctx = cluster.context(holder)
+    try:
+        # the auditor finds X-Delete-At and queues it (the object server may also do so)
+        await ObjectAuditor(ctx, {"files_per_second": 0}).run_once("quick")
+        assert pending_count(holder.device_path) == 1
+        early = await ObjectExpirer(ctx).run_once(now=time.time())
+        assert early[holder.device]["counts"].get("attempted", 0) == 0
+        result = await ObjectExpirer(ctx).run_once(now=delete_at + 1)
+    finally:
+        await ctx.close()
+    assert result[holder.device]["counts"]["objects_expired"] == 1
+    assert pending_count(holder.device_path) == 0
+    for dev in nodes:
+        node = cluster.node_of(dev)
+        state = gather_ondisk_files(cluster.object_dir(node, "AUTH_a", "c", "short"))
+        assert state.data_file is None and state.ts_file is not None
+        assert state.ts_file.startswith(Timestamp(delete_at).internal)
+    for dev in cluster.ring.get_nodes("AUTH_a", "c", "keep")[1]:
+        node = cluster.node_of(dev)
+        assert gather_ondisk_files(cluster.object_dir(node, "AUTH_a", "c", "keep")).data_file
+
+
+async def test_expirer_leaves_an_object_whose_expiry_changed(cluster):
+    nodes = await put(cluster, "renewed", b"x", {})
+    holder = cluster.node_of(nodes[0])
+    delete_at = int(time.time()) + 1
+    enqueue_expiring(holder.device_path, "AUTH_a", "c", "renewed", delete_at,
+                     Timestamp.now().internal, PREFIX.encode(), SUFFIX.encode(), fsync=False)
+    ctx = cluster.context(holder)
+    try:
+        result = await ObjectExpirer(ctx).run_once(now=delete_at + 5)
+    finally:
+        await ctx.close()
+    assert result[holder.device]["counts"]["objects_expired"] == 1  # settled: 412 everywhere
+    assert result[holder.device]["counts"].get("deletes", 0) == 0
+    for dev in nodes:
+        node = cluster.node_of(dev)
+        assert gather_ondisk_files(cluster.object_dir(node, "AUTH_a", "c", "renewed")).data_file
+
+
+async def test_updater_replays_and_removes_or_keeps_pending(cluster, tmp_path):
+    node = cluster.nodes[0]
+    received = []
+
+    async def container_server(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        received.append((request.method, request.path, request.headers.get("X-Timestamp")))
+        return aiohttp.web.Response(status=201)
+
+    app = aiohttp.web.Application()
+    app.router.add_route("*", "/{tail:.*}", container_server)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    from swiftlike.storage.updates import UpdateTarget
+
+    good = UpdateTarget(f"127.0.0.1:{port}", "3", "sdx")
+    dead = UpdateTarget("127.0.0.1:1", "3", "sdy")
+    stamp = Timestamp.now().internal
+    for obj, targets in (("o1", [good]), ("o2", [good, dead])):
+        record = pending_record("PUT", "AUTH_a", "c", obj, "container",
+                                {"X-Timestamp": stamp, "X-Size": "1"}, targets)
+        write_async_pending(node.device_path, record, stamp, PREFIX.encode(), SUFFIX.encode(),
+                            fsync=False)
+    ctx = cluster.context(node)
+    try:
+        result = await ObjectUpdater(ctx, {"update_timeout": 1}).run_once()
+    finally:
+        await ctx.close()
+        await runner.cleanup()
+    counts = result[node.device]["counts"]
+    assert counts["successes"] == 1 and counts["failures"] == 1
+    assert sorted(p for _, p, _ in received) == ["/sdx/3/AUTH_a/c/o1", "/sdx/3/AUTH_a/c/o2"]
+    left = list_pending(node.device_path)
+    assert len(left) == 1
+    with open(left[0], "rb") as handle:
+        record = msgpack.unpackb(handle.read())
+    assert [t["device"] for t in record["targets"]] == ["sdy"]  # only the failed target
+
+
+async def test_recon_reports_daemon_stats_that_survive_restart(cluster):
+    node = cluster.nodes[0]
+    ctx = cluster.context(node)
+    try:
+        await ObjectUpdater(ctx).run_once()
+    finally:
+        await ctx.close()
+    await node.stop()
+    await node.start()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{node.port}/recon/updater") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        async with session.get(f"http://127.0.0.1:{node.port}/recon/nonsense") as resp:
+            assert resp.status == 404
+    assert node.device in body["devices"]
+    assert body["devices"][node.device]["duration"] >= 0
+    assert os.path.exists(os.path.join(node.device_path, ".recon", "updater.json"))
+
+
+async def test_proxy_side_cluster_recon_aggregates_every_node(cluster):
+    from swiftlike.proxy.recon_cluster import gather_cluster_recon
+
+    for node in cluster.nodes:
+        ctx = cluster.context(node)
+        try:
+            await ObjectUpdater(ctx).run_once()
+        finally:
+            await ctx.close()
+    await cluster.nodes[3].stop()
+    async with aiohttp.ClientSession() as session:
+        body = await gather_cluster_recon(cluster.ring, session, "updater",
+                                          per_node_timeout=2)
+    assert len(body["nodes"]) == 3
+    assert body["unreachable"] == [f"127.0.0.1:{cluster.nodes[3].port}"]
+    assert all(n["daemon"] == "updater" for n in body["nodes"].values())

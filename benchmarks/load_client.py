@@ -1,0 +1,216 @@
+"""The HTTP side of the load generator: v1 auth and the per-process phase runner.
+
+Auth and container set-up are plain synchronous urllib calls made once by the parent,
+outside any measured phase.  The measured requests go through one aiohttp session per
+client process with keep-alive, like a real Swift client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import aiohttp
+
+MAX_ERROR_SAMPLES = 5
+
+
+def swift_request(method: str, url: str, token: str | None, timeout: float,
+                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One blocking request; returns (status, headers, body) and never raises on HTTP errors."""
+    req = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    if token:
+        req.add_header("X-Auth-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def swift_auth(auth_url: str, user: str, key: str, timeout: float = 30.0) -> tuple[str, str]:
+    """v1 auth: return (storage URL, token) or raise RuntimeError with the server's answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, headers, body = swift_request(
+                "GET", auth_url, None, timeout, {"X-Auth-User": user, "X-Auth-Key": key})
+        except (urllib.error.URLError, OSError) as exc:
+            status, headers, body = 0, {}, str(exc).encode()
+        # A 5xx or refused connection may be a worker restarting: retry, within limits.
+        if (status == 0 or status >= 500) and time.monotonic() < deadline:
+            time.sleep(1.0)
+            continue
+        break
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if status // 100 != 2 or "x-storage-url" not in lowered or "x-auth-token" not in lowered:
+        raise RuntimeError(f"v1 auth at {auth_url} failed: HTTP {status} {body[:200]!r}")
+    return lowered["x-storage-url"].rstrip("/"), lowered["x-auth-token"]
+
+
+class ClientPhaseRunner:
+    """Runs the share of one phase that belongs to one client process."""
+
+    def __init__(self, storage_url: str, token: str, concurrency: int, timeout: float,
+                 index: int) -> None:
+        self.storage_url = storage_url
+        self.token = token
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.index = index
+        self._session: aiohttp.ClientSession | None = None
+        self._bodies: dict[int, bytes] = {}
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency,
+                                         force_close=False)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                        sock_read=self.timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False,
+            headers={"X-Auth-Token": self.token})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _body(self, size: int) -> bytes:
+        if size not in self._bodies:
+            self._bodies[size] = random.Random(size).randbytes(size)
+        return self._bodies[size]
+
+    async def run_phase(self, spec: Any, ops: list[int]) -> dict[str, Any]:
+        """Run ``ops`` (operation indices) with ``concurrency`` workers; return raw stats."""
+        state = _PhaseState(spec, ops)
+        deadline = None if spec.duration is None else time.monotonic() + spec.duration
+        state.start = time.monotonic()
+        workers = [asyncio.create_task(self._worker(state, deadline))
+                   for _ in range(min(self.concurrency, max(1, len(ops))))]
+        await asyncio.gather(*workers)
+        state.end = time.monotonic()
+        return state.result()
+
+    async def _worker(self, state: _PhaseState, deadline: float | None) -> None:
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            op_index = state.next_op()
+            if op_index is None:
+                return
+            op, name = state.plan(op_index)
+            t0 = time.perf_counter()
+            try:
+                ok, nbytes, detail = await self._do(op, state.spec, name)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                ok, nbytes, detail = False, 0, f"{op} {name}: {type(exc).__name__}: {exc}"
+            state.record(op, name, ok, nbytes, time.perf_counter() - t0, detail)
+
+    async def _do(self, op: str, spec: Any, name: str) -> tuple[bool, int, str]:
+        assert self._session is not None
+        url = f"{self.storage_url}/{spec.container}"
+        if op == "list":
+            async with self._session.get(
+                    url, params={"format": "json", "limit": "1000"}) as resp:
+                body = await resp.read()
+                return resp.status == 200, len(body), f"list: HTTP {resp.status}"
+        url = f"{url}/{name}"
+        if op == "put":
+            body = self._body(spec.size)
+            async with self._session.put(
+                    url, data=body, headers={"Content-Type": "application/octet-stream"}) as resp:
+                await resp.read()
+                return resp.status == 201, len(body), f"PUT {name}: HTTP {resp.status}"
+        if op == "get":
+            async with self._session.get(url) as resp:
+                got = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    got += len(chunk)
+                ok = resp.status == 200 and got == spec.size
+                return ok, got, f"GET {name}: HTTP {resp.status}, {got} of {spec.size} bytes"
+        if op == "head":
+            async with self._session.head(url) as resp:
+                length = int(resp.headers.get("Content-Length", "-1"))
+                ok = resp.status == 200 and length == spec.size
+                return ok, 0, f"HEAD {name}: HTTP {resp.status}, length {length}"
+        if op == "delete":
+            async with self._session.delete(url) as resp:
+                await resp.read()
+                return resp.status == 204, 0, f"DELETE {name}: HTTP {resp.status}"
+        raise ValueError(f"unknown op {op}")
+
+
+class _PhaseState:
+    """Bookkeeping of one phase in one process: the op queue, latencies and errors."""
+
+    def __init__(self, spec: Any, ops: list[int]) -> None:
+        self.spec = spec
+        self.ops = ops
+        self.position = 0
+        self.latencies: list[float] = []
+        self.op_counts: dict[str, int] = {}
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.bytes = 0
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.mixed_own: list[str] = []   # objects this process created in the mixed phase
+        self.start = 0.0
+        self.end = 0.0
+
+    def next_op(self) -> int | None:
+        if self.position >= len(self.ops):
+            return None
+        op_index = self.ops[self.position]
+        self.position += 1
+        return op_index
+
+    def plan(self, op_index: int) -> tuple[str, str]:
+        """Which request op ``op_index`` makes, and on which object."""
+        spec = self.spec
+        names = spec.names
+        if spec.op == "put":
+            return "put", f"{spec.name_prefix}{op_index:09d}"
+        if spec.op in ("get", "head"):
+            return spec.op, names[op_index % len(names)]
+        if spec.op == "delete":
+            return "delete", names[op_index]
+        if spec.op == "list":
+            return "list", ""
+        # mixed: 60% GET, 20% PUT, 10% HEAD, 10% DELETE of an object this phase created.
+        roll = random.Random(op_index).random()
+        if roll < 0.2:
+            return "put", f"{spec.name_prefix}{op_index:09d}"
+        if roll < 0.3 and self.mixed_own:
+            return "delete", self.mixed_own.pop(0)
+        if roll < 0.4:
+            return "head", names[op_index % len(names)]
+        return "get", names[op_index % len(names)]
+
+    def record(self, op: str, name: str, ok: bool, nbytes: int, seconds: float,
+               detail: str) -> None:
+        self.op_counts[op] = self.op_counts.get(op, 0) + 1
+        if ok:
+            self.latencies.append(seconds)
+            self.bytes += nbytes
+            if op == "put":
+                self.created.append(name)
+                if self.spec.op == "mixed":
+                    self.mixed_own.append(name)
+            elif op == "delete":
+                self.deleted.append(name)
+        else:
+            self.errors += 1
+            if len(self.error_samples) < MAX_ERROR_SAMPLES:
+                self.error_samples.append(detail)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ok": len(self.latencies), "errors": self.errors, "latencies": self.latencies,
+            "bytes": self.bytes, "start": self.start, "end": self.end,
+            "created": self.created, "deleted": self.deleted, "op_counts": self.op_counts,
+            "error_samples": self.error_samples,
+        }

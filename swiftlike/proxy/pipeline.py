@@ -67,7 +67,8 @@ DEFAULT_PIPELINE = [
     "catch_errors", "gatekeeper", "healthcheck",
     # Swift's order: CORS preflights before auth (Swift does CORS in its proxy app),
     # then bulk tempurl ratelimit formpost tempauth staticweb container/account quotas
-    "cors", "bulk", "tempurl", "ratelimit", "formpost", "tempauth", "staticweb",
+    "cors", "bulk", "tempurl", "ratelimit", "formpost", "tempauth", "recon_cluster",
+    "staticweb",
     "copy", "container_quotas", "account_quotas",
     # Swift's order: large objects, then legacy versioning, symlinks, object versioning
     "slo", "dlo", "versioned_writes", "symlink", "object_versioning",

@@ -4,9 +4,9 @@ The proxy asks each storage node of the ring (``GET /recon/<what>`` over HTTP; t
 never reads a node's disk) concurrently, and sums the numeric counters. ``<what>`` is
 replication (default), db_replication, auditor, updater or expirer. Unreachable nodes are
 listed under ``unreachable``, so an operator sees them instead of silently low totals.
-Enable it by adding ``"recon_cluster"`` to ``[proxy] pipeline``; it answers only for
-reseller admins when an auth middleware sits in front of it (like any /recon path, it is
-not under /v1 and so is not an account request).
+It sits after tempauth in the default pipeline and answers only reseller admins (401
+without a valid token, 403 for anyone else): node addresses and error counts are
+operator information.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
     async def recon_cluster(req: SwiftRequest) -> SwiftResponse:
         if not req.path.startswith("/recon/cluster") or req.method not in ("GET", "HEAD"):
             return await app(req)
+        identity = req.environ.get("swift.identity")
+        if not identity:
+            return SwiftResponse(401, {"Content-Type": "text/plain"},
+                                 b"Unauthorized: a reseller admin token is required\n")
+        if not identity.get("reseller_admin"):
+            return SwiftResponse(403, {"Content-Type": "text/plain"},
+                                 b"Forbidden: only reseller admins may read cluster recon\n")
         what = req.path[len("/recon/cluster"):].strip("/") or "replication"
         if what not in WHATS:
             return SwiftResponse(404, {"Content-Type": "text/plain"},

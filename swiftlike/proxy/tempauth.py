@@ -156,6 +156,18 @@ class TempAuth:
             return self.handle_auth(req)
         version, account, _container, _obj = req.split_path()
         if version != "v1" or not account:
+            # Not an account request (e.g. /recon/cluster): no ACLs apply, but a valid
+            # token still says who the caller is, so admin-only paths can check it.
+            token = req.headers.get("X-Auth-Token") or req.headers.get("X-Storage-Token")
+            found = self.check_token(token) if token else None
+            if found is not None:
+                user = found[0]
+                req.environ["swift.identity"] = {
+                    "user": user.full_name,
+                    "account": user.account,
+                    "groups": user_groups(user, self.reseller_prefix),
+                    "reseller_admin": ".reseller_admin" in user.groups,
+                }
             return await self.app(req)
         if req.environ.get("swift.authorize_override"):
             # tempurl/formpost (or a middleware's metadata lookup) already decided

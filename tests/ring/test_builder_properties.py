@@ -125,7 +125,8 @@ def test_movement_bound_on_add(layout, new, zone_pick, seed):
 
 
 def _tier_shares_fit(layout, replicas: int, skip: int) -> bool:
-    """Does every zone and server stay well within one replica's worth of weight, with
+    """Does every zone and server stay well within one replica's worth of weight (under
+    0.7 of it: at 0.75 hypothesis found a layout where balance forced one extra move), with
     and without device number ``skip``? Then removing it changes no dispersion limit,
     and the removed device's partitions can refill every growing tier. (A tier that
     must grow to hold a replica of nearly every partition can force extra moves: the
@@ -139,7 +140,7 @@ def _tier_shares_fit(layout, replicas: int, skip: int) -> bool:
         total = sum(w for _, _, w in kept)
         for key in ({(z,) for z, _, _ in kept} | {(z, s) for z, s, _ in kept}):
             tier_w = sum(w for z, s, w in kept if (z, s)[: len(key)] == key)
-            if replicas * tier_w > 0.75 * total:
+            if replicas * tier_w >= 0.7 * total:
                 return False
     return True
 

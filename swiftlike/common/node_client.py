@@ -88,6 +88,7 @@ class NodeClient:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
                 raise_for_status=False,
+                read_bufsize=1024 * 1024,  # streamed GET bodies in ~1 MiB pieces
             )
         return self._session
 

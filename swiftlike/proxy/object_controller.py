@@ -2,7 +2,9 @@
 
 A PUT body is read from the client chunk by chunk and handed to one bounded queue
 per node connection, so a slow node slows the upload (backpressure) instead of
-growing memory; a 5 GiB upload uses a few hundred KiB. Small bodies (known length up
+growing memory; a 5 GiB upload holds at most ``put_queue_depth`` + 1 chunks of
+``FANOUT_CHUNK`` (1 MiB, so each node write and socket send moves a lot per hop) per
+node, plus socket buffers: a few MiB per replica. Small bodies (known length up
 to ``buffered_put_limit``) are read first and sent as one buffer: cheaper, and a
 failed node can be replaced by a handoff at any point.
 
@@ -39,7 +41,8 @@ from swiftlike.proxy.base_controller import (
 from swiftlike.proxy.node_pool import iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
-CHUNK_SIZE = 65536
+CHUNK_SIZE = 1024 * 1024  # most a streamed GET body hands on per read
+FANOUT_CHUNK = 1024 * 1024  # bytes per send to each node in a streamed PUT
 SMALL_GET = 65536
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Match")
 
@@ -446,25 +449,48 @@ class ObjectController(Controller):
             return error_response(503, "Not enough storage nodes available")
         max_size = ctx.limits.max_file_size
         total = 0
+
+        async def fan_out(data: bytes) -> list[BackendResponse | None] | SwiftResponse | None:
+            nonlocal live
+            for p in live:
+                await p.send(data)
+            if any(p.failed for p in live):
+                live = [p for p in live if not p.failed]
+                if len(live) < quorum:
+                    for p in putters:
+                        p.abort()
+                    early = _early_answers(putters)
+                    if early is not None:
+                        return early
+                    return error_response(503, "Too many storage nodes failed")
+            return None
+
         try:
             if req.body is not None:
+                # Client reads come in small pieces; coalesce them so each node write,
+                # queue hop and socket send moves FANOUT_CHUNK bytes, not 64 KiB.
+                pending: list[bytes] = []
+                pending_size = 0
                 async for chunk in req.body:
                     total += len(chunk)
                     if total > max_size or (length is not None and total > length):
                         for p in putters:
                             p.abort()
                         return error_response(413)
-                    for p in live:
-                        await p.send(chunk)
-                    if any(p.failed for p in live):
-                        live = [p for p in live if not p.failed]
-                        if len(live) < quorum:
-                            for p in putters:
-                                p.abort()
-                            early = _early_answers(putters)
-                            if early is not None:
-                                return early
-                            return error_response(503, "Too many storage nodes failed")
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size < FANOUT_CHUNK:
+                        continue
+                    data = pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending.clear()
+                    pending_size = 0
+                    problem = await fan_out(data)
+                    if problem is not None:
+                        return problem
+                if pending:
+                    problem = await fan_out(b"".join(pending))
+                    if problem is not None:
+                        return problem
         except TimeoutError:
             for p in putters:
                 p.abort()

@@ -49,7 +49,7 @@ log = logging.getLogger("swiftlike.proxy")
 HANDLER_KEY = web.AppKey("swiftlike_proxy_handler", object)
 CONTEXT_KEY = web.AppKey("swiftlike_proxy_context", ProxyContext)
 CLIENT_TIMEOUT_KEY = web.AppKey("swiftlike_proxy_client_timeout", float)
-BODY_CHUNK = 65536
+BODY_CHUNK = 1024 * 1024  # most bytes one read of a client body returns
 
 
 class ProxyApp:
@@ -127,7 +127,9 @@ def make_app(conf: dict, *, ring: Any | None = None) -> web.Application:
     handler = build_pipeline(ProxyApp(ctx, registry), conf, names)
     app = web.Application(
         handler_args={"max_field_size": ctx.limits.max_header_size,
-                      "max_line_size": ctx.limits.max_request_line},
+                      "max_line_size": ctx.limits.max_request_line,
+                      # large uploads arrive in ~1 MiB reads (see BODY_CHUNK)
+                      "read_bufsize": BODY_CHUNK},
     )
     app[HANDLER_KEY] = handler
     app[CONTEXT_KEY] = ctx

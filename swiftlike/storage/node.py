@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from swiftlike.storage.diskfile import free_bytes, reserve_bytes
+from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
 T = TypeVar("T")
 
@@ -57,6 +58,16 @@ class StorageNode:
                                           thread_name_prefix="node-io")
         self.db_pool = ThreadPoolExecutor(int(node.get("db_threads", 8)),
                                           thread_name_prefix="node-db")
+        # "group": small writes share one syncfs per device (see group_commit); "fsync":
+        # each write fsyncs its own file and directories. Both are durable before a 2xx.
+        durability = str(node.get("durability", "group")).strip().lower()
+        if durability not in ("group", "fsync"):
+            raise ValueError(f"[node] durability must be 'group' or 'fsync', not {durability!r}")
+        self.group_commit = (self.fsync and durability == "group"
+                             and group_commit_supported())
+        self.flush_pool = ThreadPoolExecutor(int(node.get("flush_threads", 4)),
+                                             thread_name_prefix="node-flush")
+        self._flushers: dict[str, DeviceFlusher] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def device_path(self, device: str) -> str:
@@ -73,6 +84,14 @@ class StorageNode:
         """Would writing ``length`` bytes still leave fallocate_reserve free?"""
         reserve = reserve_bytes(device_path, self.fallocate_reserve or 0)
         return free_bytes(device_path) - max(length, 0) >= reserve
+
+    def flusher(self, device_path: str) -> DeviceFlusher:
+        """The group-commit flusher of a device (one per device directory)."""
+        flusher = self._flushers.get(device_path)
+        if flusher is None:
+            flusher = self._flushers[device_path] = DeviceFlusher(device_path,
+                                                                  self.flush_pool)
+        return flusher
 
     async def run_io(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -100,6 +119,9 @@ class StorageNode:
         if self._session is not None:
             await self._session.close()
         self.io_pool.shutdown(wait=False, cancel_futures=True)
+        self.flush_pool.shutdown(wait=True)
+        for flusher in self._flushers.values():
+            flusher.close()
         self.db_pool.shutdown(wait=True)
 
 

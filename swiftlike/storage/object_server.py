@@ -2,12 +2,14 @@
 
 Small objects take a single worker-thread hop (write, fsync, rename, fsync dir); big
 ones stream through a temp file chunk by chunk, so memory stays flat. A full GET checks
-the md5 while streaming and holds back the last chunk until it matches: a damaged file is
-quarantined and the connection cut, so the proxy never mistakes it for a clean answer.
+the body while streaming (its xxh3 stamp when it has one, else the md5) and holds back the
+last chunk until it matches: a damaged file is quarantined and the connection cut, so the
+proxy never mistakes it for a clean answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -53,10 +55,10 @@ STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
 POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disposition",
                 "cache-control", "content-language", "expires", "x-robots-tag"}
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
-INTERNAL_KEYS = {"name"}
+INTERNAL_KEYS = {"name", diskfile.BODY_CHECKSUM_KEY}
 STREAM_WRITE_BATCH = 1024 * 1024
 SPACE_CHECK_INTERVAL = 8 * 1024 * 1024
-READ_BATCH = 256 * 1024
+READ_BATCH = 1024 * 1024  # one thread hop (pread + md5) per MiB of a streamed GET
 
 
 def request_timestamp(request: web.Request) -> Timestamp | None:
@@ -173,10 +175,31 @@ class ObjectServer:
             return error_response(422, "ETag does not match the body's md5")
         metadata["ETag"] = etag
         metadata["Content-Length"] = str(length)
-        await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, body,
-                               timestamp, ".data", metadata, fsync=self.node.fsync,
-                               use_xattr=self.node.use_xattr)
+        await self.write_small(device_path, object_dir, body, timestamp, ".data", metadata)
         return etag
+
+    async def write_small(self, device_path: str, object_dir: str, body: bytes,
+                          timestamp: Timestamp, ext: str, metadata: dict[str, str]) -> None:
+        """Write a small .data/.ts/.meta durably: group commit or per-file fsyncs."""
+        node = self.node
+        if not node.group_commit:
+            await node.run_io(diskfile.write_whole_object, device_path, object_dir, body,
+                              timestamp, ext, metadata, fsync=node.fsync,
+                              use_xattr=node.use_xattr)
+            return
+        flusher = node.flusher(device_path)
+        # Staging (a page-cache write) and publishing (a rename) cost less than a thread
+        # hop; with inline_lookups they run on the loop and only the flush leaves it.
+        writer = await node.run_lookup(diskfile.stage_whole_object, device_path, object_dir,
+                                       body, timestamp, ext, metadata,
+                                       use_xattr=node.use_xattr)
+        try:
+            await flusher.barrier()  # temp file's bytes + xattr durable, still invisible
+        except BaseException:
+            await node.run_io(writer.abort)
+            raise
+        await node.run_lookup(writer.publish)
+        await flusher.barrier()  # the rename and new directories durable: may ack now
 
     async def _put_streaming(self, request: web.Request, device_path: str, object_dir: str,
                              length: int | None, expected_etag: str | None,
@@ -187,26 +210,42 @@ class ObjectServer:
                                        use_xattr=node.use_xattr)
         await node.run_io(writer.open)
         committed = False
+        # One batch is written (and hashed) in a worker thread while the next one is
+        # received: at most one write in flight, so the file is written in order.
+        inflight: asyncio.Future | None = None
         try:
-            buffer = bytearray()
+            batch: list[bytes] = []
+            batch_size = 0
             received = 0
             next_space_check = SPACE_CHECK_INTERVAL
             try:
                 while True:
-                    chunk = await request.content.readany()
+                    # readchunk hands over each received piece as it is (readany
+                    # would join what is buffered: one more copy of every byte)
+                    chunk, end_of_http_chunk = await request.content.readchunk()
                     if not chunk:
+                        if end_of_http_chunk:
+                            continue  # a chunked-encoding boundary, not the end
                         break
-                    buffer += chunk
+                    batch.append(chunk)
+                    batch_size += len(chunk)
                     received += len(chunk)
                     if length is not None and received > length:
                         return error_response(400, "Body longer than Content-Length")
-                    if len(buffer) >= STREAM_WRITE_BATCH:
-                        await node.run_io(writer.write, bytes(buffer))
-                        buffer.clear()
+                    if batch_size >= STREAM_WRITE_BATCH:
+                        if inflight is not None:
+                            await inflight
+                        inflight = asyncio.ensure_future(
+                            node.run_io(writer.write_chunks, batch))
+                        batch = []
+                        batch_size = 0
                     if length is None and received >= next_space_check:
                         next_space_check += SPACE_CHECK_INTERVAL
                         if not node.has_space_for(device_path, 0):
                             raise diskfile.DiskFull("fallocate_reserve reached")
+                if inflight is not None:
+                    await inflight
+                    inflight = None
             except diskfile.DiskFull:
                 raise
             except Exception as err:
@@ -214,17 +253,25 @@ class ObjectServer:
                 return error_response(499, "Client disconnected before sending the whole body")
             if length is not None and received != length:
                 return error_response(499, "Client disconnected before sending the whole body")
-            if buffer:
-                await node.run_io(writer.write, bytes(buffer))
+            if batch:
+                await node.run_io(writer.write_chunks, batch)
             etag = writer.md5.hexdigest()
             if expected_etag is not None and expected_etag != etag:
                 return error_response(422, "ETag does not match the body's md5")
             metadata["ETag"] = etag
             metadata["Content-Length"] = str(writer.bytes_written)
+            stamp = writer.body_checksum_hex()
+            if stamp is not None:
+                metadata[diskfile.BODY_CHECKSUM_KEY] = stamp
             await node.run_io(writer.commit, timestamp, ".data", metadata)
             committed = True
             return etag
         finally:
+            if inflight is not None:
+                # never abort (close the fd) under a write still running in a thread
+                await asyncio.wait([inflight])
+                if not inflight.cancelled():
+                    inflight.exception()  # seen: a failed write cleaned up after itself
             if not committed:
                 await node.run_io(writer.abort)
 
@@ -331,19 +378,19 @@ class ObjectServer:
         response = web.StreamResponse(status=200, headers=headers)
         await response.prepare(request)
         assert opened.fd is not None
-        md5 = hashlib.md5(usedforsecurity=False)
+        hasher, expected = diskfile.body_verifier(opened.metadata)
         offset = 0
         pending: bytes | None = None
         while offset < opened.size:
             chunk = await self.node.run_io(diskfile.read_chunk, opened.fd, offset,
-                                           min(READ_BATCH, opened.size - offset), md5)
+                                           min(READ_BATCH, opened.size - offset), hasher)
             if not chunk:
                 break
             offset += len(chunk)
             if pending is not None:
                 await response.write(pending)
             pending = chunk
-        if offset != opened.size or md5.hexdigest() != opened.metadata.get("ETag"):
+        if offset != opened.size or hasher.hexdigest() != expected:  # type: ignore[attr-defined]
             # hold back the last chunk: the client must not see a complete body
             object_dir = os.path.dirname(opened.path)
             await self.node.run_io(diskfile.quarantine_object_dir, device_path, object_dir)
@@ -426,9 +473,8 @@ class ObjectServer:
             if lowered in POST_HEADERS or lowered.startswith(POST_PREFIXES):
                 metadata[title_header(key)] = value
         try:
-            await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, b"",
-                                   timestamp, ".meta", metadata, fsync=self.node.fsync,
-                                   use_xattr=self.node.use_xattr)
+            await self.write_small(device_path, object_dir, b"", timestamp, ".meta",
+                                   metadata)
         except diskfile.DiskFull:
             return error_response(507, "Device full")
         await self._queue_expiry(route, device_path, metadata, timestamp)
@@ -456,11 +502,9 @@ class ObjectServer:
                 "X-Backend-Timestamp": state.newest_durable.internal})
         existed = opened is not None and not diskfile.is_expired(opened.metadata)
         try:
-            await self.node.run_io(diskfile.write_whole_object, device_path, object_dir, b"",
-                                   timestamp, ".ts", {"X-Timestamp": timestamp.internal,
-                                                      "name": f"/{route.account}/"
-                                                              f"{route.container}/{route.obj}"},
-                                   fsync=self.node.fsync, use_xattr=self.node.use_xattr)
+            await self.write_small(device_path, object_dir, b"", timestamp, ".ts", {
+                "X-Timestamp": timestamp.internal,
+                "name": f"/{route.account}/{route.container}/{route.obj}"})
         except diskfile.DiskFull:
             return error_response(507, "Device full")
         await self.container_update(request, "DELETE", route, device_path, timestamp, {})

@@ -111,6 +111,13 @@ async def send_updates(session: aiohttp.ClientSession, targets: list[UpdateTarge
     """Send to every target concurrently; returns the targets that failed."""
     if not targets:
         return []
+    if len(targets) == 1:  # the usual case (one container replica per object replica):
+        # await directly, no task and gathering future per update
+        target = targets[0]
+        ok = await send_one_update(session, target, method,
+                                   backend_path(target, account, container, obj), headers,
+                                   timeout_s)
+        return [] if ok else [target]
     results = await asyncio.gather(*(
         send_one_update(session, target, method,
                         backend_path(target, account, container, obj), headers, timeout_s)

@@ -1,0 +1,111 @@
+"""Streamed (large) object bodies on a real node: the xxh3 body stamp and GET checks."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+
+import aiohttp
+import msgpack
+import pytest
+import xxhash
+
+from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, META_XATTR, read_metadata
+from tests.storage.test_object_server import OBJ, object_files, overwrite, put
+
+SIZE = 3 * 1024 * 1024 + 12345  # several 1 MiB batches and an odd tail
+
+
+async def _read_until_cut(node) -> bytes:
+    received = b""
+    with pytest.raises(aiohttp.ClientError):
+        async with node.session.get(node.url(OBJ)) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                received += chunk
+    return received
+
+
+def _quarantined(node) -> list[str]:
+    return glob.glob(os.path.join(node.devices, "sda", "quarantined", "objects", "*"))
+
+
+async def test_streamed_put_stamps_xxh3_of_the_stored_bytes(node, ts):
+    body = os.urandom(SIZE)
+    status, headers, _ = await put(node, ts, body)
+    assert status == 201
+    assert headers["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    meta = read_metadata(object_files(node, "*.data")[0])
+    assert meta[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()
+    assert meta["ETag"] == hashlib.md5(body).hexdigest()
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert resp.status == 200
+        assert await resp.read() == body
+        assert BODY_CHECKSUM_KEY not in resp.headers  # internal, never sent out
+    async with node.session.head(node.url(OBJ)) as resp:
+        assert BODY_CHECKSUM_KEY not in resp.headers
+
+
+async def test_small_put_has_no_stamp(node, ts):
+    await put(node, ts, b"tiny")
+    assert BODY_CHECKSUM_KEY not in read_metadata(object_files(node, "*.data")[0])
+
+
+async def test_corruption_mid_body_is_caught_by_the_stamp(node, ts):
+    body = os.urandom(SIZE)
+    await put(node, ts, body)
+    overwrite(object_files(node, "*.data")[0], SIZE // 2, b"rot")
+    received = await _read_until_cut(node)
+    assert len(received) < SIZE
+    assert object_files(node, "*.data") == [] and _quarantined(node)
+
+
+async def test_object_without_stamp_is_still_checked_with_md5(node, ts):
+    body = os.urandom(SIZE)
+    await put(node, ts, body)
+    data = object_files(node, "*.data")[0]
+    meta = read_metadata(data)
+    del meta[BODY_CHECKSUM_KEY]  # as written before stamps existed
+    os.setxattr(data, META_XATTR, msgpack.packb(meta, use_bin_type=True))
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert await resp.read() == body
+    overwrite(data, SIZE - 5, b"12345")
+    received = await _read_until_cut(node)
+    assert len(received) < SIZE
+    assert _quarantined(node)
+
+
+async def test_wrong_stamp_never_serves_a_complete_body(node, ts):
+    """A stamp that disagrees with the bytes (damaged metadata) is a failed check too."""
+    body = os.urandom(SIZE)
+    await put(node, ts, body)
+    data = object_files(node, "*.data")[0]
+    meta = read_metadata(data)
+    meta[BODY_CHECKSUM_KEY] = "0" * 32
+    os.setxattr(data, META_XATTR, msgpack.packb(meta, use_bin_type=True))
+    received = await _read_until_cut(node)
+    assert len(received) < SIZE
+    assert _quarantined(node)
+
+
+async def test_chunked_streamed_put_in_odd_pieces(node, ts):
+    """Chunked transfer: HTTP chunk boundaries never end the body early."""
+    body = os.urandom(SIZE)
+
+    async def pieces():
+        offset, step = 0, 1
+        while offset < SIZE:
+            yield body[offset:offset + step]
+            offset += step
+            step = step * 7 % 300007 + 1  # sizes from 1 byte to ~300 KiB
+
+    headers = {"X-Timestamp": ts(), "Content-Type": "application/octet-stream"}
+    async with node.session.put(node.url(OBJ), data=pieces(), headers=headers) as resp:
+        assert resp.status == 201
+        assert resp.headers["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    meta = read_metadata(object_files(node, "*.data")[0])
+    assert meta["Content-Length"] == str(SIZE)
+    assert meta[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert await resp.read() == body

@@ -176,6 +176,8 @@ class ObjectReplicator:
                     continue
             return False
         except PeerFailed as err:
+            LOG.warning("replicating %s/%s to %s failed: %s", dev["device"], part,
+                        node_key(peer), err)
             stats.error(str(err))
             return False
 

@@ -228,6 +228,7 @@ class ObjectWriter:
         self.final_path = ""
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
+        self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
 
     def open(self) -> None:
         tmp_dir = os.path.join(self.device_path, "tmp")

@@ -5,6 +5,8 @@ The replicator (sender) lists what a partition's suffixes hold; the node's SSYNC
 rules as client writes in :mod:`swiftlike.storage.diskfile`: bytes go to ``<device>/tmp``,
 are fsynced, get their metadata, are renamed into the hash directory, and the directory
 is fsynced before the receiver answers; a pushed file never replaces a newer one.
+Under group commit a batch of small files is staged, flushed once, linked, flushed again
+(:class:`StagedFile`) instead.
 
 All functions here block: call them from a worker thread.
 """
@@ -28,11 +30,13 @@ from swiftlike.storage.diskfile import (
     SIDECAR_EXT,
     XATTR_FAILURES,
     DiskFull,
+    ObjectWriter,
     cleanup_object_dir,
     gather_ondisk_files,
     makedirs_durable,
     quarantine_object_dir,
     read_metadata,
+    stage_whole_object,
 )
 from swiftlike.storage.hashes import invalidate_suffix
 
@@ -293,6 +297,81 @@ class ReceivedFile:
             self.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp_path)
+
+
+class StagedFile:
+    """A pushed small file staged for group commit: written, sealed, not yet named.
+
+    Batch durability on the receiver, the same two steps as a group-committed client
+    write (see :mod:`swiftlike.storage.diskfile`): :func:`stage_received` writes every
+    file of a batch as an unnamed temp file with its metadata (no fsync); the caller
+    waits for one device flush; :func:`publish_received` links each into its hash
+    directory (only if still newer than what is there); the caller waits for a second
+    flush, then answers. A final name therefore never points at bytes that are not on
+    disk, and a crash before the link leaves only an orphan inode.
+    """
+
+    def __init__(self, object_hash: str, name: str, object_dir: str,
+                 writer: ObjectWriter) -> None:
+        self.object_hash = object_hash
+        self.name = name
+        self.object_dir = object_dir
+        self.writer = writer
+
+
+def _is_stale(object_dir: str, name: str) -> bool:
+    state = gather_ondisk_files(object_dir)
+    stamp = _stamp(name)
+    assert stamp is not None
+    if name.endswith(".meta"):
+        return state.data_timestamp is None or stamp <= (state.meta_timestamp or
+                                                         state.data_timestamp)
+    return state.newest_durable is not None and stamp <= state.newest_durable
+
+
+def stage_received(device_path: str, partition: str, object_hash: str, name: str,
+                   metadata: dict[str, str], body: bytes, use_xattr: bool
+                   ) -> StagedFile | str:
+    """Group-commit step 1 for one pushed file; "corrupt"/"stale" when it is dropped.
+
+    Raises ValueError for a bad name, DiskFull when the device is full.
+    """
+    stamp = _stamp_or_none(name)
+    if not _is_hash(object_hash) or os.path.basename(name) != name or stamp is None:
+        raise ValueError(f"bad file name {object_hash}/{name}")
+    if name.endswith(".data"):
+        etag = str(metadata.get("ETag", "")).strip('"')
+        length = metadata.get("Content-Length")
+        try:
+            bad_length = length is not None and int(length) != len(body)
+        except ValueError:
+            bad_length = True
+        if bad_length or (etag and etag != hashlib.md5(
+                body, usedforsecurity=False).hexdigest()):
+            return "corrupt"
+    object_dir = os.path.join(device_path, "objects", partition, object_hash[-3:],
+                              object_hash)
+    if _is_stale(object_dir, name):
+        return "stale"
+    stem, _, ext = name.rpartition(".")
+    writer = stage_whole_object(device_path, object_dir, body, Timestamp(stem), "." + ext,
+                                metadata, use_xattr=use_xattr)
+    return StagedFile(object_hash, name, object_dir, writer)
+
+
+def publish_received(staged: StagedFile) -> str:
+    """Group-commit step 2: link a flushed staged file into place unless now stale.
+
+    Returns "written" or "stale". The caller flushes the device before answering.
+    """
+    if _is_stale(staged.object_dir, staged.name):
+        staged.writer.abort()
+        if staged.writer.final_path and not os.path.exists(staged.writer.final_path):
+            with contextlib.suppress(FileNotFoundError):  # sidecar of a dropped file
+                os.unlink(staged.writer.final_path + SIDECAR_EXT)
+        return "stale"
+    staged.writer.publish()
+    return "written"
 
 
 def _stamp_or_none(name: str) -> Timestamp | None:

@@ -191,6 +191,17 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
 
     async def list_versions(req: SwiftRequest, account: str,
                             container: str) -> SwiftResponse:
+        version_marker = req.query.get("version_marker", "")
+        if version_marker and not req.query.get("marker"):
+            return error_response(400, "version_marker param requires marker")
+        if version_marker and not valid_version_id(version_marker):
+            return error_response(400, "invalid version_marker param")
+        try:
+            limit = int(req.query.get("limit", "10000") or 10000)
+        except ValueError:
+            return error_response(412, "Value of limit must be an integer")
+        if not 0 <= limit <= 10000:
+            return error_response(412, "Maximum limit is 10000")
         head = await container_headers(app, req, account, container, source=SOURCE)
         if not head.is_success:
             return error_response(head.status)
@@ -221,14 +232,14 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         entries.sort(key=lambda e: (e[0], e[1]))
         prefix = req.query.get("prefix", "")
         marker = req.query.get("marker", "")
-        limit = int(req.query.get("limit", "10000") or 10000)
+        start = _start_after(entries, marker, version_marker)
         rows, last = [], None
-        for name, _stamp, entry in entries:
+        for name, stamp, entry in entries:
             entry["is_latest"] = name != last
             last = name
             if prefix and not name.startswith(prefix):
                 continue
-            if marker and name <= marker:
+            if start is not None and (name, stamp) <= start:
                 continue
             rows.append(entry)
         rows = rows[:limit]
@@ -372,6 +383,25 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         await delete_object(app, req, live, source=SOURCE)
 
     return object_versioning
+
+
+def _start_after(entries: list[tuple[str, float, dict[str, Any]]], marker: str,
+                 version_marker: str) -> tuple[str, float] | None:
+    """The (name, inverted stamp) a listing resumes after, or None for no marker.
+
+    A plain ``marker`` skips every version of that name; with ``version_marker`` the
+    listing resumes right after that version, i.e. with the marker's older versions.
+    """
+    if not marker:
+        return None
+    if not version_marker:
+        return marker, float("inf")
+    if version_marker != NULL:
+        return marker, float(f"{MAX_TS - float(version_marker):016.5f}")
+    for name, stamp, entry in entries:
+        if name == marker and entry.get("version_id") == NULL:
+            return marker, stamp
+    return marker, float("inf")
 
 
 def _inverted(name: str) -> float:

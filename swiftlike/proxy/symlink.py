@@ -6,6 +6,8 @@ follows the chain up to ``symloop_max`` links (then 409) and names the object it
 served in ``Content-Location``; ``?symlink=get`` returns the link itself. A static
 link (``X-Symlink-Target-Etag``) is pinned to the target's ETag at PUT time: the PUT
 fails with 409 when the target does not match, and so does a GET once it changes.
+A POST to a link updates the link's own metadata and answers 307 with the target's
+path in ``Location``.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return await app(req)
         if req.method == "PUT" and "X-Symlink-Target" in req.headers:
             return await handle_put(req, account)
-        if req.method == "POST" and "X-Symlink-Target" in req.headers:
-            return error_response(400, "A PUT request is required to set a symlink target")
+        if req.method == "POST":
+            if "X-Symlink-Target" in req.headers:
+                return error_response(400, "A PUT request is required to set a symlink "
+                                      "target")
+            return await handle_post(req, account)
         if req.method in ("GET", "HEAD"):
             if req.query.get("symlink") == "get":
                 resp = await app(req)
@@ -124,6 +129,30 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             resp.headers["X-Symlink-Target-Etag"] = headers[TARGET_ETAG]
             resp.headers["X-Symlink-Target-Bytes"] = headers[TARGET_BYTES]
         return resp
+
+    async def handle_post(req: SwiftRequest, account: str) -> SwiftResponse:
+        """POST to a link: applied to the link itself, then answered 307 to the target.
+
+        Swift never forwards the POST to the target (a node cannot be sure an object
+        is a link while replicas disagree), so the metadata lands on the link and the
+        client is told where the target is. Our object servers do not return sysmeta on
+        POST, so after a successful POST the link is HEADed to learn its target.
+        """
+        resp = await app(req)
+        if not resp.is_success:
+            return resp
+        head = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
+        discard(head)
+        target = _target_of(head.headers, account) if head.is_success else None
+        if target is None:
+            return resp
+        discard(resp)
+        headers = {"Location": quote(f"/v1/{target[0]}/{target[1]}")}
+        if head.headers.get(TARGET_ETAG):
+            headers["X-Symlink-Target-Etag"] = head.headers[TARGET_ETAG]
+        headers["Content-Type"] = "text/plain; charset=UTF-8"
+        return SwiftResponse(307, headers, b"The requested POST was applied to a symlink. "
+                             b"POST directly to the target to apply requested metadata.")
 
     async def check_static(req: SwiftRequest, account: str,
                            target: str) -> tuple[str, str, str] | SwiftResponse:

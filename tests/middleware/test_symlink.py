@@ -119,3 +119,50 @@ async def test_symlink_to_slo(api, unique_name):
     assert status == 200 and body == b"".join(parts)
     status, _, body = await api.request("GET", f"{c}/link", headers={"Range": "bytes=98-101"})
     assert status == 206 and body == b"1122"
+
+
+async def test_post_to_symlink_applies_to_link_and_redirects(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/target", data=b"data",
+                      headers={"X-Object-Meta-Color": "blue"})
+    await api.request("PUT", f"{c}/link", data=b"", headers={"X-Symlink-Target": f"{c}/target"})
+    status, headers, body = await api.request("POST", f"{c}/link",
+                                              headers={"X-Object-Meta-Color": "red"})
+    assert status == 307, body
+    account_path = "/" + api.url.split("/", 3)[3]
+    assert headers["Location"] == f"{account_path}/{c}/target"
+    assert b"applied to a symlink" in body
+    # the metadata went onto the link, the target is untouched
+    _, headers, _ = await api.request("HEAD", f"{c}/link", params={"symlink": "get"})
+    assert headers["X-Object-Meta-Color"] == "red"
+    assert headers["X-Symlink-Target"] == f"{c}/target"
+    _, headers, _ = await api.request("HEAD", f"{c}/target")
+    assert headers["X-Object-Meta-Color"] == "blue"
+    # following the link still serves the target
+    status, _, body = await api.request("GET", f"{c}/link")
+    assert status == 200 and body == b"data"
+    # a POST to a plain object is a plain 202
+    status, headers, _ = await api.request("POST", f"{c}/target",
+                                           headers={"X-Object-Meta-Color": "green"})
+    assert status == 202 and "Location" not in headers
+    # a POST to a missing object is still 404, a cross-account link names its account
+    status, _, _ = await api.request("POST", f"{c}/missing")
+    assert status == 404
+    await api.request("PUT", f"{c}/xacct", data=b"", headers={
+        "X-Symlink-Target": f"{c}/target", "X-Symlink-Target-Account": "AUTH_other"})
+    status, headers, _ = await api.request("POST", f"{c}/xacct")
+    assert status == 307 and headers["Location"] == f"/v1/AUTH_other/{c}/target"
+
+
+async def test_post_to_static_symlink_names_its_etag(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/t", data=b"v1")
+    await api.request("PUT", f"{c}/s", data=b"", headers={
+        "X-Symlink-Target": f"{c}/t", "X-Symlink-Target-Etag": md5(b"v1")})
+    status, headers, _ = await api.request("POST", f"{c}/s",
+                                           headers={"X-Object-Meta-K": "v"})
+    assert status == 307
+    assert headers["X-Symlink-Target-Etag"] == md5(b"v1")
+    assert headers["Location"].endswith(f"/{c}/t")

@@ -160,3 +160,61 @@ async def test_missing_archive_container_keeps_current(api, unique_name):
     assert status == 412
     _, _, body = await api.request("GET", f"{c}/o")
     assert body == b"precious"
+
+
+async def test_versions_listing_pages_with_version_marker(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    expected = []
+    for name, count in (("a", 4), ("b", 3)):
+        ids = []
+        for i in range(count):
+            status, headers, _ = await api.request("PUT", f"{c}/{name}", data=b"%d" % i)
+            assert status == 201
+            ids.append(headers["X-Object-Version-Id"])
+        expected += [(name, vid) for vid in reversed(ids)]
+    full = await listing(api, c, versions="")
+    assert [(r["name"], r["version_id"]) for r in full] == expected
+    # page through 7 versions two at a time, resuming with marker + version_marker
+    seen, params = [], {"versions": "", "limit": "2"}
+    for _ in range(10):
+        rows = await listing(api, c, **params)
+        if not rows:
+            break
+        assert len(rows) <= 2
+        seen += [(r["name"], r["version_id"], r["is_latest"]) for r in rows]
+        params = {"versions": "", "limit": "2", "marker": rows[-1]["name"],
+                  "version_marker": rows[-1]["version_id"]}
+    assert [(n, v) for n, v, _ in seen] == expected
+    assert [latest for _, _, latest in seen] == [True, False, False, False,
+                                                 True, False, False]
+    # a version_marker in the middle resumes with the older versions of that object
+    rows = await listing(api, c, versions="", marker="a", version_marker=expected[1][1])
+    assert [(r["name"], r["version_id"]) for r in rows] == expected[2:]
+    # a plain marker skips every version of that name
+    rows = await listing(api, c, versions="", marker="a")
+    assert [(r["name"], r["version_id"]) for r in rows] == expected[4:]
+    # bad paging parameters
+    for params in ({"version_marker": expected[0][1]},
+                   {"marker": "a", "version_marker": "junk"}):
+        status, _, _ = await api.request("GET", c, params={"versions": "", **params})
+        assert status == 400, params
+    status, _, _ = await api.request("GET", c, params={"versions": "", "limit": "x"})
+    assert status == 412
+
+
+async def test_versions_listing_marker_on_null_version(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/old", data=b"before versioning")
+    await api.request("PUT", f"{c}/z", data=b"z")
+    await api.request("POST", c, headers={"X-Versions-Enabled": "true"})
+    _, headers, _ = await api.request("PUT", f"{c}/old", data=b"after")
+    newer = headers["X-Object-Version-Id"]
+    rows = await listing(api, c, versions="")
+    assert [(r["name"], r["version_id"]) for r in rows] == [
+        ("old", newer), ("old", "null"), ("z", "null")]
+    rows = await listing(api, c, versions="", marker="old", version_marker=newer)
+    assert [(r["name"], r["version_id"]) for r in rows] == [("old", "null"), ("z", "null")]
+    rows = await listing(api, c, versions="", marker="old", version_marker="null")
+    assert [(r["name"], r["version_id"]) for r in rows] == [("z", "null")]

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -118,15 +119,20 @@ def run(part_power: int, devices: int, lookups: int, seed: int) -> list[dict]:
         get_nodes = ring.get_nodes
         for name in names[:1000]:
             get_nodes("AUTH_test", "cont", name)
-        t = time.perf_counter()
-        cpu = time.process_time()
-        for name in names:
-            get_nodes("AUTH_test", "cont", name)
-        per = (time.perf_counter() - t) / lookups
-        cpu = (time.process_time() - cpu) / lookups
+        # Five timed passes, median: a VM's neighbours make any single pass swing ~2x.
+        walls, cpus = [], []
+        for _ in range(5):
+            t = time.perf_counter()
+            cpu = time.process_time()
+            for name in names:
+                get_nodes("AUTH_test", "cont", name)
+            walls.append((time.perf_counter() - t) / lookups)
+            cpus.append((time.process_time() - cpu) / lookups)
+        per = statistics.median(walls)
+        cpu = statistics.median(cpus)
         rows.append({"row": "get_nodes per lookup", "seconds": per, "cpu_seconds": cpu,
                      "target_seconds": 2e-6,
-                     "note": "swift: 9.5 us"})
+                     "note": "swift: 9.5 us; median of 5 passes"})
         rows.append({"row": "ring load", "seconds": load, "cpu_seconds": load_cpu,
                      "target_seconds": 0.05,
                      "file_mb": os.path.getsize(path) / 2**20, "note": ""})

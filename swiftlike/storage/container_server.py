@@ -26,6 +26,8 @@ from swiftlike.storage.db_server_common import (
     make_broker_cache,
     metadata_from_headers,
     metadata_headers,
+    open_live_for_write,
+    post_metadata,
     request_timestamp,
 )
 from swiftlike.storage.node import StorageNode, error_response
@@ -127,26 +129,16 @@ class ContainerServer:
 
     async def post(self, request: web.Request, route: Route, device_path: str
                    ) -> web.StreamResponse:
-        timestamp = request_timestamp(request)
-        if timestamp is None:
-            return error_response(400, "Missing or invalid X-Timestamp")
-        broker = self.broker(device_path, route)
-        info = await load_info(self.node, broker)
-        if info is None or broker.is_deleted_info(info):
-            return web.Response(status=404)
-        changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
-        await self.node.run_db(broker.update_metadata, changes)
-        return web.Response(status=204)
+        return await post_metadata(self.node, request, self.broker(device_path, route),
+                                   META_PREFIXES, META_EXACT)
 
     async def delete(self, request: web.Request, route: Route, device_path: str
                      ) -> web.StreamResponse:
-        timestamp = request_timestamp(request)
-        if timestamp is None:
-            return error_response(400, "Missing or invalid X-Timestamp")
         broker = self.broker(device_path, route)
-        info = await load_info(self.node, broker)
-        if info is None or broker.is_deleted_info(info):
-            return web.Response(status=404)
+        opened = await open_live_for_write(self.node, request, broker)
+        if isinstance(opened, web.Response):
+            return opened
+        timestamp, info = opened
         if not await self.node.run_db(broker.is_empty):
             return error_response(409, "There was a conflict when trying to complete your "
                                        "request: the container is not empty")

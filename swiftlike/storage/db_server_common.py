@@ -83,6 +83,35 @@ async def load_info(node: StorageNode, broker: DatabaseBroker) -> dict[str, Any]
     return await node.run_db(broker.get_info)
 
 
+async def open_live_for_write(node: StorageNode, request: web.Request,
+                              broker: DatabaseBroker
+                              ) -> tuple[Timestamp, dict[str, Any]] | web.Response:
+    """What POST and DELETE of an account or container need before they change anything.
+
+    A valid X-Timestamp (else 400) and a database that exists and is not deleted (else
+    404); returns the timestamp and the database info, or the error response.
+    """
+    timestamp = request_timestamp(request)
+    if timestamp is None:
+        return error_response(400, "Missing or invalid X-Timestamp")
+    info = await load_info(node, broker)
+    if info is None or broker.is_deleted_info(info):
+        return web.Response(status=404)
+    return timestamp, info
+
+
+async def post_metadata(node: StorageNode, request: web.Request, broker: DatabaseBroker,
+                        prefixes: tuple[str, ...], exact: frozenset[str]) -> web.Response:
+    """POST on an account or container: merge the metadata headers it names, 204."""
+    opened = await open_live_for_write(node, request, broker)
+    if isinstance(opened, web.Response):
+        return opened
+    timestamp, _info = opened
+    changes = metadata_from_headers(request, prefixes, exact, timestamp)
+    await node.run_db(broker.update_metadata, changes)
+    return web.Response(status=204)
+
+
 async def listing_response(request: web.Request, node: StorageNode, kind: str, owner: str,
                            lister: Any, headers: dict[str, str]) -> web.Response:
     """GET of an account/container: parameters checked, rows listed, body rendered."""

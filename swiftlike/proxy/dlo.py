@@ -8,7 +8,6 @@ into the concatenation. ``?multipart-manifest=get`` returns the manifest object 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +28,7 @@ from swiftlike.proxy.subrequest import (
     discard,
     internal_subrequest,
     list_container,
+    prepend_chunk,
     ranged_response,
     stream_object_range,
 )
@@ -113,7 +113,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 first = b""
             except SegmentError as exc:
                 return error_response(409, str(exc))
-            out.body = _prepend(first, stream)
+            out.body = prepend_chunk(first, stream)
         return out
 
     async def stream_rows(req: SwiftRequest, account: str, container: str,
@@ -134,13 +134,3 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
 
     return dlo
 
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    try:
-        async for chunk in rest:
-            yield chunk
-    finally:
-        with contextlib.suppress(Exception):
-            await rest.aclose()  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ the manifest and ``?multipart-manifest=delete`` removes the segments and manifes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from swiftlike.proxy.subrequest import (
     discard,
     internal_subrequest,
     pick_output_format,
+    prepend_chunk,
     ranged_response,
     status_line,
     stream_object_range,
@@ -192,7 +192,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 first = b""
             except SegmentError as exc:
                 return error_response(409, str(exc))
-            out.body = _prepend(first, stream)
+            out.body = prepend_chunk(first, stream)
         return out
 
     async def stream_rows(req: SwiftRequest, account: str, rows: list[dict[str, Any]],
@@ -495,13 +495,3 @@ def _client_headers(resp: SwiftResponse) -> CIMultiDict[str]:
     headers["Accept-Ranges"] = "bytes"
     return headers
 
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    try:
-        async for chunk in rest:
-            yield chunk
-    finally:
-        with contextlib.suppress(Exception):
-            await rest.aclose()  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ the same way: chunk by chunk, never a whole object in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -390,3 +391,16 @@ async def stream_object_range(
         resp.close()
     if got != want:
         raise SegmentError(f"Object segment {path} ended early")
+
+
+async def prepend_chunk(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A body that yields ``first`` (a chunk already read to check the start of the
+    stream) and then the rest, closing the rest however the consumer stops."""
+    if first:
+        yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):
+            await rest.aclose()  # type: ignore[attr-defined]

@@ -314,16 +314,8 @@ class ObjectWriter:
             # directories created just before), then the parents of any new directory.
             # Nothing is acknowledged before all of it is on disk.
             created = makedirs_deferred(self.object_dir)
-            sidecar = not self.use_xattr
-            if not sidecar:
-                try:
-                    os.setxattr(self.fd, META_XATTR, packed)
-                except OSError as err:
-                    if err.errno not in XATTR_FAILURES:
-                        raise
-                    sidecar = True
-            if sidecar:
-                _write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
+            if not set_xattr_metadata(self.fd, packed, self.use_xattr):
+                write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
                 os.fsync(self.fd)
             os.close(self.fd)
@@ -353,17 +345,9 @@ class ObjectWriter:
         self.final_path = os.path.join(self.object_dir, timestamp.internal + ext)
         packed = msgpack.packb(metadata, use_bin_type=True)
         try:
-            sidecar = not self.use_xattr
-            if not sidecar:
-                try:
-                    os.setxattr(self.fd, META_XATTR, packed)
-                except OSError as err:
-                    if err.errno not in XATTR_FAILURES:
-                        raise
-                    sidecar = True
-            if sidecar:
+            if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 makedirs_deferred(self.object_dir)
-                _write_sidecar(self.final_path + SIDECAR_EXT, packed, False)
+                write_sidecar(self.final_path + SIDECAR_EXT, packed, False)
             if not self.anonymous:
                 os.close(self.fd)
                 self.fd = None
@@ -452,7 +436,25 @@ def _link_anonymous(fd: int, final_path: str) -> None:
         os.replace(spare, final_path)
 
 
-def _write_sidecar(path: str, packed: bytes, fsync: bool) -> None:
+def set_xattr_metadata(fd: int, packed: bytes, use_xattr: bool) -> bool:
+    """Store packed metadata in the open file's xattr.
+
+    False when the caller must write a sidecar instead: xattrs switched off, or the
+    file system lacks them or has too little room for this metadata.
+    """
+    if not use_xattr:
+        return False
+    try:
+        os.setxattr(fd, META_XATTR, packed)
+    except OSError as err:
+        if err.errno not in XATTR_FAILURES:
+            raise
+        return False
+    return True
+
+
+def write_sidecar(path: str, packed: bytes, fsync: bool) -> None:
+    """Metadata beside its file, written to a temp name and renamed, so never torn."""
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     with open(tmp, "wb") as handle:
         handle.write(packed)

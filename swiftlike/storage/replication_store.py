@@ -26,9 +26,7 @@ import msgpack
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.diskfile import (
-    META_XATTR,
     SIDECAR_EXT,
-    XATTR_FAILURES,
     DiskFull,
     ObjectWriter,
     cleanup_object_dir,
@@ -36,7 +34,9 @@ from swiftlike.storage.diskfile import (
     makedirs_durable,
     quarantine_object_dir,
     read_metadata,
+    set_xattr_metadata,
     stage_whole_object,
+    write_sidecar,
 )
 from swiftlike.storage.hashes import invalidate_suffix
 
@@ -263,20 +263,8 @@ class ReceivedFile:
                 makedirs_durable(self.object_dir, self.fsync)
             except FileNotFoundError:  # a rehash removed an empty parent meanwhile
                 makedirs_durable(self.object_dir, self.fsync)
-            sidecar = not self.use_xattr
-            if not sidecar:
-                try:
-                    os.setxattr(self.fd, META_XATTR, packed)
-                except OSError as err:
-                    if err.errno not in XATTR_FAILURES:
-                        raise
-                    sidecar = True
-            if sidecar:
-                with open(final + SIDECAR_EXT, "wb") as handle:
-                    handle.write(packed)
-                    handle.flush()
-                    if self.fsync:
-                        os.fsync(handle.fileno())
+            if not set_xattr_metadata(self.fd, packed, self.use_xattr):
+                write_sidecar(final + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
                 os.fsync(self.fd)
             os.close(self.fd)

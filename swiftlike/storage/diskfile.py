@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import xxhash
@@ -175,6 +176,27 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_record_atomic(device_path: str, final: str, record: dict[str, Any],
+                        fsync: bool, tag: str) -> None:
+    """A small msgpack record (a queued update, an expiry entry) put durably at ``final``.
+
+    Written under the device's ``tmp/``, fsynced, renamed into place and its directory
+    fsynced, so a reader sees the whole record or nothing, and a crash after the
+    return cannot lose it. The directory of ``final`` must exist.
+    """
+    tmp_dir = os.path.join(device_path, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, f"{tag}-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as handle:
+        handle.write(msgpack.packb(record, use_bin_type=True))
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.rename(tmp, final)
+    if fsync:
+        _fsync_dir(os.path.dirname(final))
 
 
 def makedirs_durable(path: str, fsync: bool) -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 
 from ring.hashing import hash_path_hex
+from swiftlike.storage.diskfile import write_record_atomic
 
 QUEUE_DIR = "expiring"
 
@@ -48,23 +48,9 @@ def enqueue_expiring(device_path: str, account: str, container: str, obj: str,
         return final
     directory = os.path.dirname(final)
     os.makedirs(directory, exist_ok=True)
-    tmp_dir = os.path.join(device_path, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"expiring-{uuid.uuid4().hex}")
     record = {"account": account, "container": container, "obj": obj,
               "delete_at": delete_at, "timestamp": timestamp}
-    with open(tmp, "wb") as handle:
-        handle.write(msgpack.packb(record, use_bin_type=True))
-        handle.flush()
-        if fsync:
-            os.fsync(handle.fileno())
-    os.rename(tmp, final)
-    if fsync:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_record_atomic(device_path, final, record, fsync, "expiring")
     return final
 
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
-import msgpack
 
 from ring.hashing import hash_path_hex, suffix_of
-from swiftlike.storage.diskfile import makedirs_durable
+from swiftlike.storage.diskfile import makedirs_durable, write_record_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -61,21 +59,7 @@ def write_async_pending(device_path: str, record: dict, timestamp: str, hash_pre
     directory = os.path.join(device_path, "async_pending", suffix_of(object_hash))
     makedirs_durable(directory, fsync)
     final = os.path.join(directory, f"{object_hash}-{timestamp}")
-    tmp_dir = os.path.join(device_path, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"async-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as handle:
-        handle.write(msgpack.packb(record, use_bin_type=True))
-        handle.flush()
-        if fsync:
-            os.fsync(handle.fileno())
-    os.rename(tmp, final)
-    if fsync:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_record_atomic(device_path, final, record, fsync, "async")
     return final
 
 

@@ -155,6 +155,26 @@ class ContainerController(Controller):
             for group in groups
         ]
 
+    async def _write_replicas(self, req: SwiftRequest, method: str, account: str,
+                              container: str, *, account_updates: bool) -> SwiftResponse:
+        """Send a container write to every primary with one timestamp; quorum answer.
+
+        PUT and DELETE also tell each container node which account node to update
+        (creating or deleting a container changes the account's listing); POST does not.
+        """
+        part, nodes = self.ctx.ring.get_nodes(account, container)
+        base = forward_headers(req)
+        base["X-Backend-Server-Type"] = "container"
+        base["X-Timestamp"] = Timestamp.now().internal
+        updates = (self._account_update_headers(account, len(nodes)) if account_updates
+                   else [{}] * len(nodes))
+        responses = await self.make_requests(
+            part, nodes, method, lambda n: node_path(n, part, account, container),
+            lambda slot: {**base, **updates[slot]},
+        )
+        self.invalidate_info(account, container)
+        return self.quorum_response(responses, len(nodes))
+
     async def put(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
         problem = self._check(req, container)
         if problem is not None:
@@ -165,17 +185,8 @@ class ContainerController(Controller):
         problem = await self.ensure_account(req, account)
         if problem is not None:
             return problem
-        part, nodes = self.ctx.ring.get_nodes(account, container)
-        base = forward_headers(req)
-        base["X-Backend-Server-Type"] = "container"
-        base["X-Timestamp"] = Timestamp.now().internal
-        updates = self._account_update_headers(account, len(nodes))
-        responses = await self.make_requests(
-            part, nodes, "PUT", lambda n: node_path(n, part, account, container),
-            lambda slot: {**base, **updates[slot]},
-        )
-        self.invalidate_info(account, container)
-        return self.quorum_response(responses, len(nodes))
+        return await self._write_replicas(req, "PUT", account, container,
+                                          account_updates=True)
 
     async def post(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
         problem = self._check(req, container)
@@ -187,32 +198,15 @@ class ContainerController(Controller):
         info = await self.container_info(account, container)
         if info["status"] == 404:
             return error_response(404)
-        part, nodes = self.ctx.ring.get_nodes(account, container)
-        base = forward_headers(req)
-        base["X-Backend-Server-Type"] = "container"
-        base["X-Timestamp"] = Timestamp.now().internal
-        responses = await self.make_requests(
-            part, nodes, "POST", lambda n: node_path(n, part, account, container),
-            lambda slot: base,
-        )
-        self.invalidate_info(account, container)
-        return self.quorum_response(responses, len(nodes))
+        return await self._write_replicas(req, "POST", account, container,
+                                          account_updates=False)
 
     async def delete(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
         denial = await self.authorize(req)
         if denial is not None:
             return denial
-        part, nodes = self.ctx.ring.get_nodes(account, container)
-        base = forward_headers(req)
-        base["X-Backend-Server-Type"] = "container"
-        base["X-Timestamp"] = Timestamp.now().internal
-        updates = self._account_update_headers(account, len(nodes))
-        responses = await self.make_requests(
-            part, nodes, "DELETE", lambda n: node_path(n, part, account, container),
-            lambda slot: {**base, **updates[slot]},
-        )
-        self.invalidate_info(account, container)
-        resp = self.quorum_response(responses, len(nodes))
+        resp = await self._write_replicas(req, "DELETE", account, container,
+                                          account_updates=True)
         if resp.status == 409:
             return error_response(409, "There was a conflict when trying to complete your "
                                        "request. The container is not empty.")

@@ -14,6 +14,7 @@ from email.utils import formatdate
 
 PRECISION = 5
 _SCALE = 10**PRECISION
+_MAX_TICKS = 10**10 * _SCALE
 
 
 @functools.total_ordering
@@ -33,7 +34,9 @@ class Timestamp:
             raise TypeError(f"cannot make a Timestamp from {type(value).__name__}")
         if ticks < 0:
             raise ValueError("timestamps cannot be negative")
-        if ticks >= 10**16:
+        if ticks >= _MAX_TICKS:
+            # Ten integer digits keep the string forms in value order (file names sort
+            # like their timestamps); Swift refuses the same range.
             raise ValueError("timestamp too large")
         total_offset = base_offset + offset
         if total_offset < 0:

@@ -95,7 +95,7 @@ class MoveEngine:
 
     # --- mixing --------------------------------------------------------------------------
     def mix(self, passes: int = 1) -> None:
-        """Swap devices between random partition pairs, row by row, where both stay valid.
+        """Swap devices between random partition pairs, where both stay valid.
 
         The striped initial layout pairs devices in fixed patterns (a device's partitions
         would all share the same few partner devices). Swaps keep every device's count and
@@ -109,10 +109,15 @@ class MoveEngine:
                 half = self.parts // 2
                 a, b = perm[:half], perm[half:2 * half]
                 rows = np.full(half, r)
-                da, db = self.r2p2d[r, a], self.r2p2d[r, b]
-                ok = self.valid(a, rows, db) & self.valid(b, rows, da)
+                # The partner replica comes from any row: the stripes fill rows in tier
+                # order, so swapping only within a row would keep light tiers paired
+                # with heavy ones forever (and a removed light device's replicas could
+                # then not refill the tiers that grow without extra moves).
+                other = self.rng.integers(0, self.replicas, half)
+                da, db = self.r2p2d[r, a], self.r2p2d[other, b]
+                ok = self.valid(a, rows, db) & self.valid(b, other, da)
                 self.r2p2d[r, a[ok]] = db[ok]
-                self.r2p2d[r, b[ok]] = da[ok]
+                self.r2p2d[other[ok], b[ok]] = da[ok]
 
     # --- dispersion repair -----------------------------------------------------------------
     def repair_dispersion(self) -> int:
@@ -308,6 +313,85 @@ class MoveEngine:
             raise RuntimeError("no device can take this replica")
         self._apply(np.array([p]), np.array([r]), np.array([ids[best]]))
         return int(self.counts[ids[best]] > self.quota[ids[best]])
+
+    # --- chains of fresh replicas -----------------------------------------------------------
+    def settle_fresh(self, old: np.ndarray, max_chains: int = 64, budget: int = 1_000_000
+                     ) -> int:
+        """Even out what the fill left over and under quota using only replicas that moved
+        in this rebalance anyway (the holes just filled).
+
+        The fill can leave device A one over quota while device B, one under, cannot take
+        any of A's new replicas. A chain A -> X -> B often exists: one of A's new replicas
+        goes to X and one of X's new replicas goes to B. Every step re-places a replica
+        that was moving anyway, so the chain costs no movement, where a pull would move a
+        replica that could have stayed (removing a device must move exactly its replicas).
+        Returns how many chains were applied.
+        """
+        applied = 0
+        for _ in range(max_chains):
+            over = self.counts > self.quota
+            under = np.zeros(self.topo.n_ids, dtype=bool)
+            ids = self.weighted_ids
+            under[ids] = self.counts[ids] < self.quota[ids]
+            if not over.any() or not under.any():
+                break
+            fr, fp = np.nonzero((self.r2p2d != old) & (self.r2p2d >= 0))
+            chain = self._fresh_chain(fr, fp, over, under, budget)
+            if chain is None or not self._apply_chain(chain):
+                break
+            applied += 1
+        return applied
+
+    def _fresh_chain(self, fr: np.ndarray, fp: np.ndarray, over: np.ndarray,
+                     under: np.ndarray, budget: int) -> list[tuple[int, int, int]] | None:
+        """Breadth-first from the over-quota devices to an under-quota one, each hop one
+        fresh replica moved validly; the moves (replica, partition, device) or None."""
+        if len(fp) == 0:
+            return None
+        targets = self.weighted_ids
+        dev_of = self.r2p2d[fr, fp]
+        parent: dict[int, tuple[int, int] | None] = {int(d): None for d in np.nonzero(over)[0]}
+        frontier = list(parent)
+        while frontier:
+            idx = np.nonzero(np.isin(dev_of, frontier))[0]
+            if len(idx) == 0:
+                return None
+            cap = max(1, budget // max(len(targets), 1))
+            if len(idx) > cap:
+                idx = self.rng.choice(idx, cap, replace=False)
+            n, m = len(idx), len(targets)
+            ok = self.valid(np.repeat(fp[idx], m), np.repeat(fr[idx], m),
+                            np.tile(targets, n)).reshape(n, m)
+            ok &= ~np.isin(targets, list(parent))[None, :]
+            frontier = []
+            for i, j in zip(*np.nonzero(ok), strict=True):
+                d = int(targets[j])
+                if d in parent:
+                    continue
+                parent[d] = (int(idx[i]), int(dev_of[idx[i]]))
+                frontier.append(d)
+                if under[d]:
+                    chain = []
+                    while parent[d] is not None:
+                        k, src = parent[d]
+                        chain.append((int(fr[k]), int(fp[k]), d))
+                        d = src
+                    return chain
+        return None
+
+    def _apply_chain(self, chain: list[tuple[int, int, int]]) -> bool:
+        """Apply a chain's moves, each re-checked (two hops may share a partition); on a
+        refusal undo the ones applied and report failure."""
+        done: list[tuple[int, int, int]] = []
+        for r, p, d in chain:
+            pa, ra, da = np.array([p]), np.array([r]), np.array([d])
+            if not self.valid(pa, ra, da)[0]:
+                for r2, p2, d2 in reversed(done):
+                    self._apply(np.array([p2]), np.array([r2]), np.array([d2]))
+                return False
+            done.append((r, p, int(self.r2p2d[r, p])))
+            self._apply(pa, ra, da)
+        return True
 
     # --- balance ---------------------------------------------------------------------------
     def pull(self, max_rounds: int = 200) -> None:

@@ -4,10 +4,11 @@ Pure: no sockets, no asyncio. Imports only stdlib, xxhash, msgpack and numpy.
 """
 
 from .builder import RebalanceReport, RingBuilder, RingBuilderError, UnknownDeviceError
-from .ring import Ring
+from .ring import NodeDict, Ring
 from .ringfile import RingFileError
 
 __all__ = [
+    "NodeDict",
     "RebalanceReport",
     "Ring",
     "RingBuilder",

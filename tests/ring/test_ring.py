@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -47,11 +48,26 @@ def test_get_nodes_matches_hash_path_and_builder(ring_path):
         ring.get_nodes("a", None, "o")
 
 
-def test_returned_nodes_are_copies(ring_path):
+def test_returned_nodes_are_shared_and_read_only(ring_path):
+    """Lookups share one dict per device and replica index; a caller cannot corrupt it
+    for everyone else, and a copy is an ordinary mutable dict."""
+    import copy
+    import pickle
+
     ring = Ring(ring_path[0])
     _, nodes = ring.get_nodes("a", "c", "o")
-    nodes[0]["ip"] = "mutated"
-    assert ring.get_part_nodes(ring.get_part("a", "c", "o"))[0]["ip"] != "mutated"
+    for attempt in (lambda n: n.__setitem__("ip", "mutated"), lambda n: n.pop("ip"),
+                    lambda n: n.update(ip="mutated"), lambda n: n.setdefault("x", 1),
+                    lambda n: n.clear(), lambda n: n.__delitem__("ip")):
+        with pytest.raises(TypeError, match="read-only"):
+            attempt(nodes[0])
+    again = ring.get_part_nodes(ring.get_part("a", "c", "o"))
+    assert again[0] is nodes[0] and again[0]["ip"] != "mutated"
+    for mine in (dict(nodes[0]), copy.copy(nodes[0]), copy.deepcopy(nodes[0])):
+        mine["ip"] = "mutated"
+        assert nodes[0]["ip"] != "mutated"
+    assert pickle.loads(pickle.dumps(nodes[0])) == nodes[0]
+    assert json.loads(json.dumps(nodes[0])) == dict(nodes[0])
 
 
 def test_prefix_suffix_change_placement(ring_path):

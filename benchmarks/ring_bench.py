@@ -31,9 +31,9 @@ DISKS = 10
 
 
 def add_server(b: RingBuilder, zone: int, server: int, weight: float = 100.0) -> list[int]:
-    return [b.add_dev({"region": 1, "zone": zone, "ip": f"10.{zone}.{server // 250}."
-                       f"{server % 250}", "port": 6200, "device": f"d{d}", "weight": weight})
-            for d in range(DISKS)]
+    return b.add_devs({"region": 1, "zone": zone, "ip": f"10.{zone}.{server // 250}."
+                       f"{server % 250}", "port": 6200, "device": f"d{d}", "weight": weight}
+                      for d in range(DISKS))
 
 
 def run(part_power: int, devices: int, lookups: int, seed: int) -> list[dict]:

@@ -120,7 +120,8 @@ def build_ring(topo: Topology, progress=None) -> tuple[RingBuilder, list[Device]
     """One device per disk, weight = capacity in TB; the real builder places partitions."""
     builder = RingBuilder(topo.part_power, topo.replicas, min_part_hours=1,
                           overload=topo.overload, clock=lambda: 0.0)
-    devices: list[Device] = []
+    specs: list[dict] = []
+    sizes: list[float] = []
     server_index = 0
     for region in range(1, topo.regions + 1):
         for zone in range(1, topo.zones_per_region + 1):
@@ -128,11 +129,13 @@ def build_ring(topo: Topology, progress=None) -> tuple[RingBuilder, list[Device]
                 size_tb = topo.disk_size_tb[server_index % len(topo.disk_size_tb)]
                 ip = f"10.{region}.{server_index // 250}.{server_index % 250 + 1}"
                 for disk in range(topo.disks_per_server):
-                    dev_id = builder.add_dev({
-                        "region": region, "zone": zone, "ip": ip, "port": 6200,
-                        "device": f"d{disk}", "weight": float(size_tb)})
-                    devices.append(Device(dev_id, region, zone, ip, size_tb * TB))
+                    specs.append({"region": region, "zone": zone, "ip": ip, "port": 6200,
+                                  "device": f"d{disk}", "weight": float(size_tb)})
+                    sizes.append(size_tb * TB)
                 server_index += 1
+    ids = builder.add_devs(specs)
+    devices = [Device(dev_id, spec["region"], spec["zone"], spec["ip"], size)
+               for dev_id, spec, size in zip(ids, specs, sizes, strict=True)]
     if progress:
         progress("initial rebalance")
     builder.rebalance(seed=1, now=0.0)
@@ -294,13 +297,14 @@ def growth_scenario(builder: RingBuilder, devices: list[Device], part_bytes: np.
     old = np.array(builder.replica2part2dev, dtype=np.int64)
     size_tb = topo.disk_size_tb[0]
     zones = sorted({(d.region, d.zone) for d in devices})
-    new_ids = []
+    specs = []
     for i in range(add_servers):
         region, zone = zones[i % len(zones)]
         for disk in range(topo.disks_per_server):
-            new_ids.append(trial.add_dev({
+            specs.append({
                 "region": region, "zone": zone, "ip": f"10.250.{i // 250}.{i % 250 + 1}",
-                "port": 6200, "device": f"d{disk}", "weight": float(size_tb)}))
+                "port": 6200, "device": f"d{disk}", "weight": float(size_tb)})
+    new_ids = trial.add_devs(specs)
     # Past min_part_hours: every partition may move one replica.
     trial.rebalance(seed=3, now=builder.min_part_hours * HOUR + 10.0)
     new = np.array(trial.replica2part2dev, dtype=np.int64)

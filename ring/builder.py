@@ -17,9 +17,10 @@ it was.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,46 @@ class RingBuilder:
     def add_dev(self, dev: dict) -> int:
         """Add a device; return its id. Keys: region, zone, ip, port, device, weight,
         optional id and meta. Raises RingBuilderError on bad or duplicate devices."""
+        return self.add_devs([dev])[0]
+
+    def add_devs(self, devs: Iterable[dict]) -> list[int]:
+        """Add many devices at once; return their ids in order. All or nothing: any bad
+        or duplicate device raises RingBuilderError and none is added.
+
+        One duplicate check and one free-id scan for the whole batch: adding 10,000
+        devices one by one compares every pair (seconds at that size)."""
+        checked = [self._checked_dev(dev) for dev in devs]
+        taken = {(d["ip"], d["port"], d["device"]): d["id"] for d in self._live_devs()}
+        for dev in checked:
+            addr = (dev["ip"], dev["port"], dev["device"])
+            if addr in taken:
+                where = "" if taken[addr] is None else f" (already id {taken[addr]})"
+                raise RingBuilderError(
+                    f"duplicate device {dev['ip']}:{dev['port']}/{dev['device']}{where}")
+            taken[addr] = None
+        reserved: set[int] = set()
+        for dev in checked:
+            dev_id = dev["id"]
+            if dev_id is None:
+                continue
+            if dev_id in reserved or (dev_id < len(self.devs)
+                                      and self.devs[dev_id] is not None):
+                raise RingBuilderError(f"device id {dev_id} is already in use")
+            reserved.add(dev_id)
+        free = (i for i in itertools.count()
+                if i not in reserved and (i >= len(self.devs) or self.devs[i] is None))
+        ids = [dev["id"] if dev["id"] is not None else next(free) for dev in checked]
+        for dev_id, dev in zip(ids, checked, strict=True):
+            if dev_id >= len(self.devs):
+                self.devs.extend([None] * (dev_id + 1 - len(self.devs)))
+            self.devs[dev_id] = {**dev, "id": dev_id}
+        if ids:
+            self.dirty = True
+        return ids
+
+    @staticmethod
+    def _checked_dev(dev: dict) -> dict:
+        """A validated copy of a device to add (``id`` None when the builder picks it)."""
         if not isinstance(dev, dict):
             raise RingBuilderError(f"a device is a dict, got {type(dev).__name__}")
         missing = [k for k in ("region", "zone", "ip", "port", "device", "weight")
@@ -144,27 +185,12 @@ class RingBuilder:
         meta = dev.get("meta", "")
         if not isinstance(meta, str):
             raise RingBuilderError(f"meta must be a string, got {meta!r}")
-        for other in self._live_devs():
-            if (other["ip"], other["port"], other["device"]) == (
-                    dev["ip"], dev["port"], dev["device"]):
-                raise RingBuilderError(
-                    f"duplicate device {dev['ip']}:{dev['port']}/{dev['device']} "
-                    f"(already id {other['id']})")
         dev_id = dev.get("id")
-        if dev_id is None:
-            dev_id = next((i for i, d in enumerate(self.devs) if d is None), len(self.devs))
-        elif isinstance(dev_id, bool) or not isinstance(dev_id, int) or not (
-                0 <= dev_id < 0xFFFFFFFF):
+        if dev_id is not None and (isinstance(dev_id, bool) or not isinstance(dev_id, int)
+                                   or not 0 <= dev_id < 0xFFFFFFFF):
             raise RingBuilderError(f"device id must be a non-negative integer, got {dev_id!r}")
-        elif dev_id < len(self.devs) and self.devs[dev_id] is not None:
-            raise RingBuilderError(f"device id {dev_id} is already in use")
-        if dev_id >= len(self.devs):
-            self.devs.extend([None] * (dev_id + 1 - len(self.devs)))
-        self.devs[dev_id] = {"id": dev_id, "region": dev["region"], "zone": dev["zone"],
-                             "ip": dev["ip"], "port": dev["port"], "device": dev["device"],
-                             "weight": weight, "meta": meta}
-        self.dirty = True
-        return dev_id
+        return {"id": dev_id, "region": dev["region"], "zone": dev["zone"], "ip": dev["ip"],
+                "port": dev["port"], "device": dev["device"], "weight": weight, "meta": meta}
 
     def remove_dev(self, dev_id: int) -> None:
         """Mark a device removed; its replicas move at the next rebalance."""

@@ -133,3 +133,37 @@ def test_zero_weight_device_drains_respecting_min_part_hours():
     b.rebalance(seed=1, now=10 * 3600)
     assert b.dev_part_counts()[0] == 0
     assert held > 0
+
+
+def test_add_devs_is_all_or_nothing():
+    b = uniform_builder()
+    b.rebalance(seed=1)
+    before = snapshot(b)
+    new = [dict(DEV, ip="10.9.9.9", device=f"n{i}") for i in range(3)]
+    bad_batches = [
+        [*new, dict(new[1])],                        # duplicate inside the batch
+        [*new, dict(DEV, ip="10.0.10.0", device="d0")],  # duplicate of a live device
+        [*new, dict(DEV, ip="10.9.9.8", weight=-1)],     # one bad weight
+        [dict(new[0], id=500), dict(new[1], id=500)],    # one id twice
+        [dict(new[0], id=0)],                            # an id in use
+    ]
+    for batch in bad_batches:
+        with pytest.raises(RingBuilderError):
+            b.add_devs(batch)
+        after = snapshot(b)
+        assert after[0] == before[0] and after[1] == before[1]
+        assert (after[2] == before[2]).all()
+
+
+def test_add_devs_ids_fill_gaps_and_respect_explicit_ids():
+    b = RingBuilder(6, 1)
+    ids = b.add_devs([dict(DEV, device=f"d{i}") for i in range(3)])
+    assert ids == [0, 1, 2]
+    b.rebalance(seed=1)
+    b.remove_dev(1)
+    b.rebalance(seed=2)
+    # id 1 is free again; an explicit id 4 leaves 3 free for the automatic one after it.
+    ids = b.add_devs([dict(DEV, device="x"), dict(DEV, device="y", id=4),
+                      dict(DEV, device="z"), dict(DEV, device="w")])
+    assert ids == [1, 4, 3, 5]
+    assert [d["device"] if d else None for d in b.devs] == ["d0", "x", "d2", "z", "y", "w"]

@@ -125,11 +125,8 @@ def cmd_add(args: argparse.Namespace) -> str:
         devs.append({"region": args.region, "zone": args.zone, "ip": args.ip,
                      "port": args.port, "device": args.device, "weight": args.weight,
                      "meta": args.meta or ""})
-    lines = []
-    for dev in devs:
-        dev_id = b.add_dev(dev)
-        lines.append(f"device {_fmt_dev(b.get_dev(dev_id))} weight {dev['weight']:g} "
-                     f"got id {dev_id}")
+    lines = [f"device {_fmt_dev(b.get_dev(dev_id))} weight {dev['weight']:g} got id {dev_id}"
+             for dev_id, dev in zip(b.add_devs(devs), devs, strict=True)]
     b.save(args.builder)
     return "\n".join(lines)
 

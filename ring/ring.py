@@ -60,8 +60,11 @@ class _Loaded:
             for r in range(data.replicas)
         ]
         # memoryview indexing returns plain ints fast, without boxing numpy scalars.
+        table = np.asarray(data.replica2part2dev)
+        # A native-order copy: memoryview indexing refuses explicit byte-order formats
+        # (what a one-replica table read from the file would otherwise keep).
         self.by_part = memoryview(
-            np.ascontiguousarray(np.asarray(data.replica2part2dev).T).ravel())
+            table.T.astype(table.dtype.newbyteorder("="), order="C").ravel())
         self.nodes_of = _make_nodes_of(self.by_part, data.replicas, self.templates)
         live = [d for d in self.devs if d is not None]
         self.dev_ids = sorted(d["id"] for d in live)

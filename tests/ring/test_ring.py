@@ -219,3 +219,20 @@ def test_fast_hash_path_agrees_with_hashing(ring_path, prefix, suffix, names):
     for name in names:
         want = partition_of(hash_path("acct", "cont", name, prefix=prefix, suffix=suffix), 8)
         assert ring.get_nodes("acct", "cont", name)[0] == want
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+def test_lookups_match_the_builder_for_every_replica_count(tmp_path, replicas):
+    """The unrolled lookups (R = 2, 3) and the general one agree with the builder's table;
+    one replica once tripped memoryview over the file's byte-order format."""
+    b = uniform_builder(part_power=6, replicas=replicas)
+    b.rebalance(seed=3)
+    path = str(tmp_path / "object.ring")
+    b.save_ring(path)
+    ring = Ring(path)
+    table = b.replica2part2dev
+    for name in ("o", "other", "third"):
+        part, nodes = ring.get_nodes("acc", "cont", name)
+        assert [n["id"] for n in nodes] == [int(table[r][part]) for r in range(replicas)]
+        assert [n["index"] for n in nodes] == list(range(replicas))
+        assert ring.get_part_nodes(part) == nodes

@@ -70,16 +70,26 @@ def missing_on(cluster: MiniCluster, victim_index: int, names: list[str]) -> int
     return missing
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+def _spawn(args: list[str], profile: str | None = None, tag: str = "",
+           spies: list[subprocess.Popen] | None = None) -> subprocess.Popen:
+    """A python child; with ``profile``, py-spy records it (collapsed stacks) until it ends."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    if profile and spies is not None:
+        spies.append(subprocess.Popen(
+            ["py-spy", "record", "--format", "raw", "--rate", "250", "--idle", "--pid",
+             str(proc.pid), "-o", os.path.join(profile, f"{tag}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return proc
 
 
-async def main(objects: int, size: int, concurrency: int) -> float:
+async def main(objects: int, size: int, concurrency: int, profile: str | None = None
+               ) -> float:
     """Fill in-process, then rebuild with every node and replicator in its own process."""
     root = tempfile.mkdtemp(prefix="heal-bench-")
     cluster = await start_mini_cluster(root, count=4, part_power=8)
     procs: list[subprocess.Popen] = []
+    spies: list[subprocess.Popen] = []
     try:
         started = time.monotonic()
         names = await fill(cluster, objects, size)
@@ -101,7 +111,8 @@ async def main(objects: int, size: int, concurrency: int) -> float:
             with open(path, "w") as handle:
                 handle.write(dump_toml(conf))
             configs.append(path)
-            procs.append(_spawn(["-m", "tests.daemons.mini_cluster", path]))
+            procs.append(_spawn(["-m", "tests.daemons.mini_cluster", path], profile,
+                                f"node{node.index}", spies))
         for proc in procs:
             assert proc.stdout is not None
             line = proc.stdout.readline()
@@ -110,7 +121,8 @@ async def main(objects: int, size: int, concurrency: int) -> float:
         passes = 0
         while True:
             passes += 1
-            replicators = [_spawn(["-m", "swiftlike", "replicate", "--once", "--config", c])
+            replicators = [_spawn(["-m", "swiftlike", "replicate", "--once", "--config", c],
+                                  profile, f"replicate{i}-pass{passes}", spies)
                            for i, c in enumerate(configs) if i != victim]
             for rep in replicators:
                 out, _ = rep.communicate()
@@ -131,6 +143,8 @@ async def main(objects: int, size: int, concurrency: int) -> float:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+        for spy in spies:
+            spy.wait(30)
         for node in cluster.nodes:
             await node.stop()
         if not os.environ.get("HEAL_KEEP"):
@@ -144,5 +158,9 @@ if __name__ == "__main__":
     parser.add_argument("--objects", type=int, default=500)
     parser.add_argument("--size", type=int, default=4096, help="bytes per object")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run nodes and replicators under py-spy; collapsed stacks here")
     args = parser.parse_args()
-    asyncio.run(main(args.objects, args.size, args.concurrency))
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    asyncio.run(main(args.objects, args.size, args.concurrency, args.profile))

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ring import Ring
 from swiftlike.common.config import conf_bool, hash_salts
-from swiftlike.common.node_client import NodeClient
-from swiftlike.storage.recon import save_device_stats
+from swiftlike.storage.recon_files import save_device_stats
+
+if TYPE_CHECKING:
+    from swiftlike.common.node_client import NodeClient
 
 T = TypeVar("T")
 LOG = logging.getLogger(__name__)
@@ -47,11 +49,21 @@ class DaemonContext:
                 raise ValueError("[cluster] ring is required for the daemons")
             ring = Ring(ring_path, hash_prefix=self.hash_prefix, hash_suffix=self.hash_suffix)
         self.ring = ring
-        proxy_like = conf.get("daemons", {})
-        self.client = client or NodeClient(
-            conn_timeout=float(proxy_like.get("conn_timeout", 1.0)),
-            node_timeout=float(proxy_like.get("node_timeout", 20.0)))
+        self._client = client
         self.executor = ThreadPoolExecutor(io_threads, thread_name_prefix="daemon-io")
+
+    @property
+    def client(self) -> NodeClient:
+        """The pooled node client, built on first use: importing aiohttp's client costs a
+        short-lived ``--once`` process a third of a CPU second it often does not need."""
+        if self._client is None:
+            from swiftlike.common.node_client import NodeClient
+
+            daemons = self.conf.get("daemons", {})
+            self._client = NodeClient(
+                conn_timeout=float(daemons.get("conn_timeout", 1.0)),
+                node_timeout=float(daemons.get("node_timeout", 20.0)))
+        return self._client
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.conf.get(name, {}))
@@ -85,7 +97,8 @@ class DaemonContext:
         return os.path.join(self.devices, device)
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

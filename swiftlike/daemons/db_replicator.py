@@ -21,11 +21,14 @@ import shutil
 import time
 from typing import Any
 
-from swiftlike.common.node_client import NODE_ERRORS, node_key
 from swiftlike.daemons.base import DaemonContext, PassStats
 from swiftlike.storage import replication_wire as wire
-from swiftlike.storage.db_replication_server import KIND_DIRS, open_broker
-from swiftlike.storage.replication_server import VERB_HEADER
+from swiftlike.storage.replication_wire import VERB_HEADER
+
+# The storage-side modules (aiohttp.web, SQLite brokers) and the aiohttp node client are
+# imported only when a device holds databases: a ``replicate --once`` process on an
+# object-only device then starts without them.
+KIND_DIR_NAMES = ("accounts", "containers")
 
 LOG = logging.getLogger(__name__)
 
@@ -64,8 +67,14 @@ def _save_points(path: str, points: dict[str, Any]) -> None:
     os.rename(tmp, path + ".sync")
 
 
+def _holds_databases(device_path: str) -> bool:
+    return any(os.path.isdir(os.path.join(device_path, d)) for d in KIND_DIR_NAMES)
+
+
 def read_db(server_type: str, path: str, start: int, count: int
             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from swiftlike.storage.db_replication_server import open_broker
+
     broker = open_broker(server_type, path, fsync=False)
     try:
         info = broker.get_info()
@@ -100,6 +109,10 @@ class DatabaseReplicator:
 
     async def replicate_device(self, dev: dict[str, Any], stats: PassStats) -> None:
         device_path = self.ctx.device_path(dev["device"])
+        if not await self.ctx.run_io(_holds_databases, device_path):
+            return
+        from swiftlike.storage.db_replication_server import KIND_DIRS
+
         semaphore = asyncio.Semaphore(self.concurrency)
         for server_type, kind_dir in KIND_DIRS.items():
             dbs = await self.ctx.run_io(list_databases, device_path, kind_dir)
@@ -140,6 +153,8 @@ class DatabaseReplicator:
 
     async def _request(self, peer: dict[str, Any], server_type: str, part: str,
                        db_hash: str, body: dict[str, Any]) -> dict[str, Any]:
+        from swiftlike.common.node_client import NODE_ERRORS, node_key
+
         try:
             async with self.ctx.client.request(
                     peer, "POST", f"/{peer['device']}/{part}/{db_hash}",
@@ -157,6 +172,8 @@ class DatabaseReplicator:
     async def _sync_peer(self, server_type: str, part: str, db_hash: str, path: str,
                          peer: dict[str, Any], points: dict[str, Any],
                          stats: PassStats) -> None:
+        from swiftlike.common.node_client import node_key
+
         key = node_key(peer)
         info, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         sync_info = {k: info.get(k) for k in ("account", "container", "put_timestamp",

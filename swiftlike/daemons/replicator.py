@@ -1,41 +1,82 @@
 """The object replicator: keeps every partition's replicas identical, and handoffs empty.
 
-Per local partition it compares its cached suffix hashes with each other primary's
-(``REPLICATE``), and for the suffixes that differ runs a missing check (``SSYNC``
-missing_check) and pushes only the newer ``.data``/``.ts``/``.meta`` files in one
-framed, streamed request (``SSYNC`` updates) on a keep-alive connection. A partition on
-a device that is not one of its primaries (a handoff) is pushed to all primaries and
-deleted once each of them confirms matching hashes. Many partitions run at once
-(``concurrency``); bytes pushed are limited by ``max_bytes_per_second``.
-Tombstones older than ``reclaim_age`` are deleted on the way.
+One pass per local device, batched per peer device rather than per partition:
+
+1. The cached suffix hashes of every local partition (one thread hop per slice).
+2. One ``REPLICATE`` per peer device carries all the partitions this device shares with
+   it and returns all their suffix hashes.
+3. Per partition, the suffixes that differ from a peer are rehashed locally once (the
+   cache may be stale) and their files listed once (old tombstones are reclaimed here).
+   If a peer lacks a suffix that several primaries hold identically, the suffix's value
+   picks which of them pushes it; so a wiped device is rebuilt with one push per object,
+   spread over the surviving primaries.
+4. Per peer: one ``SSYNC missing_check`` for the suffixes it has but that differ (a
+   suffix it lacks entirely needs no question), then one streamed ``SSYNC updates`` with
+   every wanted file of every partition (split every ``batch_files`` files).
+5. A primary that answers 507 is replaced by the next handoff (primary jobs only).
+6. A partition on a handoff device is pushed to all primaries; each primary's hashes for
+   the synced suffixes are fetched again (one batched ``REPLICATE``), and the partition is
+   deleted once all match ours and ours did not change meanwhile.
+
+A failing peer fails only its own partitions; a partition a peer reports as failed on
+its side fails only that partition. ``concurrency`` bounds the requests in flight,
+``max_bytes_per_second`` the bytes pushed (token bucket, per process).
 
 Config ``[replicator]``: interval (s, 30), concurrency (16), max_bytes_per_second (0 =
-unlimited), reclaim_age (s, 604800), batch_bytes (4 MiB per read hop).
+unlimited), reclaim_age (s, 604800), batch_bytes (4 MiB per read hop), batch_files (4096
+files per updates request), streams_per_peer (4 parallel updates requests per peer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from swiftlike.common.node_client import NODE_ERRORS, node_key
 from swiftlike.daemons.base import DaemonContext, PassStats, RateLimiter
+from swiftlike.daemons.replication_http import ReplicationHTTP
+from swiftlike.daemons.replication_peer import (
+    DeviceGone,
+    PeerFailed,
+    PeerSession,
+    PushFile,
+)
+from swiftlike.daemons.replication_peer import peer_key as node_key
 from swiftlike.storage import replication_store as store
-from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.hashes import get_suffix_hashes
-from swiftlike.storage.replication_server import VERB_HEADER
 
 LOG = logging.getLogger(__name__)
-READ_BATCH_FILES = 128
-MISSING_CHECK_SLICE = 4000
+LOCAL_SLICE = 16  # partitions per thread hop for local hashing and listing (hops run at once)
+
+STREAM_MIN_FILES = 64  # fewer files than this go in one updates request
+
+__all__ = ["DeviceGone", "ObjectReplicator", "PeerFailed"]
 
 
-class PeerFailed(Exception):
-    """A peer did not complete a step: the partition stays (if handoff) and is retried."""
+@dataclass
+class PartJob:
+    """One local partition in this pass."""
+
+    part: str
+    hashes: dict[str, str]
+    primaries: list[dict[str, Any]]
+    is_primary: bool
+    #: peer device id -> the peer's suffix hashes (filled by REPLICATE)
+    remote: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: peer device id -> True when the peer matches (or got everything it lacked)
+    done: dict[int, bool] = field(default_factory=dict)
+    offers: dict[str, list[store.OfferedObject]] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    """Work for one peer device: partition -> suffixes to sync."""
+
+    node: dict[str, Any]
+    suffixes: dict[str, list[str]] = field(default_factory=dict)
+    verify: set[str] = field(default_factory=set)  # handoff parts: confirm afterwards
 
 
 class ObjectReplicator:
@@ -50,6 +91,8 @@ class ObjectReplicator:
         self.concurrency = max(1, int(conf.get("concurrency", 16)))
         self.reclaim_age = float(conf.get("reclaim_age", 7 * 24 * 3600))
         self.batch_bytes = int(conf.get("batch_bytes", 4 * 1024 * 1024))
+        self.batch_files = max(1, int(conf.get("batch_files", 4096)))
+        self.streams_per_peer = max(1, int(conf.get("streams_per_peer", 4)))
         self.limiter = RateLimiter(float(conf.get("max_bytes_per_second", 0)))
 
     async def run_once(self, devices: list[str] | None = None,
@@ -66,273 +109,353 @@ class ObjectReplicator:
                                partitions: list[int] | None = None) -> dict[str, Any]:
         stats = PassStats(self.name, dev["device"])
         device_path = self.ctx.device_path(dev["device"])
+        try:
+            await self._replicate_device(dev, device_path, partitions, stats)
+        except Exception as err:  # a broken device must not stop the daemon
+            LOG.exception("replicating %s failed", dev["device"])
+            stats.error(f"device {dev['device']}: {err!r}")
+        return await self.ctx.run_io(stats.save, device_path)
+
+    async def _replicate_device(self, dev: dict[str, Any], device_path: str,
+                                partitions: list[int] | None, stats: PassStats) -> None:
+        ring = self.ctx.ring
         parts = await self.ctx.run_io(store.local_partitions, device_path)
         if partitions is not None:
             parts = [p for p in parts if int(p) in partitions]
-        semaphore = asyncio.Semaphore(self.concurrency)
-
-        async def guarded(part: str) -> None:
-            async with semaphore:
-                try:
-                    await self.replicate_partition(dev, device_path, part, stats)
-                except Exception as err:  # one bad partition must not stop the pass
-                    LOG.exception("replicating %s/%s failed", dev["device"], part)
-                    stats.error(f"partition {part}: {err!r}")
-
-        await asyncio.gather(*(guarded(p) for p in parts))
-        return await self.ctx.run_io(stats.save, device_path)
-
-    async def replicate_partition(self, dev: dict[str, Any], device_path: str, part: str,
-                                  stats: PassStats) -> None:
-        ring = self.ctx.ring
-        if int(part) >= ring.partition_count:
+        beyond = [p for p in parts if int(p) >= ring.partition_count]
+        for part in beyond:
             stats.error(f"partition {part} is beyond the ring")
-            return
-        primaries = ring.get_part_nodes(int(part))
-        is_primary = any(n["id"] == dev["id"] for n in primaries)
-        local_hashes = await self.ctx.run_io(get_suffix_hashes, device_path, part)
-        stats.add("partitions")
-        if not is_primary:
-            stats.add("handoff_partitions")
-            if not local_hashes:
-                await self.ctx.run_io(store.remove_partition, device_path, part)
-                stats.add("handoffs_removed")
-                return
-        if not local_hashes:
-            return
-        peers = [n for n in primaries if n["id"] != dev["id"]]
-        used = {n["id"] for n in primaries}
-        handoffs = ring.get_more_nodes(int(part))
-        # Ask every peer first: what the others hold lets two healthy primaries avoid
-        # pushing the same suffix to a third that lacks it (the earlier one in ring
-        # order does it), which halves the work of rebuilding a wiped device.
-        remote = await asyncio.gather(*(self._remote_hashes(p, part) for p in peers),
-                                      return_exceptions=True)
-        known = {p["id"]: r for p, r in zip(peers, remote, strict=True)
-                 if isinstance(r, dict)}
-        order = [n["id"] for n in primaries]
-        outcomes = await asyncio.gather(*(
-            self._sync_with_fallback(device_path, part, local_hashes, peer, handoffs, used,
-                                     dev, stats, verify=not is_primary,
-                                     remote=remote[i],
-                                     skip=self._covered_by_others(
-                                         dev, peer, order, known, local_hashes)
-                                     if is_primary else set())
-            for i, peer in enumerate(peers)))
-        if is_primary:
-            return
-        if all(outcomes):
-            now_hashes = await self.ctx.run_io(get_suffix_hashes, device_path, part)
-            if now_hashes == local_hashes:
-                await self.ctx.run_io(store.remove_partition, device_path, part)
-                stats.add("handoffs_removed")
-                LOG.info("handoff partition %s on %s delivered to %s and removed", part,
-                         dev["device"], [node_key(p) for p in peers])
-            else:
-                stats.add("handoffs_changed_meanwhile")
-
-    @staticmethod
-    def _covered_by_others(dev: dict[str, Any], peer: dict[str, Any], order: list[int],
-                           known: dict[int, dict[str, str]],
-                           local_hashes: dict[str, str]) -> set[str]:
-        """Suffixes ``peer`` lacks that an earlier primary holds identically: its job."""
-        lacking = known.get(peer["id"])
-        if lacking is None:
-            return set()
-        mine = order.index(dev["id"])
-        covered = set()
-        for suffix, digest in local_hashes.items():
-            if lacking.get(suffix) == digest:
+        parts = [p for p in parts if int(p) < ring.partition_count]
+        local = await self._local_hashes(device_path, parts, stats)
+        jobs: list[PartJob] = []
+        empty_handoffs = []
+        for part in parts:
+            if part not in local:
                 continue
-            for other in order[:mine]:
-                if other != peer["id"] and known.get(other, {}).get(suffix) == digest:
-                    covered.add(suffix)
-                    break
-        return covered
-
-    async def _sync_with_fallback(self, device_path: str, part: str,
-                                  local_hashes: dict[str, str], peer: dict[str, Any],
-                                  handoffs: Any, used: set[int], dev: dict[str, Any],
-                                  stats: PassStats, verify: bool,
-                                  remote: Any = None, skip: set[str] | None = None) -> bool:
-        """Sync to ``peer``; if its device is unavailable (507) use the next handoff."""
-        try:
-            if isinstance(remote, BaseException):
-                raise remote
-            return await self.sync_partition(device_path, part, local_hashes, peer, stats,
-                                             verify, remote, skip or set())
-        except DeviceGone:
-            stats.add("peer_devices_unavailable")
-            if verify:  # a handoff job keeps its data until the real primary is back
-                return False
-            for node in handoffs:
-                if node["id"] in used or node["id"] == dev["id"]:
+            primaries = ring.get_part_nodes(int(part))
+            is_primary = any(n["id"] == dev["id"] for n in primaries)
+            stats.add("partitions")
+            if not is_primary:
+                stats.add("handoff_partitions")
+                if not local[part]:
+                    empty_handoffs.append(part)
                     continue
-                used.add(node["id"])
-                try:
-                    return await self.sync_partition(device_path, part, local_hashes, node,
-                                                     stats, verify)
-                except (DeviceGone, PeerFailed):
-                    continue
-            return False
-        except PeerFailed as err:
-            LOG.warning("replicating %s/%s to %s failed: %s", dev["device"], part,
-                        node_key(peer), err)
-            stats.error(str(err))
-            return False
-
-    async def _remote_hashes(self, peer: dict[str, Any], part: str,
-                             suffixes: list[str] | None = None) -> dict[str, str]:
-        path = f"/{peer['device']}/{part}"
-        if suffixes:
-            path += "/" + "-".join(sorted(suffixes))
-        try:
-            async with self.ctx.client.request(
-                    peer, "POST", path,
-                    headers={"X-Backend-Server-Type": "object", VERB_HEADER: "REPLICATE"}) as resp:
-                body = await resp.read()
-                if resp.status == 507:
-                    raise DeviceGone(node_key(peer))
-                if resp.status != 200:
-                    raise PeerFailed(f"REPLICATE {node_key(peer)} {part}: {resp.status}")
-        except NODE_ERRORS as err:
-            raise PeerFailed(f"REPLICATE {node_key(peer)} {part}: {err!r}") from err
-        hashes = wire.unpack(body)
-        if not isinstance(hashes, dict):
-            raise PeerFailed(f"REPLICATE {node_key(peer)}: bad answer")
-        return hashes
-
-    async def sync_partition(self, device_path: str, part: str, local_hashes: dict[str, str],
-                             peer: dict[str, Any], stats: PassStats, verify: bool,
-                             remote: dict[str, str] | None = None,
-                             skip: set[str] | frozenset[str] = frozenset()) -> bool:
-        """Bring ``peer``'s copy of ``part`` up to date with ours; True when it matches."""
-        if remote is None:
-            remote = await self._remote_hashes(peer, part)
-        differing = [s for s, h in local_hashes.items() if remote.get(s) != h]
-        if skip:
-            stats.add("suffixes_left_to_earlier_primary", len(set(differing) & skip))
-            differing = [s for s in differing if s not in skip]
-        if not differing:
-            return True
-        # our cache may be stale (e.g. a file quarantined under us): rehash those first
-        fresh = await self.ctx.run_io(get_suffix_hashes, device_path, part, differing)
-        differing = [s for s in differing if s in fresh and remote.get(s) != fresh[s]]
-        if not differing:
-            return True
-        stats.add("suffixes_synced", len(differing))
-        offers = await self.ctx.run_io(store.list_partition_offers, device_path, part,
-                                       differing, self.reclaim_age)
-        if offers:
-            # a suffix the peer lacks entirely needs no question: it wants everything
-            absent = {o.object_hash: store.WANT_DURABLE + (store.WANT_META if o.meta else "")
-                      for o in offers if o.suffix not in remote}
-            asked = [o for o in offers if o.object_hash not in absent]
-            wanted = await self._missing_check(peer, part, asked) if asked else {}
-            wanted.update(absent)
-            if wanted:
-                await self._push(device_path, part, peer, offers, wanted, stats)
-        if not verify:
-            return True
-        after = await self._remote_hashes(peer, part, differing)
-        mine = await self.ctx.run_io(get_suffix_hashes, device_path, part)
-        return all(after.get(s) == mine.get(s) for s in differing)
-
-    async def _missing_check(self, peer: dict[str, Any], part: str,
-                             offers: list[store.OfferedObject]) -> dict[str, str]:
-        """Ask in slices: the node reads a missing_check body whole (1 MiB cap)."""
-        wanted: dict[str, str] = {}
-        for start in range(0, len(offers), MISSING_CHECK_SLICE):
-            wanted.update(await self._missing_check_slice(
-                peer, part, offers[start:start + MISSING_CHECK_SLICE]))
-        return wanted
-
-    async def _missing_check_slice(self, peer: dict[str, Any], part: str,
-                                   offers: list[store.OfferedObject]) -> dict[str, str]:
-        body = wire.pack({o.object_hash: o.as_wire() for o in offers})
-        try:
-            async with self.ctx.client.request(
-                    peer, "POST", f"/{peer['device']}/{part}", body=body,
-                    headers={"X-Backend-Server-Type": "object", VERB_HEADER: "SSYNC",
-                             wire.PHASE_HEADER: wire.PHASE_MISSING,
-                             "Content-Type": wire.MSGPACK_TYPE}) as resp:
-                raw = await resp.read()
-                if resp.status == 507:
-                    raise DeviceGone(node_key(peer))
-                if resp.status != 200:
-                    raise PeerFailed(f"missing_check {node_key(peer)} {part}: {resp.status}")
-        except NODE_ERRORS as err:
-            raise PeerFailed(f"missing_check {node_key(peer)} {part}: {err!r}") from err
-        wanted = wire.unpack(raw)
-        return wanted if isinstance(wanted, dict) else {}
-
-    async def _push(self, device_path: str, part: str, peer: dict[str, Any],
-                    offers: list[store.OfferedObject], wanted: dict[str, str],
-                    stats: PassStats) -> None:
-        files: list[tuple[str, str]] = []
-        for offer in offers:
-            want = wanted.get(offer.object_hash, "")
-            if store.WANT_DURABLE in want and offer.durable:
-                files.append((offer.object_hash, offer.durable))
-            if store.WANT_META in want and offer.meta:
-                files.append((offer.object_hash, offer.meta))
-        if not files:
+            if local[part]:
+                jobs.append(PartJob(part, local[part], primaries, is_primary))
+        if empty_handoffs:
+            await self.ctx.run_io(_remove_partitions, device_path, empty_handoffs)
+            stats.add("handoffs_removed", len(empty_handoffs))
+        if not jobs:
             return
-        sent = {"bytes": 0}
+        semaphore = asyncio.Semaphore(self.concurrency)
+        sessions: dict[int, PeerSession] = {}
+        daemons = self.ctx.section("daemons")
+        client = ReplicationHTTP(float(daemons.get("conn_timeout", 1.0)),
+                                 float(daemons.get("node_timeout", 20.0)))
+
+        def session(node: dict[str, Any]) -> PeerSession:
+            if node["id"] not in sessions:
+                sessions[node["id"]] = PeerSession(client, node, semaphore, self.limiter,
+                                                   self.ctx.run_io)
+            return sessions[node["id"]]
+
         try:
-            async with self.ctx.client.request(
-                    peer, "POST", f"/{peer['device']}/{part}",
-                    body=self._stream_files(device_path, part, files, sent),
-                    headers={"X-Backend-Server-Type": "object", VERB_HEADER: "SSYNC",
-                             wire.PHASE_HEADER: wire.PHASE_UPDATES,
-                             "Content-Type": "application/octet-stream"}) as resp:
-                raw = await resp.read()
-                if resp.status == 507:
-                    raise DeviceGone(node_key(peer))
-                if resp.status != 200:
-                    raise PeerFailed(f"updates {node_key(peer)} {part}: {resp.status} "
-                                     f"{raw[:200]!r}")
-        except NODE_ERRORS as err:
-            raise PeerFailed(f"updates {node_key(peer)} {part}: {err!r}") from err
-        result = wire.unpack(raw)
+            await self._sync_jobs(dev, device_path, jobs, session, stats)
+        finally:
+            await client.close()
+
+    async def _sync_jobs(self, dev: dict[str, Any], device_path: str, jobs: list[PartJob],
+                         session: Any, stats: PassStats) -> None:
+        peers: dict[int, dict[str, Any]] = {}
+        for job in jobs:
+            for node in job.primaries:
+                if node["id"] != dev["id"]:
+                    peers[node["id"]] = node
+        # 2. every peer's hashes of every shared partition, all peers at once
+        gone = await self._fetch_remote(dev, jobs, peers, session, stats)
+        # 3. what differs, rehashed and listed once per partition
+        targets = self._plan(dev, jobs, peers, gone, stats)
+        await self._prepare_offers(device_path, jobs, targets, stats)
+        # 4. missing check + push per peer, all peers at once
+        await asyncio.gather(*(self._sync_target(device_path, jobs, t, session(t.node),
+                                                 stats) for t in targets.values()))
+        # 5. primaries whose device is gone: the next handoff stands in
+        if gone:
+            await self._sync_to_handoffs(dev, device_path, jobs, gone, session, stats)
+        # 6. handoff partitions every primary now holds are removed
+        await self._remove_delivered(dev, device_path, jobs, stats)
+
+    async def _local_hashes(self, device_path: str, parts: list[str], stats: PassStats
+                            ) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        answers = await asyncio.gather(*(
+            self.ctx.run_io(_hashes_of, device_path,
+                            {p: [] for p in parts[start:start + LOCAL_SLICE]})
+            for start in range(0, len(parts), LOCAL_SLICE)))
+        for hashes, errors in answers:
+            found.update(hashes)
+            for part, err in errors.items():
+                stats.error(f"partition {part}: local hashes: {err}")
+        return found
+
+    async def _fetch_remote(self, dev: dict[str, Any], jobs: list[PartJob],
+                            peers: dict[int, dict[str, Any]], session: Any,
+                            stats: PassStats) -> set[int]:
+        """Fill ``job.remote`` from one batched REPLICATE per peer; returns gone peers."""
+        gone: set[int] = set()
+
+        async def ask(peer_id: int) -> None:
+            node = peers[peer_id]
+            shared = [j for j in jobs if any(n["id"] == peer_id for n in j.primaries)]
+            try:
+                hashes, errors = await session(node).suffix_hashes({j.part: []
+                                                                    for j in shared})
+            except DeviceGone:
+                stats.add("peer_devices_unavailable")
+                gone.add(peer_id)
+                return
+            except PeerFailed as err:
+                LOG.warning("replicating %s to %s failed: %s", dev["device"],
+                            node_key(node), err)
+                stats.error(str(err))
+                for job in shared:
+                    job.done[peer_id] = False
+                return
+            for job in shared:
+                if job.part in hashes:
+                    job.remote[peer_id] = hashes[job.part]
+                else:
+                    stats.error(f"REPLICATE {node_key(node)} {job.part}: "
+                                f"{errors.get(job.part)}")
+                    job.done[peer_id] = False
+
+        await asyncio.gather(*(ask(p) for p in peers))
+        return gone
+
+    def _plan(self, dev: dict[str, Any], jobs: list[PartJob],
+              peers: dict[int, dict[str, Any]], gone: set[int], stats: PassStats
+              ) -> dict[int, Target]:
+        """Per peer, the suffixes of each partition it needs from us."""
+        targets: dict[int, Target] = {}
+        for job in jobs:
+            order = [n["id"] for n in job.primaries]
+            for peer_id, remote in job.remote.items():
+                differing = [s for s, h in job.hashes.items() if remote.get(s) != h]
+                if job.is_primary:
+                    skip = _covered_by_others(dev["id"], peer_id, order, job.remote,
+                                              job.hashes)
+                    if skip:
+                        stats.add("suffixes_left_to_other_primary",
+                                  len(set(differing) & skip))
+                        differing = [s for s in differing if s not in skip]
+                if not differing:
+                    job.done[peer_id] = True
+                    continue
+                target = targets.setdefault(peer_id, Target(peers[peer_id]))
+                target.suffixes[job.part] = differing
+                if not job.is_primary:
+                    target.verify.add(job.part)
+            for peer_id in gone:
+                if any(n["id"] == peer_id for n in job.primaries):
+                    job.done[peer_id] = False
+        return targets
+
+    async def _prepare_offers(self, device_path: str, jobs: list[PartJob],
+                              targets: dict[int, Target], stats: PassStats) -> None:
+        """Rehash the differing suffixes once per partition, list their files once.
+
+        A suffix whose fresh hash now matches the peer's is dropped from its target.
+        """
+        by_part = {j.part: j for j in jobs}
+        wanted: dict[str, set[str]] = {}
+        for target in targets.values():
+            for part, suffixes in target.suffixes.items():
+                wanted.setdefault(part, set()).update(suffixes)
+        listed = await self._list(device_path, wanted, by_part, stats)
+        for peer_id, target in targets.items():
+            for part in list(target.suffixes):
+                job = by_part[part]
+                remote = job.remote.get(peer_id, {})
+                still = [s for s in target.suffixes[part]
+                         if s in job.hashes and remote.get(s) != job.hashes[s]]
+                if part not in listed:
+                    job.done[peer_id] = False  # listing failed: retried next pass
+                    del target.suffixes[part]
+                elif still:
+                    target.suffixes[part] = still
+                    stats.add("suffixes_synced", len(still))
+                else:
+                    job.done[peer_id] = True
+                    del target.suffixes[part]
+
+    async def _list(self, device_path: str, wanted: dict[str, set[str]],
+                    by_part: dict[str, PartJob], stats: PassStats) -> set[str]:
+        """Rehash and list ``wanted`` suffixes into the jobs; the partitions that worked."""
+        parts = sorted(wanted, key=int)
+        listed: set[str] = set()
+        chunks = [{p: sorted(wanted[p]) for p in parts[start:start + LOCAL_SLICE]}
+                  for start in range(0, len(parts), LOCAL_SLICE)]
+        answers = await asyncio.gather(*(
+            self.ctx.run_io(_rehash_and_list, device_path, chunk, self.reclaim_age)
+            for chunk in chunks))
+        for chunk, (fresh, offers, errors) in zip(chunks, answers, strict=True):
+            for part, err in errors.items():
+                stats.error(f"partition {part}: listing: {err}")
+            for part in chunk:
+                job = by_part[part]
+                if part in fresh:
+                    job.hashes = fresh[part]
+                if part in offers:
+                    job.offers.update(offers[part])
+                    listed.add(part)
+        return listed
+
+    async def _sync_target(self, device_path: str, jobs: list[PartJob], target: Target,
+                           peer: PeerSession, stats: PassStats) -> None:
+        """Missing check, push and (handoff parts) verify for one peer; marks job.done."""
+        by_part = {j.part: j for j in jobs if j.part in target.suffixes}
+        peer_id = target.node["id"]
+        if not by_part:
+            return
+        try:
+            absent: dict[str, dict[str, str]] = {}
+            asked: dict[str, list[store.OfferedObject]] = {}
+            for part, suffixes in target.suffixes.items():
+                remote = by_part[part].remote.get(peer_id, {})
+                for suffix in suffixes:
+                    for offer in by_part[part].offers.get(suffix, []):
+                        if suffix not in remote:  # lacks it all: wants everything
+                            absent.setdefault(part, {})[offer.object_hash] = (
+                                store.WANT_DURABLE + (store.WANT_META if offer.meta else ""))
+                        else:
+                            asked.setdefault(part, []).append(offer)
+            wanted, errors = await peer.missing_check(asked) if asked else ({}, {})
+            for part, err in errors.items():
+                stats.error(f"missing_check {peer.key} {part}: {err}")
+                if part in by_part:
+                    by_part[part].done[peer_id] = False
+            for part, want in absent.items():
+                wanted.setdefault(part, {}).update(want)
+            files = _files_to_push(by_part, target.suffixes, wanted, errors)
+            # a few streams at once: the receiver's flushes and thread hops overlap
+            size = max(STREAM_MIN_FILES, min(self.batch_files,
+                                             -(-len(files) // self.streams_per_peer)))
+            chunks = _split_by_partition(files, size)
+            pushed = await asyncio.gather(*(self._push(device_path, peer, chunk, stats)
+                                            for chunk in chunks), return_exceptions=True)
+            failed = set(errors)
+            for chunk, outcome in zip(chunks, pushed, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, PeerFailed):
+                        raise outcome
+                    LOG.warning("replicating to %s failed: %s", peer.key, outcome)
+                    stats.error(str(outcome))
+                    failed.update(part for part, _, _ in chunk)
+            ok = {p for p in by_part if p not in failed}
+            if target.verify:
+                ok -= await self._unconfirmed(device_path, peer, target, by_part)
+            for part in by_part:
+                by_part[part].done.setdefault(peer_id, part in ok)
+        except PeerFailed as err:
+            LOG.warning("replicating to %s failed: %s", peer.key, err)
+            stats.error(str(err))
+            for job in by_part.values():
+                job.done[peer_id] = False
+
+    async def _push(self, device_path: str, peer: PeerSession, files: list[PushFile],
+                    stats: PassStats) -> None:
+        result = await peer.push(device_path, files, self.batch_bytes)
         stats.add("files_pushed", int(result.get("written", 0)))
         stats.add("files_stale", int(result.get("stale", 0)))
-        stats.add("bytes_pushed", sent["bytes"])
-        for object_hash in result.get("corrupt", []):
+        stats.add("bytes_pushed", int(result["sent"]))
+        for item in result.get("corrupt", []):
             # the receiver found our bytes disagree with our own ETag: ours is bad
+            if not (isinstance(item, list) and len(item) == 2):
+                raise PeerFailed(f"updates {peer.key}: bad corrupt entry {item!r}")
+            part, object_hash = item
             stats.add("quarantined_by_peer")
-            LOG.warning("peer %s rejected %s/%s as corrupt; quarantining ours",
-                        node_key(peer), part, object_hash)
-            await self.ctx.run_io(store.quarantine_hash, device_path, part, object_hash)
+            LOG.warning("peer %s rejected %s/%s as corrupt; quarantining ours", peer.key,
+                        part, object_hash)
+            await self.ctx.run_io(store.quarantine_hash, device_path, str(part),
+                                  str(object_hash))
 
-    async def _stream_files(self, device_path: str, part: str, files: list[tuple[str, str]],
-                            sent: dict[str, int]) -> AsyncIterator[bytes]:
-        """Frames of every file, read in batches off the loop, large files in chunks."""
-        index = 0
-        while index < len(files):
-            batch, index, big = await self.ctx.run_io(
-                _read_small_batch, device_path, part, files, index, self.batch_bytes)
-            if batch:
-                await self.limiter.consume(len(batch))
-                sent["bytes"] += len(batch)
-                yield batch
-            if big is not None:
-                object_hash, name, meta, size, fd = big
-                try:
-                    yield wire.frame_header(object_hash, name, meta, size)
-                    offset = 0
-                    while offset < size:
-                        chunk = await self.ctx.run_io(os.pread, fd, min(1 << 20, size - offset),
-                                                      offset)
-                        if not chunk:
-                            raise PeerFailed(f"{name} shrank while being sent")
-                        offset += len(chunk)
-                        await self.limiter.consume(len(chunk))
-                        sent["bytes"] += len(chunk)
-                        yield chunk
-                finally:
-                    os.close(fd)
-        yield wire.END_OF_STREAM
+    async def _unconfirmed(self, device_path: str, peer: PeerSession, target: Target,
+                           by_part: dict[str, PartJob]) -> set[str]:
+        """Handoff partitions whose synced suffixes the peer does not yet match."""
+        requested = {p: target.suffixes[p] for p in target.verify if p in by_part}
+        after, errors = await peer.suffix_hashes(requested)
+        mine, _ = await self.ctx.run_io(_hashes_of, device_path,
+                                        {p: [] for p in requested})
+        bad = set(errors)
+        for part, suffixes in requested.items():
+            theirs, ours = after.get(part, {}), mine.get(part, {})
+            if any(theirs.get(s) != ours.get(s) for s in suffixes):
+                bad.add(part)
+        return bad
+
+    async def _sync_to_handoffs(self, dev: dict[str, Any], device_path: str,
+                                jobs: list[PartJob], gone: set[int], session: Any,
+                                stats: PassStats) -> None:
+        """Primary jobs whose peer answered 507: push to the next handoff instead."""
+        targets: dict[int, Target] = {}
+        ring = self.ctx.ring
+        for job in jobs:
+            if not job.is_primary:
+                continue  # a handoff job keeps its data until the real primary is back
+            missing = [p for p in job.primaries if p["id"] in gone]
+            if not missing:
+                continue
+            used = {n["id"] for n in job.primaries}
+            for node in ring.get_more_nodes(int(job.part)):
+                if not missing:
+                    break
+                if node["id"] in used or node["id"] in gone or node["id"] == dev["id"]:
+                    continue
+                missing.pop()
+                target = targets.setdefault(node["id"], Target(node))
+                target.suffixes[job.part] = list(job.hashes)
+        for peer_id, target in targets.items():
+            peer = session(target.node)
+            try:
+                remote, errors = await peer.suffix_hashes({p: [] for p in target.suffixes})
+            except PeerFailed as err:
+                stats.error(str(err))
+                continue
+            subset = {}
+            for job in jobs:
+                if job.part not in target.suffixes or job.part in errors:
+                    continue
+                theirs = remote.get(job.part, {})
+                job.remote[peer_id] = theirs
+                differing = [s for s, h in job.hashes.items() if theirs.get(s) != h]
+                if differing:
+                    subset[job.part] = differing
+            by_part = {j.part: j for j in jobs if j.part in subset}
+            listed = await self._list(device_path, {p: set(s) for p, s in subset.items()},
+                                      by_part, stats)
+            target.suffixes = {p: s for p, s in subset.items() if p in listed}
+            stats.add("suffixes_synced", sum(len(s) for s in target.suffixes.values()))
+            await self._sync_target(device_path, list(by_part.values()), target, peer,
+                                    stats)
+
+    async def _remove_delivered(self, dev: dict[str, Any], device_path: str,
+                                jobs: list[PartJob], stats: PassStats) -> None:
+        handoffs = [j for j in jobs if not j.is_primary]
+        if not handoffs:
+            return
+        delivered = [j for j in handoffs
+                     if all(j.done.get(n["id"]) for n in j.primaries)]
+        if not delivered:
+            return
+        now, _ = await self.ctx.run_io(_hashes_of, device_path,
+                                       {j.part: [] for j in delivered})
+        removable = [j.part for j in delivered if now.get(j.part) == j.hashes]
+        stats.add("handoffs_changed_meanwhile", len(delivered) - len(removable))
+        if removable:
+            await self.ctx.run_io(_remove_partitions, device_path, removable)
+            stats.add("handoffs_removed", len(removable))
+            LOG.info("handoff partitions %s on %s delivered to their primaries and removed",
+                     removable, dev["device"])
 
     async def run_forever(self) -> None:
         while True:
@@ -344,36 +467,94 @@ class ObjectReplicator:
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
-class DeviceGone(PeerFailed):
-    """The peer answered 507: its device is unmounted or full."""
+def _covered_by_others(me: int, peer_id: int, order: list[int],
+                       known: dict[int, dict[str, str]], local: dict[str, str]) -> set[str]:
+    """Suffixes ``peer`` lacks that another primary holding them identically will push.
 
-
-def _read_small_batch(device_path: str, part: str, files: list[tuple[str, str]], index: int,
-                      limit: int) -> tuple[bytes, int, tuple | None]:
-    """Frames for consecutive small files from ``index``; stops at a large one.
-
-    Returns (framed bytes, next index, large file to stream or None).
+    Every primary that holds a suffix the same way (ours and the hashes REPLICATE
+    returned) computes the same holder list in ring order, and the suffix's own value
+    picks one of them: each object is pushed once, and a rebuild's pushes are spread
+    over all the holders instead of falling on the first one.
     """
-    out = bytearray()
-    count = 0
-    while index < len(files) and count < READ_BATCH_FILES:
-        object_hash, name = files[index]
-        index += 1
-        opened = store.read_object_file(device_path, part, object_hash, name)
-        if opened is None:
+    lacking = known.get(peer_id)
+    if lacking is None or me not in order:
+        return set()
+    covered = set()
+    for suffix, digest in local.items():
+        if lacking.get(suffix) == digest:
             continue
-        meta, size, fd = opened
-        if size > limit // 4:
-            return bytes(out), index, (object_hash, name, meta, size, fd)
+        holders = [n for n in order if n != peer_id and
+                   (n == me or known.get(n, {}).get(suffix) == digest)]
+        if holders[int(suffix, 16) % len(holders)] != me:
+            covered.add(suffix)
+    return covered
+
+
+def _files_to_push(by_part: dict[str, PartJob], suffixes: dict[str, list[str]],
+                   wanted: dict[str, dict[str, str]], errors: dict[str, str]
+                   ) -> list[PushFile]:
+    files: list[PushFile] = []
+    for part, part_suffixes in suffixes.items():
+        if part in errors:
+            continue
+        want_of = wanted.get(part, {})
+        for suffix in part_suffixes:
+            for offer in by_part[part].offers.get(suffix, []):
+                want = want_of.get(offer.object_hash, "")
+                if store.WANT_DURABLE in want and offer.durable:
+                    files.append((part, offer.object_hash, offer.durable))
+                if store.WANT_META in want and offer.meta:
+                    files.append((part, offer.object_hash, offer.meta))
+    return files
+
+
+def _split_by_partition(files: list[PushFile], size: int) -> list[list[PushFile]]:
+    """Chunks of about ``size`` files; one partition's files always share a chunk.
+
+    Streams run in parallel, so a ``.meta`` must travel with its ``.data`` (the receiver
+    links files of one stream in order, and drops a .meta whose data is not there).
+    """
+    chunks: list[list[PushFile]] = [[]]
+    for index, item in enumerate(files):
+        if len(chunks[-1]) >= size and item[0] != files[index - 1][0]:
+            chunks.append([])
+        chunks[-1].append(item)
+    return [c for c in chunks if c]
+
+
+def _hashes_of(device_path: str, requested: dict[str, list[str]]
+               ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Local suffix hashes of many partitions in one thread hop; errors per partition."""
+    hashes: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for part, suffixes in requested.items():
         try:
-            body = os.pread(fd, size, 0) if size else b""
-        finally:
-            os.close(fd)
-        if len(body) != size:
+            hashes[part] = get_suffix_hashes(device_path, part, suffixes)
+        except OSError as err:
+            errors[part] = f"{type(err).__name__}: {err}"
+    return hashes, errors
+
+
+def _rehash_and_list(device_path: str, requested: dict[str, list[str]], reclaim_age: float
+                     ) -> tuple[dict, dict[str, dict[str, list[store.OfferedObject]]], dict]:
+    """Fresh hashes of the named suffixes, then their files grouped by suffix."""
+    fresh, errors = _hashes_of(device_path, requested)
+    offers: dict[str, dict[str, list[store.OfferedObject]]] = {}
+    for part, suffixes in requested.items():
+        if part in errors:
             continue
-        out += wire.frame_header(object_hash, name, meta, size)
-        out += body
-        count += 1
-        if len(out) >= limit:
-            break
-    return bytes(out), index, None
+        try:
+            listed = store.list_partition_offers(device_path, part, suffixes, reclaim_age)
+        except OSError as err:
+            errors[part] = f"{type(err).__name__}: {err}"
+            continue
+        grouped: dict[str, list[store.OfferedObject]] = {}
+        for offer in listed:
+            grouped.setdefault(offer.suffix, []).append(offer)
+        offers[part] = grouped
+    return fresh, offers, errors
+
+
+def _remove_partitions(device_path: str, parts: list[str]) -> None:
+    for part in parts:
+        store.remove_partition(device_path, part)

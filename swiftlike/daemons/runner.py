@@ -4,6 +4,8 @@
 a storage node with ``[daemons] enabled = true`` runs :func:`run_daemons` beside its
 HTTP server, so every daemon loops on its own interval in the node's event loop.
 ``[daemons]`` may switch single daemons off: ``replicator = false`` etc.
+Each daemon's module is imported when it is first run, so a ``--once`` process loads
+only what its pass needs (start-up time counts when a rebuild runs one per node).
 """
 
 from __future__ import annotations
@@ -13,12 +15,7 @@ import logging
 from typing import Any
 
 from swiftlike.common.config import conf_bool
-from swiftlike.daemons.auditor import ObjectAuditor
 from swiftlike.daemons.base import DaemonContext
-from swiftlike.daemons.db_replicator import DatabaseReplicator
-from swiftlike.daemons.expirer import ObjectExpirer
-from swiftlike.daemons.replicator import ObjectReplicator
-from swiftlike.daemons.updater import ObjectUpdater
 
 LOG = logging.getLogger(__name__)
 
@@ -35,19 +32,31 @@ async def run_pass(name: str, ctx: DaemonContext, audit_mode: str = "full") -> d
     """One pass of one daemon with an existing context; returns its per-device stats."""
     canonical = ALIASES.get(name)
     if canonical == "replicator":
+        from swiftlike.daemons.db_replicator import DatabaseReplicator
+        from swiftlike.daemons.replicator import ObjectReplicator
+
         objects = await ObjectReplicator(ctx).run_once()
         databases = await DatabaseReplicator(ctx).run_once()
         return {"objects": objects, "databases": databases}
     if canonical == "auditor":
+        from swiftlike.daemons.auditor import ObjectAuditor
+
         return await ObjectAuditor(ctx).run_once(audit_mode)
     if canonical == "updater":
+        from swiftlike.daemons.updater import ObjectUpdater
+
         return await ObjectUpdater(ctx).run_once()
     if canonical == "expirer":
+        from swiftlike.daemons.expirer import ObjectExpirer
+
         return await ObjectExpirer(ctx).run_once()
     raise ValueError(f"unknown daemon {name!r}")
 
 
 async def _replicate_forever(ctx: DaemonContext) -> None:
+    from swiftlike.daemons.db_replicator import DatabaseReplicator
+    from swiftlike.daemons.replicator import ObjectReplicator
+
     objects, databases = ObjectReplicator(ctx), DatabaseReplicator(ctx)
     await asyncio.gather(objects.run_forever(), databases.run_forever())
 
@@ -55,6 +64,10 @@ async def _replicate_forever(ctx: DaemonContext) -> None:
 def _forever(canonical: str, ctx: DaemonContext) -> Any:
     if canonical == "replicator":
         return _replicate_forever(ctx)
+    from swiftlike.daemons.auditor import ObjectAuditor
+    from swiftlike.daemons.expirer import ObjectExpirer
+    from swiftlike.daemons.updater import ObjectUpdater
+
     cls = {"auditor": ObjectAuditor, "updater": ObjectUpdater, "expirer": ObjectExpirer}
     return cls[canonical](ctx).run_forever()
 

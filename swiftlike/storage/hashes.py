@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 
 import msgpack
@@ -51,11 +52,27 @@ def invalidate_suffix(partition_dir: str, suffix: str) -> None:
         os.close(fd)
 
 
+#: an empty directory changed more recently than this is left alone by a rehash
+EMPTY_DIR_GRACE = 60.0
+
+
+def _remove_if_idle(path: str) -> None:
+    """rmdir an empty directory unless it changed recently.
+
+    A writer creates the suffix and hash directories, then links its file in; a rehash
+    (a REPLICATE from another node) running in between must not remove them, or the
+    link fails and the write with it. A fresh empty directory is left for a later pass.
+    """
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(path).st_mtime >= EMPTY_DIR_GRACE:
+            os.rmdir(path)
+
+
 def hash_suffix_dir(suffix_dir: str) -> str | None:
     """md5 over the sorted ``<hash>/<file>`` names of a suffix; None when it is empty.
 
     Sidecar metadata files are left out: their names follow from the file they describe.
-    Empty hash directories are removed on the way.
+    Empty hash directories (and an empty suffix) are removed on the way, once idle.
     """
     md5 = hashlib.md5(usedforsecurity=False)
     found = False
@@ -70,15 +87,13 @@ def hash_suffix_dir(suffix_dir: str) -> str | None:
         except (FileNotFoundError, NotADirectoryError):
             continue
         if not names:
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+            _remove_if_idle(path)
             continue
         for name in names:
             md5.update(f"{hash_dir}/{name}\n".encode())
             found = True
     if not found:
-        with contextlib.suppress(OSError):
-            os.rmdir(suffix_dir)
+        _remove_if_idle(suffix_dir)
         return None
     return md5.hexdigest()
 
@@ -119,6 +134,10 @@ def get_suffix_hashes(device_path: str, partition: int | str,
         invalid_path = os.path.join(partition_dir, INVALID_FILE)
         journal_fd = os.open(invalid_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            # Held until the new hashes are saved: a writer's invalidation that arrives
+            # meanwhile waits and lands in the emptied journal, never in the gap between
+            # reading the journal and truncating it. One write of hashes.msgpack, then
+            # the truncate: a crash in between only rehashes those suffixes again.
             fcntl.flock(journal_fd, fcntl.LOCK_EX)
             journal = b""
             while chunk := os.read(journal_fd, 65536):
@@ -126,25 +145,23 @@ def get_suffix_hashes(device_path: str, partition: int | str,
             for line in journal.decode("ascii", "replace").splitlines():
                 if _is_suffix(line.strip()):
                     hashes[line.strip()] = None
-            if journal:
-                # keep the invalidations durable in hashes.msgpack before dropping the journal
+            for suffix in recalculate:
+                hashes[suffix] = None
+            if full_rehash:
+                hashes = {name: None for name in os.listdir(partition_dir) if _is_suffix(name)}
+            changed = False
+            for suffix, value in list(hashes.items()):
+                if value is None:
+                    digest = hash_suffix_dir(os.path.join(partition_dir, suffix))
+                    changed = True
+                    if digest is None:
+                        del hashes[suffix]
+                    else:
+                        hashes[suffix] = digest
+            if changed or full_rehash:
                 _write_hashes(hashes_path, hashes)
+            if journal:
                 os.ftruncate(journal_fd, 0)
         finally:
             os.close(journal_fd)
-        for suffix in recalculate:
-            hashes[suffix] = None
-        if full_rehash:
-            hashes = {name: None for name in os.listdir(partition_dir) if _is_suffix(name)}
-        changed = False
-        for suffix, value in list(hashes.items()):
-            if value is None:
-                digest = hash_suffix_dir(os.path.join(partition_dir, suffix))
-                changed = True
-                if digest is None:
-                    del hashes[suffix]
-                else:
-                    hashes[suffix] = digest
-        if changed or full_rehash:
-            _write_hashes(hashes_path, hashes)
         return {suffix: value for suffix, value in hashes.items() if value is not None}

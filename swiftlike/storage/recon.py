@@ -10,38 +10,18 @@ and any process on the node (the daemons may run in their own process) can serve
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import uuid
 from typing import Any
 
 from aiohttp import web
 
 from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.recon_files import RECON_DIR, load_device_stats, save_device_stats
 
-RECON_DIR = ".recon"
+__all__ = ["RECON_DIR", "handle_recon", "load_device_stats", "node_daemon_stats",
+           "save_device_stats"]
+
 DAEMON_NAMES = ("replication", "db_replication", "auditor", "updater", "expirer")
-
-
-def save_device_stats(device_path: str, daemon: str, stats: dict[str, Any]) -> None:
-    """Atomically replace one device's stats file for one daemon."""
-    directory = os.path.join(device_path, RECON_DIR)
-    os.makedirs(directory, exist_ok=True)
-    final = os.path.join(directory, f"{daemon}.json")
-    tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, sort_keys=True)
-    os.rename(tmp, final)
-
-
-def load_device_stats(device_path: str, daemon: str) -> dict[str, Any] | None:
-    path = os.path.join(device_path, RECON_DIR, f"{daemon}.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def node_daemon_stats(devices_root: str, daemon: str) -> dict[str, Any]:

@@ -1,20 +1,32 @@
-"""The storage node's replication verbs: REPLICATE (suffix hashes) and SSYNC (push).
+"""The storage node's object replication verbs: REPLICATE (suffix hashes) and SSYNC (push).
 
 On the wire each verb is ``POST`` with ``X-Backend-Replication: REPLICATE|SSYNC`` (aiohttp
-cannot parse unknown methods); below, "REPLICATE /x" means that.
-``REPLICATE /<dev>/<part>[/<suf>-<suf>...]`` (object) answers the partition's suffix
-hashes as msgpack, rehashing the named suffixes first (the sender names the ones it just
-synced to confirm they now match). ``SSYNC /<dev>/<part>`` with ``X-Ssync-Phase:
-missing_check`` takes ``{hash: [durable, meta]}`` and answers what this node lacks;
-with ``X-Ssync-Phase: updates`` it takes a framed stream of files
-(:mod:`swiftlike.storage.replication_wire`) and answers only once every written file and
-its directory are fsynced. Database REPLICATE requests (server type account/container)
-go to :mod:`swiftlike.storage.db_replication_server`. See docs/replication.md.
+cannot parse unknown methods); below, "REPLICATE /x" means that. Object replication is
+per device, many partitions per request, so a replication pass costs a handful of round
+trips per peer instead of several per partition:
+
+* ``REPLICATE /<dev>`` takes ``{part: [suffix, ...]}`` and answers
+  ``{"hashes": {part: {suffix: hash}}, "errors": {part: reason}}``, rehashing the listed
+  suffixes of each partition first (the sender names the ones it just synced to confirm
+  they now match); a partition this device lacks answers ``{}``.
+* ``SSYNC /<dev>`` with ``X-Ssync-Phase: missing_check`` takes
+  ``{part: {hash: [durable, meta]}}`` and answers ``{"wanted": {part: {hash: "d"|"m"|"dm"}},
+  "errors": {part: reason}}``.
+* ``SSYNC /<dev>`` with ``X-Ssync-Phase: updates`` takes a framed stream of files of any
+  partitions (:mod:`swiftlike.storage.replication_wire`) and answers only once every
+  written file and its directory are durable.
+
+A partition that fails on its own (an unreadable directory) is reported in ``errors``
+and does not fail the others. Database REPLICATE requests (server type
+account/container, path ``/<dev>/<part>/<hash>``) go to
+:mod:`swiftlike.storage.db_replication_server`. See docs/replication.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -27,9 +39,7 @@ from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_respons
 
 LOG = logging.getLogger(__name__)
 REPLICATION_METHODS = frozenset({"REPLICATE", "SSYNC"})
-#: aiohttp's HTTP parser (llhttp) refuses methods it does not know, so on the wire the
-#: verbs travel as ``POST`` with this header naming the verb.
-VERB_HEADER = "X-Backend-Replication"
+VERB_HEADER = wire.VERB_HEADER
 
 
 def replication_verb(request: web.Request) -> str | None:
@@ -41,9 +51,12 @@ def replication_verb(request: web.Request) -> str | None:
         if verb in REPLICATION_METHODS:
             return verb
     return None
+
+
 SMALL_FILE = 256 * 1024
 BATCH_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 256
+MAX_BATCHES_IN_FLIGHT = 4  # per updates stream: bounds the bytes held in memory
 
 
 def _segments(request: web.Request) -> list[str]:
@@ -56,131 +69,223 @@ async def handle_replication(request: web.Request, node: StorageNode) -> web.Str
     if verb is None:
         return error_response(405, f"not a replication request (set {VERB_HEADER})")
     segments = _segments(request)
-    if len(segments) < 2 or not segments[1].isdigit():
-        return error_response(400, "replication path must be /<device>/<partition>[/...]")
-    device, partition = segments[0], segments[1]
+    if not segments or not segments[0]:
+        return error_response(400, "replication path must start with /<device>")
+    device = segments[0]
+    server_type = request.headers.get("X-Backend-Server-Type", "object").lower()
+    if server_type not in ("object", "account", "container"):
+        return error_response(400, f"unknown server type {server_type}")
+    if server_type == "object" and len(segments) != 1:
+        return error_response(400, "object replication path is /<device>: the partitions "
+                                   "travel in the body")
+    if server_type != "object" and (len(segments) < 2 or not segments[1].isdigit()):
+        return error_response(400, "database replication path is /<device>/<partition>/...")
     try:
         device_path = node.device_path(device)
     except DeviceUnavailable:
         return error_response(507, f"device {device} is not available")
-    server_type = request.headers.get("X-Backend-Server-Type", "object").lower()
-    if server_type in ("account", "container"):
+    if server_type != "object":
         from swiftlike.storage.db_replication_server import handle_db_replicate
 
         return await handle_db_replicate(request, node, device_path, server_type,
-                                         partition, segments[2:], verb)
-    if server_type != "object":
-        return error_response(400, f"unknown server type {server_type}")
+                                         segments[1], segments[2:], verb)
     try:
         if verb == "REPLICATE":
-            suffixes = segments[2].split("-") if len(segments) > 2 and segments[2] else []
-            if any(len(s) != 3 for s in suffixes):
-                return error_response(400, "suffixes must be 3 hex digits")
-            hashes = await node.run_io(get_suffix_hashes, device_path, partition, suffixes)
-            return web.Response(body=wire.pack(hashes), content_type=wire.MSGPACK_TYPE)
+            return await _replicate(request, node, device_path)
         phase = request.headers.get(wire.PHASE_HEADER, "")
         if phase == wire.PHASE_MISSING:
-            return await _missing_check(request, node, device_path, partition)
+            return await _missing_check(request, node, device_path)
         if phase == wire.PHASE_UPDATES:
-            return await _receive_updates(request, node, device_path, partition)
+            return await _receive_updates(request, node, device_path)
         return error_response(400, f"{wire.PHASE_HEADER} must be missing_check or updates")
     except DiskFull as err:
         return error_response(507, f"device {device} is full: {err}")
 
 
-async def _missing_check(request: web.Request, node: StorageNode, device_path: str,
-                         partition: str) -> web.Response:
+async def _read_part_map(request: web.Request) -> dict[str, Any]:
+    """The msgpack ``{part: ...}`` body of a batch request; ValueError when malformed."""
     try:
-        offers = wire.unpack(await request.read())
-        if not isinstance(offers, dict):
-            raise ValueError("offers must be a map")
+        body = wire.unpack(await request.read())
+    except Exception as err:  # msgpack raises several unrelated types
+        raise ValueError(f"not msgpack: {err}") from err
+    if not isinstance(body, dict):
+        raise ValueError("body must be a map of partitions")
+    for part in body:
+        if not wire.is_partition(part):
+            raise ValueError(f"bad partition {part!r}")
+    return body
+
+
+def _suffix_hashes_of(device_path: str, requested: dict[str, list[str]]
+                      ) -> dict[str, dict[str, Any]]:
+    hashes: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for part, suffixes in requested.items():
+        try:
+            hashes[part] = get_suffix_hashes(device_path, part, suffixes)
+        except OSError as err:
+            LOG.warning("REPLICATE %s/%s: %s", device_path, part, err)
+            errors[part] = f"{type(err).__name__}: {err}"
+    return {"hashes": hashes, "errors": errors}
+
+
+async def _replicate(request: web.Request, node: StorageNode, device_path: str
+                     ) -> web.Response:
+    try:
+        requested = await _read_part_map(request)
+        for suffixes in requested.values():
+            if not isinstance(suffixes, list) or not all(
+                    isinstance(s, str) and wire.is_suffix(s) for s in suffixes):
+                raise ValueError("suffixes must be lists of 3 hex digits")
+    except ValueError as err:
+        return error_response(400, f"bad REPLICATE body: {err}")
+    answer = await node.run_io(_suffix_hashes_of, device_path, requested)
+    return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
+
+
+def _wanted_of(device_path: str, offers: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    wanted: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for part, part_offers in offers.items():
+        try:
+            found = store.wanted_parts(device_path, part, part_offers)
+        except OSError as err:
+            LOG.warning("missing_check %s/%s: %s", device_path, part, err)
+            errors[part] = f"{type(err).__name__}: {err}"
+            continue
+        if found:
+            wanted[part] = found
+    return {"wanted": wanted, "errors": errors}
+
+
+async def _missing_check(request: web.Request, node: StorageNode, device_path: str
+                         ) -> web.Response:
+    try:
+        offers = await _read_part_map(request)
+        for part_offers in offers.values():
+            if not isinstance(part_offers, dict) or not all(
+                    isinstance(v, list) and len(v) == 2 and
+                    all(n is None or isinstance(n, str) for n in v)
+                    for v in part_offers.values()):
+                raise ValueError("offers must be {hash: [durable, meta]} per partition")
     except ValueError as err:
         return error_response(400, f"bad missing_check body: {err}")
-    wanted = await node.run_io(store.wanted_parts, device_path, partition, offers)
-    return web.Response(body=wire.pack(wanted), content_type=wire.MSGPACK_TYPE)
+    answer = await node.run_io(_wanted_of, device_path, offers)
+    return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
 
+async def _receive_updates(request: web.Request, node: StorageNode, device_path: str
+                           ) -> web.Response:
+    """Write each pushed file; small files of any partitions are written in batches.
 
-async def _receive_updates(request: web.Request, node: StorageNode, device_path: str,
-                           partition: str) -> web.Response:
-    """Write each pushed file; small files are written in batches per thread hop."""
+    A batch (256 files / 4 MiB) is one thread hop to stage, one shared device flush, one
+    hop to link, one more flush: the cost of durability is per batch, not per file or
+    per partition.
+    """
     content = request.content
-    result = {"written": 0, "stale": 0, "corrupt": [], "bytes": 0}
-    touched: set[str] = set()  # hash directories to fsync and suffixes to invalidate
-    synced_dirs: set[str] = set()
+    result: dict[str, Any] = {"written": 0, "stale": 0, "corrupt": [], "bytes": 0}
+    touched: dict[str, set[str]] = {}  # part -> hash dirs to fsync, suffixes to invalidate
     batch: list[tuple[dict, bytes]] = []
     batch_bytes = 0
 
-    def write_batch(items: list[tuple[dict, bytes]]) -> list[tuple[str, str, str]]:
+    def write_batch(items: list[tuple[dict, bytes]]) -> list[tuple[dict, str, str]]:
         """``durability = "fsync"``: each file fsynced before its rename, directories
         fsynced once at the end. The group-commit path is :func:`store_batch`."""
         outcomes = []
         for header, body in items:
-            received = store.ReceivedFile(device_path, partition, header["hash"],
+            received = store.ReceivedFile(device_path, header["part"], header["hash"],
                                           header["name"], header["meta"], node.fsync,
                                           node.use_xattr)
             received.write(body)
-            outcomes.append((header["hash"], received.commit(), received.object_dir))
+            outcomes.append((header, received.commit(), received.object_dir))
         return outcomes
 
     def stage_batch(items: list[tuple[dict, bytes]]) -> list[store.StagedFile | tuple]:
         staged: list[store.StagedFile | tuple] = []
         try:
             for header, body in items:
-                outcome = store.stage_received(device_path, partition, header["hash"],
+                outcome = store.stage_received(device_path, header["part"], header["hash"],
                                                header["name"], header["meta"], body,
                                                node.use_xattr)
-                staged.append(outcome if isinstance(outcome, store.StagedFile)
-                              else (header["hash"], outcome, ""))
+                staged.append((header, outcome) if isinstance(outcome, store.StagedFile)
+                              else (header, outcome, ""))
         except BaseException:
             abort_staged(staged)
             raise
         return staged
 
-    def abort_staged(staged: list[store.StagedFile | tuple]) -> None:
+    def abort_staged(staged: list) -> None:
         for item in staged:
-            if isinstance(item, store.StagedFile):
-                item.writer.abort()
+            if len(item) == 2:
+                item[1].writer.abort()
 
-    def publish_batch(staged: list[store.StagedFile | tuple]) -> list[tuple[str, str, str]]:
+    def publish_batch(staged: list) -> list[tuple[dict, str, str]]:
         outcomes = []
         for index, item in enumerate(staged):
-            if not isinstance(item, store.StagedFile):
+            if len(item) == 3:
                 outcomes.append(item)
                 continue
+            header, staged_file = item
             try:
-                outcome = store.publish_received(item)
+                outcome = store.publish_received(staged_file)
             except BaseException:
                 abort_staged(staged[index + 1:])
                 raise
-            outcomes.append((item.object_hash, outcome, item.object_dir))
+            # "": already durable and invalidated once the next flush ends
+            outcomes.append((header, outcome, ""))
         return outcomes
 
-    async def store_batch(items: list[tuple[dict, bytes]]) -> list[tuple[str, str, str]]:
-        """Durable per batch: stage all, one flush, link all, one more flush."""
-        if not node.group_commit:
-            return await node.run_io(write_batch, items)
-        flusher = node.flusher(device_path)
-        staged = await node.run_io(stage_batch, items)
-        try:
-            await flusher.barrier()  # every staged file's bytes + xattr durable, unnamed
-        except BaseException:
-            await node.run_io(abort_staged, staged)
-            raise
-        outcomes = await node.run_io(publish_batch, staged)
-        # the links, new directories and hashes.invalid records are durable after this
-        # flush: the directories need no fsync of their own (the "" in each outcome)
-        await flusher.barrier()
-        return [(h, outcome, "") for h, outcome, _ in outcomes]
+    async def store_batch(items: list[tuple[dict, bytes]], turn: asyncio.Future | None,
+                          published: asyncio.Future) -> list[tuple[dict, str, str]]:
+        """Durable per batch: stage all, one flush, link all, one more flush.
 
-    def account(outcomes: list[tuple[str, str, str]], size: int, synced: bool = True
-                ) -> None:
-        for object_hash, outcome, object_dir in outcomes:
+        Batches of one stream overlap (the next is read and staged while this one waits
+        for its flush) but link in arrival order: ``turn`` is the previous batch's
+        ``published``, so a ``.meta`` never lands before the ``.data`` it belongs to.
+        """
+        try:
+            if not node.group_commit:
+                if turn is not None:
+                    await turn
+                return await node.run_io(write_batch, items)
+            flusher = node.flusher(device_path)
+            staged = await node.run_io(stage_batch, items)
+            try:
+                await flusher.barrier()  # every staged file's bytes + xattr durable, unnamed
+                if turn is not None:
+                    await turn
+            except BaseException:
+                await node.run_io(abort_staged, staged)
+                raise
+            outcomes = await node.run_io(publish_batch, staged)
+        finally:
+            if not published.done():
+                published.set_result(None)
+        # the links, new directories and hashes.invalid records are durable after this
+        # flush: the directories need no fsync of their own
+        await flusher.barrier()
+        return outcomes
+
+    in_flight: list[tuple[asyncio.Task, int]] = []
+    last_published: asyncio.Future | None = None
+
+    async def start_batch(items: list[tuple[dict, bytes]], size: int) -> None:
+        nonlocal last_published
+        published = asyncio.get_running_loop().create_future()
+        in_flight.append((asyncio.ensure_future(store_batch(items, last_published,
+                                                            published)), size))
+        last_published = published
+        while len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            task, done_size = in_flight.pop(0)
+            account(await task, done_size)
+
+    def account(outcomes: list[tuple[dict, str, str]], size: int) -> None:
+        for header, outcome, object_dir in outcomes:
             if outcome == "written":
                 result["written"] += 1
-                if object_dir:  # "" = already durable and invalidated (group commit)
-                    (synced_dirs if synced else touched).add(object_dir)
+                if object_dir:
+                    touched.setdefault(header["part"], set()).add(object_dir)
             elif outcome == "corrupt":
-                result["corrupt"].append(object_hash)
+                result["corrupt"].append([header["part"], header["hash"]])
             else:
                 result["stale"] += 1
         result["bytes"] += size
@@ -200,10 +305,13 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
                 batch.append((header, body))
                 batch_bytes += size
                 if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                    account(await store_batch(batch), batch_bytes)
+                    await start_batch(batch, batch_bytes)
                     batch, batch_bytes = [], 0
                 continue
-            received = await node.run_io(store.ReceivedFile, device_path, partition,
+            while in_flight:  # large files are written after every earlier batch
+                task, done_size = in_flight.pop(0)
+                account(await task, done_size)
+            received = await node.run_io(store.ReceivedFile, device_path, header["part"],
                                          header["hash"], header["name"], header["meta"],
                                          node.fsync, node.use_xattr)
             try:
@@ -216,16 +324,19 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
                 await node.run_io(received.abort)
                 raise
             outcome = await node.run_io(received.commit)
-            account([(header["hash"], outcome, received.object_dir)], size, synced=False)
+            account([(header, outcome, received.object_dir)], size)
         if batch:
-            account(await store_batch(batch), batch_bytes)
+            await start_batch(batch, batch_bytes)
+        while in_flight:
+            task, done_size = in_flight.pop(0)
+            account(await task, done_size)
     except (ValueError, KeyError) as err:
         return error_response(400, f"bad updates stream: {err}")
     finally:
-        if touched:
-            await node.run_io(store.finish_received, device_path, partition, touched,
-                              node.fsync)
-        if synced_dirs:
-            await node.run_io(store.finish_received, device_path, partition, synced_dirs,
-                              node.fsync)
+        for task, _ in in_flight:  # the stream failed: finish or drop what is staged
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*(t for t, _ in in_flight), return_exceptions=True)
+        for part, dirs in touched.items():
+            await node.run_io(store.finish_received, device_path, part, dirs, node.fsync)
     return web.Response(body=wire.pack(result), content_type=wire.MSGPACK_TYPE)

@@ -157,6 +157,10 @@ class ClientPool:
                                    f"(exit code {proc.exitcode})") from exc
         return results
 
+    def pids(self) -> list[int]:
+        """PIDs of the client processes (their CPU per op is reported too)."""
+        return [proc.pid for proc in self._procs]
+
     def close(self) -> None:
         for conn in self._conns:
             try:
@@ -226,6 +230,9 @@ def run_load(config: LoadConfig, progress: Any = None) -> dict[str, Any]:
             raise RuntimeError(f"cannot create container {container}: HTTP {status}")
     cpu = ServerCpu(config.server_pids)
     pool = ClientPool(config.procs, storage_url, token, config.concurrency, config.timeout)
+    # The load client's own CPU per op: on a small shared machine it competes with the
+    # server for the same cores, so it is reported beside the server's.
+    client_cpu = ServerCpu(pool.pids())
     phases: list[dict[str, Any]] = []
     live: dict[str, list[str]] = {c: [] for c in containers}
     try:
@@ -246,9 +253,15 @@ def run_load(config: LoadConfig, progress: Any = None) -> dict[str, Any]:
                 # Each delete takes a distinct object: never more deletes than objects.
                 spec.count = min(count, len(spec.names))
             before = cpu.sample()
+            client_before = client_cpu.sample()
             parts = pool.run(spec)
             cpu_seconds = cpu.delta(before)
+            client_seconds = client_cpu.delta(client_before)
             summary = summarize_phase(name, size, parts, cpu_seconds)
+            summary["client_cpu_s"] = client_seconds
+            summary["client_cpu_ms_per_op"] = (
+                None if client_seconds is None or not summary["ops"]
+                else client_seconds * 1000.0 / summary["ops"])
             for part in parts:
                 live[container].extend(part["created"])
                 removed = set(part["deleted"])
@@ -325,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     else:
         print(format_table(results["phases"], title=f"load against {config.auth_url}"))
+        print("load client cpu ms/op: " + ", ".join(
+            f"{p['phase']} {p['client_cpu_ms_per_op']:.2f}" for p in results["phases"]
+            if p.get("client_cpu_ms_per_op") is not None))
     return 1 if any(p["errors"] for p in results["phases"]) else 0
 
 

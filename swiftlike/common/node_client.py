@@ -41,6 +41,18 @@ def node_path(
     return "/" + "/".join(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in parts)
 
 
+class BackendRequest(aiohttp.ClientRequest):
+    """A client request without aiohttp's automatic headers.
+
+    Nodes need none of ``Accept``, ``Accept-Encoding`` or ``User-Agent``; leaving them
+    out here (rather than through ``skip_auto_headers``, which builds a header
+    dictionary for every request) saves work on both ends of every backend call.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        return None
+
+
 def node_key(node: Mapping[str, Any]) -> str:
     """A stable identity of a node device, for error limiting and logs."""
     return f"{node['ip']}:{node['port']}/{node['device']}"
@@ -86,7 +98,7 @@ class NodeClient:
                 connector=connector,
                 timeout=self.timeout,
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+                request_class=BackendRequest,
                 raise_for_status=False,
                 read_bufsize=1024 * 1024,  # streamed GET bodies in ~1 MiB pieces
             )

@@ -60,7 +60,7 @@ class AccountController(Controller):
         if req.method == "HEAD":
             resp = await self.head_shared(("a", account, headers.get("X-Newest", "")), part,
                                           nodes, lambda n: node_path(n, part, account),
-                                          headers)
+                                          headers, since=req.environ.get("swift.arrival"))
         else:
             resp = await self.get_first(
                 part, nodes, req.method, lambda n: node_path(n, part, account), headers,

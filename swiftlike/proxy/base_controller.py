@@ -58,6 +58,8 @@ class ProxyContext:
     info_cache: dict[tuple, tuple[float, dict]] = field(default_factory=dict)
     inflight_info: dict[tuple, asyncio.Future] = field(default_factory=dict)
     inflight_heads: dict[tuple, asyncio.Future] = field(default_factory=dict)
+    #: the last finished shared HEAD per key: (monotonic time it started, answer)
+    recent_heads: dict[tuple, tuple[float, Any]] = field(default_factory=dict)
 
 
 class BackendResponse:
@@ -275,26 +277,43 @@ class Controller:
         primaries: list[dict],
         path_for: Callable[[dict], str],
         headers: Mapping[str, str],
+        since: float | None = None,
     ) -> BackendResponse | None:
         """An account/container HEAD that joins an identical HEAD already in flight.
 
         Under load many requests of one worker ask for the same container's metadata
         at once (quota and versioning middlewares HEAD it on every object write); they
         share one backend round trip. The answer is at least as fresh as one fetched
-        at the moment the shared HEAD started: nothing is cached beyond its flight.
+        at the moment the shared HEAD started.
+
+        ``since`` is when the client's request arrived (``swift.arrival``): a finished
+        HEAD that *started* at or after that moment is reused as it is, since a HEAD of
+        the caller's own would not be any fresher (the quota, versioning and controller
+        HEADs of one object PUT then cost one round trip, and concurrent requests share
+        theirs). A metadata write through this worker forgets it (invalidate_info).
         """
-        inflight = self.ctx.inflight_heads
+        ctx = self.ctx
+        if since is not None:
+            recent = ctx.recent_heads.get(key)
+            if recent is not None and recent[0] >= since:
+                return recent[1]
+        inflight = ctx.inflight_heads
         waiting = inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         inflight[key] = future
         resp: BackendResponse | None = None
+        started = time.monotonic()
         try:
             resp = await self.get_first(part, primaries, "HEAD", path_for, headers)
         finally:
             if inflight.get(key) is future:
                 del inflight[key]
+                if resp is not None and resp.status < 500:
+                    if len(ctx.recent_heads) >= INFO_CACHE_MAX:
+                        ctx.recent_heads.clear()
+                    ctx.recent_heads[key] = (started, resp)
             future.set_result(resp)  # on failure the joiners see None (-> 503)
         return resp
 
@@ -328,10 +347,11 @@ class Controller:
         ctx.info_cache.pop(("a", account, None), None)
         if container is not None:
             ctx.info_cache.pop(("c", account, container), None)
-        if ctx.inflight_heads:
-            for key in [k for k in ctx.inflight_heads
-                        if k[1] == account and (k[0] == "a" or k[2] == container)]:
-                del ctx.inflight_heads[key]
+        for table in (ctx.inflight_heads, ctx.recent_heads):
+            if table:
+                for key in [k for k in table
+                            if k[1] == account and (k[0] == "a" or k[2] == container)]:
+                    del table[key]
 
     async def _cached_info(self, key: tuple, fetch: Callable[[], Any]) -> dict:
         ctx = self.ctx

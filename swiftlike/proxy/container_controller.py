@@ -83,7 +83,8 @@ class ContainerController(Controller):
         if req.method == "HEAD":
             resp = await self.head_shared(
                 ("c", account, container, headers.get("X-Newest", "")), part, nodes,
-                lambda n: node_path(n, part, account, container), headers)
+                lambda n: node_path(n, part, account, container), headers,
+                since=req.environ.get("swift.arrival"))
         else:
             resp = await self.get_first(
                 part, nodes, req.method, lambda n: node_path(n, part, account, container),

@@ -13,11 +13,23 @@ from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
 _INTERNAL = re.compile(r"^x-(?:(?:account|container|object)-sysmeta-|backend-)", re.I)
 _INBOUND_EXTRA = ("x-timestamp",)
+_X_PREFIXES = frozenset(("x-", "X-"))
 
 
 def strip_internal(headers, extra: tuple[str, ...] = ()) -> None:
-    for key in [k for k in headers if _INTERNAL.match(k) or k.lower() in extra]:
-        headers.popall(key, None)
+    # Runs twice per request over every header: a cheap prefix test first, the
+    # regex only for the few names that can be internal.
+    doomed = None
+    for key in headers:
+        if key[:2] not in _X_PREFIXES:
+            continue
+        if _INTERNAL.match(key) or (extra and key.lower() in extra):
+            if doomed is None:
+                doomed = []
+            doomed.append(key)
+    if doomed:
+        for key in doomed:
+            headers.popall(key, None)
 
 
 def make_middleware(app: Handler, conf: dict) -> Handler:

@@ -47,7 +47,9 @@ authenticated user: ``user``, ``account``, ``groups``, ``reseller_admin``),
 ``swift.authorize`` (a callable ``(req) -> SwiftResponse | None``; the controllers
 call it, first without and then with ``swift.acl`` = ``{"read": ..., "write": ...}``
 of the container), ``swift.owner`` (set by ``swift.authorize``: may see ACLs and
-temp-URL keys), ``swift.subrequest`` (set on requests made by middlewares).
+temp-URL keys), ``swift.subrequest`` (set on requests made by middlewares),
+``swift.arrival`` (``time.monotonic()`` when the client's request reached the proxy;
+subrequests inherit it, and an account/container HEAD that started later may answer them).
 
 Shared per-app state (the ``/info`` registry) is reached through ``conf`` with
 :func:`info_registry`: the server puts one :class:`InfoRegistry` there before the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -168,6 +169,8 @@ def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> Swif
         request.method, path, query=query, headers=request.headers, body=body,
         host=request.host, scheme=request.scheme,
         remote=peer[0] if peer else None,
+        # when the client's request arrived: shared HEADs started later may answer it
+        environ={"swift.arrival": time.monotonic()},
     )
 
 

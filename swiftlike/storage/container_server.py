@@ -9,6 +9,7 @@ container database. Reports that fail are queued in async_pending.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -70,7 +71,8 @@ class ContainerServer:
                 return await self.object_row(request, route, device_path)
             return error_response(405, f"{method} not allowed on container rows")
         handler = {"PUT": self.put, "GET": self.get_or_head, "HEAD": self.get_or_head,
-                   "POST": self.post, "DELETE": self.delete}.get(method)
+                   "POST": self.post, "DELETE": self.delete,
+                   "PATCH": self.update_rows}.get(method)
         if handler is None:
             return error_response(405, f"{method} not allowed on containers")
         return await handler(request, route, device_path)
@@ -177,6 +179,28 @@ class ContainerServer:
             self._schedule_report(route, device_path, broker)
         return web.Response(status=201 if request.method == "PUT" else 204)
 
+    async def update_rows(self, request: web.Request, route: Route, device_path: str
+                          ) -> web.StreamResponse:
+        """``PATCH``: many object rows in one request (object servers batch their updates).
+
+        The body is a JSON list of rows (name, created_at, size, content_type, etag,
+        deleted). They join the next shared transaction of this database; each row is
+        applied by timestamp (the newest wins, also within one batch). 202 once committed.
+        """
+        if request_timestamp(request) is None:
+            return error_response(400, "Missing or invalid X-Timestamp")
+        broker = self.broker(device_path, route)
+        if not broker.exists():
+            return error_response(404, "No such container")
+        try:
+            rows = parse_object_rows(await request.read())
+        except ValueError as err:
+            return error_response(400, f"Invalid PATCH body: {err}")
+        changed = await self.batcher.merge_rows(broker, rows)
+        if changed:
+            self._schedule_report(route, device_path, broker)
+        return web.Response(status=202)
+
     # ---- account updates ---------------------------------------------------------------
     def _schedule_report(self, route: Route, device_path: str, broker: ContainerBroker
                          ) -> None:
@@ -227,3 +251,40 @@ class ContainerServer:
         for task in list(self._tasks):
             task.cancel()
         await self.node.run_db(self.brokers.close_all)
+
+
+def parse_object_rows(raw: bytes) -> list[dict[str, Any]]:
+    """The rows of a ``PATCH`` body, checked; ValueError says what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not JSON ({err})") from err
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON list of rows")
+    rows = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"row {index} is not an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ValueError(f"row {index} has no valid name")
+        stamp = item.get("created_at")
+        try:
+            created_at = Timestamp(stamp).internal if isinstance(stamp, str) else None
+        except ValueError:
+            created_at = None
+        if created_at is None:
+            raise ValueError(f"row {index} has no valid created_at")
+        deleted = item.get("deleted", 0)
+        size = item.get("size", 0)
+        if deleted not in (0, 1) or not isinstance(size, int) or isinstance(size, bool) \
+                or size < 0:
+            raise ValueError(f"row {index} has an invalid size or deleted flag")
+        content_type = item.get("content_type", "")
+        etag = item.get("etag", "")
+        if not isinstance(content_type, str) or not isinstance(etag, str):
+            raise ValueError(f"row {index} has an invalid content_type or etag")
+        rows.append({"name": name, "created_at": created_at, "size": size if not deleted
+                     else 0, "content_type": content_type if not deleted else "",
+                     "etag": etag.strip('"') if not deleted else "", "deleted": int(deleted)})
+    return rows

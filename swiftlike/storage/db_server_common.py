@@ -139,9 +139,18 @@ class RowBatcher:
 
     async def merge(self, broker: DatabaseBroker, row: dict[str, Any]) -> int:
         """Merge one row; returns 1 if it changed the database, after the commit."""
+        return await self.merge_rows(broker, [row])
+
+    async def merge_rows(self, broker: DatabaseBroker, rows: list[dict[str, Any]]) -> int:
+        """Merge rows (a ``PATCH`` batch) in the next shared transaction.
+
+        Returns 1 if that transaction changed the database, once it is committed.
+        """
+        if not rows:
+            return 0
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._pending.setdefault(broker.db_path, []).append((row, future))
+        self._pending.setdefault(broker.db_path, []).extend((row, future) for row in rows)
         if broker.db_path not in self._draining:
             self._draining.add(broker.db_path)
             task = loop.create_task(self._drain(broker))

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from swiftlike.common.node_client import BackendRequest
 from swiftlike.storage.diskfile import free_bytes, reserve_bytes
 from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
@@ -112,7 +113,7 @@ class StorageNode:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
-                auto_decompress=False)
+                auto_decompress=False, request_class=BackendRequest)
         return self._session
 
     async def close(self) -> None:

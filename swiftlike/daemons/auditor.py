@@ -3,10 +3,15 @@
 It walks every hash directory of every local device at a bounded rate (``files_per_second``
 and ``bytes_per_second``) and checks the winning ``.data``: its metadata must be readable
 and its size equal ``Content-Length`` (the quick pass); the full pass also recomputes the
-md5 of the content against ``ETag``. A bad object is moved to ``<device>/quarantined/``
-and its suffix is invalidated, so the replicators of the other primaries see a different
-suffix hash and push a good copy back. On the way it (re)queues objects that carry
-X-Delete-At in the node's expiring queue, so expiry survives lost queue entries.
+md5 of the content against ``ETag`` and, for streamed objects, the xxh3 body stamp the
+node took while writing. Both are checked because since the body footer
+(``swiftlike/common/body_footer.py``) the two come from different places: the stamp from
+the bytes this node wrote, the ETag from the proxy's md5 of what the client sent; either
+disagreeing with the file means clients would be served something wrong. A bad object
+is moved to ``<device>/quarantined/`` and its suffix is invalidated, so the replicators
+of the other primaries see a different suffix hash and push a good copy back. On the
+way it (re)queues objects that carry X-Delete-At in the node's expiring queue, so expiry
+survives lost queue entries.
 
 Config ``[auditor]``: interval (s, 300, full passes), quick_interval (s, 60),
 files_per_second (200; 0 = unlimited), bytes_per_second (10 MiB; 0 = unlimited).
@@ -21,12 +26,18 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
+import xxhash
 
 from swiftlike.daemons.base import DaemonContext, PassStats
-from swiftlike.storage.diskfile import gather_ondisk_files, quarantine_object_dir, read_metadata
+from swiftlike.storage.diskfile import (
+    BODY_CHECKSUM_KEY,
+    gather_ondisk_files,
+    quarantine_object_dir,
+    read_metadata,
+)
 from swiftlike.storage.expiring_queue import enqueue_expiring
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +62,26 @@ class SyncRateLimiter:
         self.allowance -= amount
         if self.allowance < 0:
             time.sleep(-self.allowance / self.rate)
+
+
+def _content_problem(handle: BinaryIO, metadata: dict[str, Any], limiter: SyncRateLimiter,
+                     stats: PassStats) -> str | None:
+    """Read the whole body once: md5 against ETag, xxh3 against the body stamp if any."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    stamp = str(metadata.get(BODY_CHECKSUM_KEY, ""))
+    xxh3 = xxhash.xxh3_128() if stamp else None
+    while chunk := handle.read(CHUNK):
+        md5.update(chunk)
+        if xxh3 is not None:
+            xxh3.update(chunk)
+        limiter.consume(len(chunk))
+        stats.add("bytes_audited", len(chunk))
+    if xxh3 is not None and xxh3.hexdigest() != stamp:
+        return f"xxh3 {xxh3.hexdigest()} != body stamp {stamp}"
+    etag = str(metadata.get("ETag", "")).strip('"')
+    if etag and md5.hexdigest() != etag:
+        return f"md5 {md5.hexdigest()} != ETag {etag}"
+    return None
 
 
 def iter_object_dirs(device_path: str) -> Iterator[str]:
@@ -125,14 +156,7 @@ class ObjectAuditor:
                 if expected != size:
                     problem = f"size {size} != Content-Length {expected}"
                 elif full:
-                    md5 = hashlib.md5(usedforsecurity=False)
-                    while chunk := handle.read(CHUNK):
-                        md5.update(chunk)
-                        limiter.consume(len(chunk))
-                        stats.add("bytes_audited", len(chunk))
-                    etag = str(metadata.get("ETag", "")).strip('"')
-                    if etag and md5.hexdigest() != etag:
-                        problem = f"md5 {md5.hexdigest()} != ETag {etag}"
+                    problem = _content_problem(handle, metadata, limiter, stats)
         except FileNotFoundError:
             return  # replaced or deleted under us: nothing to judge
         except (OSError, ValueError, msgpack.UnpackException) as err:

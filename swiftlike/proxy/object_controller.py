@@ -1,11 +1,8 @@
-"""Objects: streamed PUT fan-out with quorum and handoffs, resumable GET, POST, DELETE.
+"""Objects: PUT fan-out with quorum and handoffs, resumable GET, POST, DELETE.
 
-A PUT body is read from the client chunk by chunk and handed to one bounded queue
-per node connection, so a slow node slows the upload (backpressure) instead of
-growing memory; a 5 GiB upload holds at most ``put_queue_depth`` + 1 chunks of
-``FANOUT_CHUNK`` (1 MiB, so each node write and socket send moves a lot per hop) per
-node, plus socket buffers: a few MiB per replica. Small bodies (known length up
-to ``buffered_put_limit``) are read first and sent as one buffer: cheaper, and a
+Bodies above ``buffered_put_limit`` (or of unknown length) stream to the nodes with the
+proxy's md5 in a footer (:mod:`swiftlike.proxy.object_put`). Small bodies (known length
+up to ``buffered_put_limit``) are read first and sent as one buffer: cheaper, and a
 failed node can be replaced by a handoff at any point.
 
 A GET that breaks in the middle of the body continues from another replica with
@@ -23,6 +20,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from swiftlike.common.body_footer import FOOTER_HEADER
 from swiftlike.common.constraints import (
     check_delete_headers,
     check_metadata,
@@ -39,10 +37,10 @@ from swiftlike.proxy.base_controller import (
     quorum_size,
 )
 from swiftlike.proxy.node_pool import iter_nodes
+from swiftlike.proxy.object_put import stream_put
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
 CHUNK_SIZE = 1024 * 1024  # most a streamed GET body hands on per read
-FANOUT_CHUNK = 1024 * 1024  # bytes per send to each node in a streamed PUT
 SMALL_GET = 65536
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Match")
 
@@ -363,6 +361,7 @@ class ObjectController(Controller):
         timestamp = Timestamp.now()
         base = forward_headers(req)
         base.popall("Transfer-Encoding", None)
+        base.popall(FOOTER_HEADER, None)  # only stream_put frames a body with a footer
         base["X-Backend-Server-Type"] = "object"
         base["X-Timestamp"] = timestamp.internal
         detect = req.headers.get("X-Detect-Content-Type", "").lower() in ("true", "1", "yes")
@@ -397,8 +396,8 @@ class ObjectController(Controller):
             responses = await self.make_requests(part, primaries, "PUT", path_for, headers_for,
                                                  body)
         else:
-            outcome = await self._stream_put(req, part, primaries, path_for, headers_for,
-                                             length)
+            outcome = await stream_put(ctx, req, part, primaries, path_for, headers_for,
+                                       length, base.get("ETag"))
             if isinstance(outcome, SwiftResponse):
                 return outcome
             responses = outcome
@@ -421,95 +420,6 @@ class ObjectController(Controller):
             # is accepted and superseded, not an error.
             return SwiftResponse(202, {"Content-Type": "text/html; charset=UTF-8"}, b"")
         return resp
-
-    async def _stream_put(self, req: SwiftRequest, part: int, primaries: list[dict],
-                          path_for: Callable[[dict], str],
-                          headers_for: Callable[[int], CIMultiDict[str]],
-                          length: int | None) -> list[BackendResponse | None] | SwiftResponse:
-        ctx = self.ctx
-        quorum = quorum_size(len(primaries))
-        nodes = iter_nodes(ctx.ring, part, primaries, ctx.limiter)
-
-        async def connect(slot: int) -> _Putter | None:
-            for node in nodes:
-                putter = _Putter(self, node, path_for(node), headers_for(slot))
-                if await putter.connected():
-                    return putter
-            return None
-
-        putters = [p for p in await asyncio.gather(*(connect(i) for i in range(len(primaries))))
-                   if p is not None]
-        live = [p for p in putters if p.final is None]
-        if len(live) < quorum:
-            for p in putters:
-                p.abort()
-            early = _early_answers(putters)
-            if early is not None:
-                return early
-            return error_response(503, "Not enough storage nodes available")
-        max_size = ctx.limits.max_file_size
-        total = 0
-
-        async def fan_out(data: bytes) -> list[BackendResponse | None] | SwiftResponse | None:
-            nonlocal live
-            for p in live:
-                await p.send(data)
-            if any(p.failed for p in live):
-                live = [p for p in live if not p.failed]
-                if len(live) < quorum:
-                    for p in putters:
-                        p.abort()
-                    early = _early_answers(putters)
-                    if early is not None:
-                        return early
-                    return error_response(503, "Too many storage nodes failed")
-            return None
-
-        try:
-            if req.body is not None:
-                # Client reads come in small pieces; coalesce them so each node write,
-                # queue hop and socket send moves FANOUT_CHUNK bytes, not 64 KiB.
-                pending: list[bytes] = []
-                pending_size = 0
-                async for chunk in req.body:
-                    total += len(chunk)
-                    if total > max_size or (length is not None and total > length):
-                        for p in putters:
-                            p.abort()
-                        return error_response(413)
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size < FANOUT_CHUNK:
-                        continue
-                    data = pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending.clear()
-                    pending_size = 0
-                    problem = await fan_out(data)
-                    if problem is not None:
-                        return problem
-                if pending:
-                    problem = await fan_out(b"".join(pending))
-                    if problem is not None:
-                        return problem
-        except TimeoutError:
-            for p in putters:
-                p.abort()
-            return error_response(408, "Timed out reading the request body")
-        except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError, OSError):
-            for p in putters:
-                p.abort()
-            return error_response(499)
-        except BaseException:
-            for p in putters:
-                p.abort()
-            raise
-        if length is not None and total != length:
-            for p in putters:
-                p.abort()
-            return error_response(499)
-        for p in live:
-            p.finish()
-        return list(await asyncio.gather(*(p.result() for p in putters)))
 
     # -- DELETE / POST -----------------------------------------------------------------
     async def delete(self, req: SwiftRequest, account: str, container: str, obj: str
@@ -552,124 +462,6 @@ class ObjectController(Controller):
         if resp.status == 202:
             resp.headers["Content-Type"] = "text/html; charset=UTF-8"
         return resp
-
-
-class _Putter:
-    """One streamed PUT to one node, fed through a bounded queue (backpressure)."""
-
-    def __init__(self, controller: ObjectController, node: dict, path: str,
-                 headers: CIMultiDict[str]) -> None:
-        self.controller = controller
-        self.node = node
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(
-            controller.ctx.put_queue_depth)
-        self.started = asyncio.Event()
-        self.failed = False
-        self.final: BackendResponse | None = None
-        self.task = asyncio.ensure_future(self._run(path, headers))
-
-    async def _body(self) -> AsyncIterator[bytes]:
-        self.started.set()
-        while True:
-            chunk = await self.queue.get()
-            if chunk is None:
-                return
-            yield chunk
-
-    async def _run(self, path: str, headers: CIMultiDict[str]) -> BackendResponse | None:
-        ctx = self.controller.ctx
-        for attempt in (1, 2):
-            try:
-                async with ctx.client.request(self.node, "PUT", path, headers=headers,
-                                              body=self._body()) as resp:
-                    data = await resp.read()
-                    result = BackendResponse(resp.status, resp.headers, data, self.node)
-                break
-            except aiohttp.ServerDisconnectedError:
-                # a stale pooled connection: retry once if no body byte was taken yet
-                if attempt == 1 and not self.started.is_set():
-                    continue
-                ctx.limiter.error(self.node)
-                self.failed = True
-                return None
-            except NODE_ERRORS:
-                ctx.limiter.error(self.node)
-                self.failed = True
-                return None
-        if result.status >= 500:
-            ctx.limiter.error(self.node)
-        return result
-
-    async def connected(self) -> bool:
-        """Wait until the node takes the body, or fails; a 4xx answer counts as final."""
-        waiter = asyncio.ensure_future(self.started.wait())
-        await asyncio.wait([waiter, self.task], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self.task.done():
-            result = self.task.result()
-            if result is None or result.status >= 500:
-                return False
-            self.final = result
-            self.failed = True
-            return True
-        return True
-
-    async def send(self, chunk: bytes) -> None:
-        if self.failed:
-            return
-        if self.task.done():
-            self.failed = True
-            return
-        try:
-            self.queue.put_nowait(chunk)
-            return
-        except asyncio.QueueFull:
-            pass
-        put = asyncio.ensure_future(self.queue.put(chunk))
-        done, _ = await asyncio.wait([put, self.task], timeout=self.controller.ctx.client
-                                     .node_timeout, return_when=asyncio.FIRST_COMPLETED)
-        if put not in done:
-            put.cancel()
-            self.failed = True
-            self.abort()
-
-    def finish(self) -> None:
-        if not self.task.done():
-            self.queue.put_nowait(None) if not self.queue.full() else asyncio.ensure_future(
-                self.queue.put(None))
-
-    def abort(self) -> None:
-        if not self.task.done():
-            self.task.cancel()
-
-    async def result(self) -> BackendResponse | None:
-        if self.final is not None:
-            return self.final
-        try:
-            return await self.task
-        except asyncio.CancelledError:
-            if asyncio.current_task() is not None and asyncio.current_task().cancelling():
-                raise
-            return None
-
-
-def _early_answers(putters: list[_Putter]) -> list[BackendResponse | None] | None:
-    """Answers nodes gave before taking the whole body (409 newer version, 412
-    If-None-Match ...), or None when no node answered with less than a 5xx.
-
-    With them the quorum rules decide the status, as for a buffered PUT.
-    """
-    answers: list[BackendResponse | None] = []
-    for p in putters:
-        answer = p.final
-        task = p.task
-        if answer is None and task.done() and not task.cancelled() and \
-                task.exception() is None:
-            answer = task.result()
-        answers.append(answer)
-    if any(a is not None and a.status < 500 for a in answers):
-        return answers
-    return None
 
 
 def _is_true(value: str | None) -> bool:

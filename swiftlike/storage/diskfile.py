@@ -238,27 +238,46 @@ class ObjectWriter:
     """
 
     def __init__(self, device_path: str, object_dir: str, fsync: bool = True,
-                 use_xattr: bool = True) -> None:
+                 use_xattr: bool = True, compute_md5: bool = True) -> None:
         self.device_path = device_path
         self.object_dir = object_dir
         self.fsync = fsync
         self.use_xattr = use_xattr
         self.fd: int | None = None
         self.tmp_path = ""
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        # None when the md5 arrives from the proxy (a body footer, see
+        # swiftlike.common.body_footer): the node then hashes only with xxh3.
+        self.md5 = hashlib.md5(usedforsecurity=False) if compute_md5 else None
         self.bytes_written = 0
         self.final_path = ""
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
 
-    def open(self) -> None:
+    def open(self, expected_size: int = 0) -> None:
+        """Create the temp file; reserve ``expected_size`` bytes for it when known.
+
+        The reservation (fallocate, size unchanged) makes ENOSPC show up here, before
+        any body byte is received, and spares the file system its per-page delayed
+        allocation work while the body is written (about a quarter of the write and
+        fsync CPU of a 16 MiB object here).
+        """
         tmp_dir = os.path.join(self.device_path, "tmp")
         try:
             self.fd, self.tmp_path = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
         except FileNotFoundError:
             os.makedirs(tmp_dir, exist_ok=True)
             self.fd, self.tmp_path = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
+        if expected_size > 0 and FALLOCATE is not None:
+            try:
+                FALLOCATE(self.fd, expected_size)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.abort()
+                    raise DiskFull(str(err)) from err
+                if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    self.abort()
+                    raise
 
     def open_anonymous(self) -> None:
         """Open an unnamed temp file (O_TMPFILE) for :meth:`publish` to link into place.
@@ -288,7 +307,8 @@ class ObjectWriter:
         if self.fd is None:
             self.open()
         assert self.fd is not None
-        self.md5.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
         view = memoryview(chunk)
         try:
             while view:
@@ -301,7 +321,7 @@ class ObjectWriter:
             raise
         self.bytes_written += len(chunk)
 
-    def write_chunks(self, chunks: list[bytes]) -> None:
+    def write_chunks(self, chunks: list[bytes | memoryview]) -> None:
         """Append several received chunks in one worker-thread hop.
 
         Streaming PUTs hand over the pieces as the socket delivered them: joining them
@@ -444,6 +464,30 @@ def _load_linkat() -> Callable[[str, str], None] | None:
 
 
 LINKAT = _load_linkat()
+
+
+def _load_fallocate() -> Callable[[int, int], None] | None:
+    """``fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, length)`` from libc, or None.
+
+    Not ``os.posix_fallocate``: where the file system cannot reserve space, glibc
+    emulates that one by writing zeros, which would double the I/O of a write.
+    """
+    try:
+        func = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+
+    def call(fd: int, length: int) -> None:
+        if func(fd, 1, 0, length) != 0:  # 1 = FALLOC_FL_KEEP_SIZE
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return call
+
+
+FALLOCATE = _load_fallocate()
 
 
 def _link_anonymous(fd: int, final_path: str) -> None:

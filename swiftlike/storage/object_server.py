@@ -19,6 +19,7 @@ import time
 from aiohttp import web
 
 from ring.hashing import hash_path_hex, suffix_of
+from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_LEN, FOOTER_VERSION
 from swiftlike.common.http_util import (
     RangeNotSatisfiable,
     content_range,
@@ -36,10 +37,12 @@ from swiftlike.storage import diskfile
 from swiftlike.storage.expiring_queue import enqueue_expiring
 from swiftlike.storage.node import StorageNode, error_response
 from swiftlike.storage.routing import Route
+from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
+    UpdateBatcher,
+    object_row,
     parse_update_targets,
     pending_record,
-    send_updates,
     write_async_pending,
 )
 
@@ -56,8 +59,6 @@ POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disp
                 "cache-control", "content-language", "expires", "x-robots-tag"}
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
 INTERNAL_KEYS = {"name", diskfile.BODY_CHECKSUM_KEY}
-STREAM_WRITE_BATCH = 1024 * 1024
-SPACE_CHECK_INTERVAL = 8 * 1024 * 1024
 READ_BATCH = 1024 * 1024  # one thread hop (pread + md5) per MiB of a streamed GET
 
 
@@ -90,6 +91,8 @@ class ObjectServer:
 
     def __init__(self, node: StorageNode) -> None:
         self.node = node
+        # container rows of concurrent writes share PATCH requests (see updates.py)
+        self.updates = UpdateBatcher(lambda: node.session)
 
     def object_dir(self, device_path: str, route: Route) -> str:
         object_hash = hash_path_hex(route.account, route.container, route.obj,
@@ -147,7 +150,8 @@ class ObjectServer:
         metadata.setdefault("Content-Type", "application/octet-stream")
         expected_etag = request.headers.get("ETag", "").strip('"').lower() or None
         try:
-            if length is not None and length <= self.node.small_object_limit:
+            if length is not None and length <= self.node.small_object_limit and \
+                    FOOTER_HEADER not in request.headers:
                 result = await self._put_small(request, device_path, object_dir, length,
                                                expected_etag, timestamp, metadata)
             else:
@@ -205,73 +209,37 @@ class ObjectServer:
                              length: int | None, expected_etag: str | None,
                              timestamp: Timestamp, metadata: dict[str, str]
                              ) -> str | web.StreamResponse:
+        """A body streamed to a temp file (see :mod:`swiftlike.storage.streamed_put`).
+
+        With a body footer (the proxy's md5 after the last byte) this node hashes only
+        with xxh3; either way nothing is committed unless the whole body arrived.
+        """
         node = self.node
+        footer = request.headers.get(FOOTER_HEADER)
+        if footer is not None and footer.strip().lower() != FOOTER_VERSION:
+            return error_response(400, f"Unsupported {FOOTER_HEADER}: {footer}")
         writer = diskfile.ObjectWriter(device_path, object_dir, fsync=node.fsync,
-                                       use_xattr=node.use_xattr)
-        await node.run_io(writer.open)
+                                       use_xattr=node.use_xattr,
+                                       compute_md5=footer is None)
+        body_length = length - FOOTER_LEN if footer is not None and length else length
+        await node.run_io(writer.open, max(body_length or 0, 0))
         committed = False
-        # One batch is written (and hashed) in a worker thread while the next one is
-        # received: at most one write in flight, so the file is written in order.
-        inflight: asyncio.Future | None = None
         try:
-            batch: list[bytes] = []
-            batch_size = 0
-            received = 0
-            next_space_check = SPACE_CHECK_INTERVAL
-            try:
-                while True:
-                    # readchunk hands over each received piece as it is (readany
-                    # would join what is buffered: one more copy of every byte)
-                    chunk, end_of_http_chunk = await request.content.readchunk()
-                    if not chunk:
-                        if end_of_http_chunk:
-                            continue  # a chunked-encoding boundary, not the end
-                        break
-                    batch.append(chunk)
-                    batch_size += len(chunk)
-                    received += len(chunk)
-                    if length is not None and received > length:
-                        return error_response(400, "Body longer than Content-Length")
-                    if batch_size >= STREAM_WRITE_BATCH:
-                        if inflight is not None:
-                            await inflight
-                        inflight = asyncio.ensure_future(
-                            node.run_io(writer.write_chunks, batch))
-                        batch = []
-                        batch_size = 0
-                    if length is None and received >= next_space_check:
-                        next_space_check += SPACE_CHECK_INTERVAL
-                        if not node.has_space_for(device_path, 0):
-                            raise diskfile.DiskFull("fallocate_reserve reached")
-                if inflight is not None:
-                    await inflight
-                    inflight = None
-            except diskfile.DiskFull:
-                raise
-            except Exception as err:
-                LOG.info("PUT body read failed: %r", err)
-                return error_response(499, "Client disconnected before sending the whole body")
-            if length is not None and received != length:
-                return error_response(499, "Client disconnected before sending the whole body")
-            if batch:
-                await node.run_io(writer.write_chunks, batch)
-            etag = writer.md5.hexdigest()
-            if expected_etag is not None and expected_etag != etag:
+            got = await receive_streamed_body(node, request, writer, device_path, length,
+                                              footer is not None)
+            if isinstance(got, web.StreamResponse):
+                return got
+            if expected_etag is not None and expected_etag != got.etag:
                 return error_response(422, "ETag does not match the body's md5")
-            metadata["ETag"] = etag
-            metadata["Content-Length"] = str(writer.bytes_written)
+            metadata["ETag"] = got.etag
+            metadata["Content-Length"] = str(got.length)
             stamp = writer.body_checksum_hex()
             if stamp is not None:
                 metadata[diskfile.BODY_CHECKSUM_KEY] = stamp
             await node.run_io(writer.commit, timestamp, ".data", metadata)
             committed = True
-            return etag
+            return got.etag
         finally:
-            if inflight is not None:
-                # never abort (close the fd) under a write still running in a thread
-                await asyncio.wait([inflight])
-                if not inflight.cancelled():
-                    inflight.exception()  # seen: a failed write cleaned up after itself
             if not committed:
                 await node.run_io(writer.abort)
 
@@ -523,6 +491,10 @@ class ObjectServer:
                                self.node.hash_prefix, self.node.hash_suffix, self.node.fsync)
 
     # ---- container updates -------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop batches still in flight (their rows count as failed)."""
+        await self.updates.close()
+
     async def container_update(self, request: web.Request, method: str, route: Route,
                                device_path: str, timestamp: Timestamp,
                                extra: dict[str, str]) -> None:
@@ -534,10 +506,17 @@ class ObjectServer:
             return
         headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp.internal,
                    **extra}
-        assert route.container is not None
-        failed = await send_updates(self.node.session, targets, method, route.account,
-                                    route.container, route.obj, headers,
-                                    self.node.update_timeout)
+        assert route.container is not None and route.obj is not None
+        row = object_row(method, route.obj, timestamp, extra)
+        timeout = self.node.update_timeout
+        if len(targets) == 1:  # the usual case: no gathering future
+            delivered = [await self.updates.send(targets[0], route.account, route.container,
+                                                 row, timeout)]
+        else:
+            delivered = await asyncio.gather(*(
+                self.updates.send(target, route.account, route.container, row, timeout)
+                for target in targets))
+        failed = [t for t, ok in zip(targets, delivered, strict=True) if not ok]
         if failed:
             record = pending_record(method, route.account, route.container, route.obj,
                                     "container", headers, failed)

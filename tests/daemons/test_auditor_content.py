@@ -1,0 +1,106 @@
+# ruff: noqa: ASYNC230, ASYNC240
+"""The auditor's full pass on streamed objects written with the proxy's md5 footer.
+
+Since the footer, a streamed object's ETag (the proxy's md5) and its xxh3 stamp (the
+node's own hash of what it wrote) come from different places; the full pass checks the
+stored bytes against both, so bit rot and a wrong ETag are both caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import aiohttp
+import pytest
+import xxhash
+
+from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_VERSION, make_footer
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.daemons.auditor import ObjectAuditor
+from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, gather_ondisk_files, read_metadata
+from tests.daemons.mini_cluster import MiniCluster, MiniNode, start_mini_cluster
+
+SIZE = 1024 * 1024 + 99  # a streamed PUT (above the node's small-object limit)
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    mini = await start_mini_cluster(str(tmp_path))
+    try:
+        yield mini
+    finally:
+        for node in mini.nodes:
+            await node.stop()
+
+
+async def footer_put(cluster: MiniCluster, name: str, body: bytes,
+                     md5_hex: str | None = None) -> tuple[MiniNode, str]:
+    """PUT through one real node's HTTP API as the proxy does; returns the .data path."""
+    part, devs = cluster.ring.get_nodes("AUTH_a", "c", name)
+    node = cluster.node_of(devs[0])
+    md5_hex = md5_hex or hashlib.md5(body).hexdigest()
+    headers = {"X-Timestamp": Timestamp.now().internal, "Content-Type": "a/b",
+               FOOTER_HEADER: FOOTER_VERSION}
+    url = f"http://127.0.0.1:{node.port}/{node.device}/{part}/AUTH_a/c/{name}"
+    async with aiohttp.ClientSession() as s, s.put(
+            url, data=body + make_footer(md5_hex, len(body)), headers=headers) as r:
+        assert r.status == 201, await r.text()
+    object_dir = cluster.object_dir(node, "AUTH_a", "c", name)
+    return node, os.path.join(object_dir, gather_ondisk_files(object_dir).data_file)
+
+
+async def audit(cluster: MiniCluster, node: MiniNode, mode: str) -> dict:
+    ctx = cluster.context(node)
+    try:
+        result = await ObjectAuditor(ctx, {"files_per_second": 0,
+                                           "bytes_per_second": 0}).run_once(mode)
+    finally:
+        await ctx.close()
+    return result[node.device]["counts"]
+
+
+def quarantined(node: MiniNode) -> list[str]:
+    root = os.path.join(node.device_path, "quarantined", "objects")
+    return os.listdir(root) if os.path.isdir(root) else []
+
+
+async def test_clean_streamed_object_passes_the_full_audit(cluster):
+    body = os.urandom(SIZE)
+    node, data = await footer_put(cluster, "clean", body)
+    meta = read_metadata(data)
+    assert meta[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()
+    counts = await audit(cluster, node, "full")
+    assert counts.get("quarantined", 0) == 0
+    assert counts["bytes_audited"] >= SIZE
+    assert os.path.exists(data)
+
+
+async def test_rotten_bytes_of_a_streamed_object_are_quarantined(cluster):
+    node, data = await footer_put(cluster, "rot", os.urandom(SIZE))
+    with open(data, "r+b") as handle:
+        handle.seek(SIZE // 2)
+        handle.write(b"\x00rot\x00")  # same size: only the full pass can tell
+    assert (await audit(cluster, node, "quick")).get("quarantined", 0) == 0
+    assert (await audit(cluster, node, "full"))["quarantined"] == 1
+    assert not os.path.exists(data)
+    assert quarantined(node)
+
+
+async def test_a_footer_md5_that_disagrees_with_the_bytes_is_caught(cluster):
+    """The node trusts the proxy's md5; the auditor is what checks it afterwards."""
+    body = os.urandom(SIZE)
+    node, data = await footer_put(cluster, "lying", body, md5_hex="f" * 32)
+    meta = read_metadata(data)
+    assert meta["ETag"] == "f" * 32
+    assert meta[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()  # bytes intact
+    assert (await audit(cluster, node, "full"))["quarantined"] == 1
+    assert not os.path.exists(data)
+
+
+async def test_a_stamp_that_disagrees_with_the_bytes_is_caught(cluster):
+    body = os.urandom(SIZE)
+    node = cluster.nodes[0]
+    cluster.write_local(node, "AUTH_a", "c", "stamped", body,
+                        extra={BODY_CHECKSUM_KEY: "0" * 32})
+    assert (await audit(cluster, node, "full"))["quarantined"] == 1

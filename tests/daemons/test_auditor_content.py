@@ -12,26 +12,15 @@ import hashlib
 import os
 
 import aiohttp
-import pytest
 import xxhash
 
 from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_VERSION, make_footer
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.auditor import ObjectAuditor
 from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, gather_ondisk_files, read_metadata
-from tests.daemons.mini_cluster import MiniCluster, MiniNode, start_mini_cluster
+from tests.daemons.mini_cluster import MiniCluster, MiniNode
 
 SIZE = 1024 * 1024 + 99  # a streamed PUT (above the node's small-object limit)
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    mini = await start_mini_cluster(str(tmp_path))
-    try:
-        yield mini
-    finally:
-        for node in mini.nodes:
-            await node.stop()
 
 
 async def footer_put(cluster: MiniCluster, name: str, body: bytes,

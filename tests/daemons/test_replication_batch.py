@@ -21,17 +21,7 @@ from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.diskfile import gather_ondisk_files
 from swiftlike.storage.hashes import HASHES_FILE
 from swiftlike.storage.replication_server import replication_verb
-from tests.daemons.mini_cluster import MiniCluster, MiniNode, make_node_app, start_mini_cluster
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    mini = await start_mini_cluster(str(tmp_path))
-    try:
-        yield mini
-    finally:
-        for node in mini.nodes:
-            await node.stop()
+from tests.daemons.mini_cluster import MiniCluster, MiniNode, make_node_app
 
 
 async def replicate(cluster: MiniCluster, node: MiniNode) -> dict:

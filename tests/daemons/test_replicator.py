@@ -6,23 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
-
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.auditor import ObjectAuditor
 from swiftlike.daemons.replicator import ObjectReplicator
 from swiftlike.storage.diskfile import gather_ondisk_files, read_metadata
-from tests.daemons.mini_cluster import MiniCluster, start_mini_cluster
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    mini = await start_mini_cluster(str(tmp_path))
-    try:
-        yield mini
-    finally:
-        for node in mini.nodes:
-            await node.stop()
+from tests.daemons.mini_cluster import MiniCluster
 
 
 async def replicate_all(cluster: MiniCluster, rounds: int = 1) -> list[dict]:

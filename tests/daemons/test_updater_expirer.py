@@ -8,7 +8,6 @@ import time
 
 import aiohttp
 import msgpack
-import pytest
 
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
@@ -18,17 +17,7 @@ from swiftlike.daemons.updater import ObjectUpdater, list_pending
 from swiftlike.storage.diskfile import gather_ondisk_files
 from swiftlike.storage.expiring_queue import enqueue_expiring, pending_count
 from swiftlike.storage.updates import pending_record, write_async_pending
-from tests.daemons.mini_cluster import PREFIX, SUFFIX, start_mini_cluster
-
-
-@pytest.fixture
-async def cluster(tmp_path):
-    mini = await start_mini_cluster(str(tmp_path))
-    try:
-        yield mini
-    finally:
-        for node in mini.nodes:
-            await node.stop()
+from tests.daemons.mini_cluster import PREFIX, SUFFIX
 
 
 async def put(cluster, name: str, body: bytes, headers: dict[str, str]) -> list:

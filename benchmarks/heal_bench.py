@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import aiohttp
 
 from swiftlike.common.config import dump_toml
 from swiftlike.common.node_client import node_path
-from swiftlike.storage.diskfile import gather_ondisk_files
+from swiftlike.storage.diskfile import gather_ondisk_files, read_metadata
 from tests.daemons.mini_cluster import MiniCluster, start_mini_cluster
 
 SWIFT_RATE = 3737 / 42.7
@@ -41,7 +42,7 @@ async def fill(cluster: MiniCluster, count: int, size: int) -> list[str]:
     async with aiohttp.ClientSession() as session:
 
         async def put(name: str) -> None:
-            body = hashlib.sha256(name.encode()).digest() * (size // 32)
+            body = _body_of(name, size)
             part, nodes = ring.get_nodes("AUTH_bench", "c", name)
             stamp = f"{time.time():.5f}"
             async with sem:
@@ -57,22 +58,84 @@ async def fill(cluster: MiniCluster, count: int, size: int) -> list[str]:
     return names
 
 
-def missing_on(cluster: MiniCluster, victim_index: int, names: list[str]) -> int:
+def victim_objects(cluster: MiniCluster, victim_index: int, names: list[str]
+                   ) -> dict[str, str]:
+    """{name: hash directory on the victim} of every object the ring places there.
+
+    Ring lookups, done once before the clock starts: the timed completion check then
+    only looks at those directories.
+    """
     ring = cluster.ring
     victim = cluster.nodes[victim_index]
-    missing = 0
+    placed = {}
     for name in names:
         _, nodes = ring.get_nodes("AUTH_bench", "c", name)
         if any(n["port"] == victim.port for n in nodes):
-            state = gather_ondisk_files(cluster.object_dir(victim, "AUTH_bench", "c", name))
-            if state.data_file is None:
-                missing += 1
-    return missing
+            placed[name] = cluster.object_dir(victim, "AUTH_bench", "c", name)
+    return placed
+
+
+def missing_on(placed: dict[str, str]) -> int:
+    """How many of the victim's objects have no .data yet."""
+    return sum(1 for object_dir in placed.values()
+               if gather_ondisk_files(object_dir).data_file is None)
+
+
+def wrong_bytes(placed: dict[str, str], size: int) -> list[str]:
+    """Restored objects whose bytes or md5 metadata differ from what fill() wrote."""
+    bad = []
+    for name, object_dir in placed.items():
+        state = gather_ondisk_files(object_dir)
+        if state.data_file is None:
+            bad.append(name)
+            continue
+        path = os.path.join(object_dir, state.data_file)
+        with open(path, "rb") as handle:
+            body = handle.read()
+        meta = read_metadata(path)
+        expected = _body_of(name, size)
+        if body != expected or meta.get("ETag") != hashlib.md5(expected).hexdigest():
+            bad.append(name)
+    return bad
+
+
+def _body_of(name: str, size: int) -> bytes:
+    return hashlib.sha256(name.encode()).digest() * (size // 32)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of a live process so far (from /proc; 0 where unreadable)."""
+    user, system = _cpu_split(pid)
+    return user + system
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _spawn(args: list[str], profile: str | None = None, tag: str = "",
            spies: list[subprocess.Popen] | None = None) -> subprocess.Popen:
-    """A python child; with ``profile``, py-spy records it (collapsed stacks) until it ends."""
+    """A python child; with ``profile``, py-spy records it (collapsed stacks) until it ends.
+
+    ``HEAL_CPROFILE=DIR`` with ``HEAL_CPROFILE_TAGS=node0,replicate1`` runs the children
+    whose tag starts with one of those under cProfile instead (stats in DIR/<tag>.prof):
+    cheaper than sampling every process, so the others are not distorted.
+    """
+    cprofile = os.environ.get("HEAL_CPROFILE")
+    wanted = tuple(t for t in os.environ.get("HEAL_CPROFILE_TAGS", "").split(",") if t)
+    if cprofile and tag and wanted and tag.startswith(wanted):
+        args = ["-m", "cProfile", "-o", os.path.join(cprofile, f"{tag}.prof"), *args]
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if profile and spies is not None:
@@ -100,7 +163,8 @@ async def main(objects: int, size: int, concurrency: int, profile: str | None = 
         wiped = cluster.nodes[victim].device_path
         shutil.rmtree(wiped)
         os.makedirs(wiped)
-        expected = missing_on(cluster, victim, names)
+        placed = victim_objects(cluster, victim, names)
+        expected = missing_on(placed)
         print(f"wiped {cluster.nodes[victim].device}: {expected} objects to restore")
         configs = []
         for node in cluster.nodes:
@@ -118,31 +182,51 @@ async def main(objects: int, size: int, concurrency: int, profile: str | None = 
             line = proc.stdout.readline()
             assert line.startswith("ready"), line
         started = time.monotonic()
+        node_cpu = [_cpu_seconds(p.pid) for p in procs]
+        replicator_cpu = _children_cpu()
         passes = 0
         while True:
             passes += 1
+            if os.environ.get("HEAL_VERBOSE"):
+                print(f"pass {passes} starts replicators at {time.time():.3f}")
             replicators = [_spawn(["-m", "swiftlike", "replicate", "--once", "--config", c],
                                   profile, f"replicate{i}-pass{passes}", spies)
                            for i, c in enumerate(configs) if i != victim]
             for rep in replicators:
                 out, _ = rep.communicate()
-                if rep.returncode:
-                    print(out[-2000:])
-            if missing_on(cluster, victim, names) == 0 or passes >= 5:
+                if rep.returncode or os.environ.get("HEAL_VERBOSE"):
+                    print(out[-4000:])
+            if os.environ.get("HEAL_VERBOSE"):
+                print(f"replicators exited at {time.time():.3f}")
+            if missing_on(placed) == 0 or passes >= 5:
                 break
         elapsed = time.monotonic() - started
-        left = missing_on(cluster, victim, names)
+        node_cpu = [_cpu_seconds(p.pid) - cpu for p, cpu in zip(procs, node_cpu, strict=True)]
+        replicator_cpu = _children_cpu() - replicator_cpu
+        if os.environ.get("HEAL_VERBOSE"):
+            print(f"finished at {time.time():.3f}; victim node user/system so far: "
+                  "%.2f/%.2f" % _cpu_split(procs[victim].pid))
+        print("cpu s: nodes " + " ".join(f"{c:.2f}" for c in node_cpu) +
+              f"; replicators (all passes) {replicator_cpu:.2f}")
+        left = missing_on(placed)
         rate = (expected - left) / elapsed if elapsed else float("inf")
         print(f"restored {expected - left}/{expected} objects in {elapsed:.2f}s "
               f"({passes} pass(es), incl. process start-up): {rate:.0f} objects/s; "
               f"Swift: {SWIFT_RATE:.0f} objects/s -> {rate / SWIFT_RATE:.1f}x")
         if left:
             print(f"NOT RESTORED: {left} objects")
+        bad = wrong_bytes(placed, size)  # after the clock: every restored byte checked
+        if bad:
+            print(f"WRONG OR MISSING BYTES: {len(bad)} objects, e.g. {bad[:3]}")
+        else:
+            print(f"all {len(placed)} restored objects have the right bytes and ETag")
         return rate
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(10)
+            out, _ = proc.communicate(timeout=10)
+            if os.environ.get("HEAL_VERBOSE"):
+                print(out[-2000:])
         for spy in spies:
             spy.wait(30)
         for node in cluster.nodes:

@@ -2,11 +2,12 @@
 
 One pass per local device, batched per peer device rather than per partition:
 
-1. The cached suffix hashes of every local partition (one thread hop per slice).
-2. One ``REPLICATE`` per peer device carries all the partitions this device shares with
-   it and returns all their suffix hashes.
-3. Per partition, the suffixes that differ from a peer are rehashed locally once (the
-   cache may be stale) and their files listed once (old tombstones are reclaimed here).
+1. The cached suffix hashes of every local partition (one thread hop per slice), while
+2. one ``REPLICATE`` per peer device carries all the partitions this device shares with
+   it and returns all their suffix hashes (1 and 2 run at once).
+3. Per partition, the suffixes that differ from a peer are rehashed locally once unless
+   step 1 just did (the cache may be stale) and their files listed once (old tombstones
+   are reclaimed here).
    If a peer lacks a suffix that several primaries hold identically, the suffix's value
    picks which of them pushes it; so a wiped device is rebuilt with one push per object,
    spread over the surviving primaries.
@@ -68,6 +69,9 @@ class PartJob:
     #: peer device id -> True when the peer matches (or got everything it lacked)
     done: dict[int, bool] = field(default_factory=dict)
     offers: dict[str, list[store.OfferedObject]] = field(default_factory=dict)
+    #: suffixes this pass already rehashed (a stale cache is impossible for them: writes
+    #: since are in the journal, which every read folds in)
+    fresh: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -126,27 +130,18 @@ class ObjectReplicator:
         for part in beyond:
             stats.error(f"partition {part} is beyond the ring")
         parts = [p for p in parts if int(p) < ring.partition_count]
-        local = await self._local_hashes(device_path, parts, stats)
-        jobs: list[PartJob] = []
-        empty_handoffs = []
-        for part in parts:
-            if part not in local:
-                continue
-            primaries = ring.get_part_nodes(int(part))
-            is_primary = any(n["id"] == dev["id"] for n in primaries)
-            stats.add("partitions")
-            if not is_primary:
-                stats.add("handoff_partitions")
-                if not local[part]:
-                    empty_handoffs.append(part)
-                    continue
-            if local[part]:
-                jobs.append(PartJob(part, local[part], primaries, is_primary))
-        if empty_handoffs:
-            await self.ctx.run_io(_remove_partitions, device_path, empty_handoffs)
-            stats.add("handoffs_removed", len(empty_handoffs))
-        if not jobs:
+        if not parts:
             return
+        candidates: list[PartJob] = []
+        for part in parts:
+            primaries = ring.get_part_nodes(int(part))
+            candidates.append(PartJob(part, {}, primaries,
+                                      any(n["id"] == dev["id"] for n in primaries)))
+        peers: dict[int, dict[str, Any]] = {}
+        for job in candidates:
+            for node in job.primaries:
+                if node["id"] != dev["id"]:
+                    peers[node["id"]] = node
         semaphore = asyncio.Semaphore(self.concurrency)
         sessions: dict[int, PeerSession] = {}
         daemons = self.ctx.section("daemons")
@@ -160,25 +155,57 @@ class ObjectReplicator:
             return sessions[node["id"]]
 
         try:
-            await self._sync_jobs(dev, device_path, jobs, session, stats)
+            clock = time.monotonic()
+            # 1 + 2 at once: the peers' hashes do not depend on ours, and both sides
+            # mostly wait on their disks (or on each other's rehash)
+            remote = asyncio.ensure_future(self._fetch_remote(dev, candidates, peers,
+                                                              session, stats))
+            try:
+                local, fresh = await self._local_hashes(device_path, parts, stats)
+            except BaseException:
+                remote.cancel()
+                await asyncio.gather(remote, return_exceptions=True)
+                raise
+            hashed = time.monotonic()
+            gone = await remote
+            LOG.info("%s: local hashes of %d partitions %.2fs, peers' hashes %.2fs",
+                     dev["device"], len(parts), hashed - clock, time.monotonic() - clock)
+            jobs: list[PartJob] = []
+            empty_handoffs = []
+            for job in candidates:
+                if job.part not in local:
+                    continue
+                stats.add("partitions")
+                if not job.is_primary:
+                    stats.add("handoff_partitions")
+                    if not local[job.part]:
+                        empty_handoffs.append(job.part)
+                        continue
+                if local[job.part]:
+                    job.hashes = local[job.part]
+                    job.fresh = fresh.get(job.part, set())
+                    jobs.append(job)
+            if empty_handoffs:
+                await self.ctx.run_io(_remove_partitions, device_path, empty_handoffs)
+                stats.add("handoffs_removed", len(empty_handoffs))
+            if jobs:
+                await self._sync_jobs(dev, device_path, jobs, peers, gone, session, stats)
         finally:
             await client.close()
 
     async def _sync_jobs(self, dev: dict[str, Any], device_path: str, jobs: list[PartJob],
-                         session: Any, stats: PassStats) -> None:
-        peers: dict[int, dict[str, Any]] = {}
-        for job in jobs:
-            for node in job.primaries:
-                if node["id"] != dev["id"]:
-                    peers[node["id"]] = node
-        # 2. every peer's hashes of every shared partition, all peers at once
-        gone = await self._fetch_remote(dev, jobs, peers, session, stats)
+                         peers: dict[int, dict[str, Any]], gone: set[int], session: Any,
+                         stats: PassStats) -> None:
+        clock = time.monotonic()
         # 3. what differs, rehashed and listed once per partition
         targets = self._plan(dev, jobs, peers, gone, stats)
         await self._prepare_offers(device_path, jobs, targets, stats)
+        listed = time.monotonic()
         # 4. missing check + push per peer, all peers at once
         await asyncio.gather(*(self._sync_target(device_path, jobs, t, session(t.node),
                                                  stats) for t in targets.values()))
+        LOG.info("%s: rehash+list %.2fs, missing check+push %.2fs", dev["device"],
+                 listed - clock, time.monotonic() - listed)
         # 5. primaries whose device is gone: the next handoff stands in
         if gone:
             await self._sync_to_handoffs(dev, device_path, jobs, gone, session, stats)
@@ -186,17 +213,19 @@ class ObjectReplicator:
         await self._remove_delivered(dev, device_path, jobs, stats)
 
     async def _local_hashes(self, device_path: str, parts: list[str], stats: PassStats
-                            ) -> dict[str, dict[str, str]]:
+                            ) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+        """Every partition's suffix hashes, and per partition the suffixes rehashed now."""
         found: dict[str, dict[str, str]] = {}
+        fresh: dict[str, set[str]] = {}
         answers = await asyncio.gather(*(
             self.ctx.run_io(_hashes_of, device_path,
-                            {p: [] for p in parts[start:start + LOCAL_SLICE]})
+                            {p: [] for p in parts[start:start + LOCAL_SLICE]}, fresh)
             for start in range(0, len(parts), LOCAL_SLICE)))
         for hashes, errors in answers:
             found.update(hashes)
             for part, err in errors.items():
                 stats.error(f"partition {part}: local hashes: {err}")
-        return found
+        return found, fresh
 
     async def _fetch_remote(self, dev: dict[str, Any], jobs: list[PartJob],
                             peers: dict[int, dict[str, Any]], session: Any,
@@ -296,7 +325,8 @@ class ObjectReplicator:
         chunks = [{p: sorted(wanted[p]) for p in parts[start:start + LOCAL_SLICE]}
                   for start in range(0, len(parts), LOCAL_SLICE)]
         answers = await asyncio.gather(*(
-            self.ctx.run_io(_rehash_and_list, device_path, chunk, self.reclaim_age)
+            self.ctx.run_io(_rehash_and_list, device_path, chunk, self.reclaim_age,
+                            {p: by_part[p].fresh for p in chunk})
             for chunk in chunks))
         for chunk, (fresh, offers, errors) in zip(chunks, answers, strict=True):
             for part, err in errors.items():
@@ -522,23 +552,36 @@ def _split_by_partition(files: list[PushFile], size: int) -> list[list[PushFile]
     return [c for c in chunks if c]
 
 
-def _hashes_of(device_path: str, requested: dict[str, list[str]]
+def _hashes_of(device_path: str, requested: dict[str, list[str]],
+               rehashed: dict[str, set[str]] | None = None
                ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """Local suffix hashes of many partitions in one thread hop; errors per partition."""
+    """Local suffix hashes of many partitions in one thread hop; errors per partition.
+
+    ``rehashed`` (when given) collects per partition the suffixes recomputed here.
+    """
     hashes: dict[str, dict[str, str]] = {}
     errors: dict[str, str] = {}
     for part, suffixes in requested.items():
+        done: set[str] | None = None if rehashed is None else rehashed.setdefault(part, set())
         try:
-            hashes[part] = get_suffix_hashes(device_path, part, suffixes)
+            hashes[part] = get_suffix_hashes(device_path, part, suffixes, rehashed=done)
         except OSError as err:
             errors[part] = f"{type(err).__name__}: {err}"
     return hashes, errors
 
 
-def _rehash_and_list(device_path: str, requested: dict[str, list[str]], reclaim_age: float
+def _rehash_and_list(device_path: str, requested: dict[str, list[str]], reclaim_age: float,
+                     fresh_already: dict[str, set[str]] | None = None
                      ) -> tuple[dict, dict[str, dict[str, list[store.OfferedObject]]], dict]:
-    """Fresh hashes of the named suffixes, then their files grouped by suffix."""
-    fresh, errors = _hashes_of(device_path, requested)
+    """Fresh hashes of the named suffixes, then their files grouped by suffix.
+
+    Suffixes in ``fresh_already`` were rehashed earlier in this pass: only the journal
+    is folded in for them, they are not recomputed again.
+    """
+    fresh_already = fresh_already or {}
+    fresh, errors = _hashes_of(device_path, {
+        part: [s for s in suffixes if s not in fresh_already.get(part, ())]
+        for part, suffixes in requested.items()})
     offers: dict[str, dict[str, list[store.OfferedObject]]] = {}
     for part, suffixes in requested.items():
         if part in errors:

@@ -225,6 +225,36 @@ def makedirs_deferred(path: str) -> list[str]:
     return missing
 
 
+def make_object_dir(object_dir: str) -> bool:
+    """Ensure a hash directory exists, in one ``mkdir`` when its suffix directory does.
+
+    :func:`makedirs_deferred` probes every level with a stat first; a rebuild creates
+    thousands of fresh hash directories, so the common cases are tried directly: the
+    directory is there (EEXIST) or only it is missing. No fsync (group commit: the
+    caller's next device flush makes the new entries durable). True when this call
+    created the hash directory itself.
+    """
+    try:
+        os.mkdir(object_dir)
+        return True
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        pass
+    suffix_dir = os.path.dirname(object_dir)
+    try:
+        os.mkdir(suffix_dir)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        return bool(makedirs_deferred(object_dir))
+    try:
+        os.mkdir(object_dir)
+        return True
+    except FileExistsError:
+        return False
+
+
 def fsync_parents(created: list[str]) -> None:
     """Make the entries of newly created directories durable (deepest first)."""
     for directory in created:
@@ -399,14 +429,18 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
 
-    def publish(self) -> None:
+    def publish(self, invalidate: bool = True, cleanup: bool = True) -> None:
         """Group-commit step 2: rename the flushed temp file into place, drop old files.
 
         No fsync: the caller waits for the next device flush before acknowledging, which
-        commits the new directories and the rename in the journal.
+        commits the new directories and the rename in the journal. ``invalidate=False``
+        leaves the suffix invalidation to the caller (the replication receiver records
+        a whole batch's suffixes at once, see :func:`hashes.invalidate_suffixes`);
+        ``cleanup=False`` when the caller just created the hash directory (nothing in it
+        can be obsolete).
         """
         try:
-            makedirs_deferred(self.object_dir)
+            make_object_dir(self.object_dir)
             if self.anonymous:
                 assert self.fd is not None
                 _link_anonymous(self.fd, self.final_path)
@@ -420,9 +454,11 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
         self.tmp_path = ""
-        cleanup_object_dir(self.object_dir)
-        invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
-                          os.path.basename(os.path.dirname(self.object_dir)))
+        if cleanup:
+            cleanup_object_dir(self.object_dir)
+        if invalidate:
+            invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
+                              os.path.basename(os.path.dirname(self.object_dir)))
 
     def abort(self) -> None:
         """Remove the temp file: nothing half-written ever reaches the object dir."""
@@ -554,14 +590,18 @@ def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
 
 
 def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
-                       ext: str, metadata: dict[str, str], use_xattr: bool = True
-                       ) -> ObjectWriter:
+                       ext: str, metadata: dict[str, str], use_xattr: bool = True,
+                       compute_md5: bool = True) -> ObjectWriter:
     """Group-commit step 1 for a small object: temp file written and sealed, not synced.
+
+    ``compute_md5=False`` when the caller already checked the body's md5 (the
+    replication receiver does, before staging).
 
     Returns the writer; after a device flush call its ``publish()``, then flush again
     before acknowledging (see :mod:`swiftlike.storage.group_commit`).
     """
-    writer = ObjectWriter(device_path, object_dir, fsync=False, use_xattr=use_xattr)
+    writer = ObjectWriter(device_path, object_dir, fsync=False, use_xattr=use_xattr,
+                          compute_md5=compute_md5)
     writer.open_anonymous()
     if body:
         writer.write(body)

@@ -40,6 +40,18 @@ def invalidate_suffix(partition_dir: str, suffix: str) -> None:
     Appends under an flock of the journal itself (one open per write); the reader takes
     the same lock while it reads and truncates the journal.
     """
+    invalidate_suffixes(partition_dir, (suffix,))
+
+
+def invalidate_suffixes(partition_dir: str, suffixes: Iterable[str]) -> None:
+    """:func:`invalidate_suffix` for several suffixes of one partition in one append.
+
+    A writer that put many files into a partition at once (the replication receiver's
+    batches) records them with one open, lock and write instead of one per file.
+    """
+    record = "".join(suffix + "\n" for suffix in suffixes).encode("ascii")
+    if not record:
+        return
     try:
         fd = os.open(os.path.join(partition_dir, INVALID_FILE),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -47,7 +59,7 @@ def invalidate_suffix(partition_dir: str, suffix: str) -> None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, (suffix + "\n").encode("ascii"))
+        os.write(fd, record)
     finally:
         os.close(fd)
 
@@ -110,10 +122,13 @@ def _is_suffix(name: str) -> bool:
 
 
 def get_suffix_hashes(device_path: str, partition: int | str,
-                      recalculate: Iterable[str] = (), kind: str = "objects") -> dict[str, str]:
+                      recalculate: Iterable[str] = (), kind: str = "objects",
+                      rehashed: set[str] | None = None) -> dict[str, str]:
     """{suffix: hash} of one partition, rehashing invalidated and ``recalculate`` suffixes.
 
-    The replicator compares this dict with a peer's and syncs the suffixes that differ.
+    The replicator compares this dict with a peer's and syncs the suffixes that differ;
+    it passes ``rehashed`` to learn which suffixes were recomputed just now (so it need
+    not recompute them again later in the same pass).
     """
     partition_dir = os.path.join(device_path, kind, str(partition))
     if not os.path.isdir(partition_dir):
@@ -154,6 +169,8 @@ def get_suffix_hashes(device_path: str, partition: int | str,
                 if value is None:
                     digest = hash_suffix_dir(os.path.join(partition_dir, suffix))
                     changed = True
+                    if rehashed is not None:
+                        rehashed.add(suffix)
                     if digest is None:
                         del hashes[suffix]
                     else:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -31,6 +32,7 @@ from swiftlike.storage.diskfile import (
     ObjectWriter,
     cleanup_object_dir,
     gather_ondisk_files,
+    make_object_dir,
     makedirs_durable,
     quarantine_object_dir,
     read_metadata,
@@ -38,7 +40,7 @@ from swiftlike.storage.diskfile import (
     stage_whole_object,
     write_sidecar,
 )
-from swiftlike.storage.hashes import invalidate_suffix
+from swiftlike.storage.hashes import invalidate_suffix, invalidate_suffixes
 
 #: Kinds of file a hash directory can offer: the durable one (.data or .ts) and a .meta.
 WANT_DURABLE = "d"
@@ -343,23 +345,45 @@ def stage_received(device_path: str, partition: str, object_hash: str, name: str
         return "stale"
     stem, _, ext = name.rpartition(".")
     writer = stage_whole_object(device_path, object_dir, body, Timestamp(stem), "." + ext,
-                                metadata, use_xattr=use_xattr)
+                                metadata, use_xattr=use_xattr, compute_md5=False)
     return StagedFile(object_hash, name, object_dir, writer)
 
 
-def publish_received(staged: StagedFile) -> str:
+def publish_received(staged: StagedFile, invalidate: bool = True) -> str:
     """Group-commit step 2: link a flushed staged file into place unless now stale.
 
     Returns "written" or "stale". The caller flushes the device before answering.
+    ``invalidate=False``: the caller records the suffix itself (once per batch, with
+    :func:`invalidate_written`) before that flush.
     """
-    if _is_stale(staged.object_dir, staged.name):
+    try:
+        # a hash directory this call creates holds nothing newer (and nothing obsolete):
+        # a rebuild skips two listings per file
+        created = make_object_dir(staged.object_dir)
+    except OSError as err:
+        staged.writer.abort()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(str(err)) from err
+        raise
+    if not created and _is_stale(staged.object_dir, staged.name):
         staged.writer.abort()
         if staged.writer.final_path and not os.path.exists(staged.writer.final_path):
             with contextlib.suppress(FileNotFoundError):  # sidecar of a dropped file
                 os.unlink(staged.writer.final_path + SIDECAR_EXT)
         return "stale"
-    staged.writer.publish()
+    staged.writer.publish(invalidate=invalidate, cleanup=not created)
     return "written"
+
+
+def invalidate_written(object_dirs: Iterable[str]) -> None:
+    """Invalidate the suffixes of the given hash directories: one append per partition."""
+    by_partition: dict[str, set[str]] = {}
+    for object_dir in object_dirs:
+        suffix_dir = os.path.dirname(object_dir)
+        by_partition.setdefault(os.path.dirname(suffix_dir), set()).add(
+            os.path.basename(suffix_dir))
+    for part_dir, suffixes in by_partition.items():
+        invalidate_suffixes(part_dir, sorted(suffixes))
 
 
 def _stamp_or_none(name: str) -> Timestamp | None:

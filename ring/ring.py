@@ -145,8 +145,8 @@ class Ring:
         self._suffix_str = self._suffix.decode("utf-8", "surrogateescape")
         self.reload_interval = float(reload_interval)
         self._clock = clock
-        self._ring = self._read()
         self._next_check = clock() + self.reload_interval
+        self._install(self._read())
 
     def _read(self) -> _Loaded:
         try:
@@ -177,7 +177,7 @@ class Ring:
         if key == self._ring.mtime_key:
             return False
         try:
-            self._ring = _Loaded(read_ring_file(self.path), key)
+            self._install(_Loaded(read_ring_file(self.path), key))
         except RingFileError:
             return False
         return True
@@ -216,6 +216,40 @@ class Ring:
             self._maybe_reload()
         digest = hash_path(account, container, obj, prefix=self._prefix, suffix=self._suffix)
         return int.from_bytes(digest[:8], "big") >> self._ring.shift
+
+    def _install(self, loaded: _Loaded) -> None:
+        """Put a loaded ring in service, with an object lookup specialised for it.
+
+        Object lookups are on the hot path of every request: the instance attribute
+        ``get_nodes`` shadows the method with a closure that has the salts, the shift,
+        the table and (for 3 replicas) the per-replica dicts bound as locals. Anything
+        else (reload due, account or container paths) goes through the method.
+        """
+        self._ring = loaded
+        if loaded.replica_count != 3:
+            self.__dict__.pop("get_nodes", None)
+            return
+        clock, general = self._clock, Ring.get_nodes.__get__(self)
+        head, tail = self._prefix_str + "/", self._suffix_str
+        shift, by_part = loaded.shift128, loaded.by_part
+        t0, t1, t2 = loaded.templates
+
+        def get_nodes(account: str, container: str | None = None,
+                      obj: str | None = None) -> tuple[int, list[dict]]:
+            if obj is None or container is None or not account or (
+                    clock() >= self._next_check):
+                return general(account, container, obj)
+            key = f"{head}{account}/{container}/{obj}{tail}"
+            try:
+                data = key.encode()
+            except UnicodeEncodeError:  # surrogate-escaped bytes in a salt or a name
+                data = key.encode("utf-8", "surrogateescape")
+            part = _xxh3_128_int(data) >> shift
+            i = part * 3
+            return part, [t0[by_part[i]], t1[by_part[i + 1]], t2[by_part[i + 2]]]
+
+        get_nodes.__doc__ = Ring.get_nodes.__doc__
+        self.get_nodes = get_nodes  # type: ignore[method-assign]
 
     def get_nodes(self, account: str, container: str | None = None,
                   obj: str | None = None) -> tuple[int, list[dict]]:

@@ -236,3 +236,25 @@ def test_lookups_match_the_builder_for_every_replica_count(tmp_path, replicas):
         assert [n["id"] for n in nodes] == [int(table[r][part]) for r in range(replicas)]
         assert [n["index"] for n in nodes] == list(range(replicas))
         assert ring.get_part_nodes(part) == nodes
+
+
+def test_object_lookup_fast_path_agrees_with_hash_path(tmp_path):
+    """The specialised object lookup hashes exactly what hash_path does, also with salts
+    that are not UTF-8 and names carrying surrogate-escaped bytes; it follows a reload."""
+    b = uniform_builder(part_power=8, replicas=3)
+    b.rebalance(seed=5)
+    path = str(tmp_path / "object.ring")
+    b.save_ring(path)
+    ring = Ring(path, hash_prefix=b"\xff\xfepre", hash_suffix=b"suf\x80", reload_interval=0)
+    names = ["plain", "ünï", "bad\udcff", "a/b/c", ""]
+    for name in names:
+        part, nodes = ring.get_nodes("AUTH_a", "c", name)
+        assert part == ring.get_part("AUTH_a", "c", name)
+        assert nodes == ring.get_part_nodes(part)
+    b.rebalance(seed=6)  # nothing to move: same table, new file
+    b.set_dev_weight(0, 0.0)
+    b.rebalance(seed=7, now=10**9)
+    b.save_ring(path)
+    os.utime(path, ns=(1, 1))
+    part, nodes = ring.get_nodes("AUTH_a", "c", "plain")
+    assert [n["id"] for n in nodes] == [int(b.replica2part2dev[r][part]) for r in range(3)]

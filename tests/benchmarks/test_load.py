@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from benchmarks.load import ALL_PHASES, LoadConfig, run_load
@@ -107,18 +108,24 @@ def test_cli_json(fake_swift):
 
 
 def test_process_tree_cpu_includes_descendants():
-    # A parent that only waits, and a child that burns CPU: the tree's ticks grow.
+    # A parent that only waits, and a child that burns CPU: the tree's ticks grow. The
+    # child burns for up to 10 s and the test waits for the growth (no fixed window,
+    # so a busy machine slows it down instead of failing it); the parent alone would
+    # never get there.
     code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
-            "'import time\\nt=time.time()\\nwhile time.time()-t<1.0: pass'])")
+            "'import time\\nt=time.time()\\nwhile time.time()-t<10.0: pass'])")
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         time.sleep(0.2)
         before = process_tree_ticks([proc.pid])
-        time.sleep(0.6)
-        after = process_tree_ticks([proc.pid])
-        own_only = os.sysconf("SC_CLK_TCK") * 0.2
-        assert after - before >= own_only
+        wanted = before + os.sysconf("SC_CLK_TCK") * 0.3
+        deadline = time.monotonic() + 9.0
+        while process_tree_ticks([proc.pid]) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_tree_ticks([proc.pid]) >= wanted
     finally:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         proc.wait(10)
     assert process_tree_ticks([proc.pid]) == 0      # gone: nothing counted
 

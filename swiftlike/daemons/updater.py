@@ -17,12 +17,12 @@ import contextlib
 import logging
 import os
 import time
-import uuid
 from typing import Any
 
 import msgpack
 
 from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.storage.durable_io import write_sidecar
 from swiftlike.storage.updates import UpdateTarget, send_updates
 
 LOG = logging.getLogger(__name__)
@@ -51,13 +51,8 @@ def load_pending(path: str) -> dict[str, Any] | None:
 
 
 def rewrite_pending(path: str, record: dict[str, Any], fsync: bool) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as handle:
-        handle.write(msgpack.packb(record, use_bin_type=True))
-        handle.flush()
-        if fsync:
-            os.fsync(handle.fileno())
-    os.rename(tmp, path)
+    """Replace a pending record in place: a temp name beside it, renamed over it."""
+    write_sidecar(path, msgpack.packb(record, use_bin_type=True), fsync)
 
 
 def remove_pending(path: str) -> None:

@@ -21,20 +21,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.durable_io import fsync_dir
 
 LISTING_LIMIT = 10000
 
 
 class DatabaseNotFound(Exception):
     """No database file at this path."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -95,11 +88,11 @@ class DatabaseBroker:
                 return False
             os.rename(tmp_path, self.db_path)
             if self.fsync:
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 if created:
                     for parent in (os.path.dirname(directory),
                                    os.path.dirname(os.path.dirname(directory))):
-                        _fsync_dir(parent)
+                        fsync_dir(parent)
             return True
 
     def connection(self) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from ring.hashing import hash_path_hex
-from swiftlike.storage.diskfile import write_record_atomic
+from swiftlike.storage.durable_io import write_record_atomic
 
 QUEUE_DIR = "expiring"
 

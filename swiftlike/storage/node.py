@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from swiftlike.common.node_client import BackendRequest
-from swiftlike.storage.diskfile import free_bytes, reserve_bytes
+from swiftlike.storage.durable_io import free_bytes, reserve_bytes
 from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
 T = TypeVar("T")

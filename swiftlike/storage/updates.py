@@ -32,7 +32,7 @@ import aiohttp
 
 from ring.hashing import hash_path_hex, suffix_of
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.diskfile import makedirs_durable, write_record_atomic
+from swiftlike.storage.durable_io import makedirs_durable, write_record_atomic
 
 LOG = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import msgpack
 import xxhash
 
-from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage.diskfile import (
     BODY_CHECKSUM_KEY,
     gather_ondisk_files,
@@ -101,15 +101,16 @@ def iter_object_dirs(device_path: str) -> Iterator[str]:
                             yield os.path.join(suffix_dir, object_hash)
 
 
-class ObjectAuditor:
+class ObjectAuditor(Daemon):
     """Quick and full audit passes over the local devices."""
 
     name = "auditor"
+    section = "auditor"
+    default_interval = 300.0
 
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
-        conf = conf if conf is not None else ctx.section("auditor")
-        self.ctx = ctx
-        self.interval = float(conf.get("interval", 300))
+        super().__init__(ctx, conf)
+        conf = self.conf
         self.quick_interval = float(conf.get("quick_interval", 60))
         self.files_per_second = float(conf.get("files_per_second", 200))
         self.bytes_per_second = float(conf.get("bytes_per_second", 10 * 1024 * 1024))

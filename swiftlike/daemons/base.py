@@ -102,6 +102,40 @@ class DaemonContext:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class Daemon:
+    """What every periodic daemon shares: its config section, the pause between passes,
+    how much it does at once, and the loop that runs a pass every ``interval`` seconds.
+
+    Subclasses set ``section`` (their config section), the defaults, and
+    ``pass_failed`` (the log line when a pass raises), and implement ``run_once``.
+    """
+
+    section = ""
+    default_interval = 30.0
+    default_concurrency = 16
+    pass_failed = "pass failed"
+
+    def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
+        conf = conf if conf is not None else ctx.section(self.section)
+        self.ctx = ctx
+        self.conf = conf
+        self.interval = float(conf.get("interval", self.default_interval))
+        self.concurrency = max(1, int(conf.get("concurrency", self.default_concurrency)))
+
+    async def run_once(self) -> Any:
+        raise NotImplementedError
+
+    async def run_forever(self) -> None:
+        log = logging.getLogger(type(self).__module__)
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception(self.pass_failed)
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+
 @dataclass
 class PassStats:
     """Counters of one daemon pass on one device, saved for recon and logged."""

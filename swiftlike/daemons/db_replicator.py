@@ -18,10 +18,9 @@ import json
 import logging
 import os
 import shutil
-import time
 from typing import Any
 
-from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.replication_wire import VERB_HEADER
 
@@ -83,17 +82,17 @@ def read_db(server_type: str, path: str, start: int, count: int
         broker.close()
 
 
-class DatabaseReplicator:
+class DatabaseReplicator(Daemon):
     """One pass over every local account and container database: :meth:`run_once`."""
 
     name = "replication"
+    section = "db_replicator"
+    default_concurrency = 8
+    pass_failed = "database replication pass failed"
 
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
-        conf = conf if conf is not None else ctx.section("db_replicator")
-        self.ctx = ctx
-        self.interval = float(conf.get("interval", 30))
-        self.concurrency = max(1, int(conf.get("concurrency", 8)))
-        self.per_diff = max(1, int(conf.get("per_diff", 1000)))
+        super().__init__(ctx, conf)
+        self.per_diff = max(1, int(self.conf.get("per_diff", 1000)))
 
     async def run_once(self, stats_by_device: dict[str, PassStats] | None = None
                        ) -> dict[str, Any]:
@@ -203,11 +202,3 @@ class DatabaseReplicator:
                 break
         points[key] = point
 
-    async def run_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_once()
-            except Exception:
-                LOG.exception("database replication pass failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))

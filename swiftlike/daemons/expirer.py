@@ -20,23 +20,19 @@ from typing import Any
 
 from swiftlike.common.node_client import NODE_ERRORS, node_path
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.daemons.base import Daemon, PassStats
 from swiftlike.storage.expiring_queue import due_entries, remove_entry
 
 LOG = logging.getLogger(__name__)
 SETTLED = {404, 409, 412}
 
 
-class ObjectExpirer:
+class ObjectExpirer(Daemon):
     """Expires due objects: :meth:`run_once`."""
 
     name = "expirer"
-
-    def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
-        conf = conf if conf is not None else ctx.section("expirer")
-        self.ctx = ctx
-        self.interval = float(conf.get("interval", 30))
-        self.concurrency = max(1, int(conf.get("concurrency", 16)))
+    section = "expirer"
+    pass_failed = "expirer pass failed"
 
     async def run_once(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -99,11 +95,3 @@ class ObjectExpirer:
         stats.add("retries")
         return False
 
-    async def run_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_once()
-            except Exception:
-                LOG.exception("expirer pass failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))

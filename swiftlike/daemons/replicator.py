@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from swiftlike.daemons.base import DaemonContext, PassStats, RateLimiter
+from swiftlike.daemons.base import Daemon, DaemonContext, PassStats, RateLimiter
 from swiftlike.daemons.replication_http import ReplicationHTTP
 from swiftlike.daemons.replication_peer import (
     DeviceGone,
@@ -83,16 +83,16 @@ class Target:
     verify: set[str] = field(default_factory=set)  # handoff parts: confirm afterwards
 
 
-class ObjectReplicator:
+class ObjectReplicator(Daemon):
     """One replication pass over every local device: :meth:`run_once`."""
 
     name = "replication"
+    section = "replicator"
+    pass_failed = "replication pass failed"
 
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
-        conf = conf if conf is not None else ctx.section("replicator")
-        self.ctx = ctx
-        self.interval = float(conf.get("interval", 30))
-        self.concurrency = max(1, int(conf.get("concurrency", 16)))
+        super().__init__(ctx, conf)
+        conf = self.conf
         self.reclaim_age = float(conf.get("reclaim_age", 7 * 24 * 3600))
         self.batch_bytes = int(conf.get("batch_bytes", 4 * 1024 * 1024))
         self.batch_files = max(1, int(conf.get("batch_files", 4096)))
@@ -487,14 +487,6 @@ class ObjectReplicator:
             LOG.info("handoff partitions %s on %s delivered to their primaries and removed",
                      removable, dev["device"])
 
-    async def run_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_once()
-            except Exception:
-                LOG.exception("replication pass failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 def _covered_by_others(me: int, peer_id: int, order: list[int],

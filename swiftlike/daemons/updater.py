@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from typing import Any
 
 import msgpack
 
-from swiftlike.daemons.base import DaemonContext, PassStats
+from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage.durable_io import write_sidecar
 from swiftlike.storage.updates import UpdateTarget, send_updates
 
@@ -62,17 +61,16 @@ def remove_pending(path: str) -> None:
         os.rmdir(os.path.dirname(path))
 
 
-class ObjectUpdater:
+class ObjectUpdater(Daemon):
     """Replays async pending container updates: :meth:`run_once`."""
 
     name = "updater"
+    section = "updater"
+    pass_failed = "updater pass failed"
 
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
-        conf = conf if conf is not None else ctx.section("updater")
-        self.ctx = ctx
-        self.interval = float(conf.get("interval", 30))
-        self.concurrency = max(1, int(conf.get("concurrency", 16)))
-        self.update_timeout = float(conf.get("update_timeout", 5))
+        super().__init__(ctx, conf)
+        self.update_timeout = float(self.conf.get("update_timeout", 5))
 
     async def run_once(self) -> dict[str, Any]:
         results = {}
@@ -124,14 +122,6 @@ class ObjectUpdater:
                                   "device": t.device} for t in failed]
             await self.ctx.run_io(rewrite_pending, path, record, self.ctx.fsync)
 
-    async def run_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_once()
-            except Exception:
-                LOG.exception("updater pass failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 def _quarantine_pending(path: str) -> None:

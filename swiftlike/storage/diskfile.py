@@ -49,10 +49,10 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
     LINKAT,
     META_XATTR,
     XATTR_FAILURES,
-    _link_anonymous,
     close_fd,
     free_bytes,
     fsync_parents,
+    link_anonymous,
     make_object_dir,
     makedirs_deferred,
     makedirs_durable,
@@ -362,7 +362,7 @@ class ObjectWriter:
             make_object_dir(self.object_dir)
             if self.anonymous:
                 assert self.fd is not None
-                _link_anonymous(self.fd, self.final_path)
+                link_anonymous(self.fd, self.final_path)
                 os.close(self.fd)
                 self.fd = None
             else:

@@ -168,7 +168,7 @@ def _load_fallocate() -> Callable[[int, int], None] | None:
 FALLOCATE = _load_fallocate()
 
 
-def _link_anonymous(fd: int, final_path: str) -> None:
+def link_anonymous(fd: int, final_path: str) -> None:
     """Give an O_TMPFILE file its name (replacing a same-named file, as rename would)."""
     assert LINKAT is not None
     source = f"/proc/self/fd/{fd}"

@@ -91,11 +91,7 @@ async def stream_put(ctx: ProxyContext, req: SwiftRequest, part: int, primaries:
                if p is not None]
     live = [p for p in putters if p.final is None]
     if len(live) < quorum:
-        _abort_all(putters)
-        early = _early_answers(putters)
-        if early is not None:
-            return early
-        return error_response(503, "Not enough storage nodes available")
+        return _too_few(putters, "Not enough storage nodes available")
     max_size = ctx.limits.max_file_size
     total = 0
     md5 = _Md5InThread()
@@ -107,11 +103,7 @@ async def stream_put(ctx: ProxyContext, req: SwiftRequest, part: int, primaries:
         if any(p.failed for p in live):
             live = [p for p in live if not p.failed]
             if len(live) < quorum:
-                _abort_all(putters)
-                early = _early_answers(putters)
-                if early is not None:
-                    return early
-                return error_response(503, "Too many storage nodes failed")
+                return _too_few(putters, "Too many storage nodes failed")
         return None
 
     try:
@@ -181,6 +173,17 @@ def _etag_checked(answer: BackendResponse | None, etag: str) -> BackendResponse 
 def _abort_all(putters: list[_Putter]) -> None:
     for p in putters:
         p.abort()
+
+
+def _too_few(putters: list[_Putter], why: str
+             ) -> list[BackendResponse | None] | SwiftResponse:
+    """Below quorum: stop every upload; what nodes already answered (409, 412 ...)
+    decides the status if any answered below 5xx, else 503 with ``why``."""
+    _abort_all(putters)
+    early = _early_answers(putters)
+    if early is not None:
+        return early
+    return error_response(503, why)
 
 
 class _Putter:

@@ -9,7 +9,6 @@ process, with account/container servers, is exercised by the drills.)
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +24,9 @@ from swiftlike.storage.object_server import ObjectServer
 from swiftlike.storage.recon import handle_recon
 from swiftlike.storage.replication_server import handle_replication, replication_verb
 from swiftlike.storage.routing import BadPath, parse_route
+from tests.cluster_harness import free_port
 
 PREFIX, SUFFIX = "pre", "suf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_node_app(node: StorageNode) -> web.Application:

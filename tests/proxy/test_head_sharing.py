@@ -7,7 +7,6 @@ round trip is seen; the ring is a real two-device ring (both devices on that ser
 
 from __future__ import annotations
 
-import socket
 import time
 
 from aiohttp import web
@@ -17,12 +16,7 @@ from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NodeClient, node_path
 from swiftlike.proxy.base_controller import Controller, ProxyContext
 from swiftlike.proxy.node_pool import ErrorLimiter
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.cluster_harness import free_port
 
 
 async def test_finished_head_is_shared_only_with_earlier_arrivals(tmp_path):
@@ -36,7 +30,7 @@ async def test_finished_head_is_shared_only_with_earlier_arrivals(tmp_path):
     app.router.add_route("*", "/{tail:.*}", container_server)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     builder = RingBuilder(part_power=2, replicas=2, min_part_hours=0)
     for device in ("sda", "sdb"):

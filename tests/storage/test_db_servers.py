@@ -6,10 +6,11 @@ import asyncio
 import glob
 import json
 import os
-import socket
 import xml.etree.ElementTree as ET
 
 import msgpack
+
+from tests.cluster_harness import free_port
 
 ACCOUNT = "/sda/1/AUTH_t"
 CONTAINER = "/sda/2/AUTH_t/photos"
@@ -161,12 +162,6 @@ def load_record(path: str) -> dict:
         return msgpack.unpackb(handle.read())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_object_put_updates_container_or_queues_async_pending(node_factory, ts):
     container_node = await node_factory("containers")
     object_node = await node_factory("objects")
@@ -179,7 +174,7 @@ async def test_object_put_updates_container_or_queues_async_pending(node_factory
         assert resp.status == 201
     rows = (await listing(container_node, "/sda/2/AUTH_t/c"))[1]
     assert [(r["name"], r["bytes"], r["content_type"]) for r in rows] == [("o1", 5, "a/b")]
-    down = {"X-Container-Host": f"127.0.0.1:{_free_port()}", "X-Container-Partition": "2",
+    down = {"X-Container-Host": f"127.0.0.1:{free_port()}", "X-Container-Partition": "2",
             "X-Container-Device": "sda"}
     async with object_node.session.put(object_node.url("/sda/4/AUTH_t/c/o2"), data=b"x",
                                        headers={"X-Timestamp": ts(), "Content-Type": "a/b",

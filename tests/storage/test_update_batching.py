@@ -10,7 +10,6 @@ import asyncio
 import glob
 import json
 import os
-import socket
 
 import aiohttp
 import msgpack
@@ -21,15 +20,10 @@ from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.updater import ObjectUpdater
 from swiftlike.storage.server import SERVERS_KEY, make_app
 from swiftlike.storage.updates import BATCH_METHOD, UpdateBatcher, UpdateTarget
+from tests.cluster_harness import free_port
 from tests.storage.conftest import make_conf
 
 CONTAINER = "/sda/2/AUTH_t/c"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
@@ -61,8 +55,8 @@ class Node:
 
 
 async def _nodes(tmp_path) -> tuple[Node, Node]:
-    container = await Node(str(tmp_path / "containers"), _free_port()).start()
-    objects = await Node(str(tmp_path / "objects"), _free_port()).start()
+    container = await Node(str(tmp_path / "containers"), free_port()).start()
+    objects = await Node(str(tmp_path / "objects"), free_port()).start()
     return container, objects
 
 
@@ -177,7 +171,7 @@ async def test_batcher_falls_back_to_single_rows_for_servers_without_patch(ts):
     app.router.add_route("*", "/{tail:.*}", old_container_server)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -261,7 +255,7 @@ async def test_container_down_queues_async_pending_that_the_updater_replays(tmp_
 
 async def test_only_the_failed_container_replica_is_queued(tmp_path, ts):
     container, objects = await _nodes(tmp_path)
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     update = {"X-Container-Host": f"127.0.0.1:{container.port},{dead}",
               "X-Container-Partition": "2", "X-Container-Device": "sda,sdb"}
     try:

@@ -215,15 +215,21 @@ def compute_quotas(topo: Topology, target: list[np.ndarray], parts: int, replica
     """
     current = tier_counts(topo, dev_counts)
     parent_quota = np.array([parts * replicas], dtype=np.int64)
+    parent_real = np.array([float(parts * replicas)])
     quota_levels: list[np.ndarray] = []
     for level in range(len(LEVELS)):
         parent = topo.parent[level]
         real = target[level] * parts
         sums = np.zeros(len(parent_quota), dtype=np.float64)
         np.add.at(sums, parent, real)
-        scale = np.where(sums[parent] > 0, parent_quota[parent] / np.where(
+        # Scale only away the float drift between children and their parent's *real*
+        # share, never the parent's rounding: the children's floors then sum to at most
+        # the parent's quota and their ceils to at least it, so every tier, down to each
+        # device, ends within one unit of its real share.
+        scale = np.where(sums[parent] > 0, parent_real[parent] / np.where(
             sums[parent] > 0, sums[parent], 1.0), 0.0)
         real = real * scale
+        parent_real = real
         base = np.floor(real + 1e-7).astype(np.int64)
         base = np.minimum(base, parent_quota[parent])
         given = np.zeros(len(parent_quota), dtype=np.int64)

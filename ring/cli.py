@@ -31,7 +31,7 @@ from .builder import RingBuilder, RingBuilderError
 from .cli_parse import PatternError, parse_device
 from .placement import LEVELS
 from .ring import Ring
-from .ringfile import RingFileError
+from .ringfile import RingFileError, read_ring_file
 
 
 class CliError(Exception):
@@ -248,7 +248,7 @@ def cmd_validate(args: argparse.Namespace) -> str:
         ring = Ring(ring_path)
         if ring.part_power != b.part_power or ring.replica_count != b.replicas:
             problems.append(f"{ring_path}: shape differs from the builder")
-        elif not np.array_equal(ring._ring.data.replica2part2dev, arr):
+        elif not np.array_equal(read_ring_file(ring_path).replica2part2dev, arr):
             problems.append(f"{ring_path}: assignment differs from the builder "
                             f"(rebalance or write the ring again)")
     else:

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 from xxhash import xxh3_128_intdigest as _xxh3_128_int
 
 from .hashing import hash_path
-from .ringfile import RingData, RingFileError, read_ring_file
+from .ringfile import LookupTable, RingFileError, read_lookup_table
 
 _WALK_CHUNK = 128
 
@@ -46,7 +45,7 @@ class _Loaded:
         "zone_count",
     )
 
-    def __init__(self, data: RingData, mtime_key: tuple):
+    def __init__(self, data: LookupTable, mtime_key: tuple):
         self.data = data
         self.mtime_key = mtime_key
         self.part_power = data.part_power
@@ -59,12 +58,7 @@ class _Loaded:
             [None if d is None else NodeDict(d, index=r) for d in self.devs]
             for r in range(data.replicas)
         ]
-        # memoryview indexing returns plain ints fast, without boxing numpy scalars.
-        table = np.asarray(data.replica2part2dev)
-        # A native-order copy: memoryview indexing refuses explicit byte-order formats
-        # (what a one-replica table read from the file would otherwise keep).
-        self.by_part = memoryview(
-            table.T.astype(table.dtype.newbyteorder("="), order="C").ravel())
+        self.by_part = memoryview(data.by_part)  # indexing returns plain ints, fast
         self.nodes_of = _make_nodes_of(self.by_part, data.replicas, self.templates)
         live = [d for d in self.devs if d is not None]
         self.dev_ids = sorted(d["id"] for d in live)
@@ -153,7 +147,7 @@ class Ring:
             key = _mtime_key(self.path)
         except OSError as exc:
             raise RingFileError(f"cannot read ring file {self.path!r}: {exc}") from exc
-        return _Loaded(read_ring_file(self.path), key)
+        return _Loaded(read_lookup_table(self.path), key)
 
     # --- reloading -------------------------------------------------------------------------
     def _maybe_reload(self) -> None:
@@ -177,7 +171,7 @@ class Ring:
         if key == self._ring.mtime_key:
             return False
         try:
-            self._install(_Loaded(read_ring_file(self.path), key))
+            self._install(_Loaded(read_lookup_table(self.path), key))
         except RingFileError:
             return False
         return True
@@ -359,9 +353,14 @@ class _HandoffOrder:
             self.done = True
             return
         stop = min(self.walked + _WALK_CHUNK, n)
-        parts = (self.part + np.arange(self.walked, stop)) % n
+        first, last = (self.part + self.walked) % n, (self.part + stop - 1) % n
         self.walked = stop
-        block = ring.data.replica2part2dev[:, parts].T.ravel().tolist()
+        replicas, by_part = ring.replica_count, ring.by_part
+        if first <= last:
+            block = by_part[first * replicas:(last + 1) * replicas].tolist()
+        else:  # the walk wraps past the last partition
+            block = (by_part[first * replicas:].tolist() +
+                     by_part[:(last + 1) * replicas].tolist())
         for dev_id in block:
             if dev_id not in self.seen:
                 self.seen.add(dev_id)

@@ -6,14 +6,16 @@ import json
 import os
 import struct
 
+import msgpack
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ring import Ring, RingBuilder, RingFileError
 from ring.hashing import hash_path, partition_of
-from ring.ringfile import HEADER, decode_ring, encode_ring
+from ring.ringfile import HEADER, decode_lookup_table, decode_ring, encode_ring
 
 from .helpers import add_cluster, layouts, n_devices, uniform_builder
 
@@ -131,6 +133,47 @@ def test_file_round_trip(layout, replicas, part_power, seed):
     assert data.part_power == part_power and data.replicas == replicas
     assert np.array_equal(data.replica2part2dev, b.replica2part2dev)
     assert data.devs == [dict(d) for d in b.devs]
+    # the numpy-free loader the lookups use: the same table, partition-major
+    table = decode_lookup_table(blob)
+    assert (table.part_power, table.replicas, table.devs) == (part_power, replicas, data.devs)
+    assert table.by_part.tolist() == b.replica2part2dev.T.ravel().tolist()
+
+
+@pytest.mark.parametrize("holes", [1, 40])
+@pytest.mark.parametrize("dev_count", [50, 70000])  # 2-byte and 4-byte device ids
+def test_partitions_on_unknown_devices_are_never_written_nor_read(holes, dev_count):
+    """The writer refuses such a table; a file holding one anyway (another writer, the
+    right checksum) is refused by the checking loader."""
+    devs = [{"id": i, "region": 1, "zone": 1, "ip": "127.0.0.1", "port": 6200 + i,
+             "device": f"d{i}", "weight": 1.0, "meta": ""} for i in range(dev_count)]
+    table = np.arange(3 * 64).reshape(3, 64) % 7
+    good = encode_ring(6, 3, devs, table)
+    assert decode_lookup_table(good).by_part.tolist() == table.T.ravel().tolist()
+    for gone in range(6, 6 + holes):
+        devs[gone] = None
+    with pytest.raises(ValueError, match="unknown devices"):
+        encode_ring(6, 3, devs, table)
+    meta_len = struct.unpack_from("<I", good, 12)[0]
+    meta = msgpack.unpackb(good[HEADER.size:HEADER.size + meta_len])
+    meta["devs"] = devs
+    meta_bytes = msgpack.packb(meta, use_bin_type=True)
+    body = good[HEADER.size + meta_len:]
+    forged = HEADER.pack(b"SWLKRING", 1, 0, len(meta_bytes), len(body),
+                         xxhash.xxh3_64_intdigest(meta_bytes + body)) + meta_bytes + body
+    with pytest.raises(RingFileError, match="unknown devices"):
+        decode_ring(forged)
+
+
+def test_lookups_never_import_numpy(ring_path):
+    """Daemons and proxies only look up: loading a ring must not pay for numpy."""
+    import subprocess
+    import sys
+    code = ("import sys; from ring import Ring; r = Ring(sys.argv[1]); "
+            "r.get_nodes('a', 'c', 'o'); list(r.get_more_nodes(3)); "
+            "import swiftlike.daemons.replicator; print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ring_path[0])], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "False"
 
 
 def test_builder_file_round_trip(tmp_path):

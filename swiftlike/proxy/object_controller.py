@@ -40,7 +40,6 @@ from swiftlike.proxy.node_pool import iter_nodes
 from swiftlike.proxy.object_put import stream_put
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
-CHUNK_SIZE = 1024 * 1024  # most a streamed GET body hands on per read
 SMALL_GET = 65536
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Match")
 
@@ -234,7 +233,7 @@ class ObjectController(Controller):
         try:
             while True:
                 try:
-                    async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+                    async for chunk in resp.content.iter_any():
                         sent += len(chunk)
                         yield chunk
                     if length is None or sent >= length:

@@ -6,6 +6,7 @@ re-render them), so the byte format lives in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -70,11 +71,22 @@ def listing_params(query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def iso_last_modified(stamp: str) -> str:
-    """Timestamp as Swift's listing ``last_modified``: ``2024-01-02T03:04:05.123450``."""
-    value = Timestamp(stamp)
-    moment = datetime.fromtimestamp(value.ticks // 100000, UTC).replace(
-        microsecond=(value.ticks % 100000) * 10, tzinfo=None)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    """Timestamp as Swift's listing ``last_modified``: ``2024-01-02T03:04:05.123450``.
+
+    Called once per row of every listing (a quarter of a 1,000-row listing's CPU went
+    into it): a stored timestamp in the normal form is sliced instead of parsed, and the
+    date part is formatted once per second (rows of one upload share it).
+    """
+    if len(stamp) == 16 and stamp[10] == "." and stamp.isascii() and \
+            stamp[:10].isdigit() and stamp[11:].isdigit():
+        return f"{_iso_second(int(stamp[:10]))}.{stamp[11:]}0"
+    ticks = Timestamp(stamp).ticks
+    return f"{_iso_second(ticks // 100000)}.{(ticks % 100000) * 10:06d}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:

@@ -22,16 +22,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from swiftlike.common.ports import free_port
+
+__all__ = ["free_port"]  # vs_swift picks its ports here too
+
 SWIFT_REQUIREMENT = "swift>=2.38,<2.39"
 DEFAULT_VENV = Path.home() / ".cache" / "swiftlike-bench" / "swift-venv"
 SERVER_KINDS = ("object", "container", "account")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:

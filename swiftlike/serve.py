@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from swiftlike.common.config import ConfigError, dump_toml, load_config, new_secret
+from swiftlike.common.ports import free_port, port_is_free
 
 CLUSTER_FILE = "cluster.toml"
 RING_FILE = "cluster.ring"
@@ -48,28 +48,6 @@ class ServeOptions:
     node_base_port: int = 0  # 0: pick free ports when the cluster is first created
     daemons: bool = True
     image_segment_size: int | None = None  # None: keep cluster.toml's (or the default)
-
-
-def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
-    """Ask the kernel for a port that is free right now."""
-    avoid = avoid or set()
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-        if port not in avoid:
-            return port
-    raise RuntimeError("could not find a free port")
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def prepare_cluster(opts: ServeOptions) -> dict[str, Any]:
@@ -139,7 +117,7 @@ def _new_cluster(opts: ServeOptions, data_dir: Path) -> dict[str, Any]:
         if opts.node_base_port:
             port = opts.node_base_port + i - 1
         else:
-            port = 6200 + i if _port_is_free(opts.host, 6200 + i) else free_port(opts.host, used)
+            port = 6200 + i if port_is_free(opts.host, 6200 + i) else free_port(opts.host, used)
         used.add(port)
         device = f"d{i}"
         devices_dir = data_dir / f"node{i}"
@@ -298,7 +276,7 @@ async def serve(opts: ServeOptions) -> int:
         print(f"swiftlike: {exc}", file=sys.stderr)
         return 2
     configs = process_configs(conf, opts)
-    if not _port_is_free(opts.host, opts.port):
+    if not port_is_free(opts.host, opts.port):
         print(f"swiftlike: {opts.host}:{opts.port} is already in use (try --port)",
               file=sys.stderr)
         return 2

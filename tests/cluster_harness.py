@@ -8,41 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swiftlike.common.ports import free_port as _pick_port
+
 
 def free_port() -> int:
-    """A loopback port free right now, picked below the kernel's ephemeral range.
-
-    ``bind(0)`` hands out ephemeral ports: the pool every outgoing connection takes its
-    source port from. Between picking one and a server binding it, another test's
-    client connection could take it (seen: EADDRINUSE on a cluster start). Ports below
-    the range are only ever taken by explicit binds.
-    """
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
-            low = int(handle.read().split()[0])
-    pick = random.SystemRandom()
-    for _ in range(200):
-        port = pick.randrange(min(10000, low - 1000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as sock:  # nothing free below the range: let the kernel pick
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free right now, below the ephemeral range (see common.ports)."""
+    return _pick_port("127.0.0.1")
 
 
 @dataclass

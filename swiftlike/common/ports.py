@@ -1,0 +1,51 @@
+"""Picking a TCP port to listen on, for servers whose ports nobody configured.
+
+``bind(0)`` hands out ports from the kernel's ephemeral range: the pool every outgoing
+connection also takes its source port from. Between picking such a port and a server
+binding it, a client connection on the same host can take it (seen as EADDRINUSE when a
+cluster started beside a busy test run). Ports below that range are only ever taken by
+explicit binds, so they are picked from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+
+
+def ephemeral_range_start() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    return 32768
+
+
+def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
+    """A port on ``host`` that was free a moment ago, below the ephemeral range."""
+    avoid = avoid or set()
+    low = ephemeral_range_start()
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(min(10000, low - 1000), low)
+        if port not in avoid and port_is_free(host, port):
+            return port
+    for _ in range(100):  # nothing free below the range: let the kernel pick
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise RuntimeError("could not find a free port")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if a listener could bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

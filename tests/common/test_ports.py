@@ -1,0 +1,25 @@
+"""Ports picked for unconfigured listeners stay out of the kernel's ephemeral range."""
+
+from __future__ import annotations
+
+import socket
+
+from swiftlike.common.ports import ephemeral_range_start, free_port, port_is_free
+
+
+def test_free_port_is_below_the_ephemeral_range_and_bindable():
+    low = ephemeral_range_start()
+    seen = set()
+    for _ in range(20):
+        port = free_port(avoid=seen)
+        assert port < low and port not in seen
+        seen.add(port)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_port_is_free_sees_a_listener():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+        sock.listen()
+        assert not port_is_free("127.0.0.1", sock.getsockname()[1])

@@ -32,6 +32,7 @@ All functions here are blocking; the object server calls them through a thread p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -48,6 +49,7 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
     FALLOCATE,
     LINKAT,
     META_XATTR,
+    START_WRITEBACK,
     XATTR_FAILURES,
     close_fd,
     free_bytes,
@@ -64,6 +66,9 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
 )
 from swiftlike.storage.durable_io import fsync_dir as _fsync_dir
 from swiftlike.storage.hashes import invalidate_suffix
+
+#: How much of a large body is written before the disk is asked to start on it.
+WRITEBACK_STEP = 4 * 1024 * 1024
 
 #: Metadata key of a streamed object's xxh3-128 digest, taken in the same pass and over
 #: the same bytes as its md5 ETag. A full GET verifies this instead of the md5: ~15x
@@ -198,6 +203,7 @@ class ObjectWriter:
         # swiftlike.common.body_footer): the node then hashes only with xxh3.
         self.md5 = hashlib.md5(usedforsecurity=False) if compute_md5 else None
         self.bytes_written = 0
+        self.writeback_from = 0  # bytes below this offset are already being written out
         self.final_path = ""
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
@@ -269,6 +275,13 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
         self.bytes_written += len(chunk)
+        if self.fsync and self.bytes_written - self.writeback_from >= WRITEBACK_STEP and \
+                START_WRITEBACK is not None:
+            # the disk starts on this stretch now; the final fsync waits for the tail only
+            with contextlib.suppress(OSError):
+                START_WRITEBACK(self.fd, self.writeback_from,
+                                self.bytes_written - self.writeback_from)
+            self.writeback_from = self.bytes_written
 
     def write_chunks(self, chunks: list[bytes | memoryview]) -> None:
         """Append several received chunks in one worker-thread hop.

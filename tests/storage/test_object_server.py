@@ -314,6 +314,34 @@ def test_enospc_while_writing_removes_temp_and_raises_disk_full(tmp_path):
     assert not os.path.exists(tmp_path / "objects")
 
 
+def test_large_writes_start_writeback_as_they_go(tmp_path):
+    """Every WRITEBACK_STEP bytes the disk is asked to start (sync_file_range), so the
+    final fsync waits for the tail only; the bytes committed are unchanged."""
+    from swiftlike.common.timestamp import Timestamp
+    from swiftlike.storage.diskfile import (
+        START_WRITEBACK,
+        WRITEBACK_STEP,
+        ObjectWriter,
+        gather_ondisk_files,
+    )
+
+    if START_WRITEBACK is None:
+        pytest.skip("no sync_file_range on this platform")
+    body = os.urandom(WRITEBACK_STEP // 3 + 1) * 7  # a bit over 2 steps
+    object_dir = str(tmp_path / "objects" / "1" / "abc" / "x")
+    writer = ObjectWriter(str(tmp_path), object_dir)
+    for start in range(0, len(body), 65536):
+        writer.write(body[start:start + 65536])
+    assert writer.writeback_from == 2 * WRITEBACK_STEP  # 64 KiB pieces divide a step
+    writer.commit(Timestamp(1700000000), ".data", {"Content-Length": str(len(body))})
+    state = gather_ondisk_files(object_dir)
+    with open(os.path.join(object_dir, state.data_file), "rb") as handle:
+        assert handle.read() == body
+    unsynced = ObjectWriter(str(tmp_path), object_dir + "y", fsync=False)
+    unsynced.write(body)
+    assert unsynced.writeback_from == 0  # fsync off: nothing is forced to disk
+
+
 async def test_truncated_data_file_is_quarantined_on_head(node, ts):
     await put(node, ts, b"0123456789")
     data = object_files(node, "*.data")[0]

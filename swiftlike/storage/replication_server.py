@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -116,16 +117,30 @@ async def _read_part_map(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _per_partition(verb: str, device_path: str, requests: dict[str, Any],
+                   answer: Callable[[str, str, Any], Any], keep_empty: bool
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+    """One answer per requested partition; a partition whose disk I/O fails is reported
+    in the second map and does not fail the others."""
+    answers: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for part, request in requests.items():
+        try:
+            found = answer(device_path, part, request)
+        except OSError as err:
+            LOG.warning("%s %s/%s: %s", verb, device_path, part, err)
+            errors[part] = f"{type(err).__name__}: {err}"
+            continue
+        if found or keep_empty:
+            answers[part] = found
+    return answers, errors
+
+
 def _suffix_hashes_of(device_path: str, requested: dict[str, list[str]]
                       ) -> dict[str, dict[str, Any]]:
-    hashes: dict[str, dict[str, str]] = {}
-    errors: dict[str, str] = {}
-    for part, suffixes in requested.items():
-        try:
-            hashes[part] = get_suffix_hashes(device_path, part, suffixes)
-        except OSError as err:
-            LOG.warning("REPLICATE %s/%s: %s", device_path, part, err)
-            errors[part] = f"{type(err).__name__}: {err}"
+    # an empty map is an answer too: the partition holds nothing in those suffixes
+    hashes, errors = _per_partition("REPLICATE", device_path, requested,
+                                    get_suffix_hashes, keep_empty=True)
     return {"hashes": hashes, "errors": errors}
 
 
@@ -144,17 +159,8 @@ async def _replicate(request: web.Request, node: StorageNode, device_path: str
 
 
 def _wanted_of(device_path: str, offers: dict[str, dict]) -> dict[str, dict[str, Any]]:
-    wanted: dict[str, dict[str, str]] = {}
-    errors: dict[str, str] = {}
-    for part, part_offers in offers.items():
-        try:
-            found = store.wanted_parts(device_path, part, part_offers)
-        except OSError as err:
-            LOG.warning("missing_check %s/%s: %s", device_path, part, err)
-            errors[part] = f"{type(err).__name__}: {err}"
-            continue
-        if found:
-            wanted[part] = found
+    wanted, errors = _per_partition("missing_check", device_path, offers,
+                                    store.wanted_parts, keep_empty=False)
     return {"wanted": wanted, "errors": errors}
 
 

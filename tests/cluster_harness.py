@@ -1,7 +1,8 @@
 """Start a real `swiftlike serve` cluster in a subprocess for end-to-end tests.
 
 Tests talk to it exactly as users do: over loopback sockets, with python-swiftclient,
-boto3, openstacksdk or raw aiohttp. The harness only picks free ports and a temp dir.
+boto3, openstacksdk or raw aiohttp. The harness only picks free ports and a temp dir,
+and starts stand-in servers for tests that script a node's answers.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 from swiftlike.common.ports import free_port as _pick_port
 
@@ -22,6 +26,19 @@ from swiftlike.common.ports import free_port as _pick_port
 def free_port() -> int:
     """A loopback port free right now, below the ephemeral range (see common.ports)."""
     return _pick_port("127.0.0.1")
+
+
+async def serve_handler(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> tuple[web.AppRunner, int]:
+    """A stand-in server answering every path with ``handler`` on a free loopback port:
+    for tests that script what a node answers. Clean up with ``runner.cleanup()``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
 
 
 @dataclass

@@ -17,6 +17,7 @@ from swiftlike.daemons.updater import ObjectUpdater, list_pending
 from swiftlike.storage.diskfile import gather_ondisk_files
 from swiftlike.storage.expiring_queue import enqueue_expiring, pending_count
 from swiftlike.storage.updates import pending_record, write_async_pending
+from tests.cluster_harness import serve_handler
 from tests.daemons.mini_cluster import PREFIX, SUFFIX
 
 
@@ -84,13 +85,7 @@ async def test_updater_replays_and_removes_or_keeps_pending(cluster, tmp_path):
         received.append((request.method, request.path, request.headers.get("X-Timestamp")))
         return aiohttp.web.Response(status=201)
 
-    app = aiohttp.web.Application()
-    app.router.add_route("*", "/{tail:.*}", container_server)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_handler(container_server)
     from swiftlike.storage.updates import UpdateTarget
 
     good = UpdateTarget(f"127.0.0.1:{port}", "3", "sdx")

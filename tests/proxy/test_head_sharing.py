@@ -16,7 +16,7 @@ from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NodeClient, node_path
 from swiftlike.proxy.base_controller import Controller, ProxyContext
 from swiftlike.proxy.node_pool import ErrorLimiter
-from tests.cluster_harness import free_port
+from tests.cluster_harness import serve_handler
 
 
 async def test_finished_head_is_shared_only_with_earlier_arrivals(tmp_path):
@@ -26,12 +26,7 @@ async def test_finished_head_is_shared_only_with_earlier_arrivals(tmp_path):
         heads.append(request.path)
         return web.Response(status=204, headers={"X-Container-Object-Count": str(len(heads))})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", container_server)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_handler(container_server)
     builder = RingBuilder(part_power=2, replicas=2, min_part_hours=0)
     for device in ("sda", "sdb"):
         builder.add_dev({"region": 1, "zone": 1, "ip": "127.0.0.1", "port": port,

@@ -20,7 +20,7 @@ from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.updater import ObjectUpdater
 from swiftlike.storage.server import SERVERS_KEY, make_app
 from swiftlike.storage.updates import BATCH_METHOD, UpdateBatcher, UpdateTarget
-from tests.cluster_harness import free_port
+from tests.cluster_harness import free_port, serve_handler
 from tests.storage.conftest import make_conf
 
 CONTAINER = "/sda/2/AUTH_t/c"
@@ -167,12 +167,7 @@ async def test_batcher_falls_back_to_single_rows_for_servers_without_patch(ts):
         seen.append((request.method, request.path))
         return web.Response(status=405 if request.method == BATCH_METHOD else 201)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", old_container_server)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_handler(old_container_server)
     try:
         async with aiohttp.ClientSession() as session:
             batcher = UpdateBatcher(lambda: session)

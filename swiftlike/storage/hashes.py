@@ -117,7 +117,8 @@ def _write_hashes(hashes_path: str, hashes: dict[str, str | None]) -> None:
     os.rename(tmp, hashes_path)
 
 
-def _is_suffix(name: str) -> bool:
+def is_suffix(name: str) -> bool:
+    """A suffix directory's name: the last 3 hex digits of an object hash."""
     return len(name) == 3 and all(c in "0123456789abcdef" for c in name)
 
 
@@ -158,12 +159,12 @@ def get_suffix_hashes(device_path: str, partition: int | str,
             while chunk := os.read(journal_fd, 65536):
                 journal += chunk
             for line in journal.decode("ascii", "replace").splitlines():
-                if _is_suffix(line.strip()):
+                if is_suffix(line.strip()):
                     hashes[line.strip()] = None
             for suffix in recalculate:
                 hashes[suffix] = None
             if full_rehash:
-                hashes = {name: None for name in os.listdir(partition_dir) if _is_suffix(name)}
+                hashes = {name: None for name in os.listdir(partition_dir) if is_suffix(name)}
             changed = False
             for suffix, value in list(hashes.items()):
                 if value is None:

@@ -35,7 +35,7 @@ from aiohttp import web
 from swiftlike.storage import replication_store as store
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.diskfile import DiskFull
-from swiftlike.storage.hashes import get_suffix_hashes
+from swiftlike.storage.hashes import get_suffix_hashes, is_suffix
 from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
 
 LOG = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ async def _replicate(request: web.Request, node: StorageNode, device_path: str
         requested = await _read_part_map(request)
         for suffixes in requested.values():
             if not isinstance(suffixes, list) or not all(
-                    isinstance(s, str) and wire.is_suffix(s) for s in suffixes):
+                    isinstance(s, str) and is_suffix(s) for s in suffixes):
                 raise ValueError("suffixes must be lists of 3 hex digits")
     except ValueError as err:
         return error_response(400, f"bad REPLICATE body: {err}")

@@ -399,8 +399,6 @@ def _stamp_or_none(name: str) -> Timestamp | None:
 def finish_received(device_path: str, partition: str, object_dirs: set[str],
                     fsync: bool) -> None:
     """fsync the touched hash directories and invalidate their suffixes, once per batch."""
-    part_dir = os.path.join(device_path, "objects", partition)
-    suffixes = set()
     for object_dir in object_dirs:
         if fsync and os.path.isdir(object_dir):
             fd = os.open(object_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -408,9 +406,7 @@ def finish_received(device_path: str, partition: str, object_dirs: set[str],
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        suffixes.add(os.path.basename(os.path.dirname(object_dir)))
-    for suffix in sorted(suffixes):
-        invalidate_suffix(part_dir, suffix)
+    invalidate_written(object_dirs)
 
 
 def local_partitions(device_path: str, kind: str = "objects") -> list[str]:

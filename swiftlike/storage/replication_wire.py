@@ -31,10 +31,6 @@ def is_partition(value: object) -> bool:
     return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12
 
 
-def is_suffix(value: str) -> bool:
-    return len(value) == 3 and all(c in "0123456789abcdef" for c in value)
-
-
 def frame_header(part: str, object_hash: str, name: str, meta: dict[str, Any],
                  size: int) -> bytes:
     packed = msgpack.packb({"part": part, "hash": object_hash, "name": name, "meta": meta,

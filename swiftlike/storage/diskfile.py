@@ -52,16 +52,12 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
     START_WRITEBACK,
     XATTR_FAILURES,
     close_fd,
-    free_bytes,
     fsync_parents,
     link_anonymous,
     make_object_dir,
     makedirs_deferred,
     makedirs_durable,
-    remove_tree_quietly,
-    reserve_bytes,
     set_xattr_metadata,
-    write_record_atomic,
     write_sidecar,
 )
 from swiftlike.storage.durable_io import fsync_dir as _fsync_dir

@@ -12,7 +12,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -250,6 +249,3 @@ def reserve_bytes(device_path: str, reserve: str | int | float) -> int:
         return int(stats.f_blocks * stats.f_frsize * float(reserve.strip()[:-1]) / 100)
     return int(float(reserve))
 
-
-def remove_tree_quietly(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,6 @@ linking, space reservation, metadata in an xattr or a sidecar. Kept apart from
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import uuid
@@ -116,6 +115,35 @@ def fsync_parents(created: list[str]) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
+def _process_symbols() -> ctypes.CDLL | None:
+    """This process's own symbols, libc's among them: no library search (which runs
+    ``ldconfig -p``, a few ms per call at every process start)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _process_symbols()
+
+
+def libc_call(name: str, argtypes: list[Any]) -> Callable[..., None] | None:
+    """libc's ``name`` as a function raising OSError when it fails, or None where this
+    platform lacks it. ctypes releases the GIL around the call."""
+    func = getattr(_LIBC, name, None) if _LIBC is not None else None
+    if func is None:
+        return None
+    func.argtypes = argtypes
+    func.restype = ctypes.c_int
+
+    def call(*args: Any) -> None:
+        if func(*args) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return call
+
+
 def _load_linkat() -> Callable[[str, str], None] | None:
     """``linkat(AT_FDCWD, src, AT_FDCWD, dst, AT_SYMLINK_FOLLOW)`` from libc, or None.
 
@@ -124,18 +152,16 @@ def _load_linkat() -> Callable[[str, str], None] | None:
     """
     if not hasattr(os, "O_TMPFILE"):
         return None
-    try:
-        func = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).linkat
-    except (OSError, AttributeError):
+    linkat = libc_call("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                  ctypes.c_char_p, ctypes.c_int])
+    if linkat is None:
         return None
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                     ctypes.c_int]
-    func.restype = ctypes.c_int
 
     def call(source: str, target: str) -> None:
-        if func(-100, os.fsencode(source), -100, os.fsencode(target), 0x400) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), target)
+        try:
+            linkat(-100, os.fsencode(source), -100, os.fsencode(target), 0x400)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, target) from None
 
     return call
 
@@ -149,17 +175,13 @@ def _load_fallocate() -> Callable[[int, int], None] | None:
     Not ``os.posix_fallocate``: where the file system cannot reserve space, glibc
     emulates that one by writing zeros, which would double the I/O of a write.
     """
-    try:
-        func = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).fallocate
-    except (OSError, AttributeError):
+    fallocate = libc_call("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                        ctypes.c_int64])
+    if fallocate is None:
         return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    func.restype = ctypes.c_int
 
     def call(fd: int, length: int) -> None:
-        if func(fd, 1, 0, length) != 0:  # 1 = FALLOC_FL_KEEP_SIZE
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+        fallocate(fd, 1, 0, length)  # 1 = FALLOC_FL_KEEP_SIZE
 
     return call
 
@@ -174,18 +196,13 @@ def _load_start_writeback() -> Callable[[int, int, int], None] | None:
     object's final fsync then only waits for the tail instead of the whole body: the
     disk works while the rest of the body is still arriving. Not a durability point.
     """
-    try:
-        func = ctypes.CDLL(ctypes.util.find_library("c") or None,
-                           use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    sync_file_range = libc_call("sync_file_range", [ctypes.c_int, ctypes.c_int64,
+                                                    ctypes.c_int64, ctypes.c_uint])
+    if sync_file_range is None:
         return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
 
     def call(fd: int, offset: int, length: int) -> None:
-        if func(fd, offset, length, 2) != 0:  # 2 = SYNC_FILE_RANGE_WRITE
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+        sync_file_range(fd, offset, length, 2)  # 2 = SYNC_FILE_RANGE_WRITE
 
     return call
 

@@ -19,32 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from swiftlike.storage.durable_io import libc_call
+
 
 def _load_syncfs() -> Callable[[int], None] | None:
-    """``syncfs(fd)`` from libc (Linux), or None where the call does not exist."""
+    """``syncfs(fd)`` (Linux), or None where the call does not exist."""
     syncfs = getattr(os, "syncfs", None)
     if syncfs is not None:  # Python 3.12+ on Linux
         return syncfs  # type: ignore[no-any-return]
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        func = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-
-    def call(fd: int) -> None:
-        if func(fd) != 0:  # ctypes.CDLL releases the GIL around the call
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-
-    return call
+    return libc_call("syncfs", [ctypes.c_int])
 
 
 SYNCFS = _load_syncfs()

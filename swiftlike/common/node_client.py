@@ -16,6 +16,8 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from yarl import URL
 
+from swiftlike.common.nodes import node_key  # noqa: F401  (its callers' import path)
+
 #: Exceptions meaning "this node did not answer properly": try another one.
 NODE_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
@@ -51,11 +53,6 @@ class BackendRequest(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: Any) -> None:
         return None
-
-
-def node_key(node: Mapping[str, Any]) -> str:
-    """A stable identity of a node device, for error limiting and logs."""
-    return f"{node['ip']}:{node['port']}/{node['device']}"
 
 
 class NodeClient:

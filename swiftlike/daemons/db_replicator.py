@@ -20,6 +20,7 @@ import os
 import shutil
 from typing import Any
 
+from swiftlike.common.nodes import node_key
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.replication_wire import VERB_HEADER
@@ -152,7 +153,7 @@ class DatabaseReplicator(Daemon):
 
     async def _request(self, peer: dict[str, Any], server_type: str, part: str,
                        db_hash: str, body: dict[str, Any]) -> dict[str, Any]:
-        from swiftlike.common.node_client import NODE_ERRORS, node_key
+        from swiftlike.common.node_client import NODE_ERRORS
 
         try:
             async with self.ctx.client.request(
@@ -171,8 +172,6 @@ class DatabaseReplicator(Daemon):
     async def _sync_peer(self, server_type: str, part: str, db_hash: str, path: str,
                          peer: dict[str, Any], points: dict[str, Any],
                          stats: PassStats) -> None:
-        from swiftlike.common.node_client import node_key
-
         key = node_key(peer)
         info, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         sync_info = {k: info.get(k) for k in ("account", "container", "put_timestamp",

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+from swiftlike.common.nodes import node_key
 from swiftlike.daemons.base import RateLimiter
 from swiftlike.daemons.replication_http import HTTP_ERRORS, ReplicationHTTP
 from swiftlike.storage import replication_store as store
@@ -29,11 +30,6 @@ READ_BATCH_FILES = 128
 #: a node reads batch bodies whole under a 1 MiB cap: partitions / offers per request
 REPLICATE_SLICE = 2048
 MISSING_CHECK_SLICE = 4000
-
-
-def peer_key(node: dict[str, Any]) -> str:
-    """``ip:port/device``, as :func:`swiftlike.common.node_client.node_key` spells it."""
-    return f"{node['ip']}:{node['port']}/{node['device']}"
 
 
 class PeerFailed(Exception):
@@ -58,7 +54,7 @@ class PeerSession:
         self.semaphore = semaphore
         self.limiter = limiter
         self.run_io = run_io
-        self.key = peer_key(peer)
+        self.key = node_key(peer)
 
     async def _call(self, what: str, body: Any, headers: dict[str, str]) -> Any:
         """POST one verb to ``/<device>``; the msgpack answer, or PeerFailed/DeviceGone."""

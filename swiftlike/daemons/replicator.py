@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from swiftlike.common.nodes import node_key
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats, RateLimiter
 from swiftlike.daemons.replication_http import ReplicationHTTP
 from swiftlike.daemons.replication_peer import (
@@ -44,7 +45,6 @@ from swiftlike.daemons.replication_peer import (
     PeerSession,
     PushFile,
 )
-from swiftlike.daemons.replication_peer import peer_key as node_key
 from swiftlike.storage import replication_store as store
 from swiftlike.storage.hashes import get_suffix_hashes
 

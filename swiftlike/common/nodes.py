@@ -1,0 +1,15 @@
+"""What names a storage node device in logs, error limits and per-peer state.
+
+Kept apart from the HTTP client so that daemons which never load aiohttp (the
+object replicator speaks its own keep-alive HTTP) share the one spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def node_key(node: Mapping[str, Any]) -> str:
+    """A stable identity of a node device: ``ip:port/device``."""
+    return f"{node['ip']}:{node['port']}/{node['device']}"

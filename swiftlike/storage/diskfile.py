@@ -357,7 +357,8 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
 
-    def publish(self, invalidate: bool = True, cleanup: bool = True) -> None:
+    def publish(self, invalidate: bool = True, cleanup: bool = True,
+                dir_made: bool = False) -> None:
         """Group-commit step 2: rename the flushed temp file into place, drop old files.
 
         No fsync: the caller waits for the next device flush before acknowledging, which
@@ -365,10 +366,11 @@ class ObjectWriter:
         leaves the suffix invalidation to the caller (the replication receiver records
         a whole batch's suffixes at once, see :func:`hashes.invalidate_suffixes`);
         ``cleanup=False`` when the caller just created the hash directory (nothing in it
-        can be obsolete).
+        can be obsolete); ``dir_made=True`` when the caller has made sure it exists.
         """
         try:
-            make_object_dir(self.object_dir)
+            if not dir_made:
+                make_object_dir(self.object_dir)
             if self.anonymous:
                 assert self.fd is not None
                 link_anonymous(self.fd, self.final_path)

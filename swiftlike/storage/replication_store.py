@@ -371,7 +371,7 @@ def publish_received(staged: StagedFile, invalidate: bool = True) -> str:
             with contextlib.suppress(FileNotFoundError):  # sidecar of a dropped file
                 os.unlink(staged.writer.final_path + SIDECAR_EXT)
         return "stale"
-    staged.writer.publish(invalidate=invalidate, cleanup=not created)
+    staged.writer.publish(invalidate=invalidate, cleanup=not created, dir_made=True)
     return "written"
 
 

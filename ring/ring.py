@@ -215,18 +215,14 @@ class Ring:
         """Put a loaded ring in service, with an object lookup specialised for it.
 
         Object lookups are on the hot path of every request: the instance attribute
-        ``get_nodes`` shadows the method with a closure that has the salts, the shift,
-        the table and (for 3 replicas) the per-replica dicts bound as locals. Anything
-        else (reload due, account or container paths) goes through the method.
+        ``get_nodes`` shadows the method with a closure that has the salts, the shift
+        and the ring's own ``nodes_of`` bound as locals. Anything else (reload due,
+        account or container paths) goes through the method.
         """
         self._ring = loaded
-        if loaded.replica_count != 3:
-            self.__dict__.pop("get_nodes", None)
-            return
         clock, general = self._clock, Ring.get_nodes.__get__(self)
         head, tail = self._prefix_str + "/", self._suffix_str
-        shift, by_part = loaded.shift128, loaded.by_part
-        t0, t1, t2 = loaded.templates
+        shift, nodes_of = loaded.shift128, loaded.nodes_of
 
         def get_nodes(account: str, container: str | None = None,
                       obj: str | None = None) -> tuple[int, list[dict]]:
@@ -239,8 +235,7 @@ class Ring:
             except UnicodeEncodeError:  # surrogate-escaped bytes in a salt or a name
                 data = key.encode("utf-8", "surrogateescape")
             part = _xxh3_128_int(data) >> shift
-            i = part * 3
-            return part, [t0[by_part[i]], t1[by_part[i + 1]], t2[by_part[i + 2]]]
+            return part, nodes_of(part)
 
         get_nodes.__doc__ = Ring.get_nodes.__doc__
         self.get_nodes = get_nodes  # type: ignore[method-assign]

@@ -9,7 +9,6 @@ proxy never mistakes it for a clean answer.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -40,6 +39,7 @@ from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
     UpdateBatcher,
+    failed_targets,
     object_row,
     parse_update_targets,
     pending_record,
@@ -509,14 +509,8 @@ class ObjectServer:
         assert route.container is not None and route.obj is not None
         row = object_row(method, route.obj, timestamp, extra)
         timeout = self.node.update_timeout
-        if len(targets) == 1:  # the usual case: no gathering future
-            delivered = [await self.updates.send(targets[0], route.account, route.container,
-                                                 row, timeout)]
-        else:
-            delivered = await asyncio.gather(*(
-                self.updates.send(target, route.account, route.container, row, timeout)
-                for target in targets))
-        failed = [t for t, ok in zip(targets, delivered, strict=True) if not ok]
+        failed = await failed_targets(targets, lambda target: self.updates.send(
+            target, route.account, route.container, row, timeout))
         if failed:
             record = pending_record(method, route.account, route.container, route.obj,
                                     "container", headers, failed)

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -98,24 +98,24 @@ async def send_one_update(session: aiohttp.ClientSession, target: UpdateTarget, 
         return False
 
 
+async def failed_targets(targets: list[UpdateTarget],
+                         send: Callable[[UpdateTarget], Awaitable[bool]]
+                         ) -> list[UpdateTarget]:
+    """Send to every target concurrently; returns the targets ``send`` reported failed."""
+    if len(targets) == 1:  # the usual case (one container replica per object replica):
+        # await directly, no task and gathering future per update
+        return [] if await send(targets[0]) else list(targets)
+    results = await asyncio.gather(*(send(target) for target in targets))
+    return [target for target, ok in zip(targets, results, strict=True) if not ok]
+
+
 async def send_updates(session: aiohttp.ClientSession, targets: list[UpdateTarget],
                        method: str, account: str, container: str, obj: str | None,
                        headers: dict[str, str], timeout_s: float) -> list[UpdateTarget]:
-    """Send to every target concurrently; returns the targets that failed."""
-    if not targets:
-        return []
-    if len(targets) == 1:  # the usual case (one container replica per object replica):
-        # await directly, no task and gathering future per update
-        target = targets[0]
-        ok = await send_one_update(session, target, method,
-                                   backend_path(target, account, container, obj), headers,
-                                   timeout_s)
-        return [] if ok else [target]
-    results = await asyncio.gather(*(
-        send_one_update(session, target, method,
-                        backend_path(target, account, container, obj), headers, timeout_s)
-        for target in targets))
-    return [target for target, ok in zip(targets, results, strict=True) if not ok]
+    """One-row requests to every target concurrently; returns the targets that failed."""
+    return await failed_targets(targets, lambda target: send_one_update(
+        session, target, method, backend_path(target, account, container, obj), headers,
+        timeout_s))
 
 
 def pending_record(method: str, account: str, container: str, obj: str | None,

@@ -171,7 +171,10 @@ def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[
     proxy_conf = {k: v for k, v in conf.items()
                   if k not in ("nodes", "serve", *node_tables)}
     proxy_conf["proxy"] = {**conf.get("proxy", {}), "bind_ip": opts.host,
-                           "bind_port": opts.port, "workers": opts.workers}
+                           "bind_port": opts.port, "workers": opts.workers,
+                           # the workers' shared info-cache invalidation counters
+                           "info_generations_file": str(
+                               opts.data_dir.resolve() / "run" / "proxy-info-generations")}
     out["proxy"] = proxy_conf
     return out
 

@@ -9,7 +9,8 @@ past the quota answers 413 "Upload exceeds quota."
 
 from __future__ import annotations
 
-from swiftlike.proxy.mw_util import InfoCache, split_v1
+from swiftlike.proxy.info_generations import info_generations
+from swiftlike.proxy.mw_util import InfoCache, conf_section, split_v1
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -32,7 +33,9 @@ REMOVE_HEADER = "X-Remove-Account-Meta-Quota-Bytes"
 class AccountQuotas:
     def __init__(self, app: Handler, conf: dict) -> None:
         self.app = app
-        self.info = InfoCache(app, ttl=0, source="AQ")
+        # cached: whether the account has a quota; fresh: its usage (as container_quotas)
+        self.info = InfoCache(app, float(conf_section(conf, "account_quotas").get(
+            "info_cache_seconds", 5.0)), "AQ", info_generations(conf))
         info_registry(conf).register_info("account_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
@@ -61,8 +64,10 @@ class AccountQuotas:
         if target is None:
             return await self.app(req)
         info = await self.info.account(req, target[0])
-        quota = info["meta"].get("quota-bytes", "").strip() if info["status"] // 100 == 2 \
-            else ""
+        quota = _quota_of(info)
+        if quota.isdigit():
+            info = await self.info.account(req, target[0], fresh=True)
+            quota = _quota_of(info)
         if quota.isdigit():
             size = await write_size(self.app, req)
             if size is not None and info["bytes"] + size > int(quota):
@@ -73,6 +78,10 @@ class AccountQuotas:
                 except QuotaExceededInStream:
                     return quota_response(req)
         return await self.app(req)
+
+
+def _quota_of(info: dict) -> str:
+    return info["meta"].get("quota-bytes", "").strip() if info["status"] // 100 == 2 else ""
 
 
 def make_middleware(app: Handler, conf: dict) -> Handler:

@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NODE_ERRORS, NodeClient, node_path
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.info_generations import InfoGenerations
 from swiftlike.proxy.node_pool import ErrorLimiter, iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -55,7 +56,10 @@ class ProxyContext:
     info_ttl: float = 3.0
     put_queue_depth: int = 4
     buffered_put_limit: int = 256 * 1024
-    info_cache: dict[tuple, tuple[float, dict]] = field(default_factory=dict)
+    #: change counters shared with this host's other proxy workers (info_generations.py)
+    generations: InfoGenerations = field(default_factory=InfoGenerations)
+    #: ("a"|"c", account, container) -> (expires at, generation when fetched, info)
+    info_cache: dict[tuple, tuple[float, int, dict]] = field(default_factory=dict)
     inflight_info: dict[tuple, asyncio.Future] = field(default_factory=dict)
     inflight_heads: dict[tuple, asyncio.Future] = field(default_factory=dict)
     #: the last finished shared HEAD per key: (monotonic time it started, answer)
@@ -345,8 +349,10 @@ class Controller:
         """Forget cached info after a metadata write; later HEADs start a fresh flight."""
         ctx = self.ctx
         ctx.info_cache.pop(("a", account, None), None)
+        ctx.generations.bump(account)
         if container is not None:
             ctx.info_cache.pop(("c", account, container), None)
+            ctx.generations.bump(account, container)
         for table in (ctx.inflight_heads, ctx.recent_heads):
             if table:
                 for key in [k for k in table
@@ -356,9 +362,10 @@ class Controller:
     async def _cached_info(self, key: tuple, fetch: Callable[[], Any]) -> dict:
         ctx = self.ctx
         now = time.monotonic()
+        generation = ctx.generations.current(key[1], key[2])
         cached = ctx.info_cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[0] > now and cached[1] == generation:
+            return cached[2]
         waiting = ctx.inflight_info.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
@@ -377,7 +384,7 @@ class Controller:
         if info["status"] < 500:
             if len(ctx.info_cache) >= INFO_CACHE_MAX:
                 ctx.info_cache.clear()
-            ctx.info_cache[key] = (now + ctx.info_ttl, info)
+            ctx.info_cache[key] = (now + ctx.info_ttl, generation, info)
         return info
 
     async def account_info(self, account: str) -> dict:

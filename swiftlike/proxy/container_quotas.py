@@ -8,7 +8,8 @@ size would take the container past ``Quota-Bytes``, or one more object past
 
 from __future__ import annotations
 
-from swiftlike.proxy.mw_util import InfoCache, split_v1
+from swiftlike.proxy.info_generations import info_generations
+from swiftlike.proxy.mw_util import InfoCache, conf_section, split_v1
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -28,8 +29,11 @@ from swiftlike.proxy.quota_util import (
 class ContainerQuotas:
     def __init__(self, app: Handler, conf: dict) -> None:
         self.app = app
-        # quotas need the current usage: never answer from a cache
-        self.info = InfoCache(app, ttl=0, source="CQ")
+        # Whether a container has a quota comes from the shared info cache (a change
+        # through any worker of this host invalidates it); only a container that has
+        # one costs a fresh HEAD per write, for its current usage.
+        self.info = InfoCache(app, float(conf_section(conf, "container_quotas").get(
+            "info_cache_seconds", 5.0)), "CQ", info_generations(conf))
         info_registry(conf).register_info("container_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
@@ -46,6 +50,9 @@ class ContainerQuotas:
             return await self.app(req)
         t_account, t_container, _ = target
         info = await self.info.container(req, t_account, t_container)
+        if not info["status"] // 100 == 2 or not _has_quota(info["meta"]):
+            return await self.app(req)
+        info = await self.info.container(req, t_account, t_container, fresh=True)
         if not info["status"] // 100 == 2:
             return await self.app(req)
         meta = info["meta"]
@@ -66,6 +73,10 @@ class ContainerQuotas:
             return await self.app(req)
         except QuotaExceededInStream:
             return quota_response(req, acl)
+
+
+def _has_quota(meta: dict[str, str]) -> bool:
+    return any(meta.get(key, "").strip().isdigit() for key in ("quota-bytes", "quota-count"))
 
 
 def make_middleware(app: Handler, conf: dict) -> Handler:

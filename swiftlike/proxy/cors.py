@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import InfoCache, conf_bool, conf_list, conf_section, split_v1
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, info_registry
 
@@ -46,7 +47,8 @@ class CORS:
                                                   proxy.get("cors_allow_origin")), [])
         self.expose = [h.lower() for h in conf_list(
             section.get("cors_expose_headers", proxy.get("cors_expose_headers")), [])]
-        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "CORS")
+        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "CORS",
+                               info_generations(conf))
         info_registry(conf).register_info("swift", {"strict_cors_mode": self.strict})
 
     def origin_allowed(self, cors: dict[str, Any], origin: str) -> bool:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import (
     InfoCache,
     conf_list,
@@ -180,7 +181,8 @@ class FormPost:
         digests = conf_list(section.get("allowed_digests",
                                         tempurl.get("allowed_digests")), DEFAULT_DIGESTS)
         self.allowed_digests = [d for d in SUPPORTED_DIGESTS if d in digests]
-        self.info = InfoCache(app, float(section.get("key_cache_seconds", 5.0)), "FP")
+        self.info = InfoCache(app, float(section.get("key_cache_seconds", 5.0)), "FP",
+                               info_generations(conf))
         info_registry(conf).register_info("formpost", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from swiftlike.proxy.info_generations import InfoGenerations
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
 STATUS_LINES = {
@@ -116,17 +117,22 @@ class InfoCache:
 
     One instance per middleware (no module globals). Only successful lookups are
     cached; :meth:`observe` drops entries when a write to them goes through the
-    middleware, so this worker sees its own changes at once. Other workers see them
-    after at most ``ttl`` seconds (Swift's memcache-backed info has the same window).
+    middleware, so this worker sees its own changes at once. With ``generations``
+    (the app's :class:`~swiftlike.proxy.info_generations.InfoGenerations`) an entry
+    also dies as soon as any proxy worker of this host finishes a write to that
+    account or container; without, other workers' writes show after ``ttl`` seconds.
     """
 
     MAX_ENTRIES = 4096
 
-    def __init__(self, app: Handler, ttl: float = 5.0, source: str = "") -> None:
+    def __init__(self, app: Handler, ttl: float = 5.0, source: str = "",
+                 generations: InfoGenerations | None = None) -> None:
         self.app = app
         self.ttl = ttl
         self.source = source
-        self._entries: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self.generations = generations
+        # (account, container) -> (expires at, generation when fetched, info)
+        self._entries: dict[tuple[str, str | None], tuple[float, int, dict[str, Any]]] = {}
 
     def observe(self, req: SwiftRequest) -> None:
         """Forget cached metadata that this request may change."""
@@ -146,10 +152,11 @@ class InfoCache:
                      use_cache: bool) -> dict[str, Any]:
         key = (account, container)
         now = time.monotonic()
+        generation = self.generations.current(account, container) if self.generations else 0
         if use_cache and self.ttl > 0:
             hit = self._entries.get(key)
-            if hit is not None and hit[0] > now:
-                return hit[1]
+            if hit is not None and hit[0] > now and hit[1] == generation:
+                return hit[2]
         path = f"/v1/{account}" if container is None else f"/v1/{account}/{container}"
         resp = await self.app(privileged_subrequest(req, "HEAD", path, source=self.source))
         await resp.read()
@@ -157,7 +164,7 @@ class InfoCache:
         if resp.is_success and self.ttl > 0:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[key] = (now + self.ttl, info)
+            self._entries[key] = (now + self.ttl, generation, info)
         return info
 
     async def account(self, req: SwiftRequest, account: str, *, fresh: bool = False

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import InfoCache, conf_list, conf_section, split_v1
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, info_registry
 
@@ -90,7 +91,8 @@ class RateLimit:
             section, "container_ratelimit_")
         self.listing_limits, listing_info = interpret_limits(
             section, "container_listing_ratelimit_")
-        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "RL")
+        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "RL",
+                               info_generations(conf))
         self.running: dict[str, int] = {}
         shared = section.get("shared_state_dir")
         self.clocks = SharedClocks(Path(str(shared))) if shared else None

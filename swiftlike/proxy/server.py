@@ -32,6 +32,7 @@ from swiftlike.proxy.account_controller import AccountController
 from swiftlike.proxy.base_controller import ProxyContext
 from swiftlike.proxy.container_controller import ContainerController
 from swiftlike.proxy.info import info_response, register_core_info
+from swiftlike.proxy.info_generations import INFO_GENERATIONS_KEY, info_generations
 from swiftlike.proxy.node_pool import ErrorLimiter
 from swiftlike.proxy.object_controller import ObjectController
 from swiftlike.proxy.pipeline import (
@@ -114,6 +115,7 @@ def build_context(conf: dict, ring: Any | None = None) -> ProxyContext:
         limits=Limits.from_conf(proxy_conf),
         account_autocreate=bool(proxy_conf.get("account_autocreate", True)),
         info_ttl=float(proxy_conf.get("container_info_ttl", 3.0)),
+        generations=info_generations(conf),
     )
 
 
@@ -121,6 +123,7 @@ def make_app(conf: dict, *, ring: Any | None = None) -> web.Application:
     """The proxy as an aiohttp application (conf: parsed TOML with [cluster], [proxy], [auth])."""
     conf = dict(conf)
     conf.pop("_info_registry", None)
+    conf.pop(INFO_GENERATIONS_KEY, None)
     registry = info_registry(conf)
     ctx = build_context(conf, ring)
     register_core_info(registry, ctx.limits, ctx.account_autocreate)
@@ -138,6 +141,7 @@ def make_app(conf: dict, *, ring: Any | None = None) -> web.Application:
 
     async def close_client(_app: web.Application) -> None:
         await ctx.client.close()
+        ctx.generations.close()
 
     app.on_cleanup.append(close_client)
     app.router.add_route("*", "/{tail:.*}", _aiohttp_entry)

@@ -23,6 +23,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import InfoCache, conf_bool, conf_section, split_v1
 from swiftlike.proxy.pipeline import (
     Handler,
@@ -67,7 +68,8 @@ class StaticWeb:
     def __init__(self, app: Handler, conf: dict) -> None:
         section = conf_section(conf, "staticweb")
         self.app = app
-        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "SW")
+        self.info = InfoCache(app, float(section.get("info_cache_seconds", 5.0)), "SW",
+                               info_generations(conf))
         info_registry(conf).register_info("staticweb", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:

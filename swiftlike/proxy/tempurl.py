@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import (
     InfoCache,
     conf_list,
@@ -151,7 +152,8 @@ class TempURL:
         self._in_allow = _header_matcher(self.incoming_allow)
         self._out_remove = _header_matcher(self.outgoing_remove)
         self._out_allow = _header_matcher(self.outgoing_allow)
-        self.info = InfoCache(app, float(section.get("key_cache_seconds", 5.0)), "TU")
+        self.info = InfoCache(app, float(section.get("key_cache_seconds", 5.0)), "TU",
+                               info_generations(conf))
         info: dict[str, Any] = {
             "methods": self.methods,
             "incoming_remove_headers": self.incoming_remove,

@@ -39,6 +39,7 @@ class AccountQuotas:
         info_registry(conf).register_info("account_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        self.info.observe(req)
         if req.method not in ("PUT", "POST", "COPY"):
             return await self.app(req)
         account, container, _obj = split_v1(req.path)

@@ -37,6 +37,7 @@ class ContainerQuotas:
         info_registry(conf).register_info("container_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        self.info.observe(req)
         _account, container, obj = split_v1(req.path)
         if container is not None and obj is None and req.method in ("PUT", "POST"):
             for header, what in (("X-Container-Meta-Quota-Bytes", "bytes"),

@@ -101,6 +101,9 @@ def _parse_info(resp: SwiftResponse, kind: str) -> dict[str, Any]:
     if kind == "container":
         info["read_acl"] = resp.headers.get("X-Container-Read", "")
         info["write_acl"] = resp.headers.get("X-Container-Write", "")
+        # legacy versioning (versioned_writes); object versioning is sysmeta
+        info["versions_location"] = resp.headers.get("X-Versions-Location", "")
+        info["history_location"] = resp.headers.get("X-History-Location", "")
         meta = info["meta"]
         info["cors"] = {
             "allow_origin": meta.get("access-control-allow-origin"),

@@ -18,6 +18,8 @@ import json
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.info_generations import info_generations
+from swiftlike.proxy.mw_util import InfoCache, conf_section
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -95,8 +97,13 @@ def valid_version_id(value: str) -> bool:
 
 def make_middleware(app: Handler, conf: dict) -> Handler:
     info_registry(conf).register_info("object_versioning", {})
+    # Every object write asks whether its container keeps versions: cached, and
+    # invalidated across workers when the container changes (info_generations.py).
+    container_info = InfoCache(app, float(conf_section(conf, "object_versioning").get(
+        "info_cache_seconds", 5.0)), SOURCE, info_generations(conf))
 
     async def object_versioning(req: SwiftRequest) -> SwiftResponse:
+        container_info.observe(req)
         version, account, container, obj = req.split_path()
         if version != "v1" or not account:
             return await app(req)
@@ -118,8 +125,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                                       "and DELETE")
             return await version_request(req, account, container, obj, version_id)
         if req.method in ("PUT", "DELETE"):
-            info = await container_headers(app, req, account, container, source=SOURCE)
-            if info.is_success and true_value(info.headers.get(ENABLED)):
+            info = await container_info.container(req, account, container)
+            if info["status"] // 100 == 2 and true_value(
+                    info["sysmeta"].get("versions-enabled")):
                 if req.method == "PUT":
                     return await versioned_put(req, account, container, obj)
                 return await versioned_delete(req, account, container, obj)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.info_generations import info_generations
+from swiftlike.proxy.mw_util import InfoCache, conf_section
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -49,8 +51,13 @@ def archive_name(obj: str, timestamp: Timestamp) -> str:
 def make_middleware(app: Handler, conf: dict) -> Handler:
     info_registry(conf).register_info(
         "versioned_writes", {"allowed_flags": [flag.lower() for flag in FLAGS]})
+    # Every object write asks whether its container keeps versions: cached, and
+    # invalidated across workers when the container changes (info_generations.py).
+    container_info = InfoCache(app, float(conf_section(conf, "versioned_writes").get(
+        "info_cache_seconds", 5.0)), SOURCE, info_generations(conf))
 
     async def versioned_writes(req: SwiftRequest) -> SwiftResponse:
+        container_info.observe(req)
         version, account, container, obj = req.split_path()
         if version != "v1" or not account or not container:
             return await app(req)
@@ -60,13 +67,13 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return await app(req)
         if req.method not in ("PUT", "DELETE") or req.query.get("version-id"):
             return await app(req)
-        info = await container_headers(app, req, account, container, source=SOURCE)
-        if not info.is_success:
+        info = await container_info.container(req, account, container)
+        if info["status"] // 100 != 2:
             return await app(req)
-        location = info.headers.get("X-History-Location")
+        location = info["history_location"]
         mode = "history"
         if not location:
-            location, mode = info.headers.get("X-Versions-Location"), "stack"
+            location, mode = info["versions_location"], "stack"
         if not location:
             return await app(req)
         archive = unquote(location)

@@ -136,3 +136,47 @@ async def test_quota_set_through_one_worker_binds_the_other_at_once(tmp_path) ->
         await other_runner.cleanup()
         await lone_runner.cleanup()
         await stop_cluster(cluster)
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_versioning_enabled_through_one_worker_applies_in_the_other(tmp_path) -> None:
+    from swiftlike.proxy.server import make_app
+
+    (tmp_path / "c").mkdir()
+    cluster = await start_cluster(tmp_path / "c", proxy_conf={
+        "pipeline": DEFAULT_PIPELINE,
+        "info_generations_file": str(tmp_path / "proxy-info-generations")})
+    cluster.conf["object_versioning"] = {"info_cache_seconds": 300.0}
+    other_runner, other_url = await _serve(make_app({**cluster.conf}))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(cluster.auth_url, headers={
+                    "X-Auth-User": "test:tester", "X-Auth-Key": "testing"}) as resp:
+                token = resp.headers["X-Auth-Token"]
+                path = resp.headers["X-Storage-Url"].split(str(cluster.proxy_port), 1)[1]
+            auth = {"X-Auth-Token": token}
+            async with http.put(f"{cluster.url}{path}/docs", headers=auth) as resp:
+                assert resp.status == 201
+            for body in (b"draft", b"first"):  # the other worker caches "unversioned"
+                async with http.put(f"{other_url}{path}/docs/report", data=body,
+                                    headers=auth) as resp:
+                    assert resp.status == 201
+            async with http.post(f"{cluster.url}{path}/docs", headers={
+                    **auth, "X-Versions-Enabled": "true"}) as resp:
+                assert resp.status == 204
+            for body in (b"second", b"third"):
+                async with http.put(f"{other_url}{path}/docs/report", data=body,
+                                    headers=auth) as resp:
+                    assert resp.status == 201
+            async with http.get(f"{cluster.url}{path}/docs", params={
+                    "versions": "", "format": "json"}, headers=auth) as resp:
+                assert resp.status == 200
+                rows = await resp.json()
+            # "first" (kept as the null version), "second" and "third": the writes after
+            # the POST were versioned although this worker had cached the old setting
+            assert [r["name"] for r in rows] == ["report"] * 3
+            async with http.get(f"{other_url}{path}/docs/report", headers=auth) as resp:
+                assert await resp.read() == b"third"
+    finally:
+        await other_runner.cleanup()
+        await stop_cluster(cluster)

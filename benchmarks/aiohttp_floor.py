@@ -38,7 +38,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load_client import swift_auth
-from swiftlike.common.ports import free_port
+from swiftlike.common.ports import free_port, free_ports
 
 BODY = os.urandom(4096)
 
@@ -127,12 +127,12 @@ def _wait_port(port: int, within: float = 30.0) -> None:
 class BareStack:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.port = free_port()
+        self.port, self.node_port = free_ports(2)
         self.procs: list[multiprocessing.process.BaseProcess] = []
 
     def __enter__(self) -> BareStack:
         ctx = multiprocessing.get_context("spawn")
-        node_port = free_port()
+        node_port = self.node_port
         self.procs.append(ctx.Process(target=_serve_forever, args=("node", node_port)))
         self.procs += [ctx.Process(target=_serve_forever, args=("proxy", self.port, node_port))
                        for _ in range(self.workers)]

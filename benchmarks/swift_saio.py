@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from swiftlike.common.ports import free_port
+from swiftlike.common.ports import free_port, free_ports
 
 __all__ = ["free_port"]  # vs_swift picks its ports here too
 
@@ -115,10 +115,12 @@ class SaioLayout:
 def make_layout(base: Path, nodes: int = 4, proxy_port: int | None = None,
                 proxy_workers: int = 2) -> SaioLayout:
     """A layout with fresh free ports for every server."""
+    ports = free_ports(2 + nodes * len(SERVER_KINDS))  # all different: no shared binds
     return SaioLayout(
-        base=base, nodes=nodes, proxy_port=proxy_port or free_port(),
-        memcache_port=free_port(),
-        node_ports={kind: [free_port() for _ in range(nodes)] for kind in SERVER_KINDS},
+        base=base, nodes=nodes, proxy_port=proxy_port or ports[0],
+        memcache_port=ports[1],
+        node_ports={kind: ports[2 + k * nodes:2 + (k + 1) * nodes]
+                    for k, kind in enumerate(SERVER_KINDS)},
         proxy_workers=proxy_workers,
     )
 

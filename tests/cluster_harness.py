@@ -21,11 +21,17 @@ from pathlib import Path
 from aiohttp import web
 
 from swiftlike.common.ports import free_port as _pick_port
+from swiftlike.common.ports import free_ports as _pick_ports
 
 
 def free_port() -> int:
     """A loopback port free right now, below the ephemeral range (see common.ports)."""
     return _pick_port("127.0.0.1")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback ports (one cluster's servers must never share one)."""
+    return _pick_ports(count, "127.0.0.1")
 
 
 async def serve_handler(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]

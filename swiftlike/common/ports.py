@@ -40,6 +40,16 @@ def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
     raise RuntimeError("could not find a free port")
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different ports, each free a moment ago: for the servers of one cluster,
+    where two picks landing on the same port would leave one server unable to bind (and
+    its clients talking to the other)."""
+    picked: list[int] = []
+    for _ in range(count):
+        picked.append(free_port(host, set(picked)))
+    return picked
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True if a listener could bind ``host:port`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from swiftlike.common.ports import ephemeral_range_start, free_port, port_is_free
+from swiftlike.common.ports import ephemeral_range_start, free_port, free_ports, port_is_free
 
 
 def test_free_port_is_below_the_ephemeral_range_and_bindable():
@@ -23,3 +23,14 @@ def test_port_is_free_sees_a_listener():
         sock.bind(("127.0.0.1", free_port()))
         sock.listen()
         assert not port_is_free("127.0.0.1", sock.getsockname()[1])
+
+
+def test_free_ports_never_repeat_within_one_pick(monkeypatch):
+    # a generator that keeps offering the same port: the second pick must skip it
+    import random
+
+    offers = iter([20001, 20001, 20001, 20002, 20001, 20003])
+    monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: next(offers))
+    monkeypatch.setattr("swiftlike.common.ports.port_is_free", lambda host, port: True)
+    monkeypatch.setattr("swiftlike.common.ports.ephemeral_range_start", lambda: 32768)
+    assert free_ports(3) == [20001, 20002, 20003]

@@ -24,7 +24,7 @@ from swiftlike.storage.object_server import ObjectServer
 from swiftlike.storage.recon import handle_recon
 from swiftlike.storage.replication_server import handle_replication, replication_verb
 from swiftlike.storage.routing import BadPath, parse_route
-from tests.cluster_harness import free_port
+from tests.cluster_harness import free_ports
 
 PREFIX, SUFFIX = "pre", "suf"
 
@@ -132,7 +132,7 @@ async def start_mini_cluster(root: str, count: int = 4, replicas: int = 3,
                              part_power: int = 4, daemon_conf: dict | None = None
                              ) -> MiniCluster:
     builder = RingBuilder(part_power=part_power, replicas=replicas, min_part_hours=0)
-    ports = [free_port() for _ in range(count)]
+    ports = free_ports(count)
     for i, port in enumerate(ports):
         builder.add_dev({"region": 1, "zone": i % 3 + 1, "ip": "127.0.0.1", "port": port,
                          "device": f"d{i}", "weight": 100.0})

@@ -6,7 +6,7 @@ import pytest
 from aiohttp import web
 
 from swiftlike.daemons.replication_http import HTTP_ERRORS, ReplicationHTTP
-from tests.daemons.mini_cluster import free_port
+from tests.cluster_harness import free_port
 
 
 async def start_server(port: int, seen: list) -> web.AppRunner:

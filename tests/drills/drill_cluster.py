@@ -28,7 +28,7 @@ from swiftlike.common.config import dump_toml
 from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.runner import run_pass
 from swiftlike.storage.diskfile import gather_ondisk_files
-from tests.cluster_harness import free_port
+from tests.cluster_harness import free_ports
 
 PREFIX, SUFFIX = "drill-prefix", "drill-suffix"
 ACCOUNT = "AUTH_test"
@@ -214,7 +214,8 @@ def build_drill_cluster(root: str, ips: list[str] | None = None,
     """Write ring and configs for 6 nodes in 3 zones (one device each) and a proxy."""
     count = 6
     ips = ips or ["127.0.0.1"] * count
-    ports = [free_port() if ip == "127.0.0.1" else 6200 for ip in ips]
+    *picked, proxy_port = free_ports(count + 1)
+    ports = [port if ip == "127.0.0.1" else 6200 for ip, port in zip(ips, picked, strict=True)]
     builder = RingBuilder(part_power=part_power, replicas=3, min_part_hours=0)
     for i in range(count):
         builder.add_dev({"region": 1, "zone": i % 3 + 1, "ip": ips[i], "port": ports[i],
@@ -223,7 +224,6 @@ def build_drill_cluster(root: str, ips: list[str] | None = None,
     ring_path = os.path.join(root, "cluster.ring")
     builder.save_ring(ring_path)
     cluster_table = {"hash_path_prefix": PREFIX, "hash_path_suffix": SUFFIX, "ring": ring_path}
-    proxy_port = free_port()
     proxy = {"cluster": cluster_table,
              "proxy": {"bind_ip": "127.0.0.1", "bind_port": proxy_port, "workers": 1,
                        "node_timeout": 3.0, "conn_timeout": 0.5,

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ring import RingBuilder
-from tests.cluster_harness import free_port
+from tests.cluster_harness import free_port, free_ports
 
 
 class FaultProxy:
@@ -27,9 +27,9 @@ class FaultProxy:
     many bytes with an abrupt close, once; ``down`` refuses new connections.
     """
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.down = False
         self.cut_after: int | None = None
         self.cuts = 0
@@ -149,8 +149,10 @@ async def start_cluster(root: Path, *, nodes: int = 4, replicas: int = 3,
     from swiftlike.proxy.server import make_app as make_proxy_app
     from swiftlike.storage.server import make_app as make_node_app
 
-    node_ports = [free_port() for _ in range(nodes)]
-    faults = [FaultProxy(port) for port in node_ports]
+    *ports, proxy_port = free_ports(2 * nodes + 1)
+    node_ports = ports[:nodes]
+    faults = [FaultProxy(port, relay) for port, relay in zip(node_ports, ports[nodes:],
+                                                             strict=True)]
     builder = RingBuilder(part_power=6, replicas=replicas, min_part_hours=0)
     for i, fault in enumerate(faults):
         builder.add_dev({"region": 1, "zone": i + 1, "ip": "127.0.0.1", "port": fault.port,
@@ -160,7 +162,6 @@ async def start_cluster(root: Path, *, nodes: int = 4, replicas: int = 3,
     builder.save_ring(ring_path)
     cluster_conf = {"hash_path_prefix": "pre", "hash_path_suffix": "suf",
                     "ring": str(ring_path)}
-    proxy_port = free_port()
     conf = {
         "cluster": cluster_conf,
         "proxy": {"bind_ip": "127.0.0.1", "bind_port": proxy_port, "node_timeout": 5.0,

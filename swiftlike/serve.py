@@ -304,7 +304,11 @@ async def serve(opts: ServeOptions) -> int:
             return 0
         stopper.cancel()
         health.result()
-        print(ready_message(opts), flush=True)
+        # one write: the children log to the same terminal or pipe, and print() makes
+        # two when stdout is unbuffered (PYTHONUNBUFFERED), so a log line could land
+        # between the command a newcomer copies and its newline
+        sys.stdout.write(ready_message(opts) + "\n")
+        sys.stdout.flush()
         watcher = asyncio.ensure_future(sup.watch())
         await stop_event.wait()
         return 0

@@ -233,9 +233,12 @@ class ObjectController(Controller):
         try:
             while True:
                 try:
-                    async for chunk in resp.content.iter_any():
-                        sent += len(chunk)
-                        yield chunk
+                    # one buffered read at a time: iter_any() would join whatever piled
+                    # up into a new bytes object, a copy of every byte of a large body
+                    async for chunk, _ in resp.content.iter_chunks():
+                        if chunk:
+                            sent += len(chunk)
+                            yield chunk
                     if length is None or sent >= length:
                         resp.release()
                         return

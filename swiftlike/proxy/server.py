@@ -51,7 +51,7 @@ log = logging.getLogger("swiftlike.proxy")
 HANDLER_KEY = web.AppKey("swiftlike_proxy_handler", object)
 CONTEXT_KEY = web.AppKey("swiftlike_proxy_context", ProxyContext)
 CLIENT_TIMEOUT_KEY = web.AppKey("swiftlike_proxy_client_timeout", float)
-BODY_CHUNK = 1024 * 1024  # most bytes one read of a client body returns
+BODY_CHUNK = 1024 * 1024  # client body bytes the server buffers before it pauses reading
 
 
 class ProxyApp:
@@ -132,7 +132,7 @@ def make_app(conf: dict, *, ring: Any | None = None) -> web.Application:
     app = web.Application(
         handler_args={"max_field_size": ctx.limits.max_header_size,
                       "max_line_size": ctx.limits.max_request_line,
-                      # large uploads arrive in ~1 MiB reads (see BODY_CHUNK)
+                      # up to ~1 MiB of a large upload waits in memory (see BODY_CHUNK)
                       "read_bufsize": BODY_CHUNK},
     )
     app[HANDLER_KEY] = handler
@@ -152,11 +152,14 @@ async def _timed_body(request: web.Request, stall_limit: float) -> AsyncIterator
     """The client's body in chunks; TimeoutError when the client stalls (-> 408)."""
     content = request.content
     while True:
+        # readchunk hands over each received piece as it is; read(n) would join the
+        # pieces that piled up into a new bytes object, a copy of every body byte
         async with asyncio.timeout(stall_limit):
-            chunk = await content.read(BODY_CHUNK)
-        if not chunk:
+            chunk, end_of_http_chunk = await content.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:
             return
-        yield chunk
 
 
 def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> SwiftRequest:

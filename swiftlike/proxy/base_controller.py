@@ -22,7 +22,7 @@ from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NODE_ERRORS, NodeClient, node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import InfoGenerations
-from swiftlike.proxy.node_pool import ErrorLimiter, iter_nodes
+from swiftlike.proxy.node_pool import ErrorLimiter, ReadOrder, iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
 #: Client headers never forwarded to storage nodes.
@@ -56,6 +56,8 @@ class ProxyContext:
     info_ttl: float = 3.0
     put_queue_depth: int = 4
     buffered_put_limit: int = 256 * 1024
+    #: the order reads ask the primaries in (node_pool.ReadOrder)
+    read_order: ReadOrder = field(default_factory=ReadOrder)
     #: change counters shared with this host's other proxy workers (info_generations.py)
     generations: InfoGenerations = field(default_factory=InfoGenerations)
     #: ("a"|"c", account, container) -> (expires at, generation when fetched, info)
@@ -259,7 +261,8 @@ class Controller:
         not_found: BackendResponse | None = None
         primary_404s = 0
         primary_ids = {id(n) for n in primaries}
-        for node in iter_nodes(self.ctx.ring, part, primaries, self.ctx.limiter):
+        ordered = self.ctx.read_order(primaries)
+        for node in iter_nodes(self.ctx.ring, part, ordered, self.ctx.limiter):
             resp = await self.backend(node, method, path_for(node), headers, query=query)
             if resp is None or resp.status >= 500:
                 continue

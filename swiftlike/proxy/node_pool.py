@@ -1,13 +1,20 @@
-"""Node selection with error limiting.
+"""Node selection: error limiting, and the order reads ask the primaries in.
 
 A node device that keeps failing (connection refused, timeouts, 5xx) is skipped for
 ``error_suppression_interval`` seconds once it has failed more than
 ``error_suppression_limit`` times, so one dead disk does not cost every request a
 timeout. State is per proxy process (like Swift's proxy), held by the app object.
+
+Reads (GET/HEAD of objects, containers and accounts) ask one primary at a time. Asking
+them in ring order would send every read of one name to the same node: one hot
+container's listings would all queue on one single-threaded container server while its
+two other replicas idle. Like Swift's default ``sorting_method = shuffle``, reads take
+the primaries in a random order; writes go to all of them anyway.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator, Mapping
 from itertools import islice
@@ -54,6 +61,32 @@ class ErrorLimiter:
 
     def error_count(self, node: Mapping[str, Any]) -> int:
         return self._errors.get(node_key(node), (0, 0.0))[0]
+
+
+READ_ORDERS = ("shuffle", "ring")
+
+
+class ReadOrder:
+    """The order a read asks the primaries in: ``shuffle`` (Swift's default) or ``ring``.
+
+    ``ring`` keeps the ring's order, so every read of a name starts at the same node;
+    it suits tests and debugging, not load. The random source is passed in so that a
+    test can make the order reproducible.
+    """
+
+    def __init__(self, method: str = "shuffle", rng: random.Random | None = None) -> None:
+        if method not in READ_ORDERS:
+            raise ValueError(f"[proxy] sorting_method must be one of {', '.join(READ_ORDERS)}"
+                             f", not {method!r}")
+        self.method = method
+        self.rng = rng or random.Random()
+
+    def __call__(self, primaries: list[dict]) -> list[dict]:
+        if self.method == "ring" or len(primaries) < 2:
+            return primaries
+        order = list(primaries)
+        self.rng.shuffle(order)
+        return order
 
 
 def iter_nodes(

@@ -80,7 +80,7 @@ class ObjectController(Controller):
         def path_for(node: dict) -> str:
             return node_path(node, part, account, container, obj)
 
-        nodes = iter_nodes(ctx.ring, part, primaries, ctx.limiter)
+        nodes = iter_nodes(ctx.ring, part, ctx.read_order(primaries), ctx.limiter)
         if _is_true(req.headers.get("X-Newest")):
             newest = await self._get_newest_object(req, primaries, nodes, path_for, headers)
             if newest is not None:

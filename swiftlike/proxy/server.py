@@ -33,7 +33,7 @@ from swiftlike.proxy.base_controller import ProxyContext
 from swiftlike.proxy.container_controller import ContainerController
 from swiftlike.proxy.info import info_response, register_core_info
 from swiftlike.proxy.info_generations import INFO_GENERATIONS_KEY, info_generations
-from swiftlike.proxy.node_pool import ErrorLimiter
+from swiftlike.proxy.node_pool import ErrorLimiter, ReadOrder
 from swiftlike.proxy.object_controller import ObjectController
 from swiftlike.proxy.pipeline import (
     DEFAULT_PIPELINE,
@@ -115,6 +115,7 @@ def build_context(conf: dict, ring: Any | None = None) -> ProxyContext:
         limits=Limits.from_conf(proxy_conf),
         account_autocreate=bool(proxy_conf.get("account_autocreate", True)),
         info_ttl=float(proxy_conf.get("container_info_ttl", 3.0)),
+        read_order=ReadOrder(str(proxy_conf.get("sorting_method", "shuffle"))),
         generations=info_generations(conf),
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest_asyncio
 
+from swiftlike.proxy.node_pool import ReadOrder
 from tests.proxy.cluster import Cluster, start_cluster, stop_cluster
 
 
@@ -30,11 +31,22 @@ async def cluster(module_cluster: Cluster):
 
 
 async def reset_cluster(c: Cluster) -> None:
-    """All nodes up, no armed cuts, no error-limited node in the proxy."""
+    """All nodes up, no armed cuts, no error-limited node, reads in the default order."""
     from swiftlike.proxy.server import CONTEXT_KEY
 
     for fault in c.faults:
         fault.cut_after = None
         if fault.down:
             await fault.set_down(False)
-    c.proxy_app[CONTEXT_KEY].limiter.reset()
+    ctx = c.proxy_app[CONTEXT_KEY]
+    ctx.limiter.reset()
+    ctx.read_order = ReadOrder()  # the default (shuffle), whatever a test set
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def ring_read_order(cluster: Cluster):
+    """Reads ask the primaries in ring order: for tests about what the first one says."""
+    from swiftlike.proxy.server import CONTEXT_KEY
+
+    cluster.proxy_app[CONTEXT_KEY].read_order = ReadOrder("ring")
+    yield cluster

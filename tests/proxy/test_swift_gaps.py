@@ -118,7 +118,8 @@ async def test_x_remove_headers_delete_account_metadata(cluster):
         assert (await call(s, "HEAD", url, token))[1]["X-Account-Meta-Stay"] == "1"
 
 
-async def test_x_newest_serves_the_newest_replica(cluster):
+async def test_x_newest_serves_the_newest_replica(ring_read_order):
+    cluster = ring_read_order
     url, token = await auth(cluster)
     ring = cluster.proxy_app[CONTEXT_KEY].ring
     path = ("AUTH_test", "newest", "obj")
@@ -131,7 +132,7 @@ async def test_x_newest_serves_the_newest_replica(cluster):
         assert await direct_object(cluster, primaries[2], "PUT", path,
                                    Timestamp(time.time() + 1), b"version two") == 201
         status, _, body = await call(s, "GET", url + "/newest/obj", token)
-        assert status == 200 and body == b"version one"  # first primary answers
+        assert status == 200 and body == b"version one"  # first primary (ring order) answers
         status, h, body = await call(s, "GET", url + "/newest/obj", token,
                                      {"X-Newest": "true"})
         assert status == 200 and body == b"version two"

@@ -1,0 +1,100 @@
+"""Reads ask the primaries in a random order (Swift's ``sorting_method = shuffle``).
+
+The end-to-end tests make one replica differ from the others, as a replica that got a
+write the others missed, and show that reads through the proxy see both: proof that
+reads are spread over the replicas instead of all starting at the first one. With
+``sorting_method = "ring"`` every read asks the first primary.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import aiohttp
+import pytest
+
+from swiftlike.common.node_client import node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.proxy.node_pool import ReadOrder
+from swiftlike.proxy.server import CONTEXT_KEY, build_context
+from tests.proxy.test_swift_gaps import auth, call, direct_object
+
+READS = 40  # a replica that is 1 of 3 is never asked first in 40 reads: p = (2/3)^40
+
+
+def test_shuffle_starts_reads_at_every_primary():
+    primaries = [{"id": i} for i in range(3)]
+    order = ReadOrder("shuffle", random.Random(7))
+    firsts = {order(primaries)[0]["id"] for _ in range(60)}
+    assert firsts == {0, 1, 2}
+    assert sorted(n["id"] for n in order(primaries)) == [0, 1, 2]
+    assert [n["id"] for n in primaries] == [0, 1, 2]  # the caller's list is not reordered
+
+
+def test_ring_order_keeps_the_ring_order():
+    primaries = [{"id": i} for i in range(3)]
+    order = ReadOrder("ring")
+    assert all(order(primaries) == primaries for _ in range(20))
+
+
+def test_unknown_sorting_method_is_refused_at_startup(tmp_path):
+    with pytest.raises(ValueError, match="sorting_method must be one of shuffle, ring"):
+        ReadOrder("timing")
+    with pytest.raises(ValueError, match="'fastest'"):
+        build_context({"proxy": {"sorting_method": "fastest"}}, ring=object())
+    assert build_context({"proxy": {}}, ring=object()).read_order.method == "shuffle"
+
+
+async def _bodies_read(session, url, token, reads=READS) -> set[bytes]:
+    seen = set()
+    for _ in range(reads):
+        status, _, body = await call(session, "GET", url, token)
+        assert status == 200
+        seen.add(body)
+    return seen
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_object_reads_spread_over_the_replicas(cluster):
+    url, token = await auth(cluster)
+    path = ("AUTH_test", "spread", "obj")
+    _, primaries = cluster.proxy_app[CONTEXT_KEY].ring.get_nodes(*path)
+    async with aiohttp.ClientSession() as s:
+        assert (await call(s, "PUT", url + "/spread", token))[0] in (201, 202)
+        assert (await call(s, "PUT", url + "/spread/obj", token, data=b"older"))[0] == 201
+        # the last primary alone got a newer write
+        assert await direct_object(cluster, primaries[-1], "PUT", path,
+                                   Timestamp(time.time() + 1), b"newer") == 201
+        assert await _bodies_read(s, url + "/spread/obj", token) == {b"older", b"newer"}
+        cluster.proxy_app[CONTEXT_KEY].read_order = ReadOrder("ring")
+        assert await _bodies_read(s, url + "/spread/obj", token) == {b"older"}
+
+
+async def _direct_container_row(cluster, node, account, container, obj) -> int:
+    """Put one listing row into one container replica only (bypassing the proxy)."""
+    ring = cluster.proxy_app[CONTEXT_KEY].ring
+    part = ring.get_part(account, container)
+    url = f"http://{node['ip']}:{node['port']}" + node_path(node, part, account, container,
+                                                             obj)
+    headers = {"X-Backend-Server-Type": "container",
+               "X-Timestamp": Timestamp(time.time()).internal, "X-Size": "5",
+               "X-Content-Type": "text/plain", "X-Etag": "d41d8cd98f00b204e9800998ecf8427e"}
+    async with aiohttp.ClientSession() as s, s.put(url, headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_container_listings_spread_over_the_replicas(cluster):
+    url, token = await auth(cluster)
+    _, primaries = cluster.proxy_app[CONTEXT_KEY].ring.get_nodes("AUTH_test", "lists")
+    async with aiohttp.ClientSession() as s:
+        assert (await call(s, "PUT", url + "/lists", token))[0] in (201, 202)
+        assert (await call(s, "PUT", url + "/lists/shared", token, data=b"x"))[0] == 201
+        assert await _direct_container_row(cluster, primaries[-1], "AUTH_test", "lists",
+                                           "only-on-one-replica") in (201, 202)
+        listings = await _bodies_read(s, url + "/lists", token)
+        assert listings == {b"shared\n", b"only-on-one-replica\nshared\n"}
+        cluster.proxy_app[CONTEXT_KEY].read_order = ReadOrder("ring")
+        assert await _bodies_read(s, url + "/lists", token) == {b"shared\n"}

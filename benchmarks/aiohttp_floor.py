@@ -3,11 +3,11 @@
 Why: the small-GET target is a ratio against Swift, and on a 2-core machine the
 rate is bounded by CPU per GET. This runs the smallest possible version of our
 architecture (an aiohttp "proxy" that forwards each GET with one ClientSession
-request to an aiohttp "node" answering 4 KiB from memory, as many proxy processes as
-swiftlike has workers) and then ``swiftlike serve --no-daemons`` on the same machine,
-drives both with the same keep-alive aiohttp client, alternating, and prints GETs/s
-and swiftlike's share of the bare stack. What is left above swiftlike's share is all
-the headroom that trimming our own code can buy.
+request to one of ``--nodes`` aiohttp "nodes" answering 4 KiB from memory, as many
+proxy processes as swiftlike has workers) and then ``swiftlike serve --no-daemons``
+on the same machine, drives both with the same keep-alive aiohttp client, alternating,
+and prints GETs/s and swiftlike's share of the bare stack. What is left above
+swiftlike's share is all the headroom that trimming our own code can buy.
 
     python benchmarks/aiohttp_floor.py                 # 2 rounds of 5 s each
     python benchmarks/aiohttp_floor.py --seconds 10 --rounds 3 --json
@@ -20,6 +20,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,11 +56,14 @@ async def _node(port: int) -> None:
     await asyncio.Event().wait()
 
 
-async def _proxy(port: int, node_port: int) -> None:
+async def _proxy(port: int, *node_ports: int) -> None:
     session = aiohttp.ClientSession(auto_decompress=False)
+    urls = [f"http://127.0.0.1:{node_port}/d1/1/a/c/o" for node_port in node_ports]
+    pick = random.Random().choice
 
     async def get(_request: web.Request) -> web.Response:
-        async with session.get(f"http://127.0.0.1:{node_port}/d1/1/a/c/o") as resp:
+        # a random node per GET, as swiftlike's shuffled reads over the replicas
+        async with session.get(pick(urls)) as resp:
             body = await resp.read()
             return web.Response(body=body, headers={"ETag": resp.headers["ETag"]})
 
@@ -125,20 +129,22 @@ def _wait_port(port: int, within: float = 30.0) -> None:
 
 
 class BareStack:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, nodes: int) -> None:
         self.workers = workers
-        self.port, self.node_port = free_ports(2)
+        self.port, *self.node_ports = free_ports(1 + nodes)
         self.procs: list[multiprocessing.process.BaseProcess] = []
 
     def __enter__(self) -> BareStack:
         ctx = multiprocessing.get_context("spawn")
-        node_port = self.node_port
-        self.procs.append(ctx.Process(target=_serve_forever, args=("node", node_port)))
-        self.procs += [ctx.Process(target=_serve_forever, args=("proxy", self.port, node_port))
+        self.procs += [ctx.Process(target=_serve_forever, args=("node", node_port))
+                       for node_port in self.node_ports]
+        self.procs += [ctx.Process(target=_serve_forever,
+                                   args=("proxy", self.port, *self.node_ports))
                        for _ in range(self.workers)]
         for proc in self.procs:
             proc.start()
-        _wait_port(node_port)
+        for node_port in self.node_ports:
+            _wait_port(node_port)
         _wait_port(self.port)
         time.sleep(0.5)  # let every worker bind its reuse_port socket
         return self
@@ -192,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="GETs in flight/proc")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="proxy processes on both sides")
+    parser.add_argument("--nodes", type=int, default=4,
+                        help="bare node processes (swiftlike serve runs 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     bare: list[float] = []
     ours: list[float] = []
     for _ in range(args.rounds):
-        with BareStack(args.workers) as stack:
+        with BareStack(args.workers, args.nodes) as stack:
             bare.append(measure(f"http://127.0.0.1:{stack.port}/v1/AUTH_test/floor/o", None,
                                 args.seconds, args.procs, args.concurrency))
         with Swiftlike(args.workers) as cluster:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import time
-from email.utils import formatdate
 
 PRECISION = 5
 _SCALE = 10**PRECISION
@@ -68,7 +67,7 @@ class Timestamp:
     def http_date(self) -> str:
         """Last-Modified form: HTTP dates have one-second resolution, rounded up like Swift."""
         seconds = -(-self.ticks // _SCALE)
-        return formatdate(seconds, usegmt=True)
+        return http_date(seconds)
 
     def __str__(self) -> str:
         return self.internal
@@ -122,3 +121,18 @@ def _parse(text: str) -> tuple[int, int]:
 def normalize_timestamp(value: float | int | str | Timestamp) -> str:
     """The normal string form of any timestamp value."""
     return Timestamp(value).normal
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: int) -> str:
+    """RFC 9110 IMF-fixdate of a Unix time (``Sun, 06 Nov 1994 08:49:37 GMT``).
+
+    Every object GET and HEAD formats one; ``email.utils.formatdate`` builds a datetime
+    and a time tuple on the way and costs several times this.
+    """
+    t = time.gmtime(seconds)
+    return (f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")

@@ -88,7 +88,6 @@ class ObjectController(Controller):
         newest_404: Timestamp | None = None
         saw_404 = False
         primary_404s = 0
-        primary_ids = {id(n) for n in primaries}
         for node in nodes:
             try:
                 resp = await self._open(node, req.method, path_for(node), headers)
@@ -108,7 +107,7 @@ class ObjectController(Controller):
                 saw_404 = True
                 if ts is not None and (newest_404 is None or ts > newest_404):
                     newest_404 = ts
-                if id(node) in primary_ids:
+                if any(node is p for p in primaries):
                     primary_404s += 1
                     if primary_404s >= len(primaries):
                         break

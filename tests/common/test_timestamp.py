@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swiftlike.common.timestamp import Timestamp, normalize_timestamp
+from swiftlike.common.timestamp import Timestamp, http_date, normalize_timestamp
 
 ticks = st.integers(min_value=0, max_value=10**15 - 1)  # below 10^10 seconds
 offsets = st.integers(min_value=0, max_value=2**32)
@@ -52,3 +54,9 @@ def test_invalid_values_are_refused(bad: str) -> None:
 def test_http_date_rounds_up_to_the_second() -> None:
     assert Timestamp("1.00001").http_date == "Thu, 01 Jan 1970 00:00:02 GMT"
     assert Timestamp("1").http_date == "Thu, 01 Jan 1970 00:00:01 GMT"
+
+
+@given(st.integers(min_value=0, max_value=253402300799))  # up to 9999-12-31
+def test_http_date_is_the_imf_fixdate_of_the_stdlib(seconds: int) -> None:
+    assert http_date(seconds) == formatdate(seconds, usegmt=True)
+

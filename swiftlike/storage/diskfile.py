@@ -367,10 +367,12 @@ class ObjectWriter:
         a whole batch's suffixes at once, see :func:`hashes.invalidate_suffixes`);
         ``cleanup=False`` when the caller just created the hash directory (nothing in it
         can be obsolete); ``dir_made=True`` when the caller has made sure it exists.
+        A hash directory this call creates is not cleaned either: a new object's
+        directory holds nothing but the file just published.
         """
         try:
-            if not dir_made:
-                make_object_dir(self.object_dir)
+            if not dir_made and make_object_dir(self.object_dir):
+                cleanup = False
             if self.anonymous:
                 assert self.fd is not None
                 link_anonymous(self.fd, self.final_path)

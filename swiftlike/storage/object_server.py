@@ -179,6 +179,8 @@ class ObjectServer:
             return error_response(422, "ETag does not match the body's md5")
         metadata["ETag"] = etag
         metadata["Content-Length"] = str(length)
+        # every GET of a small object checks its body: against this, not the md5
+        metadata[diskfile.BODY_CHECKSUM_KEY] = diskfile.body_stamp(body)
         await self.write_small(device_path, object_dir, body, timestamp, ".data", metadata)
         return etag
 

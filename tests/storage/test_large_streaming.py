@@ -1,4 +1,4 @@
-"""Streamed (large) object bodies on a real node: the xxh3 body stamp and GET checks."""
+"""Object bodies on a real node: the xxh3 body stamp and the checks of every whole GET."""
 
 from __future__ import annotations
 
@@ -47,9 +47,38 @@ async def test_streamed_put_stamps_xxh3_of_the_stored_bytes(node, ts):
         assert BODY_CHECKSUM_KEY not in resp.headers
 
 
-async def test_small_put_has_no_stamp(node, ts):
-    await put(node, ts, b"tiny")
-    assert BODY_CHECKSUM_KEY not in read_metadata(object_files(node, "*.data")[0])
+async def test_small_put_is_stamped_and_reads_check_the_stamp(node, ts):
+    body = os.urandom(4096)
+    await put(node, ts, body)
+    data = object_files(node, "*.data")[0]
+    assert read_metadata(data)[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert resp.status == 200 and await resp.read() == body
+    overwrite(data, 100, b"rot")
+    received = await _read_until_cut(node)
+    assert len(received) < len(body)
+    assert object_files(node, "*.data") == [] and _quarantined(node)
+
+
+@pytest.mark.parametrize("stamp", [None, "0" * 32], ids=["no-stamp", "wrong-stamp"])
+async def test_small_object_stamp_missing_or_wrong(node, ts, stamp):
+    """Written before small objects were stamped: the md5 checks it. A stamp that
+    disagrees with the bytes (damaged metadata) fails the check like damaged bytes."""
+    body = os.urandom(4096)
+    await put(node, ts, body)
+    data = object_files(node, "*.data")[0]
+    meta = read_metadata(data)
+    del meta[BODY_CHECKSUM_KEY]
+    if stamp is not None:
+        meta[BODY_CHECKSUM_KEY] = stamp
+    os.setxattr(data, META_XATTR, msgpack.packb(meta, use_bin_type=True))
+    if stamp is None:
+        async with node.session.get(node.url(OBJ)) as resp:
+            assert resp.status == 200 and await resp.read() == body
+        overwrite(data, 100, b"rot")
+    received = await _read_until_cut(node)
+    assert len(received) < len(body)
+    assert _quarantined(node)
 
 
 async def test_corruption_mid_body_is_caught_by_the_stamp(node, ts):

@@ -349,3 +349,15 @@ async def test_truncated_data_file_is_quarantined_on_head(node, ts):
     async with node.session.head(node.url(OBJ)) as resp:
         assert resp.status == 404
     assert glob.glob(os.path.join(node.devices, "sda", "quarantined", "objects", "*"))
+
+
+@pytest.mark.parametrize("new_size", [3, 11, 5000], ids=["shorter", "one-byte-longer", "longer"])
+async def test_small_data_file_of_the_wrong_size_is_quarantined_on_get(node, ts, new_size):
+    await put(node, ts, b"0123456789")
+    data = object_files(node, "*.data")[0]
+    os.truncate(data, new_size)  # extends with zero bytes when longer
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert resp.status == 404
+        assert await resp.read() != b"0123456789"
+    assert glob.glob(os.path.join(node.devices, "sda", "quarantined", "objects", "*"))
+    assert object_files(node, "*.data") == []

@@ -567,6 +567,33 @@ def body_verifier(metadata: dict[str, str]) -> tuple[object, str | None]:
     return hashlib.md5(usedforsecurity=False), metadata.get("ETag")
 
 
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: fail instead of waiting
+
+
+def read_cached(fd: int, offset: int, size: int) -> bytearray | None:
+    """Up to ``size`` bytes at ``offset`` when the page cache already holds them.
+
+    A read that would wait for the disk returns None instead (``RWF_NOWAIT``), so the
+    event loop can afford to call this itself: a cached 1 MiB read costs less than the
+    thread hop :func:`read_chunk` needs. Only a cached prefix may come back (a short
+    result); an empty one means end of file. None also where the flag is unsupported.
+    """
+    if _RWF_NOWAIT is None:
+        return None
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    if got < size:
+        del buf[got:]
+    return buf
+
+
 def read_chunk(fd: int, offset: int, size: int, md5: object | None = None) -> bytes:
     """Read up to ``size`` bytes at ``offset``, feeding ``md5`` (a worker-thread call)."""
     chunk = os.pread(fd, size, offset)

@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import xxhash
 
+from swiftlike.storage import diskfile
 from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, META_XATTR, read_metadata
 from tests.storage.test_object_server import OBJ, object_files, overwrite, put
 
@@ -138,3 +139,46 @@ async def test_chunked_streamed_put_in_odd_pieces(node, ts):
     assert meta[BODY_CHECKSUM_KEY] == xxhash.xxh3_128(body).hexdigest()
     async with node.session.get(node.url(OBJ)) as resp:
         assert await resp.read() == body
+
+
+def test_read_cached_returns_what_the_page_cache_holds(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = diskfile.read_cached(fd, 2, 5)
+        if got is None:  # no RWF_NOWAIT here: the caller takes the thread path
+            pytest.skip("RWF_NOWAIT reads are not supported on this system")
+        assert got == b"23456"
+        assert diskfile.read_cached(fd, 8, 5) == b"89"  # a short read at the end
+        assert diskfile.read_cached(fd, 10, 5) == b""  # end of file
+    finally:
+        os.close(fd)
+
+
+def _pieces_of(most: int):
+    """A read_cached that finds only ``most`` bytes cached at any offset."""
+    real = diskfile.read_cached
+
+    def partial(fd, offset, size):
+        got = real(fd, offset, min(size, most))
+        return got if got is None else got[:most]
+    return partial
+
+
+@pytest.mark.parametrize("cache", ["never-cached", "partly-cached"])
+async def test_streamed_get_when_the_page_cache_misses(node, ts, monkeypatch, cache):
+    """Reads the cache cannot answer go to the I/O threads; the body and its check are
+    the same either way, also when each read finds only a part cached."""
+    monkeypatch.setattr(diskfile, "read_cached", (lambda fd, offset, size: None)
+                        if cache == "never-cached" else _pieces_of(300_000))
+    body = os.urandom(SIZE)
+    await put(node, ts, body)
+    async with node.session.get(node.url(OBJ)) as resp:
+        assert resp.status == 200 and await resp.read() == body
+    async with node.session.get(node.url(OBJ), headers={"Range": "bytes=5-2999999"}) as resp:
+        assert resp.status == 206 and await resp.read() == body[5:3000000]
+    overwrite(object_files(node, "*.data")[0], SIZE // 3, b"rot")
+    received = await _read_until_cut(node)
+    assert len(received) < SIZE
+    assert _quarantined(node)

@@ -548,12 +548,11 @@ def body_stamp(body: bytes) -> str:
 
 
 def body_matches(body: bytes, metadata: dict[str, str]) -> bool:
-    """Whether a whole body read back is what was written: its xxh3 stamp when the
-    object has one (a hundredth of an md5's cost on a 4 KiB read), else its md5 ETag."""
-    stamp = metadata.get(BODY_CHECKSUM_KEY)
-    if stamp:
-        return body_stamp(body) == stamp
-    return hashlib.md5(body, usedforsecurity=False).hexdigest() == metadata.get("ETag")
+    """Whether a whole body read back is what was written (see :func:`body_verifier`;
+    the xxh3 stamp costs a hundredth of an md5 on a 4 KiB read)."""
+    hasher, expected = body_verifier(metadata)
+    hasher.update(body)  # type: ignore[attr-defined]
+    return hasher.hexdigest() == expected  # type: ignore[attr-defined]
 
 
 def body_verifier(metadata: dict[str, str]) -> tuple[object, str | None]:

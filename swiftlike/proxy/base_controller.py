@@ -260,7 +260,6 @@ class Controller:
             return await self._get_newest(part, primaries, method, path_for, headers, query)
         not_found: BackendResponse | None = None
         primary_404s = 0
-        primary_ids = {id(n) for n in primaries}
         ordered = self.ctx.read_order(primaries)
         for node in iter_nodes(self.ctx.ring, part, ordered, self.ctx.limiter):
             resp = await self.backend(node, method, path_for(node), headers, query=query)
@@ -269,7 +268,7 @@ class Controller:
             if resp.status == 404:
                 if not_found is None or _newer(resp, not_found):
                     not_found = resp
-                if id(node) in primary_ids:
+                if any(node is p for p in primaries):
                     primary_404s += 1
                     if primary_404s >= len(primaries):
                         break

@@ -34,6 +34,17 @@ def _setup_logging(conf: dict[str, Any], section: str) -> None:
     )
 
 
+def _apply_cpu_policy(conf: dict[str, Any], section: str) -> None:
+    """``[section] cpu_policy`` for this server process (see swiftlike.common.cpu_policy)."""
+    from swiftlike.common.cpu_policy import apply_cpu_policy, cpu_policy_from
+
+    try:
+        policy = cpu_policy_from(conf.get(section, {}))
+    except ValueError as err:
+        raise ConfigError(f"[{section}] {err}") from err
+    apply_cpu_policy(policy)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from swiftlike.serve import ServeOptions, serve
 
@@ -52,6 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_node(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "node")
+    _apply_cpu_policy(conf, "node")
     _run(_until_signalled(_run_node_with_daemons(conf)))
     return 0
 
@@ -85,6 +97,7 @@ async def _run_node_with_daemons(conf: dict[str, Any]) -> None:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "proxy")
+    _apply_cpu_policy(conf, "proxy")
     _run(_until_signalled(_run_proxy_with_apis(conf)))
     return 0
 

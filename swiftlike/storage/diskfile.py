@@ -45,7 +45,6 @@ import msgpack
 import xxhash
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.direct_write import BufferPool, DirectSink, open_direct, write_all
 from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for callers)
     FALLOCATE,
     LINKAT,
@@ -205,17 +204,14 @@ class ObjectWriter:
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
-        self.direct: DirectSink | None = None  # set by open(direct=True) where it works
 
-    def open(self, expected_size: int = 0, direct: BufferPool | None = None) -> None:
+    def open(self, expected_size: int = 0) -> None:
         """Create the temp file; reserve ``expected_size`` bytes for it when known.
 
         The reservation (fallocate, size unchanged) makes ENOSPC show up here, before
         any body byte is received, and spares the file system its per-page delayed
         allocation work while the body is written (about a quarter of the write and
-        fsync CPU of a 16 MiB object here). With ``direct`` (its aligned buffers) the body
-        is written with O_DIRECT (see :mod:`swiftlike.storage.direct_write`) where the
-        file system allows it.
+        fsync CPU of a 16 MiB object here).
         """
         tmp_dir = os.path.join(self.device_path, "tmp")
         try:
@@ -233,12 +229,6 @@ class ObjectWriter:
                 if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     self.abort()
                     raise
-        if direct is not None:
-            try:
-                self.direct = open_direct(self.fd, direct)
-            except OSError:
-                self.abort()
-                raise
 
     def open_anonymous(self) -> None:
         """Open an unnamed temp file (O_TMPFILE) for :meth:`publish` to link into place.
@@ -270,19 +260,19 @@ class ObjectWriter:
         assert self.fd is not None
         if self.md5 is not None:
             self.md5.update(chunk)
+        view = memoryview(chunk)
         try:
-            if self.direct is not None:
-                self.direct.write(chunk)
-            else:
-                write_all(self.fd, chunk)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
         except OSError as err:
             self.abort()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(str(err)) from err
             raise
         self.bytes_written += len(chunk)
-        if self.direct is None and self.fsync and START_WRITEBACK is not None and \
-                self.bytes_written - self.writeback_from >= WRITEBACK_STEP:
+        if self.fsync and self.bytes_written - self.writeback_from >= WRITEBACK_STEP and \
+                START_WRITEBACK is not None:
             # the disk starts on this stretch now; the final fsync waits for the tail only
             with contextlib.suppress(OSError):
                 START_WRITEBACK(self.fd, self.writeback_from,
@@ -323,7 +313,6 @@ class ObjectWriter:
             # hash directory fsynced (which on a journaling file system also commits the
             # directories created just before), then the parents of any new directory.
             # Nothing is acknowledged before all of it is on disk.
-            self._finish_direct()
             created = makedirs_deferred(self.object_dir)
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
@@ -356,7 +345,6 @@ class ObjectWriter:
         self.final_path = os.path.join(self.object_dir, timestamp.internal + ext)
         packed = msgpack.packb(metadata, use_bin_type=True)
         try:
-            self._finish_direct()
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 makedirs_deferred(self.object_dir)
                 write_sidecar(self.final_path + SIDECAR_EXT, packed, False)
@@ -404,20 +392,8 @@ class ObjectWriter:
             invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
                               os.path.basename(os.path.dirname(self.object_dir)))
 
-    def _finish_direct(self) -> None:
-        """Write what the O_DIRECT buffer still holds; the file is buffered afterwards."""
-        if self.direct is not None:
-            try:
-                self.direct.finish()
-            finally:
-                self.direct.release()
-                self.direct = None
-
     def abort(self) -> None:
         """Remove the temp file: nothing half-written ever reaches the object dir."""
-        if self.direct is not None:
-            self.direct.release()
-            self.direct = None
         if self.fd is not None:
             try:
                 os.close(self.fd)

@@ -18,7 +18,6 @@ import aiohttp
 from aiohttp import web
 
 from swiftlike.common.node_client import BackendRequest
-from swiftlike.storage.direct_write import BufferPool
 from swiftlike.storage.durable_io import free_bytes, reserve_bytes
 from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
@@ -52,10 +51,6 @@ class StorageNode:
         self.account_update_interval = float(node.get("account_update_interval", 1.0))
         self.small_object_limit = int(node.get("small_object_limit", 64 * 1024))
         self.chunk_size = int(node.get("disk_chunk_size", 64 * 1024))
-        # Bodies of at least this many bytes (Content-Length) are written with O_DIRECT
-        # (see direct_write); 0 turns that off.
-        self.direct_write_min = int(node.get("direct_write_min", 4 * 1024 * 1024))
-        self.direct_buffers = BufferPool()
         self.db_cache_size = int(node.get("db_cache_size", 256))
         # Metadata lookups (listdir, xattr, small reads) cost tens of microseconds from the
         # page cache, while a thread-pool hop costs hundreds under load: run them inline.
@@ -129,7 +124,6 @@ class StorageNode:
         for flusher in self._flushers.values():
             flusher.close()
         self.db_pool.shutdown(wait=True)
-        self.direct_buffers.close()
 
 
 def error_response(status: int, text: str = "", headers: dict[str, str] | None = None

@@ -224,9 +224,7 @@ class ObjectServer:
                                        use_xattr=node.use_xattr,
                                        compute_md5=footer is None)
         body_length = length - FOOTER_LEN if footer is not None and length else length
-        expected = max(body_length or 0, 0)
-        direct = node.fsync and 0 < node.direct_write_min <= expected
-        await node.run_io(writer.open, expected, node.direct_buffers if direct else None)
+        await node.run_io(writer.open, max(body_length or 0, 0))
         committed = False
         try:
             got = await receive_streamed_body(node, request, writer, device_path, length,

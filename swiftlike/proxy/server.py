@@ -27,6 +27,7 @@ from swiftlike.common.constraints import (
     check_container_name,
     check_utf8,
 )
+from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.common.node_client import NodeClient
 from swiftlike.proxy.account_controller import AccountController
 from swiftlike.proxy.base_controller import ProxyContext
@@ -249,6 +250,7 @@ async def run_proxy(
             backlog=1024,
         )
     await site.start()
+    settle_after_startup()
     log.info("proxy listening on %s", site.name)
     try:
         await asyncio.Event().wait()

@@ -16,6 +16,7 @@ import time
 
 from aiohttp import web
 
+from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.storage.account_server import AccountServer
 from swiftlike.storage.container_server import ContainerServer
 from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
@@ -140,6 +141,7 @@ async def run_node(conf: dict) -> None:
                        int(node_conf.get("bind_port", 6200)), backlog=1024,
                        reuse_address=True)
     await site.start()
+    settle_after_startup()
     LOG.info("storage node serving %s on %s:%s", node_conf.get("devices"),
              node_conf.get("bind_ip", "127.0.0.1"), node_conf.get("bind_port", 6200))
     try:

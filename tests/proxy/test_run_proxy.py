@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import aiohttp
+import pytest
 
 from swiftlike.proxy.server import run_proxy
 from tests.proxy.cluster import free_port, start_cluster, stop_cluster
 
 
-async def test_two_workers_share_a_port_and_accept_each_others_tokens(tmp_path):
+@pytest.fixture
+def restore_gc():
+    """run_proxy tunes the collector of its process (gc_tuning): here that is pytest's."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+async def test_two_workers_share_a_port_and_accept_each_others_tokens(tmp_path, restore_gc):
+    assert gc.get_freeze_count() == 0
     cluster = await start_cluster(tmp_path)
     port = free_port()
     conf = {**cluster.conf, "proxy": {**cluster.conf["proxy"], "bind_port": port}}
@@ -37,6 +49,7 @@ async def test_two_workers_share_a_port_and_accept_each_others_tokens(tmp_path):
                 async with aiohttp.ClientSession() as fresh, fresh.head(
                         url + "/v1/AUTH_test/shared", headers={"X-Auth-Token": token}) as r:
                     assert r.status == 204
+        assert gc.get_freeze_count() > 0  # the workers settled the collector once up
     finally:
         for task in workers:
             task.cancel()

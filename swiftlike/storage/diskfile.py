@@ -45,6 +45,7 @@ import msgpack
 import xxhash
 
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.body_io import BODY_CHECKSUM_KEY, body_matches  # noqa: F401
 from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for callers)
     FALLOCATE,
     LINKAT,
@@ -66,12 +67,6 @@ from swiftlike.storage.hashes import invalidate_suffix
 #: How much of a large body is written before the disk is asked to start on it.
 WRITEBACK_STEP = 4 * 1024 * 1024
 
-#: Metadata key of a streamed object's xxh3-128 digest, taken in the same pass and over
-#: the same bytes as its md5 ETag. A full GET verifies this instead of the md5: ~15x
-#: cheaper, and it detects any change to the stored bytes just as surely (whoever can
-#: rewrite the file can rewrite its metadata too, so md5's strength buys nothing
-#: there). The auditor still checks the md5 against the ETag. Never sent to clients.
-BODY_CHECKSUM_KEY = "X-Backend-Body-Xxh3"
 SIDECAR_EXT = ".msgpack"
 FILE_EXTS = (".data", ".ts", ".meta")
 
@@ -540,65 +535,6 @@ def merge_post_metadata(data_meta: dict[str, str], post_meta: dict[str, str]) ->
             continue
         merged[key] = value
     return merged
-
-
-def body_stamp(body: bytes) -> str:
-    """The BODY_CHECKSUM_KEY value of a whole body."""
-    return xxhash.xxh3_128_hexdigest(body)
-
-
-def body_matches(body: bytes, metadata: dict[str, str]) -> bool:
-    """Whether a whole body read back is what was written (see :func:`body_verifier`;
-    the xxh3 stamp costs a hundredth of an md5 on a 4 KiB read)."""
-    hasher, expected = body_verifier(metadata)
-    hasher.update(body)  # type: ignore[attr-defined]
-    return hasher.hexdigest() == expected  # type: ignore[attr-defined]
-
-
-def body_verifier(metadata: dict[str, str]) -> tuple[object, str | None]:
-    """(hasher, expected hex digest) for checking a whole body read back from disk.
-
-    The xxh3 stamp when the object has one (BODY_CHECKSUM_KEY), else the md5 ETag.
-    """
-    stamp = metadata.get(BODY_CHECKSUM_KEY)
-    if stamp:
-        return xxhash.xxh3_128(), stamp
-    return hashlib.md5(usedforsecurity=False), metadata.get("ETag")
-
-
-_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: fail instead of waiting
-
-
-def read_cached(fd: int, offset: int, size: int) -> bytearray | None:
-    """Up to ``size`` bytes at ``offset`` when the page cache already holds them.
-
-    A read that would wait for the disk returns None instead (``RWF_NOWAIT``), so the
-    event loop can afford to call this itself: a cached 1 MiB read costs less than the
-    thread hop :func:`read_chunk` needs. Only a cached prefix may come back (a short
-    result); an empty one means end of file. None also where the flag is unsupported.
-    """
-    if _RWF_NOWAIT is None:
-        return None
-    buf = bytearray(size)
-    try:
-        got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
-    except BlockingIOError:
-        return None
-    except OSError as err:
-        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-            return None
-        raise
-    if got < size:
-        del buf[got:]
-    return buf
-
-
-def read_chunk(fd: int, offset: int, size: int, md5: object | None = None) -> bytes:
-    """Read up to ``size`` bytes at ``offset``, feeding ``md5`` (a worker-thread call)."""
-    chunk = os.pread(fd, size, offset)
-    if md5 is not None:
-        md5.update(chunk)  # type: ignore[attr-defined]
-    return chunk
 
 
 def is_expired(metadata: dict[str, str], now: float | None = None) -> bool:

@@ -32,7 +32,7 @@ from swiftlike.common.http_util import (
     ranges_for_length,
 )
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage import diskfile
+from swiftlike.storage import body_io, diskfile
 from swiftlike.storage.expiring_queue import enqueue_expiring
 from swiftlike.storage.node import StorageNode, error_response
 from swiftlike.storage.routing import Route
@@ -58,7 +58,7 @@ STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
 POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disposition",
                 "cache-control", "content-language", "expires", "x-robots-tag"}
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
-INTERNAL_KEYS = {"name", diskfile.BODY_CHECKSUM_KEY}
+INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY}
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 
 
@@ -180,7 +180,7 @@ class ObjectServer:
         metadata["ETag"] = etag
         metadata["Content-Length"] = str(length)
         # every GET of a small object checks its body: against this, not the md5
-        metadata[diskfile.BODY_CHECKSUM_KEY] = diskfile.body_stamp(body)
+        metadata[body_io.BODY_CHECKSUM_KEY] = body_io.body_stamp(body)
         await self.write_small(device_path, object_dir, body, timestamp, ".data", metadata)
         return etag
 
@@ -237,7 +237,7 @@ class ObjectServer:
             metadata["Content-Length"] = str(got.length)
             stamp = writer.body_checksum_hex()
             if stamp is not None:
-                metadata[diskfile.BODY_CHECKSUM_KEY] = stamp
+                metadata[body_io.BODY_CHECKSUM_KEY] = stamp
             await node.run_io(writer.commit, timestamp, ".data", metadata)
             committed = True
             return got.etag
@@ -348,7 +348,7 @@ class ObjectServer:
         response = web.StreamResponse(status=200, headers=headers)
         await response.prepare(request)
         assert opened.fd is not None
-        hasher, expected = diskfile.body_verifier(opened.metadata)
+        hasher, expected = body_io.body_verifier(opened.metadata)
         offset = 0
         pending: bytes | None = None
         while offset < opened.size:
@@ -417,9 +417,9 @@ class ObjectServer:
                           ) -> bytes | bytearray:
         """The next piece of a streamed body: on the loop when the page cache has it
         (a thread hop per MiB cost more than the copy), else in the I/O pool."""
-        chunk = diskfile.read_cached(fd, offset, size)
+        chunk = body_io.read_cached(fd, offset, size)
         if chunk is None:
-            return await self.node.run_io(diskfile.read_chunk, fd, offset, size, hasher)
+            return await self.node.run_io(body_io.read_chunk, fd, offset, size, hasher)
         if hasher is not None:
             hasher.update(chunk)  # type: ignore[attr-defined]
         return chunk

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import xxhash
 
-from swiftlike.storage import diskfile
+from swiftlike.storage import body_io
 from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, META_XATTR, read_metadata
 from tests.storage.test_object_server import OBJ, object_files, overwrite, put
 
@@ -146,19 +146,19 @@ def test_read_cached_returns_what_the_page_cache_holds(tmp_path):
     path.write_bytes(b"0123456789")
     fd = os.open(path, os.O_RDONLY)
     try:
-        got = diskfile.read_cached(fd, 2, 5)
+        got = body_io.read_cached(fd, 2, 5)
         if got is None:  # no RWF_NOWAIT here: the caller takes the thread path
             pytest.skip("RWF_NOWAIT reads are not supported on this system")
         assert got == b"23456"
-        assert diskfile.read_cached(fd, 8, 5) == b"89"  # a short read at the end
-        assert diskfile.read_cached(fd, 10, 5) == b""  # end of file
+        assert body_io.read_cached(fd, 8, 5) == b"89"  # a short read at the end
+        assert body_io.read_cached(fd, 10, 5) == b""  # end of file
     finally:
         os.close(fd)
 
 
 def _pieces_of(most: int):
     """A read_cached that finds only ``most`` bytes cached at any offset."""
-    real = diskfile.read_cached
+    real = body_io.read_cached
 
     def partial(fd, offset, size):
         got = real(fd, offset, min(size, most))
@@ -170,7 +170,7 @@ def _pieces_of(most: int):
 async def test_streamed_get_when_the_page_cache_misses(node, ts, monkeypatch, cache):
     """Reads the cache cannot answer go to the I/O threads; the body and its check are
     the same either way, also when each read finds only a part cached."""
-    monkeypatch.setattr(diskfile, "read_cached", (lambda fd, offset, size: None)
+    monkeypatch.setattr(body_io, "read_cached", (lambda fd, offset, size: None)
                         if cache == "never-cached" else _pieces_of(300_000))
     body = os.urandom(SIZE)
     await put(node, ts, body)

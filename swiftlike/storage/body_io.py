@@ -74,9 +74,10 @@ def read_cached(fd: int, offset: int, size: int) -> bytearray | None:
     return buf
 
 
-def read_chunk(fd: int, offset: int, size: int, md5: object | None = None) -> bytes:
-    """Read up to ``size`` bytes at ``offset``, feeding ``md5`` (a worker-thread call)."""
+def read_chunk(fd: int, offset: int, size: int, hasher: object | None = None) -> bytes:
+    """Read up to ``size`` bytes at ``offset``, feeding ``hasher`` (the xxh3 or md5 of
+    :func:`body_verifier`); a worker-thread call."""
     chunk = os.pread(fd, size, offset)
-    if md5 is not None:
-        md5.update(chunk)  # type: ignore[attr-defined]
+    if hasher is not None:
+        hasher.update(chunk)  # type: ignore[attr-defined]
     return chunk

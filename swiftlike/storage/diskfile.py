@@ -45,7 +45,10 @@ import msgpack
 import xxhash
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.body_io import BODY_CHECKSUM_KEY, body_matches  # noqa: F401
+from swiftlike.storage.body_io import (  # noqa: F401  (BODY_CHECKSUM_KEY re-exported)
+    BODY_CHECKSUM_KEY,
+    body_matches,
+)
 from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for callers)
     FALLOCATE,
     LINKAT,

@@ -7,10 +7,10 @@ worker is switched out in the middle of its event-loop iteration for every backe
 request it sends, and nobody gets to handle more than one ready request per wake-up.
 A ``SCHED_BATCH`` process does not preempt on wake-up: it runs when the current one
 blocks or its time slice ends, by which time several requests are usually waiting for
-it. Measured with all-in-one ``swiftlike serve`` on 2 cores: +24% small PUTs per
-second with 21% less server CPU per PUT, +5% small GETs, +13% HEADs (see
-docs/performance.md). The price is a little latency when a machine is otherwise idle,
-which these servers, built for throughput, accept.
+it. Measured with all-in-one ``swiftlike serve`` on 2 cores (A/B, 3 rounds, see
+docs/performance.md): small PUTs +10-24% per second with 4.1-4.8 -> 3.8-4.1 ms of
+server CPU per PUT, small GETs 0-9%, HEADs 3-16%. The price is a little latency when
+a machine is otherwise idle, which these servers, built for throughput, accept.
 
 Threads inherit the policy of the thread that creates them, and child processes that
 of their parent: call :func:`apply_cpu_policy` first thing in a server process.

@@ -1,10 +1,12 @@
 """The internal HTTP client that proxies and daemons use to talk to storage nodes.
 
-One shared aiohttp ``ClientSession`` with a keep-alive connection pool: a small
-request to a node then costs one round trip on an open socket, not a TCP handshake.
-Every call has two timeouts: ``conn_timeout`` to get a connection and
-``node_timeout`` for each read from the node. Bodies are never decompressed here
-(a stored object may carry ``Content-Encoding: gzip``; we pass its bytes verbatim).
+Requests with a bytes body or none go through :mod:`swiftlike.common.backend_http`, a
+lean keep-alive HTTP/1.1 client (see there why); streamed uploads go through one
+shared aiohttp ``ClientSession``. Either way a small request to a node costs one round
+trip on an open socket, not a TCP handshake. Every call has two timeouts:
+``conn_timeout`` to get a connection and ``node_timeout`` for each read from the node.
+Bodies are never decompressed here (a stored object may carry
+``Content-Encoding: gzip``; we pass its bytes verbatim).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from yarl import URL
 
+from swiftlike.common.backend_http import BackendPool, NodeResponse, has_plain_body
 from swiftlike.common.nodes import node_key  # noqa: F401  (its callers' import path)
 
 #: Exceptions meaning "this node did not answer properly": try another one.
@@ -81,6 +84,7 @@ class NodeClient:
         self._pool_size = pool_size
         self._pool_per_host = pool_per_host
         self._session: aiohttp.ClientSession | None = None
+        self._pool: BackendPool | None = None
         self.timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,
@@ -116,6 +120,9 @@ class NodeClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = None
 
     def request(
         self,
@@ -133,6 +140,12 @@ class NodeClient:
         ``path`` must already be percent-encoded (see :func:`node_path`). The caller
         must read or release the response.
         """
+        if has_plain_body(body):
+            target = path
+            if query:
+                target += "?" + urlencode(query, quote_via=quote)
+            return _PendingResponse(self._plain_request(node, method, target, headers, body,
+                                                        timeout))
         url = f"http://{node['ip']}:{node['port']}{path}"
         if query:
             url += "?" + urlencode(query, quote_via=quote)
@@ -145,3 +158,39 @@ class NodeClient:
             allow_redirects=False,
             compress=None,
         )
+
+    async def _plain_request(self, node: Mapping[str, Any], method: str, target: str,
+                             headers: Mapping[str, str] | None, body: Any,
+                             limits: aiohttp.ClientTimeout | None) -> NodeResponse:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = BackendPool(self.conn_timeout, self.node_timeout,
+                                            idle_per_node=self._pool_per_host)
+        read_timeout = conn_timeout = None
+        if limits is not None:
+            read_timeout = limits.sock_read or limits.total
+            conn_timeout = limits.sock_connect or limits.connect or limits.total
+        return await pool.request(node["ip"], int(node["port"]), method, target,
+                                  headers or {}, body, read_timeout=read_timeout,
+                                  conn_timeout=conn_timeout)
+
+
+class _PendingResponse:
+    """What :meth:`NodeClient.request` returns: await it, or ``async with`` it."""
+
+    __slots__ = ("_coro", "_response")
+
+    def __init__(self, coro: Any) -> None:
+        self._coro = coro
+        self._response: NodeResponse | None = None
+
+    def __await__(self) -> Any:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> NodeResponse:
+        self._response = await self._coro
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.release()

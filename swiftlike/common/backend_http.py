@@ -381,7 +381,8 @@ class BackendPool:
 
         ``target`` is the percent-encoded path with its query string, if any.
         """
-        head = _request_head(method, target, f"{ip}:{port}", headers, body)
+        host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        head = _request_head(method, target, host, headers, body)
         address = (ip, port)
         while True:
             conn = await self._acquire(address, conn_timeout)

@@ -110,7 +110,7 @@ class ObjectUpdater(Daemon):
             stats.add("unreadable")
             return
         headers.setdefault("X-Backend-Server-Type", record.get("server_type", "container"))
-        failed = await send_updates(self.ctx.client.session, targets, method, account,
+        failed = await send_updates(self.ctx.client, targets, method, account,
                                     container, obj, headers, self.update_timeout)
         if not failed:
             await self.ctx.run_io(remove_pending, path)

@@ -233,7 +233,7 @@ class ContainerServer:
                    "X-Delete-Timestamp": info["delete_timestamp"],
                    "X-Object-Count": str(info["object_count"]),
                    "X-Bytes-Used": str(info["bytes_used"])}
-        failed = await send_updates(self.node.session, targets, "PUT", route.account,
+        failed = await send_updates(self.node.client, targets, "PUT", route.account,
                                     route.container, None, headers, self.node.update_timeout)
         if failed:
             record = pending_record("PUT", route.account, route.container, None, "account",

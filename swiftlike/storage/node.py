@@ -14,10 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 
-from swiftlike.common.node_client import BackendRequest
+from swiftlike.common.node_client import NodeClient
 from swiftlike.storage.durable_io import free_bytes, reserve_bytes
 from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
@@ -69,7 +68,7 @@ class StorageNode:
         self.flush_pool = ThreadPoolExecutor(int(node.get("flush_threads", 4)),
                                              thread_name_prefix="node-flush")
         self._flushers: dict[str, DeviceFlusher] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._client: NodeClient | None = None
 
     def device_path(self, device: str) -> str:
         """Directory of a device, or DeviceUnavailable (507) when it is not here."""
@@ -109,16 +108,16 @@ class StorageNode:
         return await loop.run_in_executor(self.db_pool, functools.partial(func, *args, **kwargs))
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
-                auto_decompress=False, request_class=BackendRequest)
-        return self._session
+    def client(self) -> NodeClient:
+        """Keep-alive requests to other nodes (container and account updates)."""
+        if self._client is None:
+            self._client = NodeClient(conn_timeout=self.update_timeout,
+                                      node_timeout=self.update_timeout)
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.flush_pool.shutdown(wait=True)
         for flusher in self._flushers.values():

@@ -92,7 +92,7 @@ class ObjectServer:
     def __init__(self, node: StorageNode) -> None:
         self.node = node
         # container rows of concurrent writes share PATCH requests (see updates.py)
-        self.updates = UpdateBatcher(lambda: node.session)
+        self.updates = UpdateBatcher(lambda: node.client)
 
     def object_dir(self, device_path: str, route: Route) -> str:
         object_hash = hash_path_hex(route.account, route.container, route.obj,

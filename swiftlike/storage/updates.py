@@ -31,6 +31,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ring.hashing import hash_path_hex, suffix_of
+from swiftlike.common.node_client import NodeClient
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.durable_io import makedirs_durable, write_record_atomic
 
@@ -42,6 +43,12 @@ class UpdateTarget:
     host: str
     partition: str
     device: str
+
+    @property
+    def node(self) -> dict[str, Any]:
+        """``host`` ("ip:port", "[v6]:port") as the ``ip``/``port`` a NodeClient takes."""
+        ip, _, port = self.host.rpartition(":")
+        return {"ip": ip.strip("[]"), "port": int(port)}
 
 
 def parse_update_targets(hosts: str | None, partition: str | None,
@@ -81,20 +88,23 @@ def backend_path(target: UpdateTarget, account: str, container: str,
                           for i, part in enumerate(parts))
 
 
-async def send_one_update(session: aiohttp.ClientSession, target: UpdateTarget, method: str,
+#: what a failed update raises: no answer in time, a refused or broken connection
+UPDATE_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
+
+
+async def send_one_update(client: NodeClient, target: UpdateTarget, method: str,
                           path: str, headers: dict[str, str], timeout_s: float) -> bool:
     """One backend update; True on 2xx. 404 counts as failure (retry later)."""
-    url = f"http://{target.host}{path}"
     try:
-        async with session.request(method, url, headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            await resp.read()
-            if 200 <= resp.status < 300:
-                return True
-            LOG.warning("update %s %s answered %s", method, url, resp.status)
-            return False
-    except (TimeoutError, aiohttp.ClientError, OSError) as err:
-        LOG.warning("update %s %s failed: %r", method, url, err)
+        async with asyncio.timeout(timeout_s):
+            async with client.request(target.node, method, path, headers=headers) as resp:
+                await resp.read()
+        if 200 <= resp.status < 300:
+            return True
+        LOG.warning("update %s %s%s answered %s", method, target.host, path, resp.status)
+        return False
+    except UPDATE_ERRORS as err:
+        LOG.warning("update %s %s%s failed: %r", method, target.host, path, err)
         return False
 
 
@@ -109,12 +119,12 @@ async def failed_targets(targets: list[UpdateTarget],
     return [target for target, ok in zip(targets, results, strict=True) if not ok]
 
 
-async def send_updates(session: aiohttp.ClientSession, targets: list[UpdateTarget],
+async def send_updates(client: NodeClient, targets: list[UpdateTarget],
                        method: str, account: str, container: str, obj: str | None,
                        headers: dict[str, str], timeout_s: float) -> list[UpdateTarget]:
     """One-row requests to every target concurrently; returns the targets that failed."""
     return await failed_targets(targets, lambda target: send_one_update(
-        session, target, method, backend_path(target, account, container, obj), headers,
+        client, target, method, backend_path(target, account, container, obj), headers,
         timeout_s))
 
 
@@ -194,9 +204,9 @@ class UpdateBatcher:
     ``PATCH`` (405/501) gets the rows one by one.
     """
 
-    def __init__(self, session: Callable[[], aiohttp.ClientSession],
+    def __init__(self, client: Callable[[], NodeClient],
                  max_rows: int = BATCH_MAX_ROWS) -> None:
-        self._session = session
+        self._client = client
         self.max_rows = max_rows
         self._queues: dict[tuple[str, str, str, str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -261,21 +271,22 @@ class UpdateBatcher:
     async def _deliver(self, queue: _Queue, rows: list[dict[str, Any]],
                        timeout_s: float) -> list[bool]:
         target = queue.target
-        session = self._session()
+        client = self._client()
         if target.host not in self._unbatched_hosts:
-            status = await self._post_batch(session, queue, rows, timeout_s)
+            status = await self._post_batch(client, queue, rows, timeout_s)
             if status not in (405, 501):
                 return [status is not None and 200 <= status < 300] * len(rows)
             self._unbatched_hosts.add(target.host)
         return list(await asyncio.gather(*(
-            _send_row(session, target, queue.account, queue.container, row, timeout_s)
+            _send_row(client, target, queue.account, queue.container, row, timeout_s)
             for row in rows)))
 
-    async def _post_batch(self, session: aiohttp.ClientSession, queue: _Queue,
+    async def _post_batch(self, client: NodeClient, queue: _Queue,
                           rows: list[dict[str, Any]], timeout_s: float) -> int | None:
         """``PATCH /<dev>/<part>/<a>/<c>`` with the rows; the status, None on failure."""
         target = queue.target
-        url = f"http://{target.host}{backend_path(target, queue.account, queue.container)}"
+        path = backend_path(target, queue.account, queue.container)
+        url = f"{target.host}{path}"
         headers = {"X-Backend-Server-Type": "container",
                    "X-Timestamp": Timestamp.now().internal,
                    "Content-Type": "application/json"}
@@ -283,14 +294,15 @@ class UpdateBatcher:
         self.batches_sent += 1
         self.rows_sent += len(rows)
         try:
-            async with session.request(BATCH_METHOD, url, data=body, headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                await resp.read()
-                if not 200 <= resp.status < 300 and resp.status not in (405, 501):
-                    LOG.warning("update PATCH %s (%d rows) answered %s", url, len(rows),
-                                resp.status)
-                return resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            async with asyncio.timeout(timeout_s):
+                async with client.request(target.node, BATCH_METHOD, path, headers=headers,
+                                          body=body) as resp:
+                    await resp.read()
+            if not 200 <= resp.status < 300 and resp.status not in (405, 501):
+                LOG.warning("update PATCH %s (%d rows) answered %s", url, len(rows),
+                            resp.status)
+            return resp.status
+        except UPDATE_ERRORS as err:
             LOG.warning("update PATCH %s (%d rows) failed: %r", url, len(rows), err)
             return None
 
@@ -301,10 +313,10 @@ class UpdateBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _send_row(session: aiohttp.ClientSession, target: UpdateTarget, account: str,
+async def _send_row(client: NodeClient, target: UpdateTarget, account: str,
                     container: str, row: dict[str, Any], timeout_s: float) -> bool:
     """One row as its own PUT/DELETE (for container servers without ``PATCH``)."""
     method, headers = row_headers(row)
-    return await send_one_update(session, target, method,
+    return await send_one_update(client, target, method,
                                  backend_path(target, account, container, row["name"]),
                                  headers, timeout_s)

@@ -16,6 +16,7 @@ import msgpack
 from aiohttp import web
 
 from ring import RingBuilder
+from swiftlike.common.node_client import NodeClient
 from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.updater import ObjectUpdater
 from swiftlike.storage.server import SERVERS_KEY, make_app
@@ -137,7 +138,8 @@ async def test_batcher_sends_concurrent_rows_in_one_request(tmp_path, ts):
     try:
         async with aiohttp.ClientSession() as session:
             await _make_container(session, container, ts)
-            batcher = UpdateBatcher(lambda: session)
+            client = NodeClient()
+            batcher = UpdateBatcher(lambda: client)
             target = UpdateTarget(f"127.0.0.1:{container.port}", "2", "sda")
             results = await asyncio.gather(*(
                 batcher.send(target, "AUTH_t", "c", _row(f"b{i}", ts(), size=i), 5.0)
@@ -155,6 +157,7 @@ async def test_batcher_sends_concurrent_rows_in_one_request(tmp_path, ts):
             assert await asyncio.gather(first, *rest) == [True] * 10
             assert (batcher.batches_sent, batcher.rows_sent) == (3, 40)
             await batcher.close()
+            await client.close()
     finally:
         await objects.stop()
         await container.stop()
@@ -169,8 +172,9 @@ async def test_batcher_falls_back_to_single_rows_for_servers_without_patch(ts):
 
     runner, port = await serve_handler(old_container_server)
     try:
-        async with aiohttp.ClientSession() as session:
-            batcher = UpdateBatcher(lambda: session)
+        client = NodeClient()
+        try:
+            batcher = UpdateBatcher(lambda: client)
             target = UpdateTarget(f"127.0.0.1:{port}", "2", "sda")
             rows = [_row("a", ts()), _row("b", ts(), deleted=1)]
             assert await asyncio.gather(*(batcher.send(target, "AUTH_t", "c", row, 5.0)
@@ -182,6 +186,8 @@ async def test_batcher_falls_back_to_single_rows_for_servers_without_patch(ts):
             assert await batcher.send(target, "AUTH_t", "c", _row("c", ts()), 5.0)
             assert seen[-1] == ("PUT", "/sda/2/AUTH_t/c/c")
             assert [m for m, _ in seen].count(BATCH_METHOD) == 1
+        finally:
+            await client.close()
     finally:
         await runner.cleanup()
 

@@ -10,10 +10,12 @@ So this client does only that, on an :class:`asyncio.Protocol` (no stream object
 
 * request bodies are ``bytes`` or absent; streamed uploads stay on aiohttp, where a
   1 MiB chunk dwarfs the per-request cost;
-* answers framed by ``Content-Length``, chunked, or read to EOF; a body is handed out
-  in the pieces the socket delivered (no joins), and the socket stops being read while
-  more than :data:`HIGH_WATER` bytes wait, so a slow client of the proxy slows the
-  node instead of growing memory;
+* answers framed by ``Content-Length``, chunked, or read to EOF; the socket is read
+  straight into a fresh ``bytearray`` per read (a buffered protocol: no copy out of
+  the loop's own read buffer, which perf put at 17% of a proxy's CPU on 16 MiB GETs),
+  and a body is handed out in those pieces (no joins). The socket stops being read
+  while more than :data:`HIGH_WATER` bytes wait, so a slow client of the proxy slows
+  the node instead of growing memory;
 * ``conn_timeout`` to connect, ``read_timeout`` for every wait on the node;
 * one pool of idle connections per node; a request whose *reused* connection turns
   out closed before any answer byte (the node dropped it while idle) is sent again on
@@ -35,6 +37,8 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 MAX_HEAD = 64 * 1024  # a response's status line and headers together
+READ_SIZE = 256 * 1024  # most bytes one socket read takes into a body piece
+HEAD_READ = 16 * 1024  # a read while no body size is known: headers, small answers
 HIGH_WATER = 2 * 1024 * 1024  # body bytes waiting before the socket stops being read
 LOW_WATER = 256 * 1024  # ... and when it is read again
 _BODYLESS_STATUS = frozenset((204, 304))
@@ -68,7 +72,7 @@ class NodeResponse:
         self._read_timeout = read_timeout
         self._state = _HEAD
         self._raw = bytearray()  # unparsed head or chunked framing
-        self._pieces: deque[bytes] = deque()
+        self._pieces: deque[tuple[bytearray | bytes, int]] = deque()  # (piece, its size)
         self._buffered = 0
         self._remaining = 0
         self._paused = False
@@ -83,7 +87,33 @@ class NodeResponse:
         self.content = self
 
     # -- fed by the protocol -----------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
+    def _read_size(self) -> int:
+        """How big the next socket read may be: never past this answer's body."""
+        if self._state == _LENGTH:
+            return min(self._remaining, READ_SIZE)
+        return READ_SIZE if self._state == _TO_EOF else HEAD_READ
+
+    def _feed_read(self, buffer: bytearray, nbytes: int) -> None:
+        """A socket read of ``nbytes`` into ``buffer`` (still exported by the loop).
+
+        A body read becomes a piece as it is; it is cut to ``nbytes`` when taken,
+        because the loop holds the buffer until this returns. Anything else is parsed
+        from a copy of the bytes read (a head or chunk framing: small).
+        """
+        state = self._state
+        if state == _LENGTH and nbytes <= self._remaining:
+            self._got_bytes = True
+            self._remaining -= nbytes
+            if not self._remaining:
+                self._state = _DONE
+            self._push(buffer, nbytes)
+        elif state == _TO_EOF:
+            self._got_bytes = True
+            self._push(buffer, nbytes)
+        else:
+            self._feed(buffer[:nbytes])
+
+    def _feed(self, data: bytearray | bytes) -> None:
         self._got_bytes = True
         try:
             if self._state == _HEAD:
@@ -100,7 +130,7 @@ class NodeResponse:
         except ValueError as err:
             self._fail(BackendHTTPError(f"bad answer from node: {err}"))
 
-    def _feed_head(self, data: bytes) -> None:
+    def _feed_head(self, data: bytearray | bytes) -> None:
         raw = self._raw
         raw += data
         end = raw.find(b"\r\n\r\n")
@@ -109,7 +139,7 @@ class NodeResponse:
                 raise ValueError("status line and headers too long")
             return
         head = bytes(raw[:end])
-        rest = bytes(raw[end + 4:])
+        rest = raw[end + 4:]
         raw.clear()
         self._parse_head(head)
         if self._state == _HEAD:  # an informational 1xx: the real answer follows
@@ -159,7 +189,7 @@ class NodeResponse:
             self._state = _TO_EOF
             self._reusable = False
 
-    def _feed_length(self, data: bytes) -> None:
+    def _feed_length(self, data: bytearray | bytes) -> None:
         if len(data) > self._remaining:
             data = data[:self._remaining]
             self._reusable = False  # the node sent more than it announced
@@ -193,7 +223,7 @@ class NodeResponse:
                 self._state = _CHUNK_DATA if self._remaining else _TRAILERS
             elif self._state == _CHUNK_DATA:
                 take = min(self._remaining, len(raw))
-                piece = bytes(raw[:take])
+                piece = raw[:take]
                 del raw[:take]
                 self._remaining -= take
                 if not self._remaining:
@@ -207,10 +237,11 @@ class NodeResponse:
                 del raw[:2]
                 self._state = _CHUNK_SIZE
 
-    def _push(self, piece: bytes) -> None:
-        if piece:
-            self._pieces.append(piece)
-            self._buffered += len(piece)
+    def _push(self, piece: bytearray | bytes, size: int | None = None) -> None:
+        size = len(piece) if size is None else size
+        if size:
+            self._pieces.append((piece, size))
+            self._buffered += size
             if self._buffered > HIGH_WATER and not self._paused and self._conn is not None:
                 self._paused = True
                 self._conn.transport.pause_reading()
@@ -264,16 +295,22 @@ class NodeResponse:
             await self._wait()
 
     # -- the caller's side -------------------------------------------------------------
-    async def readany(self) -> bytes:
-        """The next piece of the body as the socket delivered it; ``b""`` at its end."""
+    async def readany(self) -> bytearray | bytes:
+        """The next piece of the body as the socket delivered it; ``b""`` at its end.
+
+        Pieces are ``bytearray`` objects nobody else holds: bytes-like for every
+        consumer (writes, hashes, joins), without a copy into ``bytes``.
+        """
         while not self._pieces:
             if self._error is not None:
                 raise self._error
             if self._state == _DONE:
                 return b""
             await self._wait()
-        piece = self._pieces.popleft()
-        self._buffered -= len(piece)
+        piece, size = self._pieces.popleft()
+        if size != len(piece):
+            del piece[size:]  # type: ignore[union-attr]  (a short read: see _feed_read)
+        self._buffered -= size
         if self._paused and self._buffered < LOW_WATER:
             self._paused = False
             if self._conn is not None:
@@ -286,10 +323,10 @@ class NodeResponse:
         while piece := await self.readany():
             pieces.append(piece)
         self.release()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
-    async def iter_chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """Body pieces as ``(bytes, False)`` pairs, like aiohttp's ``StreamReader``."""
+    async def iter_chunks(self) -> AsyncIterator[tuple[bytearray | bytes, bool]]:
+        """Body pieces as ``(piece, False)`` pairs, like aiohttp's ``StreamReader``."""
         while piece := await self.readany():
             yield piece, False
 
@@ -320,7 +357,7 @@ class NodeResponse:
         self.release()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One keep-alive TCP connection to a node, carrying one answer at a time."""
 
     def __init__(self, pool: BackendPool, address: tuple[str, int]) -> None:
@@ -332,16 +369,25 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
+        self._buffer: bytearray | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        response = self.response
+        self._buffer = bytearray(response._read_size() if response is not None
+                                 else HEAD_READ)
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer, self._buffer = self._buffer, None
+        assert buffer is not None, "buffer_updated without get_buffer"
         response = self.response
         if response is None:
             self.close()  # bytes nobody asked for: this connection cannot be trusted
         else:
-            response._feed(data)
+            response._feed_read(buffer, nbytes)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows

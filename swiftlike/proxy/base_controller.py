@@ -22,7 +22,7 @@ from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NODE_ERRORS, NodeClient, node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import InfoGenerations
-from swiftlike.proxy.node_pool import ErrorLimiter, ReadOrder, iter_nodes
+from swiftlike.proxy.node_pool import ErrorLimiter, PrimaryNotFound, ReadOrder, iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
 #: Client headers never forwarded to storage nodes.
@@ -259,7 +259,7 @@ class Controller:
         if headers.get("X-Newest", "").lower() in ("true", "1", "yes", "on"):
             return await self._get_newest(part, primaries, method, path_for, headers, query)
         not_found: BackendResponse | None = None
-        primary_404s = 0
+        primary_404s = PrimaryNotFound(primaries)
         ordered = self.ctx.read_order(primaries)
         for node in iter_nodes(self.ctx.ring, part, ordered, self.ctx.limiter):
             resp = await self.backend(node, method, path_for(node), headers, query=query)
@@ -268,10 +268,8 @@ class Controller:
             if resp.status == 404:
                 if not_found is None or _newer(resp, not_found):
                     not_found = resp
-                if any(node is p for p in primaries):
-                    primary_404s += 1
-                    if primary_404s >= len(primaries):
-                        break
+                if primary_404s.record(node):
+                    break
                 continue
             return resp
         return not_found

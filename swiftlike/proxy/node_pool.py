@@ -109,3 +109,22 @@ def iter_nodes(
     for node in islice(ring.get_more_nodes(part), handoff_limit):
         if not limiter.is_limited(node):
             yield node
+
+
+class PrimaryNotFound:
+    """Counts the primaries that answered 404 during a one-replica-at-a-time read.
+
+    Once every primary has said 404 the object (or container) is gone, and asking the
+    handoffs too would only fan a miss out over the cluster; while some primary could
+    not answer, a handoff may hold the only copy and is still asked.
+    """
+
+    def __init__(self, primaries: list[dict]) -> None:
+        self._primaries = primaries
+        self._count = 0
+
+    def record(self, node: dict) -> bool:
+        """Note a 404 from ``node``; True when every primary has now said 404."""
+        if any(node is primary for primary in self._primaries):
+            self._count += 1
+        return self._count >= len(self._primaries)

@@ -36,7 +36,7 @@ from swiftlike.proxy.base_controller import (
     forward_headers,
     quorum_size,
 )
-from swiftlike.proxy.node_pool import iter_nodes
+from swiftlike.proxy.node_pool import PrimaryNotFound, iter_nodes
 from swiftlike.proxy.object_put import stream_put
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -87,7 +87,7 @@ class ObjectController(Controller):
                 return newest
         newest_404: Timestamp | None = None
         saw_404 = False
-        primary_404s = 0
+        primary_404s = PrimaryNotFound(primaries)
         for node in nodes:
             try:
                 resp = await self._open(node, req.method, path_for(node), headers)
@@ -107,10 +107,8 @@ class ObjectController(Controller):
                 saw_404 = True
                 if ts is not None and (newest_404 is None or ts > newest_404):
                     newest_404 = ts
-                if any(node is p for p in primaries):
-                    primary_404s += 1
-                    if primary_404s >= len(primaries):
-                        break
+                if primary_404s.record(node):
+                    break
                 continue
             if status // 100 == 2 and newest_404 is not None:
                 found = _header_ts(resp.headers, "X-Backend-Timestamp") or _header_ts(

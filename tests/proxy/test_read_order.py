@@ -98,3 +98,26 @@ async def test_container_listings_spread_over_the_replicas(cluster):
         assert listings == {b"shared\n", b"only-on-one-replica\nshared\n"}
         cluster.proxy_app[CONTEXT_KEY].read_order = ReadOrder("ring")
         assert await _bodies_read(s, url + "/lists", token) == {b"shared\n"}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_handoffs_are_asked_only_while_some_primary_cannot_answer(cluster):
+    """A copy left on a handoff is found while a primary is down, not once every
+    primary has said 404 (then the object is gone, and a miss must not fan out)."""
+    url, token = await auth(cluster)
+    ctx = cluster.proxy_app[CONTEXT_KEY]
+    path = ("AUTH_test", "stray", "obj")
+    part, primaries = ctx.ring.get_nodes(*path)
+    handoff = next(iter(ctx.ring.get_more_nodes(part)))
+    async with aiohttp.ClientSession() as s:
+        assert (await call(s, "PUT", url + "/stray", token))[0] in (201, 202)
+        assert await direct_object(cluster, handoff, "PUT", path, Timestamp(time.time()),
+                                   b"stray copy") == 201
+        for method in ("GET", "HEAD"):
+            assert (await call(s, method, url + "/stray/obj", token))[0] == 404
+        ctx.limiter.limit_now(primaries[0])
+        try:
+            status, _, body = await call(s, "GET", url + "/stray/obj", token)
+            assert (status, body) == (200, b"stray copy")
+        finally:
+            ctx.limiter.success(primaries[0])

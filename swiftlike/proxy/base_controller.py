@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from swiftlike.common.constraints import Limits
@@ -176,23 +175,17 @@ class Controller:
     ) -> BackendResponse | None:
         """One request to one node, body read; None (and an error mark) when it failed."""
         ctx = self.ctx
-        for attempt in (1, 2):
-            try:
-                async with ctx.client.request(
-                    node, method, path, headers=headers, body=body, query=query
-                ) as resp:
-                    data = await resp.read()
-                    result = BackendResponse(resp.status, resp.headers, data, node)
-                break
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the node had closed: one fresh retry
-                # (safe: every write carries its X-Timestamp, so a repeat is a no-op).
-                if attempt == 2:
-                    ctx.limiter.error(node)
-                    return None
-            except NODE_ERRORS:
-                ctx.limiter.error(node)
-                return None
+        try:
+            # a bytes body or none: the node client itself sends again, once, a request
+            # whose pooled connection the node had closed (see common.backend_http)
+            async with ctx.client.request(
+                node, method, path, headers=headers, body=body, query=query
+            ) as resp:
+                data = await resp.read()
+                result = BackendResponse(resp.status, resp.headers, data, node)
+        except NODE_ERRORS:
+            ctx.limiter.error(node)
+            return None
         if result.status == 507:
             ctx.limiter.limit_now(node)
         elif result.status >= 500:

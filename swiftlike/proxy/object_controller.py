@@ -186,11 +186,8 @@ class ObjectController(Controller):
 
     async def _open(self, node: dict, method: str, path: str, headers: CIMultiDict[str]
                     ) -> Any:
-        """Start a streamed request; retry once when a pooled connection was stale."""
-        try:
-            return await self.ctx.client.request(node, method, path, headers=headers)
-        except aiohttp.ServerDisconnectedError:
-            return await self.ctx.client.request(node, method, path, headers=headers)
+        """Start a streamed read; the node client retries a stale pooled connection."""
+        return await self.ctx.client.request(node, method, path, headers=headers)
 
     async def _client_response(self, req: SwiftRequest, resp: Any, node: dict,
                                nodes: Iterator[dict], path_for: Callable[[dict], str],

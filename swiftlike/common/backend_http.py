@@ -6,7 +6,8 @@ request and response objects, connector, timers, URL handling), while what a nod
 exchange needs is one write of a request head and the parse of one response head. The
 nodes are ours and speak plain HTTP/1.1 on keep-alive connections; they never need
 TLS, proxies, redirects, cookies, compression, authentication or ``100-continue``.
-So this client does only that, on an :class:`asyncio.Protocol` (no stream objects):
+So this client does only that, on an :class:`asyncio.BufferedProtocol` (no stream
+objects):
 
 * request bodies are ``bytes`` or absent; streamed uploads stay on aiohttp, where a
   1 MiB chunk dwarfs the per-request cost;
@@ -103,10 +104,7 @@ class NodeResponse:
         state = self._state
         if state == _LENGTH and nbytes <= self._remaining:
             self._got_bytes = True
-            self._remaining -= nbytes
-            if not self._remaining:
-                self._state = _DONE
-            self._push(buffer, nbytes)
+            self._take_length(buffer, nbytes)
         elif state == _TO_EOF:
             self._got_bytes = True
             self._push(buffer, nbytes)
@@ -133,10 +131,8 @@ class NodeResponse:
     def _feed_head(self, data: bytearray | bytes) -> None:
         raw = self._raw
         raw += data
-        end = raw.find(b"\r\n\r\n")
+        end = _find_end(raw, b"\r\n\r\n", "status line and headers")
         if end < 0:
-            if len(raw) > MAX_HEAD:
-                raise ValueError("status line and headers too long")
             return
         head = bytes(raw[:end])
         rest = raw[end + 4:]
@@ -193,19 +189,21 @@ class NodeResponse:
         if len(data) > self._remaining:
             data = data[:self._remaining]
             self._reusable = False  # the node sent more than it announced
-        self._remaining -= len(data)
-        if self._remaining == 0:
+        self._take_length(data, len(data))
+
+    def _take_length(self, piece: bytearray | bytes, size: int) -> None:
+        """``size`` bytes of a Content-Length body (never more than it still owes)."""
+        self._remaining -= size
+        if not self._remaining:
             self._state = _DONE
-        self._push(data)
+        self._push(piece, size)
 
     def _feed_chunked(self) -> None:
         raw = self._raw
         while raw:
             if self._state == _CHUNK_SIZE or self._state == _TRAILERS:
-                end = raw.find(b"\r\n")
+                end = _find_end(raw, b"\r\n", "chunk size line")
                 if end < 0:
-                    if len(raw) > MAX_HEAD:
-                        raise ValueError("chunk size line too long")
                     return
                 line = bytes(raw[:end])
                 del raw[:end + 2]
@@ -493,6 +491,14 @@ class BackendPool:
             conn.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _find_end(raw: bytearray, separator: bytes, what: str) -> int:
+    """Where ``separator`` starts in ``raw``; -1 while more bytes may still bring it."""
+    end = raw.find(separator)
+    if end < 0 and len(raw) > MAX_HEAD:
+        raise ValueError(f"{what} too long")
+    return end
 
 
 def _request_head(method: str, target: str, host: str, headers: Mapping[str, str],

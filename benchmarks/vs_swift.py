@@ -5,7 +5,10 @@ writes a Swift all-in-one with the topology of ``swiftlike serve --nodes N`` (N 
 one device each, 3 replicas, tempauth, fsync, no background daemons), starts both, runs
 ``load.run_load`` against each in turn (A B A B ...) and prints both sides, the ratio
 per phase (median of the per-round ratios) and each phase as a share of this machine's
-limits measured in the same run.
+limits measured in the same run. Before anything is measured it writes most of the
+free memory once (``--no-warm-memory`` skips that; see
+``machine_limits.warm_free_memory``): on a new VM the first write to each page is slow,
+and the side that happens to run first would pay for it.
 
 Run ``python benchmarks/vs_swift.py --help``.
 """
@@ -30,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load import ALL_PHASES, LoadConfig, run_load
-from benchmarks.machine_limits import measure_machine_limits, phase_share
+from benchmarks.machine_limits import measure_machine_limits, phase_share, warm_free_memory
 from benchmarks.swift_saio import (
     DEFAULT_VENV,
     SwiftCluster,
@@ -191,6 +194,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--swift-only", action="store_true",
                         help="measure only OpenStack Swift (no comparison)")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--no-warm-memory", action="store_true",
+                        help="skip touching the free memory once before measuring (see "
+                             "machine_limits.warm_free_memory)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
@@ -201,6 +207,11 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
     version = ensure_swift_venv(args.venv, log)
     base = Path(tempfile.mkdtemp(prefix="swiftlike-vs-swift-", dir=args.workdir))
     log(f"OpenStack Swift {version}; data under {base}")
+    warmup = {"gib": 0.0, "seconds": 0.0, "s_per_gib": 0.0}
+    if not args.no_warm_memory:
+        log("touching the free memory once (first writes to a new VM's pages are slow)")
+        warmup = warm_free_memory()
+        log(f"  {warmup['gib']:.1f} GiB in {warmup['seconds']:.1f} s")
     log("measuring this machine's limits")
     limits = measure_machine_limits(base)
     layout = make_layout(base / "swift", nodes=args.nodes, proxy_workers=args.proxy_workers)
@@ -250,6 +261,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
             shutil.rmtree(base, ignore_errors=True)
     result: dict[str, Any] = {
         "swift_version": version, "machine_limits": limits, "rounds": rounds,
+        "memory_warmup": warmup,
         "failed_runs": failures,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(),
@@ -268,6 +280,10 @@ def format_report(result: dict[str, Any]) -> str:
            f"{limits['small_write_fsync_per_s']:.0f}/s; 16 MiB write+fsync "
            f"{limits['large_write_fsync_mib_per_s']:.0f} MiB/s; page-cache read "
            f"{limits['pagecache_read_mib_per_s']:.0f} MiB/s"]
+    warmup = result.get("memory_warmup")
+    if warmup and warmup.get("gib"):
+        out.append(f"memory warm-up before measuring: {warmup['gib']:.1f} GiB touched in "
+                   f"{warmup['seconds']:.1f} s ({warmup['s_per_gib']:.2f} s/GiB)")
     for number, rnd in enumerate(result["rounds"], 1):
         for side, res in rnd.items():
             out += ["", format_table(res["phases"], title=f"round {number}: {side}")]

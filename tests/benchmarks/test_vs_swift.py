@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.machine_limits import measure_machine_limits, phase_share
+from benchmarks.machine_limits import (
+    available_memory_bytes,
+    measure_machine_limits,
+    phase_share,
+    warm_free_memory,
+)
 from benchmarks.swift_saio import (
     SERVER_KINDS,
     make_layout,
@@ -145,3 +150,27 @@ def test_saved_result_renders(tmp_path: Path):
     path = tmp_path / "result.json"
     path.write_text(__import__("json").dumps(saved))
     assert main(["--from-json", str(path)]) == 0
+
+
+def test_memory_warmup_touches_what_it_reports():
+    warmup = warm_free_memory(cap_bytes=48 * 1024 * 1024, chunk=16 * 1024 * 1024)
+    if available_memory_bytes() is None:
+        pytest.skip("no /proc/meminfo here")
+    assert warmup["gib"] == pytest.approx(48 / 1024)
+    assert warmup["seconds"] >= 0
+    assert warmup["s_per_gib"] == pytest.approx(warmup["seconds"] / warmup["gib"])
+
+
+def test_report_names_the_memory_warmup(tmp_path: Path, capsys: pytest.CaptureFixture):
+    import json
+
+    from benchmarks.vs_swift import main
+
+    limits = {"small_write_fsync_per_s": 3000.0, "large_write_fsync_mib_per_s": 1000.0,
+              "pagecache_read_mib_per_s": 9000.0, "small_read_per_s": 50000.0}
+    saved = {"swift_version": "2.38.3", "machine_limits": limits, "rounds": [], "cpus": 2,
+             "memory_warmup": {"gib": 12.5, "seconds": 30.0, "s_per_gib": 2.4}}
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    assert main(["--from-json", str(path)]) == 0
+    assert "12.5 GiB touched in 30.0 s (2.40 s/GiB)" in capsys.readouterr().out

@@ -5,8 +5,8 @@ writes a Swift all-in-one with the topology of ``swiftlike serve --nodes N`` (N 
 one device each, 3 replicas, tempauth, fsync, no background daemons), starts both, runs
 ``load.run_load`` against each in turn (A B A B ...) and prints both sides, the ratio
 per phase (median of the per-round ratios) and each phase as a share of this machine's
-limits measured in the same run. Before anything is measured it writes most of the
-free memory once (``--no-warm-memory`` skips that; see
+limits measured in the same run. Before anything is measured it writes as much memory
+as the run's 16 MiB phases will fill, twice over, once (``--no-warm-memory`` skips that; see
 ``machine_limits.warm_free_memory``): on a new VM the first write to each page is slow,
 and the side that happens to run first would pay for it.
 
@@ -201,6 +201,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warmup_bytes(large_count: int, large_size: int = 16 * 1024 * 1024) -> int:
+    """How much memory to write once before a run: what its 16 MiB phases put in the
+    page cache (3 replicas, both sides), twice over, and at least 2 GiB."""
+    return max(2 << 30, 2 * 2 * 3 * large_count * large_size)
+
+
 def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Install, start, measure in alternation, stop; return every number."""
     ensure_apt_packages(["memcached"], log)
@@ -210,7 +216,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
     warmup = {"gib": 0.0, "seconds": 0.0, "s_per_gib": 0.0}
     if not args.no_warm_memory:
         log("touching the free memory once (first writes to a new VM's pages are slow)")
-        warmup = warm_free_memory()
+        warmup = warm_free_memory(cap_bytes=warmup_bytes(args.large_count))
         log(f"  {warmup['gib']:.1f} GiB in {warmup['seconds']:.1f} s")
     log("measuring this machine's limits")
     limits = measure_machine_limits(base)

@@ -174,3 +174,11 @@ def test_report_names_the_memory_warmup(tmp_path: Path, capsys: pytest.CaptureFi
     path.write_text(json.dumps(saved))
     assert main(["--from-json", str(path)]) == 0
     assert "12.5 GiB touched in 30.0 s (2.40 s/GiB)" in capsys.readouterr().out
+
+
+def test_warmup_covers_the_large_phases_twice():
+    from benchmarks.vs_swift import warmup_bytes
+
+    mib = 1024 * 1024
+    assert warmup_bytes(6) == 2 << 30  # the small default: the 2 GiB floor
+    assert warmup_bytes(40) == 2 * 2 * 3 * 40 * 16 * mib  # 7.5 GiB

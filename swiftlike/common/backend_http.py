@@ -53,6 +53,13 @@ class BackendHTTPError(ConnectionError):
     """The node's answer broke HTTP/1.1, or its connection closed before the end."""
 
 
+class UnsafeHeader(ValueError):
+    """A request line or header value holds CR or LF: sent, it would forge another header.
+
+    Refused before any byte goes out. A ValueError, since the caller passed bad input.
+    """
+
+
 class StaleConnection(BackendHTTPError):
     """A reused keep-alive connection was closed by the node before it answered."""
 
@@ -514,7 +521,7 @@ def _request_head(method: str, target: str, host: str, headers: Mapping[str, str
     text = "".join(lines)
     # one CR and one LF per line: anything else would let a value start a new header
     if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
-        raise ValueError("CR or LF in a request line or header")
+        raise UnsafeHeader("CR or LF in a request line or header")
     return text.encode("utf-8", "surrogateescape")
 
 

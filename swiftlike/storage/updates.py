@@ -31,6 +31,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ring.hashing import hash_path_hex, suffix_of
+from swiftlike.common.backend_http import UnsafeHeader
 from swiftlike.common.node_client import NodeClient
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.durable_io import makedirs_durable, write_record_atomic
@@ -88,8 +89,10 @@ def backend_path(target: UpdateTarget, account: str, container: str,
                           for i, part in enumerate(parts))
 
 
-#: what a failed update raises: no answer in time, a refused or broken connection
-UPDATE_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
+#: what a failed update raises: no answer in time, a refused or broken connection, or a
+#: header the client refuses to send (queued like any failure, so the row is not lost;
+#: any other ValueError is a bug and propagates)
+UPDATE_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, UnsafeHeader)
 
 
 async def send_one_update(client: NodeClient, target: UpdateTarget, method: str,

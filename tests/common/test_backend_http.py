@@ -22,6 +22,7 @@ from swiftlike.common.backend_http import (
     BackendHTTPError,
     BackendPool,
     NodeResponse,
+    UnsafeHeader,
 )
 from tests.cluster_harness import free_port
 
@@ -143,9 +144,9 @@ async def test_non_ascii_header_values_round_trip(node):
 async def test_cr_or_lf_in_a_header_is_refused_before_sending(node):
     pool, port, peers = node
     for bad in ({"X-Meta": "a\r\nX-Evil: 1"}, {"X-Meta\n": "a"}):
-        with pytest.raises(ValueError, match="CR or LF"):
+        with pytest.raises(UnsafeHeader, match="CR or LF"):
             await pool.request("127.0.0.1", port, "GET", "/x", bad)
-    with pytest.raises(ValueError, match="CR or LF"):
+    with pytest.raises(UnsafeHeader, match="CR or LF"):
         await pool.request("127.0.0.1", port, "GET", "/x\r\nHost: evil", {})
     assert peers == []
 

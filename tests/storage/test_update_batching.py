@@ -277,3 +277,18 @@ async def test_only_the_failed_container_replica_is_queued(tmp_path, ts):
     finally:
         await objects.stop()
         await container.stop()
+
+
+async def test_an_update_with_an_unsafe_header_fails_like_any_other_and_is_not_sent():
+    """CR/LF in a header would forge another header on the wire: the client refuses it,
+    and the update counts as failed (so the caller queues it) instead of crashing."""
+    from swiftlike.storage.updates import send_one_update
+
+    client = NodeClient()
+    try:
+        target = UpdateTarget(f"127.0.0.1:{free_port()}", "2", "sda")  # nothing listens
+        ok = await send_one_update(client, target, "PUT", "/sda/2/AUTH_t/c/o",
+                                   {"X-Etag": "abc\r\nX-Forged: 1"}, timeout_s=2.0)
+        assert ok is False
+    finally:
+        await client.close()

@@ -130,16 +130,17 @@ def warm_free_memory(fraction: float = 0.8, cap_bytes: int | None = None,
     """Touch ``fraction`` of the available memory once, then give it back.
 
     Why: on a fresh virtual machine the host backs guest memory only when the guest
-    first writes a page, and that first write is slow (seen here: 1-2.5 s per GiB, against
-    0.3 s once touched). A server that has run for a while never sees it, but a benchmark
-    on a new VM does: every new page-cache page for a 16 MiB PUT, every new directory
-    block for a small PUT, lands on memory nobody touched yet, and whichever side runs
-    first pays for it. Touching the free memory before any measurement makes both sides
-    run on memory that has been written once, like a server's. Freed, the pages go back
-    to the kernel's free lists, which hand out recently freed pages first; the host may
-    take free pages back later (free page reporting: here 4 GiB re-touched 60 s later
-    were still warm, 18 GiB touched 20 minutes after a full pass were cold again), so
-    this runs right before the measurement.
+    first writes a page, and that first write is slow (seen here: 2.7-3.1 s per GiB,
+    against 0.5-0.9 s once touched). A server that has run for a while never sees it,
+    but a benchmark on a new VM does: every new page-cache page for a 16 MiB PUT, every
+    new directory block for a small PUT, lands on memory nobody touched yet, and
+    whichever side runs first pays for it. Touching the free memory before any
+    measurement makes both sides run on memory that has been written once, like a
+    server's. Freed, the pages go back to the kernel's free lists, which hand out
+    recently freed pages first; the host may take free pages back later (free page
+    reporting: here 4 GiB re-touched 60 s later were still warm, 18 GiB touched 20
+    minutes after a full pass were cold again), so this runs right before the
+    measurement.
     """
     available = available_memory_bytes()
     if available is None:

@@ -43,6 +43,9 @@ MIB = 1024 * 1024
 SMALL_PHASES = ("small-put", "small-get", "small-head", "small-list", "mixed", "small-delete")
 LARGE_PHASES = ("large-put", "large-get", "large-delete")
 ALL_PHASES = SMALL_PHASES + LARGE_PHASES
+#: phases that only read the small objects: any number of them can run over the objects
+#: the PUT phase stored, so their length is set apart (read_count, read_seconds)
+READ_PHASES = ("small-get", "small-head")
 
 
 @dataclasses.dataclass
@@ -57,6 +60,11 @@ class LoadConfig:
     count: int = 400
     large_count: int = 8
     duration: float | None = None
+    #: small GET and HEAD phases: their own op count and time limit when set (see
+    #: READ_PHASES), so a fast server's read phases last long enough to average over
+    #: the machine's moods instead of sampling one moment
+    read_count: int | None = None
+    read_seconds: float | None = None
     small_size: int = 4 * KIB
     large_size: int = 16 * MIB
     phases: tuple[str, ...] = ALL_PHASES
@@ -73,6 +81,10 @@ class LoadConfig:
             raise ValueError("procs and concurrency must be at least 1")
         if self.count < 1 or self.large_count < 1:
             raise ValueError("count and large_count must be at least 1")
+        if self.read_count is not None and self.read_count < 1:
+            raise ValueError("read_count must be at least 1")
+        if self.read_seconds is not None and self.read_seconds <= 0:
+            raise ValueError("read_seconds must be positive")
 
 
 @dataclasses.dataclass
@@ -180,8 +192,8 @@ def _phase_specs(config: LoadConfig, run_id: str) -> dict[str, tuple[str, str, i
     large_c = f"bench-large-{run_id}"
     return {
         "small-put": ("put", small_c, config.small_size, config.count),
-        "small-get": ("get", small_c, config.small_size, config.count),
-        "small-head": ("head", small_c, config.small_size, config.count),
+        "small-get": ("get", small_c, config.small_size, config.read_count or config.count),
+        "small-head": ("head", small_c, config.small_size, config.read_count or config.count),
         "small-list": ("list", small_c, 0, max(1, config.count // 10)),
         "mixed": ("mixed", small_c, config.small_size, config.count),
         "small-delete": ("delete", small_c, config.small_size, config.count),
@@ -189,6 +201,13 @@ def _phase_specs(config: LoadConfig, run_id: str) -> dict[str, tuple[str, str, i
         "large-get": ("get", large_c, config.large_size, config.large_count),
         "large-delete": ("delete", large_c, config.large_size, config.large_count),
     }
+
+
+def _phase_duration(config: LoadConfig, name: str) -> float | None:
+    """The time limit of one phase: read_seconds for the read phases when set."""
+    if name in READ_PHASES and config.read_seconds is not None:
+        return config.read_seconds
+    return config.duration
 
 
 def _ordered_phases(config: LoadConfig) -> list[str]:
@@ -240,7 +259,7 @@ def run_load(config: LoadConfig, progress: Any = None) -> dict[str, Any]:
             op, container, size, count = specs[name]
             spec = PhaseSpec(
                 name=name, op=op, container=container, size=size, count=count,
-                duration=config.duration, names=list(live[container]),
+                duration=_phase_duration(config, name), names=list(live[container]),
                 name_prefix=f"{name}-",
             )
             if op in ("get", "head", "delete", "mixed") and not spec.names:
@@ -302,6 +321,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-count", type=int, default=8, help="ops per large-object phase")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop each phase after this many seconds (count still bounds it)")
+    parser.add_argument("--read-count", type=int, default=None,
+                        help="ops per small GET and HEAD phase (default: --count); they "
+                             "cycle over the objects the PUT phase stored")
+    parser.add_argument("--read-seconds", type=float, default=None,
+                        help="stop the small GET and HEAD phases after this many seconds "
+                             "(instead of --duration)")
     parser.add_argument("--small-size", type=int, default=4 * KIB)
     parser.add_argument("--large-size", type=int, default=16 * MIB)
     parser.add_argument("--phases", default=",".join(ALL_PHASES),
@@ -319,7 +344,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
         auth_url=args.auth, user=args.user, key=args.key, procs=args.procs,
         concurrency=args.concurrency, count=args.count, large_count=args.large_count,
-        duration=args.duration, small_size=args.small_size, large_size=args.large_size,
+        duration=args.duration, read_count=args.read_count, read_seconds=args.read_seconds,
+        small_size=args.small_size, large_size=args.large_size,
         phases=phases, server_pids=pids,
     )
 

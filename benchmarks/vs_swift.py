@@ -182,6 +182,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight/proc")
     parser.add_argument("--duration", type=float, default=None, help="cap per phase, seconds")
+    parser.add_argument("--read-count", type=int, default=None,
+                        help="ops per small GET/HEAD phase (default: --count)")
+    parser.add_argument("--read-seconds", type=float, default=None,
+                        help="cap per small GET/HEAD phase, seconds: with a large "
+                             "--read-count both sides read for the same time")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--proxy-workers", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--phases", default=",".join(ALL_PHASES))
@@ -245,6 +250,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 config = LoadConfig(
                     auth_url=auth_url, procs=args.procs, concurrency=args.concurrency,
                     count=args.count, large_count=args.large_count, duration=args.duration,
+                    read_count=args.read_count, read_seconds=args.read_seconds,
                     phases=phases, server_pids=tuple(pids()))
                 try:
                     this_round[side] = run_load(config)

@@ -84,6 +84,30 @@ def test_duration_bounds_a_phase(fake_swift):
     assert fake_swift.containers == {}
 
 
+def test_read_phases_have_their_own_count_and_time_limit(fake_swift):
+    # 30 objects stored, 90 GETs and HEADs over them; the other phases keep --count
+    result = run_load(LoadConfig(auth_url=fake_swift.auth_url, procs=2, concurrency=3,
+                                 count=30, read_count=90,
+                                 phases=("small-put", "small-get", "small-head", "mixed")))
+    phases = _phases(result)
+    assert phases["small-put"]["ops"] == 30
+    assert phases["small-get"]["ops"] == 90 and phases["small-head"]["ops"] == 90
+    assert phases["small-get"]["bytes"] == 90 * 4096
+    assert all(p["errors"] == 0 for p in phases.values())
+    assert sum(phases["mixed"]["op_counts"].values()) == 30
+    # read_seconds stops the read phases only: the PUT phase still runs its whole count
+    started = time.monotonic()
+    result = run_load(LoadConfig(auth_url=fake_swift.auth_url, procs=1, concurrency=1,
+                                 count=20, read_count=1_000_000, read_seconds=0.5,
+                                 phases=("small-put", "small-get")))
+    phases = _phases(result)
+    assert phases["small-put"]["ops"] == 20
+    assert 0 < phases["small-get"]["ops"] < 1_000_000
+    assert phases["small-get"]["seconds"] < 5
+    assert time.monotonic() - started < 30
+    assert fake_swift.containers == {}
+
+
 def test_bad_credentials_fail_clearly(fake_swift):
     with pytest.raises(RuntimeError, match="401"):
         run_load(LoadConfig(auth_url=fake_swift.auth_url, key="wrong", count=1))
@@ -94,17 +118,21 @@ def test_config_validation():
         LoadConfig(auth_url="http://x", phases=("small-put", "nope"))
     with pytest.raises(ValueError):
         LoadConfig(auth_url="http://x", procs=0)
+    with pytest.raises(ValueError, match="read_count"):
+        LoadConfig(auth_url="http://x", read_count=0)
+    with pytest.raises(ValueError, match="read_seconds"):
+        LoadConfig(auth_url="http://x", read_seconds=0)
 
 
 def test_cli_json(fake_swift):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--auth", fake_swift.auth_url,
-         "--procs", "1", "--concurrency", "2", "--count", "10", "--phases",
-         "small-put,small-get", "--json"],
+         "--procs", "1", "--concurrency", "2", "--count", "10", "--read-count", "15",
+         "--phases", "small-put,small-get", "--json"],
         capture_output=True, text=True, timeout=120, check=True)
     data = json.loads(out.stdout)
     assert [p["phase"] for p in data["phases"]] == ["small-put", "small-get"]
-    assert all(p["ops"] == 10 for p in data["phases"])
+    assert [p["ops"] for p in data["phases"]] == [10, 15]
 
 
 def test_process_tree_cpu_includes_descendants():

@@ -190,10 +190,11 @@ def _phase_specs(config: LoadConfig, run_id: str) -> dict[str, tuple[str, str, i
     """(op, container, object size, op count) for every phase name."""
     small_c = f"bench-small-{run_id}"
     large_c = f"bench-large-{run_id}"
+    reads = config.read_count or config.count
     return {
         "small-put": ("put", small_c, config.small_size, config.count),
-        "small-get": ("get", small_c, config.small_size, config.read_count or config.count),
-        "small-head": ("head", small_c, config.small_size, config.read_count or config.count),
+        "small-get": ("get", small_c, config.small_size, reads),
+        "small-head": ("head", small_c, config.small_size, reads),
         "small-list": ("list", small_c, 0, max(1, config.count // 10)),
         "mixed": ("mixed", small_c, config.small_size, config.count),
         "small-delete": ("delete", small_c, config.small_size, config.count),

@@ -143,9 +143,7 @@ def warm_free_memory(fraction: float = 0.8, cap_bytes: int | None = None,
     measurement.
     """
     available = available_memory_bytes()
-    if available is None:
-        return {"gib": 0.0, "seconds": 0.0, "s_per_gib": 0.0}
-    target = int(available * fraction)
+    target = 0 if available is None else int(available * fraction)
     if cap_bytes is not None:
         target = min(target, cap_bytes)
     held: list[bytearray] = []

@@ -206,7 +206,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def warmup_bytes(large_count: int, large_size: int = 16 * 1024 * 1024) -> int:
+def warmup_bytes(large_count: int, large_size: int = LoadConfig.large_size) -> int:
     """How much memory to write once before a run: what its 16 MiB phases put in the
     page cache (3 replicas, both sides), twice over, and at least 2 GiB."""
     return max(2 << 30, 2 * 2 * 3 * large_count * large_size)

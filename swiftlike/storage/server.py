@@ -1,10 +1,11 @@
 """The storage node process: one aiohttp app serving every device of the node.
 
-``make_app(conf)`` builds the app (tests and embedders start it); ``run_node(conf)``
-(the CLI) binds [node] bind_ip/bind_port and serves the same dispatcher with aiohttp's
-low-level server until cancelled. Requests are dispatched by
-X-Backend-Server-Type, else by the number of path segments (see
-docs/internal-protocol.md); replication verbs, /healthcheck and /recon/* are routed first.
+``make_app(conf)`` builds an aiohttp app (for embedders); ``start_node_server(conf)``
+serves the same dispatcher with the node's own HTTP/1.1 server (:mod:`.node_http`),
+which ``run_node(conf)`` (the CLI) binds to [node] bind_ip/bind_port until cancelled;
+``[node] http_server = "aiohttp"`` serves it with aiohttp's low-level server instead.
+Requests are dispatched by X-Backend-Server-Type, else by the number of path segments
+(see docs/internal-protocol.md); replication verbs, /healthcheck and /recon/* are routed first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.storage.account_server import AccountServer
 from swiftlike.storage.container_server import ContainerServer
 from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
+from swiftlike.storage.node_http import NodeHTTPServer
 from swiftlike.storage.object_server import ObjectServer
 from swiftlike.storage.recon import handle_recon
 from swiftlike.storage.replication_server import handle_replication, replication_verb
@@ -123,16 +125,46 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def run_node(conf: dict) -> None:
-    """Serve the node on [node] bind_ip:bind_port until cancelled.
+class RunningNode:
+    """A node being served; ``cleanup()`` stops the server, then the node's work."""
 
-    The caller chooses the loop; ``main_node(conf)`` runs this on uvloop.
-    """
+    def __init__(self, server: NodeHTTPServer | web.ServerRunner, dispatcher: NodeDispatcher
+                 ) -> None:
+        self.server = server
+        self.dispatcher = dispatcher
+
+    @property
+    def port(self) -> int:
+        assert isinstance(self.server, NodeHTTPServer)
+        return self.server.port
+
+    @property
+    def servers(self) -> dict:
+        return self.dispatcher.servers
+
+    async def cleanup(self) -> None:
+        if isinstance(self.server, NodeHTTPServer):
+            await self.server.close()
+        else:
+            await self.server.cleanup()
+        await close_dispatcher(self.dispatcher)
+
+
+async def start_node_server(conf: dict, host: str | None = None, port: int | None = None
+                            ) -> RunningNode:
+    """Serve the node for ``conf`` on host:port (default [node] bind_ip/bind_port; port 0
+    picks a free one) with the node's own HTTP server; returns once it listens."""
     node_conf = conf.get("node", {})
-    logging.basicConfig(level=str(node_conf.get("log_level", "INFO")).upper())
-    # aiohttp's low-level server: every request goes to the one dispatcher anyway, so
-    # the Application's router and middleware layer (~20 us a request) are skipped.
-    # make_app() serves the same dispatcher as an Application (tests, embedding).
+    dispatcher = NodeDispatcher(StorageNode(conf))
+    server = NodeHTTPServer(dispatcher)  # type: ignore[arg-type]
+    await server.start(host if host is not None else node_conf.get("bind_ip", "127.0.0.1"),
+                       port if port is not None else int(node_conf.get("bind_port", 6200)))
+    return RunningNode(server, dispatcher)
+
+
+async def _start_aiohttp(conf: dict) -> RunningNode:
+    """The same dispatcher on aiohttp's low-level server (no router, no middleware)."""
+    node_conf = conf.get("node", {})
     dispatcher = NodeDispatcher(StorageNode(conf))
     server = web.Server(dispatcher, access_log=None, **HANDLER_ARGS)
     runner = web.ServerRunner(server, handle_signals=False)
@@ -141,14 +173,27 @@ async def run_node(conf: dict) -> None:
                        int(node_conf.get("bind_port", 6200)), backlog=1024,
                        reuse_address=True)
     await site.start()
+    return RunningNode(runner, dispatcher)
+
+
+async def run_node(conf: dict) -> None:
+    """Serve the node on [node] bind_ip:bind_port until cancelled.
+
+    The caller chooses the loop; ``main_node(conf)`` runs this on uvloop.
+    """
+    node_conf = conf.get("node", {})
+    logging.basicConfig(level=str(node_conf.get("log_level", "INFO")).upper())
+    kind = str(node_conf.get("http_server", "lean")).strip().lower()
+    if kind not in ("lean", "aiohttp"):
+        raise ValueError(f"[node] http_server must be 'lean' or 'aiohttp', not {kind!r}")
+    running = await (start_node_server(conf) if kind == "lean" else _start_aiohttp(conf))
     settle_after_startup()
-    LOG.info("storage node serving %s on %s:%s", node_conf.get("devices"),
-             node_conf.get("bind_ip", "127.0.0.1"), node_conf.get("bind_port", 6200))
+    LOG.info("storage node serving %s on %s:%s (%s HTTP server)", node_conf.get("devices"),
+             node_conf.get("bind_ip", "127.0.0.1"), node_conf.get("bind_port", 6200), kind)
     try:
         await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
-        await close_dispatcher(dispatcher)
+        await running.cleanup()
 
 
 def main_node(conf: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ async def start_cluster(root: Path, *, nodes: int = 4, replicas: int = 3,
     """Build a ring and start ``nodes`` storage nodes plus a proxy; stop with stop_cluster."""
     from swiftlike.proxy.server import make_app as make_proxy_app
     from swiftlike.storage.server import make_app as make_node_app
+    from swiftlike.storage.server import start_node_server
 
     *ports, proxy_port = free_ports(2 * nodes + 1)
     node_ports = ports[:nodes]
@@ -176,7 +178,10 @@ async def start_cluster(root: Path, *, nodes: int = 4, replicas: int = 3,
         node_conf = {"cluster": cluster_conf,
                      "node": {"bind_ip": "127.0.0.1", "bind_port": port,
                               "devices": str(devices), "mount_check": False, "fsync": True}}
-        cluster.runners.append(await _serve(make_node_app(node_conf), port))
+        if os.environ.get("SWIFTLIKE_NODE_HTTP", "lean") == "lean":
+            cluster.runners.append(await start_node_server(node_conf))  # type: ignore[arg-type]
+        else:
+            cluster.runners.append(await _serve(make_node_app(node_conf), port))
         await faults[i].start()
     app = make_proxy_app(conf)
     cluster.proxy_app = app

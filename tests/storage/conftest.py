@@ -1,4 +1,5 @@
-"""Fixtures: a real storage node app on a free 127.0.0.1 port, with temp device dirs."""
+"""Fixtures: a real storage node (its own HTTP server) on a free 127.0.0.1 port, with temp
+device dirs. ``SWIFTLIKE_NODE_HTTP=aiohttp`` serves the same node with aiohttp's server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from swiftlike.storage.server import make_app
+from swiftlike.storage.server import make_app, start_node_server
 
 
 @dataclass
@@ -33,6 +34,9 @@ def make_conf(devices: str, **node: object) -> dict:
 
 
 async def start_node(conf: dict) -> tuple[web.AppRunner, int]:
+    if os.environ.get("SWIFTLIKE_NODE_HTTP", "lean") == "lean":
+        running = await start_node_server(conf, "127.0.0.1", 0)
+        return running, running.port  # type: ignore[return-value]
     runner = web.AppRunner(make_app(conf))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

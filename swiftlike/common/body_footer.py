@@ -63,8 +63,12 @@ class FooterSplitter:
         self._tail = b""
         self.body_bytes = 0
 
-    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
-        """Body pieces that are certainly not part of the footer (maybe none)."""
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+        """Body pieces that are certainly not part of the footer (maybe none).
+
+        ``chunk`` may be a memoryview (a node's server hands big bodies over as views
+        of its receive buffers); the held-back tail is always copied into bytes.
+        """
         size = len(chunk)
         if size >= FOOTER_LEN:
             out: list[bytes | memoryview] = []
@@ -72,9 +76,9 @@ class FooterSplitter:
                 out.append(self._tail)
             if size > FOOTER_LEN:
                 out.append(memoryview(chunk)[:size - FOOTER_LEN])
-            self._tail = chunk[size - FOOTER_LEN:]
+            self._tail = bytes(chunk[size - FOOTER_LEN:])
         else:
-            joined = self._tail + chunk
+            joined = self._tail + bytes(chunk)
             if len(joined) <= FOOTER_LEN:
                 self._tail = joined
                 return []

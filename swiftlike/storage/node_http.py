@@ -12,8 +12,11 @@ server is an :class:`asyncio.BufferedProtocol` that does only that:
 * request heads are parsed by :mod:`.node_http_parse` (strict: what aiohttp refuses,
   this refuses too, with 400/414/431/501 and a closed connection);
 * bodies framed by Content-Length or chunked encoding. A big Content-Length body is
-  read by the kernel straight into 1 MiB buffers and handed to the handler as
-  memoryview pieces (no copy); small bodies and heads go through one reused buffer;
+  read by the kernel straight into 1 MiB buffers ("arenas") and handed to the
+  handler as memoryview pieces (no copy); an arena is reused once no piece of it is
+  referenced any more, since a fresh one costs a page fault per 4 KiB and a memset
+  (perf: 11% of a node's CPU on 16 MiB PUTs). Heads, small and chunked bodies go
+  through one reused buffer per connection;
 * handlers get a :class:`NodeRequest`, a small subset of aiohttp's request (the one
   the node's servers use), and return aiohttp ``web.Response``/``StreamResponse``
   objects as before: plain responses are written here in one piece, stream
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,7 +57,8 @@ from swiftlike.storage.node_http_parse import (
 LOG = logging.getLogger(__name__)
 
 SMALL_READ = 64 * 1024  # the reused buffer for heads, small bodies and chunked bodies
-ARENA_SIZE = 1024 * 1024  # fresh buffer a big Content-Length body is received into
+ARENA_SIZE = 1024 * 1024  # buffer a big Content-Length body is received into
+POOLED_ARENAS = 32  # arenas a server keeps for reuse (32 MiB)
 DIRECT_BODY = 64 * 1024  # a Content-Length body with this much left skips the copy
 HIGH_WATER = 2 * 1024 * 1024  # body bytes waiting for the handler before reads pause
 LOW_WATER = 256 * 1024  # ... and when they resume
@@ -282,7 +287,10 @@ class NodeConnection(asyncio.BufferedProtocol):
             if arena is None or self._arena_pos >= len(arena):
                 # never bigger than what is left of the body: no byte of the next
                 # request can land in it
-                arena = self._arena = memoryview(bytearray(min(self._remaining, ARENA_SIZE)))
+                arena = memoryview(self.server.take_arena())
+                if self._remaining < ARENA_SIZE:
+                    arena = arena[:self._remaining]
+                self._arena = arena
                 self._arena_pos = 0
             self._direct = True
             return arena[self._arena_pos:]
@@ -614,6 +622,7 @@ class NodeHTTPServer:
         self._sweeper: asyncio.Task | None = None
         self._date_second = -1
         self._date = ""
+        self._arenas: list[bytearray] = []
 
     async def start(self, host: str, port: int, *, backlog: int = 1024,
                     sock: socket.socket | None = None) -> None:
@@ -626,6 +635,18 @@ class NodeHTTPServer:
                 reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    def take_arena(self) -> bytearray:
+        """A receive buffer of ARENA_SIZE bytes: a pooled one no piece refers to any
+        more (its only references are the pool's, the loop's and the call's), else a
+        new one, pooled while the pool has room."""
+        for arena in self._arenas:
+            if sys.getrefcount(arena) == 3:
+                return arena
+        arena = bytearray(ARENA_SIZE)
+        if len(self._arenas) < POOLED_ARENAS:
+            self._arenas.append(arena)
+        return arena
 
     def date(self) -> str:
         """The Date header, formatted once a second."""

@@ -674,10 +674,12 @@ class NodeHTTPServer:
             self._sweeper.cancel()
         tasks = [c._task for c in self.connections if c._task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=grace)
         for conn in list(self.connections):
-            if conn._task is not None:
-                conn._task.cancel()
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import sys
 import time
@@ -50,6 +51,7 @@ from swiftlike.storage.node_http_parse import (
     MAX_HEAD,
     MAX_LINE,
     BadRequest,
+    check_trailer_field,
     parse_chunk_size,
     parse_head,
 )
@@ -65,6 +67,8 @@ LOW_WATER = 256 * 1024  # ... and when they resume
 MAX_READ_BODY = 1024 * 1024  # request.read()'s limit (aiohttp's client_max_size default)
 LINGER_SECONDS = 10.0
 IDLE_SECONDS = 75.0
+BODY_STALL_SECONDS = 60.0  # a body with no new byte for this long fails (Swift's client_timeout)
+_UNSAFE_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 Handler = Callable[["NodeRequest"], Awaitable[web.StreamResponse]]
 _EMPTY_STATUS = frozenset((204, 304))
@@ -113,6 +117,11 @@ class RequestBody:
         if not self.done:
             self._exc = exc
         self._wake()
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client waits for a 100 Continue it was never sent: no body is coming."""
+        return self._continue and not self.done
 
     def discard(self) -> None:
         """The handler is finished: drop what waits and whatever still arrives."""
@@ -209,8 +218,8 @@ class NodeRequest:
         self.headers = headers
         self.content = content
         self.content_length = content_length
-        connection = headers.get("Connection", "").lower()
-        self.keep_alive = connection != "close" if minor else connection == "keep-alive"
+        tokens = {t.strip() for t in headers.get("Connection", "").lower().split(",")}
+        self.keep_alive = "close" not in tokens if minor else "keep-alive" in tokens
         self.transport = conn.transport
         self._writer: StreamWriter | None = None
 
@@ -277,9 +286,13 @@ class NodeConnection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # a peer that vanished (host down, partition) is found by the kernel
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             except OSError:
                 pass
         self.server.connections.add(self)
+        if self.server.closing:
+            self.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._remaining and (self._arena is not None or self._remaining >= DIRECT_BODY):
@@ -304,6 +317,7 @@ class NodeConnection(asyncio.BufferedProtocol):
             assert self._arena is not None and self._body is not None
             piece = self._arena[start:start + nbytes]
             self._remaining -= nbytes
+            self.last_active = time.monotonic()
             if self._remaining == 0:
                 self._arena = None
             self._body.feed(piece)
@@ -369,6 +383,7 @@ class NodeConnection(asyncio.BufferedProtocol):
     # ---- request framing -----------------------------------------------------------------
     def _received(self, data: bytes) -> None:
         if self._body is not None:
+            self.last_active = time.monotonic()
             try:
                 if self._chunked is not None:
                     data = self._chunked.feed(data, self._body)
@@ -383,7 +398,7 @@ class NodeConnection(asyncio.BufferedProtocol):
                         self._body_ended()
             except BadRequest as err:
                 self._body.fail(ConnectionResetError(f"malformed chunked body: {err}"))
-                self._body = None
+                self._drop_body()
                 self._keep_alive = False
                 if not self._handling:
                     self.close()
@@ -394,6 +409,13 @@ class NodeConnection(asyncio.BufferedProtocol):
                 self.pause_reading()  # a client sending ahead: parse it when it is its turn
         if not self._handling and self._body is None and self._pending:
             self._next_request()
+
+    def _drop_body(self) -> None:
+        """Stop receiving the current body: whatever follows is not read as body."""
+        self._body = None
+        self._chunked = None
+        self._remaining = 0
+        self._arena = None
 
     def _body_ended(self) -> None:
         body = self._body
@@ -409,7 +431,12 @@ class NodeConnection(asyncio.BufferedProtocol):
             self._after_request()
 
     def _next_request(self) -> None:
+        if self.server.closing:
+            self.close()
+            return
         pending = self._pending
+        while pending.startswith(b"\r\n"):  # empty lines before a request line are ignored
+            del pending[:2]
         end = pending.find(b"\r\n\r\n")
         if end < 0:
             if len(pending) > MAX_HEAD:
@@ -425,6 +452,9 @@ class NodeConnection(asyncio.BufferedProtocol):
             parsed = parse_head(head)
         except BadRequest as err:
             self._refuse(err)
+            return
+        except ValueError as err:  # nothing the parser lets through should get here
+            self._refuse(BadRequest(400, f"Bad request head: {err}"))
             return
         self.last_active = time.monotonic()
         has_body = parsed.chunked or bool(parsed.length)
@@ -458,7 +488,14 @@ class NodeConnection(asyncio.BufferedProtocol):
             try:
                 response = await self.server.handler(request)
             except web.HTTPException as exc:
+                exc.__traceback__ = None  # the traceback would pin the body's pieces
                 response = exc
+            if request.content.awaiting_continue:
+                # answered before asking for the body: the client never sends it, so
+                # what follows on this connection is unknown; close after the answer
+                request.keep_alive = False
+                self._keep_alive = False
+                self._drop_body()
             keep = await self._respond(request, response)
         except (ConnectionError, asyncio.CancelledError):
             keep = False
@@ -487,7 +524,7 @@ class NodeConnection(asyncio.BufferedProtocol):
         self._after_request()
 
     def _after_request(self) -> None:
-        if not self._keep_alive or self.transport is None:
+        if not self._keep_alive or self.transport is None or self.server.closing:
             self.close()
             return
         self.last_active = time.monotonic()
@@ -532,8 +569,8 @@ class NodeConnection(asyncio.BufferedProtocol):
             lines.append("Content-Type: application/octet-stream\r\n")
         fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         checked = "".join(f"{name}{value}" for name, value in headers.items())
-        if "\r" in checked or "\n" in checked:
-            raise ValueError("CR or LF in a response header")
+        if _UNSAFE_HEADER_CHARS.search(checked):
+            raise ValueError("control character in a response header")
         lines.append(fields)
         lines.append(f"Date: {self.server.date()}\r\n")
         if not keep and request.version.minor:
@@ -567,6 +604,7 @@ class _ChunkDecoder:
         self.left = 0
         self.line = bytearray()
         self.finished = False
+        self.trailer_bytes = 0
 
     def feed(self, data: bytes, body: RequestBody) -> bytes:
         """Decode ``data`` into ``body``; returns the bytes after the body's end."""
@@ -604,6 +642,11 @@ class _ChunkDecoder:
             elif not line:  # the blank line after the trailers: the body's end
                 self.finished = True
                 return data[pos:]
+            else:
+                check_trailer_field(line)
+                self.trailer_bytes += len(line)
+                if self.trailer_bytes > MAX_HEAD:
+                    raise BadRequest(400, "chunked body trailers too large")
         return b""
 
 
@@ -611,10 +654,13 @@ class NodeHTTPServer:
     """Listens and serves ``handler`` on every connection; ``close()`` stops it all."""
 
     def __init__(self, handler: Handler, *, linger: float = LINGER_SECONDS,
-                 idle_timeout: float = IDLE_SECONDS) -> None:
+                 idle_timeout: float = IDLE_SECONDS,
+                 body_timeout: float = BODY_STALL_SECONDS) -> None:
         self.handler = handler
         self.linger = linger
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        self.closing = False
         self.loop = asyncio.get_running_loop()
         self.connections: set[NodeConnection] = set()
         self.port = 0
@@ -658,27 +704,45 @@ class NodeHTTPServer:
         return self._date
 
     async def _sweep_idle(self) -> None:
-        """Close keep-alive connections idle for idle_timeout (checked a few times per)."""
+        """Close keep-alive connections idle for idle_timeout, and fail bodies that
+        brought no byte for body_timeout (a peer that vanished without a FIN would
+        otherwise hold its handler, file and connection forever)."""
         while True:
-            await asyncio.sleep(max(self.idle_timeout / 4, 0.05))
-            cutoff = time.monotonic() - self.idle_timeout
+            await asyncio.sleep(max(min(self.idle_timeout, self.body_timeout) / 4, 0.05))
+            now = time.monotonic()
             for conn in list(self.connections):
-                if not conn._handling and conn._body is None and conn.last_active < cutoff:
+                if conn._body is not None:
+                    if conn.last_active < now - self.body_timeout:
+                        conn._body.fail(TimeoutError(
+                            f"no body byte for {self.body_timeout:g} s"))
+                        conn._drop_body()
+                        conn._keep_alive = False
+                        conn.close()
+                elif not conn._handling and conn.last_active < now - self.idle_timeout:
                     conn.close()
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stop listening, let running handlers finish for ``grace`` seconds, close all."""
+        """Stop listening and taking new requests; let running handlers finish for
+        ``grace`` seconds (then cancel them), close every connection."""
+        self.closing = True
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        tasks = [c._task for c in self.connections if c._task is not None]
+        for conn in list(self.connections):
+            if not conn._handling:
+                conn.close()
+        deadline = self.loop.time() + grace
+        while True:
+            tasks = [c._task for c in self.connections if c._task is not None]
+            left = deadline - self.loop.time()
+            if not tasks or left <= 0:
+                break
+            await asyncio.wait(tasks, timeout=left)
+        for task in tasks:
+            task.cancel()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=grace)
+            await asyncio.wait(tasks, timeout=grace)
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:

@@ -22,7 +22,10 @@ _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([!-~]+) HTTP/1\.([01])\r\n")
 # a header block: fields of token ":" value, values without control characters but HTAB
 _FIELDS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _FIELD = re.compile(rf"({_TOKEN}):[ \t]*([^\r]*?)[ \t]*\r\n")
-_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+# chunk-size [ BWS ";" extensions ]: no leading whitespace, no control characters
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[!-~ \t]*)?")
+_TRAILER_FIELD = re.compile(rf"{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*".encode())
+MAX_LENGTH_DIGITS = 19  # a Content-Length below 10**19 (more than any disk holds)
 
 
 class BadRequest(Exception):
@@ -92,9 +95,17 @@ def _framing(headers: CIMultiDict[str], minor: int) -> tuple[int | None, bool]:
     if lengths is None:
         return None, False
     value = lengths[0]
-    if any(other != value for other in lengths) or not (value.isascii() and value.isdigit()):
+    if any(other != value for other in lengths) or not (value.isascii() and value.isdigit()) \
+            or len(value) > MAX_LENGTH_DIGITS:
         raise BadRequest(400, f"Bad Content-Length {','.join(lengths)[:50]!r}")
     return int(value), False
+
+
+def check_trailer_field(line: bytes) -> None:
+    """A trailer line of a chunked body (CRLF removed) must be a well-formed field;
+    anything else (a request line, a control character) is refused, not skipped."""
+    if _TRAILER_FIELD.fullmatch(line) is None:
+        raise BadRequest(400, f"Bad trailer field {line[:40]!r}")
 
 
 def parse_chunk_size(line: bytes) -> int:

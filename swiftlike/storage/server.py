@@ -21,7 +21,7 @@ from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.storage.account_server import AccountServer
 from swiftlike.storage.container_server import ContainerServer
 from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
-from swiftlike.storage.node_http import IDLE_SECONDS, NodeHTTPServer
+from swiftlike.storage.node_http import BODY_STALL_SECONDS, IDLE_SECONDS, NodeHTTPServer
 from swiftlike.storage.object_server import ObjectServer
 from swiftlike.storage.recon import handle_recon
 from swiftlike.storage.replication_server import handle_replication, replication_verb
@@ -157,7 +157,9 @@ async def start_node_server(conf: dict, host: str | None = None, port: int | Non
     node_conf = conf.get("node", {})
     dispatcher = NodeDispatcher(StorageNode(conf))
     server = NodeHTTPServer(dispatcher,  # type: ignore[arg-type]
-                            idle_timeout=float(node_conf.get("idle_timeout", IDLE_SECONDS)))
+                            idle_timeout=float(node_conf.get("idle_timeout", IDLE_SECONDS)),
+                            body_timeout=float(node_conf.get("client_timeout",
+                                                             BODY_STALL_SECONDS)))
     await server.start(host if host is not None else node_conf.get("bind_ip", "127.0.0.1"),
                        port if port is not None else int(node_conf.get("bind_port", 6200)))
     return RunningNode(server, dispatcher)

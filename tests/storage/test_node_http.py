@@ -9,8 +9,11 @@ Each test serves a real node (``start_node_server``) on a free port, whatever
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
+import socket
+import sys
 
 import pytest
 
@@ -133,6 +136,11 @@ async def test_chunked_put_with_extensions_and_trailers(lean, ts):
     b"zz\r\nabc\r\n0\r\n\r\n",  # not a size
     b"3\r\nabcdef\r\n0\r\n\r\n",  # more data than the size said
     b"3\nabc\r\n0\r\n\r\n",  # bare LF
+    b" 3\r\nabc\r\n0\r\n\r\n",  # whitespace before the size
+    b"3;a=\x00\r\nabc\r\n0\r\n\r\n",  # a control character in an extension
+    # a request line where a trailer field belongs (smuggling): refused, not skipped
+    b"3\r\nabc\r\n0\r\nGET /sda/1/a/c/smuggled HTTP/1.1\r\n\r\n",
+    b"3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n",  # NUL in a trailer
 ])
 async def test_malformed_chunked_body_stores_nothing_and_closes(lean, ts, encoded):
     conn = await Raw.open(lean.port)
@@ -207,6 +215,8 @@ async def test_client_gone_mid_body_commits_nothing(lean, ts):
     (b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
     (b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
     (b"PUT /x HTTP/1.1\r\nContent-Length: -3\r\n\r\n", 400),
+    (b"PUT /x HTTP/1.1\r\nContent-Length: " + b"9" * 25 + b"\r\n\r\n", 400),
+    (b"PUT /x HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),
     (b"PUT /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
     (b"PUT /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
     (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", 414),
@@ -259,3 +269,79 @@ async def test_an_arena_is_reused_only_when_no_piece_refers_to_it():
     assert bytes(piece) == bytes(100)
     del piece
     assert server.take_arena() is server._arenas[0]  # now free: reused
+
+
+async def test_expect_100_continue_answered_early_closes(lean, ts):
+    """A 409 before the body was asked for: the client never sends it, so the server
+    must not read what comes next as that body; it says close and closes."""
+    newer, older = ts(), ts()
+    conn = await Raw.open(lean.port)
+    await conn.send(put_head(older, 4) + b"abcd")
+    assert (await conn.answer())[0] == 201
+    await conn.send(put_head(newer, 1000, "Expect: 100-continue\r\n").replace(
+        newer.encode(), str(float(newer) - 100).encode()))
+    status, headers, _ = await conn.answer()
+    assert status == 409 and headers["connection"] == "close"
+    assert await conn.closed()
+
+
+async def test_stalled_body_fails_and_frees_the_connection(tmp_path, ts):
+    os.makedirs(tmp_path / "sda")
+    running = await start_node_server(make_conf(str(tmp_path), client_timeout=0.3),
+                                      "127.0.0.1", 0)
+    try:
+        conn = await Raw.open(running.port)
+        await conn.send(put_head(ts(), 3 * 1024 * 1024) + os.urandom(100_000))
+        (server_side,) = running.server.connections
+        sock = server_side.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        # then nothing more: the node gives up on the body and closes the connection
+        async with asyncio.timeout(10):
+            await conn.reader.read()
+        assert not running.server.connections
+        running.devices = str(tmp_path)
+        assert await eventually_stored_nothing(running)
+    finally:
+        await running.cleanup()
+
+
+async def test_close_shuts_idle_connections_at_once_and_lets_handlers_finish(lean):
+    idle = await Raw.open(lean.port)
+    await idle.send(get("/healthcheck"))
+    assert (await idle.answer())[0] == 200
+    started = asyncio.get_running_loop().time()
+    await lean.server.close(grace=5.0)
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert await idle.closed()
+
+
+async def test_connection_tokens_and_leading_empty_lines(lean):
+    conn = await Raw.open(lean.port)
+    await conn.send(b"\r\n\r\n" + get("/healthcheck"))  # empty lines first: ignored
+    assert (await conn.answer())[0] == 200
+    await conn.send(get("/healthcheck", extra="Connection: TE, close\r\n"))
+    _, headers, _ = await conn.answer()
+    assert headers["connection"] == "close"
+    assert await conn.closed()
+
+
+async def test_a_refused_oversized_read_leaves_no_arena_pinned(lean, ts):
+    """request.read() over its limit raises 413; the exception must not keep the body's
+    pieces (and their arenas) alive until some later garbage collection."""
+    gc.disable()
+    try:
+        conn = await Raw.open(lean.port)
+        await conn.send(f"PUT /sda/1/a/c HTTP/1.1\r\nHost: n\r\nX-Timestamp: {ts()}\r\n"
+                        "Content-Length: 0\r\n\r\n".encode())
+        assert (await conn.answer())[0] == 201
+        body = b"x" * (3 * 1024 * 1024)
+        await conn.send(f"PATCH /sda/1/a/c HTTP/1.1\r\nHost: n\r\nX-Timestamp: {ts()}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert (await conn.answer())[0] == 413
+        await conn.send(get("/healthcheck"))
+        assert (await conn.answer())[0] == 200
+        # references: the pool, the loop variable, the call
+        pinned = [a for a in lean.server._arenas if sys.getrefcount(a) > 3]
+        assert lean.server._arenas and not pinned
+    finally:
+        gc.enable()

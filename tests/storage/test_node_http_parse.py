@@ -64,7 +64,8 @@ def test_chunk_sizes_round_trip(size, extension, upper):
     assert parse_chunk_size((text + extension).encode()) == size
 
 
-@pytest.mark.parametrize("line", [b"", b"g", b"-1", b"0x10", b"1 2", b"1" * 16])
+@pytest.mark.parametrize("line", [b"", b"g", b"-1", b"0x10", b"1 2", b"1" * 16, b" 5",
+                                  b"\t5", b"5;a\x00", b"5;\x7f"])
 def test_bad_chunk_sizes(line):
     with pytest.raises(BadRequest):
         parse_chunk_size(line)

@@ -24,7 +24,7 @@ server is an :class:`asyncio.BufferedProtocol` that does only that:
 * keep-alive: a body the handler left unread is drained (up to ``linger`` seconds)
   so the client reads the answer instead of a reset; idle connections close after
   ``idle_timeout``. The socket stops being read while a handler has more than
-  :data:`HIGH_WATER` body bytes waiting.
+  :data:`.node_http_body.HIGH_WATER` body bytes waiting.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import re
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -47,14 +46,8 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
-from swiftlike.storage.node_http_parse import (
-    MAX_HEAD,
-    MAX_LINE,
-    BadRequest,
-    check_trailer_field,
-    parse_chunk_size,
-    parse_head,
-)
+from swiftlike.storage.node_http_body import ChunkDecoder, RequestBody
+from swiftlike.storage.node_http_parse import MAX_HEAD, BadRequest, parse_head
 
 LOG = logging.getLogger(__name__)
 
@@ -62,9 +55,6 @@ SMALL_READ = 64 * 1024  # the reused buffer for heads, small bodies and chunked 
 ARENA_SIZE = 1024 * 1024  # buffer a big Content-Length body is received into
 POOLED_ARENAS = 32  # arenas a server keeps for reuse (32 MiB)
 DIRECT_BODY = 64 * 1024  # a Content-Length body with this much left skips the copy
-HIGH_WATER = 2 * 1024 * 1024  # body bytes waiting for the handler before reads pause
-LOW_WATER = 256 * 1024  # ... and when they resume
-MAX_READ_BODY = 1024 * 1024  # request.read()'s limit (aiohttp's client_max_size default)
 LINGER_SECONDS = 10.0
 IDLE_SECONDS = 75.0
 BODY_STALL_SECONDS = 60.0  # a body with no new byte for this long fails (Swift's client_timeout)
@@ -72,124 +62,6 @@ _UNSAFE_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 Handler = Callable[["NodeRequest"], Awaitable[web.StreamResponse]]
 _EMPTY_STATUS = frozenset((204, 304))
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class RequestBody:
-    """A request body as it arrives: the part of aiohttp's StreamReader nodes use."""
-
-    __slots__ = (
-        "_buffered",
-        "_conn",
-        "_continue",
-        "_discard",
-        "_exc",
-        "_pieces",
-        "_waiter",
-        "done",
-    )
-
-    def __init__(self, conn: NodeConnection, done: bool, expect_continue: bool) -> None:
-        self._conn = conn
-        self._pieces: deque[bytes | memoryview] = deque()
-        self._buffered = 0
-        self.done = done  # every byte has arrived
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._continue = expect_continue and not done
-        self._discard = False
-
-    # ---- fed by the connection -----------------------------------------------------------
-    def feed(self, piece: bytes | memoryview) -> None:
-        if self._discard:
-            return
-        self._pieces.append(piece)
-        self._buffered += len(piece)
-        if self._buffered > HIGH_WATER:
-            self._conn.pause_reading()
-        self._wake()
-
-    def finish(self) -> None:
-        self.done = True
-        self._wake()
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.done:
-            self._exc = exc
-        self._wake()
-
-    @property
-    def awaiting_continue(self) -> bool:
-        """The client waits for a 100 Continue it was never sent: no body is coming."""
-        return self._continue and not self.done
-
-    def discard(self) -> None:
-        """The handler is finished: drop what waits and whatever still arrives."""
-        self._discard = True
-        self._pieces.clear()
-        self._buffered = 0
-        self._conn.resume_reading()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # ---- read by the handler -------------------------------------------------------------
-    async def _next(self) -> bytes | memoryview:
-        while not self._pieces:
-            if self._exc is not None:
-                raise self._exc
-            if self.done:
-                return b""
-            if self._continue:
-                self._continue = False
-                self._conn.write(_CONTINUE)
-            self._waiter = self._conn.loop.create_future()
-            await self._waiter
-        piece = self._pieces.popleft()
-        self._buffered -= len(piece)
-        if self._buffered < LOW_WATER:
-            self._conn.resume_reading()
-        return piece
-
-    async def readany(self) -> bytes | memoryview:
-        """The next piece as it arrived; empty at the end of the body."""
-        return await self._next()
-
-    async def readchunk(self) -> tuple[bytes | memoryview, bool]:
-        """aiohttp's spelling of readany: (piece, False); (b"", False) at the end."""
-        return await self._next(), False
-
-    async def readexactly(self, count: int) -> bytes:
-        parts: list[bytes | memoryview] = []
-        need = count
-        while need > 0:
-            piece = await self._next()
-            if not piece:
-                raise asyncio.IncompleteReadError(b"".join(parts), count)
-            if len(piece) > need:
-                self._pieces.appendleft(piece[need:])
-                self._buffered += len(piece) - need
-                piece = piece[:need]
-            parts.append(piece)
-            need -= len(piece)
-        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
-
-    async def read(self, limit: int = MAX_READ_BODY) -> bytes:
-        """The whole body; 413 (raised as aiohttp's HTTPException) beyond ``limit``."""
-        parts: list[bytes | memoryview] = []
-        size = 0
-        while True:
-            piece = await self._next()
-            if not piece:
-                return b"".join(parts)
-            size += len(piece)
-            if size > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-            parts.append(piece)
 
 
 class NodeRequest:
@@ -267,7 +139,7 @@ class NodeConnection(asyncio.BufferedProtocol):
         self._pending = bytearray()  # received bytes not yet parsed (the next head)
         self._body: RequestBody | None = None  # the body still arriving, if any
         self._remaining = 0  # Content-Length bytes of it still to come
-        self._chunked: _ChunkDecoder | None = None
+        self._chunked: ChunkDecoder | None = None
         self._arena: memoryview | None = None
         self._arena_pos = 0
         self._direct = False  # the buffer handed out is the arena
@@ -463,7 +335,7 @@ class NodeConnection(asyncio.BufferedProtocol):
         if has_body:
             self._body = body
             self._remaining = parsed.length or 0
-            self._chunked = _ChunkDecoder() if parsed.chunked else None
+            self._chunked = ChunkDecoder() if parsed.chunked else None
         request = NodeRequest(self, parsed.method, parsed.target, parsed.minor,
                               CIMultiDictProxy(parsed.headers), body, parsed.length)
         self._keep_alive = request.keep_alive
@@ -592,62 +464,6 @@ class NodeConnection(asyncio.BufferedProtocol):
         if self._paused:
             await self._drain_helper()
         return keep
-
-
-class _ChunkDecoder:
-    """Chunked transfer coding: sizes, data, the CRLF after each, trailers (ignored)."""
-
-    SIZE, DATA, DATA_END, TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self.state = self.SIZE
-        self.left = 0
-        self.line = bytearray()
-        self.finished = False
-        self.trailer_bytes = 0
-
-    def feed(self, data: bytes, body: RequestBody) -> bytes:
-        """Decode ``data`` into ``body``; returns the bytes after the body's end."""
-        pos = 0
-        size = len(data)
-        while pos < size:
-            if self.state == self.DATA:
-                take = min(size - pos, self.left)
-                body.feed(data[pos:pos + take])
-                pos += take
-                self.left -= take
-                if self.left == 0:
-                    self.state = self.DATA_END
-                continue
-            end = data.find(b"\n", pos)
-            if end < 0:
-                self.line += data[pos:]
-                if len(self.line) > MAX_LINE:
-                    raise BadRequest(400, "chunk line too long")
-                return b""
-            self.line += data[pos:end + 1]
-            pos = end + 1
-            line = bytes(self.line)
-            self.line.clear()
-            if not line.endswith(b"\r\n") or len(line) > MAX_LINE:
-                raise BadRequest(400, "chunk line without CRLF")
-            line = line[:-2]
-            if self.state == self.SIZE:
-                self.left = parse_chunk_size(line)
-                self.state = self.DATA if self.left else self.TRAILER
-            elif self.state == self.DATA_END:
-                if line:
-                    raise BadRequest(400, "chunk data longer than its size")
-                self.state = self.SIZE
-            elif not line:  # the blank line after the trailers: the body's end
-                self.finished = True
-                return data[pos:]
-            else:
-                check_trailer_field(line)
-                self.trailer_bytes += len(line)
-                if self.trailer_bytes > MAX_HEAD:
-                    raise BadRequest(400, "chunked body trailers too large")
-        return b""
 
 
 class NodeHTTPServer:

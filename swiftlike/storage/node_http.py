@@ -369,17 +369,20 @@ class NodeConnection(asyncio.BufferedProtocol):
                 self._keep_alive = False
                 self._drop_body()
             keep = await self._respond(request, response)
-        except (ConnectionError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             keep = False
-        except Exception:
-            LOG.exception("error handling %s %s", request.method, request.raw_path[:200])
+        except Exception as err:
             keep = False
-            writer = request._writer
-            if writer is None and self.transport is not None and \
-                    not self.transport.is_closing():
-                response = web.Response(status=500, text="Internal server error\n")
+            transport = self.transport
+            gone = transport is None or transport.is_closing()
+            if not (gone and isinstance(err, ConnectionError)):
+                LOG.exception("error handling %s %s", request.method, request.raw_path[:200])
+            if request._writer is not None and transport is not None:
+                transport.abort()  # part of an answer went out: never a clean end
+            elif not gone:
                 try:
-                    await self._respond(request, response)
+                    await self._respond(request, web.Response(
+                        status=500, text="Internal server error\n"))
                 except Exception:
                     pass
         finally:
@@ -387,7 +390,8 @@ class NodeConnection(asyncio.BufferedProtocol):
         self._handling = False
         self._keep_alive = keep and self._keep_alive
         body = self._body
-        if body is not None and self.transport is not None:
+        if body is not None and self.transport is not None and \
+                not self.transport.is_closing():
             # the client is still sending a body nobody reads: take it in and drop it,
             # so our answer reaches it instead of a reset; give up after linger
             body.discard()

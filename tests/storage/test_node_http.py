@@ -345,3 +345,37 @@ async def test_a_refused_oversized_read_leaves_no_arena_pinned(lean, ts):
         assert lean.server._arenas and not pinned
     finally:
         gc.enable()
+
+
+async def test_handler_failing_mid_answer_cuts_the_connection(lean, monkeypatch):
+    """Headers and part of a body went out, then the handler failed: the client must
+    see a broken answer at once (no clean end, no 10 s of lingering)."""
+    from aiohttp import web
+
+    async def half(request):
+        response = web.StreamResponse(status=200)
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(lean.server, "handler", half)
+    conn = await Raw.open(lean.port)
+    await conn.send(put_head("1.00000", 10_000_000))  # a body still to come, unread
+    async with asyncio.timeout(3):
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        rest = await conn.reader.read()  # ends without the promised 100 bytes
+    assert rest == b"x" * 10
+
+
+async def test_handler_raising_connection_error_is_a_500(lean, monkeypatch):
+    """A ConnectionError from the handler's own work (another node unreachable) is not
+    this client's disconnection: it gets a 500 like any other failure."""
+    async def unreachable(request):
+        raise ConnectionRefusedError("peer node down")
+
+    monkeypatch.setattr(lean.server, "handler", unreachable)
+    conn = await Raw.open(lean.port)
+    await conn.send(get("/healthcheck"))
+    assert (await conn.answer())[0] == 500

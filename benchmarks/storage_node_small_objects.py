@@ -8,7 +8,7 @@ free 127.0.0.1 port with a temp device, and drives it with aiohttp's client: PUT
 and HEAD of ``--count`` 4 KiB objects, then PUT of ``--large-count`` 16 MiB objects.
 Kinds alternate within a round so drift on a noisy machine hits both. Per phase it
 prints the median over rounds of requests/s and of the node's CPU ms per request
-(utime+stime from /proc), and the ratio of the first kind to the second. Bounded by
+(utime+stime from /proc, via load_stats), and the ratio of the first kind to the second. Bounded by
 the counts; no timing assertions (this is a measurement, not a test).
 """
 
@@ -19,48 +19,45 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.load_stats import ServerCpu
+from swiftlike.common.config import dump_toml
+from swiftlike.common.ports import free_port
 
 PHASES = ("small-put", "small-get", "small-head", "large-put")
 SMALL = 4096
 LARGE = 16 * 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class NodeProcess:
     """``swiftlike node`` in its own process, with one device in a temp directory."""
 
     def __init__(self, kind: str, fsync: bool, root: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         devices = os.path.join(root, kind)
         os.makedirs(os.path.join(devices, "sda"))
         conf = os.path.join(root, f"{kind}.toml")
         with open(conf, "w") as fh:
-            fh.write('[cluster]\nhash_path_prefix = "p"\nhash_path_suffix = "s"\n'
-                     f'[node]\ndevices = "{devices}"\nbind_ip = "127.0.0.1"\n'
-                     f'bind_port = {self.port}\nfsync = {str(fsync).lower()}\n'
-                     f'mount_check = false\nhttp_server = "{kind}"\nlog_level = "WARNING"\n')
+            fh.write(dump_toml({
+                "cluster": {"hash_path_prefix": "p", "hash_path_suffix": "s"},
+                "node": {"devices": devices, "bind_ip": "127.0.0.1", "bind_port": self.port,
+                         "fsync": fsync, "mount_check": False, "http_server": kind,
+                         "log_level": "WARNING"}}))
         self.proc = subprocess.Popen([sys.executable, "-m", "swiftlike", "node",
                                       "--config", conf])
+        self.cpu = ServerCpu([self.proc.pid])
 
     async def ready(self, session: aiohttp.ClientSession, seconds: float = 30.0) -> None:
         deadline = time.monotonic() + seconds
@@ -101,11 +98,11 @@ async def _phase(session: aiohttp.ClientSession, node: NodeProcess, verb: str, n
                 if r.status != expected or (verb == "GET" and len(data) != SMALL):
                     raise RuntimeError(f"{verb} {name}: {r.status}")
 
-    cpu_before = _cpu_seconds(node.proc.pid)
+    cpu_before = node.cpu.sample()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    cpu = _cpu_seconds(node.proc.pid) - cpu_before
+    cpu = node.cpu.delta(cpu_before) or 0.0
     return {"per_s": len(names) / elapsed, "cpu_ms": 1000 * cpu / len(names)}
 
 

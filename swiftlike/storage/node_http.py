@@ -47,7 +47,7 @@ from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
 from swiftlike.storage.node_http_body import ChunkDecoder, RequestBody
-from swiftlike.storage.node_http_parse import MAX_HEAD, BadRequest, parse_head
+from swiftlike.storage.node_http_parse import CONTROL_CHARS, MAX_HEAD, BadRequest, parse_head
 
 LOG = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ DIRECT_BODY = 64 * 1024  # a Content-Length body with this much left skips the c
 LINGER_SECONDS = 10.0
 IDLE_SECONDS = 75.0
 BODY_STALL_SECONDS = 60.0  # a body with no new byte for this long fails (Swift's client_timeout)
-_UNSAFE_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UNSAFE_HEADER_CHARS = re.compile(CONTROL_CHARS)
 
 Handler = Callable[["NodeRequest"], Awaitable[web.StreamResponse]]
 _EMPTY_STATUS = frozenset((204, 304))
@@ -107,10 +107,6 @@ class NodeRequest:
     @property
     def rel_url(self) -> URL:
         return URL(self.raw_path, encoded=True)
-
-    @property
-    def body_exists(self) -> bool:
-        return not self.content.done or bool(self.content_length)
 
     async def read(self) -> bytes:
         return await self.content.read()
@@ -252,6 +248,19 @@ class NodeConnection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
+    def expire(self, now: float) -> None:
+        """Fail a body that brought no byte for the server's body_timeout; close the
+        connection when that happened or when it idled for idle_timeout."""
+        if self._body is not None:
+            if self.last_active < now - self.server.body_timeout:
+                self._body.fail(TimeoutError(
+                    f"no body byte for {self.server.body_timeout:g} s"))
+                self._drop_body()
+                self._keep_alive = False
+                self.close()
+        elif not self._handling and self.last_active < now - self.server.idle_timeout:
+            self.close()
+
     # ---- request framing -----------------------------------------------------------------
     def _received(self, data: bytes) -> None:
         if self._body is not None:
@@ -291,9 +300,7 @@ class NodeConnection(asyncio.BufferedProtocol):
 
     def _body_ended(self) -> None:
         body = self._body
-        self._body = None
-        self._chunked = None
-        self._arena = None
+        self._drop_body()
         if body is not None:
             body.finish()
         if not self._handling:  # the answer is out already: the drained body is done
@@ -310,11 +317,9 @@ class NodeConnection(asyncio.BufferedProtocol):
         while pending.startswith(b"\r\n"):  # empty lines before a request line are ignored
             del pending[:2]
         end = pending.find(b"\r\n\r\n")
-        if end < 0:
-            if len(pending) > MAX_HEAD:
-                self._refuse(BadRequest(431, "Request head too large"))
-            return
-        if end > MAX_HEAD:
+        if end < 0 and len(pending) <= MAX_HEAD:
+            return  # the head is still arriving
+        if end < 0 or end > MAX_HEAD:
             self._refuse(BadRequest(431, "Request head too large"))
             return
         head = bytes(pending[:end + 2])
@@ -429,17 +434,17 @@ class NodeConnection(asyncio.BufferedProtocol):
         """A whole answer in one write; the headers aiohttp would add, no more."""
         status = response.status
         method = request.method
-        no_body = method == "HEAD" or status in _EMPTY_STATUS or status < 200
+        empty_status = status in _EMPTY_STATUS or status < 200  # never a body or a length
+        no_body = method == "HEAD" or empty_status
         keep = request.keep_alive and response.keep_alive is not False
         headers = response.headers
         lines = [f"HTTP/1.{request.version.minor} {status} {response.reason}\r\n"]
         length = len(body) if body else 0
         if "Content-Length" in headers:
-            if status in _EMPTY_STATUS or status < 200:
+            if empty_status:
                 headers = headers.copy()
                 del headers["Content-Length"]
-        elif not (status in _EMPTY_STATUS or status < 200) and \
-                (length or (status != 304 and method != "HEAD")):
+        elif not empty_status and (length or method != "HEAD"):
             lines.append(f"Content-Length: {length}\r\n")
         if length and not no_body and "Content-Type" not in headers:
             lines.append("Content-Type: application/octet-stream\r\n")
@@ -531,15 +536,7 @@ class NodeHTTPServer:
             await asyncio.sleep(max(min(self.idle_timeout, self.body_timeout) / 4, 0.05))
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn._body is not None:
-                    if conn.last_active < now - self.body_timeout:
-                        conn._body.fail(TimeoutError(
-                            f"no body byte for {self.body_timeout:g} s"))
-                        conn._drop_body()
-                        conn._keep_alive = False
-                        conn.close()
-                elif not conn._handling and conn.last_active < now - self.idle_timeout:
-                    conn.close()
+                conn.expire(now)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening and taking new requests; let running handlers finish for

@@ -157,7 +157,7 @@ class RequestBody:
 
 
 class ChunkDecoder:
-    """Chunked transfer coding: sizes, data, the CRLF after each, trailers (ignored)."""
+    """Chunked transfer coding: sizes, data, the CRLF after each, trailers (checked, not kept)."""
 
     SIZE, DATA, DATA_END, TRAILER = range(4)
 

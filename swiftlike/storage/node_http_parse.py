@@ -19,12 +19,15 @@ MAX_HEAD = 64 * 1024  # request line and all header fields together
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([!-~]+) HTTP/1\.([01])\r\n")
+#: characters no header name or value may hold (every control character but HTAB)
+CONTROL_CHARS = r"[\x00-\x08\x0a-\x1f\x7f]"
+_FIELD_LINE = rf"{_TOKEN}:[^{CONTROL_CHARS[1:-1]}]*"  # token ":" value, CRLF not included
 # a header block: fields of token ":" value, values without control characters but HTAB
-_FIELDS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_FIELDS = re.compile(rf"(?:{_FIELD_LINE}\r\n)*")
 _FIELD = re.compile(rf"({_TOKEN}):[ \t]*([^\r]*?)[ \t]*\r\n")
 # chunk-size [ BWS ";" extensions ]: no leading whitespace, no control characters
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[!-~ \t]*)?")
-_TRAILER_FIELD = re.compile(rf"{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*".encode())
+_TRAILER_FIELD = re.compile(_FIELD_LINE.encode())
 MAX_LENGTH_DIGITS = 19  # a Content-Length below 10**19 (more than any disk holds)
 
 

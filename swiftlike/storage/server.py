@@ -138,10 +138,6 @@ class RunningNode:
         assert isinstance(self.server, NodeHTTPServer)
         return self.server.port
 
-    @property
-    def servers(self) -> dict:
-        return self.dispatcher.servers
-
     async def cleanup(self) -> None:
         if isinstance(self.server, NodeHTTPServer):
             await self.server.close()

@@ -3,7 +3,8 @@
 Usage: python benchmarks/storage_node_small_objects.py [--count 2000] [--large-count 8]
          [--concurrency 32] [--rounds 3] [--servers lean,aiohttp] [--no-fsync] [--json]
 
-Each round starts a fresh node process per server kind (``[node] http_server``), on a
+Each round starts a fresh node process per server kind (``[node] http_server``; a kind
+ending in ``-buffered``, e.g. ``lean-buffered``, also sets ``[node] direct_io = false``), on a
 free 127.0.0.1 port with a temp device, and drives it with aiohttp's client: PUT, GET
 and HEAD of ``--count`` 4 KiB objects, then PUT of ``--large-count`` 16 MiB objects.
 Kinds alternate within a round so drift on a noisy machine hits both. Per phase it
@@ -53,7 +54,9 @@ class NodeProcess:
             fh.write(dump_toml({
                 "cluster": {"hash_path_prefix": "p", "hash_path_suffix": "s"},
                 "node": {"devices": devices, "bind_ip": "127.0.0.1", "bind_port": self.port,
-                         "fsync": fsync, "mount_check": False, "http_server": kind,
+                         "fsync": fsync, "mount_check": False,
+                         "http_server": kind.split("-")[0],
+                         "direct_io": not kind.endswith("-buffered"),
                          "log_level": "WARNING"}}))
         self.proc = subprocess.Popen([sys.executable, "-m", "swiftlike", "node",
                                       "--config", conf])
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default="lean,aiohttp",
-                        help="[node] http_server kinds to compare, comma-separated")
+                        help="[node] http_server kinds to compare, comma-separated; "
+                             "a '-buffered' suffix turns [node] direct_io off")
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)

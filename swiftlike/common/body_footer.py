@@ -60,25 +60,31 @@ class FooterSplitter:
     """
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._tail: bytes | memoryview = b""
         self.body_bytes = 0
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
         """Body pieces that are certainly not part of the footer (maybe none).
 
         ``chunk`` may be a memoryview (a node's server hands big bodies over as views
-        of its receive buffers); the held-back tail is always copied into bytes.
+        of its receive buffers, which it never reuses while a view of them lives). A
+        tail held back from a view stays a view of the same memory, so the pieces
+        handed on are still adjacent in memory when they were received that way (the
+        object writer joins such pieces for O_DIRECT). A bytearray is copied: its owner
+        may reuse it.
         """
         size = len(chunk)
         if size >= FOOTER_LEN:
             out: list[bytes | memoryview] = []
             if self._tail:
                 out.append(self._tail)
+            view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
             if size > FOOTER_LEN:
-                out.append(memoryview(chunk)[:size - FOOTER_LEN])
-            self._tail = bytes(chunk[size - FOOTER_LEN:])
+                out.append(view[:size - FOOTER_LEN])
+            tail = view[size - FOOTER_LEN:]
+            self._tail = tail if isinstance(chunk, memoryview) else tail.tobytes()
         else:
-            joined = self._tail + bytes(chunk)
+            joined = bytes(self._tail) + bytes(chunk)
             if len(joined) <= FOOTER_LEN:
                 self._tail = joined
                 return []
@@ -94,7 +100,7 @@ class FooterSplitter:
         ValueError when the stream was shorter than a footer, the footer is malformed,
         or its length disagrees with the body bytes that came before it.
         """
-        md5_hex, length = parse_footer(self._tail)
+        md5_hex, length = parse_footer(bytes(self._tail))
         if length != self.body_bytes:
             raise ValueError(f"body footer says {length} bytes, received {self.body_bytes}")
         return md5_hex, length

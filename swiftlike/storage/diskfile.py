@@ -49,6 +49,7 @@ from swiftlike.storage.body_io import (  # noqa: F401  (BODY_CHECKSUM_KEY re-exp
     BODY_CHECKSUM_KEY,
     body_matches,
 )
+from swiftlike.storage.direct_write import DirectSpanWriter
 from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for callers)
     FALLOCATE,
     LINKAT,
@@ -186,7 +187,8 @@ class ObjectWriter:
     """
 
     def __init__(self, device_path: str, object_dir: str, fsync: bool = True,
-                 use_xattr: bool = True, compute_md5: bool = True) -> None:
+                 use_xattr: bool = True, compute_md5: bool = True,
+                 direct_io: bool = False) -> None:
         self.device_path = device_path
         self.object_dir = object_dir
         self.fsync = fsync
@@ -202,6 +204,9 @@ class ObjectWriter:
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
+        # write_chunks with O_DIRECT where the pieces allow (see direct_write)
+        self.direct_io = direct_io
+        self.spans: DirectSpanWriter | None = None
 
     def open(self, expected_size: int = 0) -> None:
         """Create the temp file; reserve ``expected_size`` bytes for it when known.
@@ -217,6 +222,8 @@ class ObjectWriter:
         except FileNotFoundError:
             os.makedirs(tmp_dir, exist_ok=True)
             self.fd, self.tmp_path = tempfile.mkstemp(dir=tmp_dir, suffix=".tmp")
+        if self.direct_io:
+            self.spans = DirectSpanWriter(self.fd)
         if expected_size > 0 and FALLOCATE is not None:
             try:
                 FALLOCATE(self.fd, expected_size)
@@ -258,19 +265,21 @@ class ObjectWriter:
         assert self.fd is not None
         if self.md5 is not None:
             self.md5.update(chunk)
-        view = memoryview(chunk)
         try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+            if self.spans is not None:
+                # through the direct writer, which tracks the file offset
+                self.spans.feed(chunk)
+                self.spans.flush()
+            else:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(self.fd, view)
+                    view = view[written:]
         except OSError as err:
-            self.abort()
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(str(err)) from err
-            raise
+            self._write_failed(err)
         self.bytes_written += len(chunk)
-        if self.fsync and self.bytes_written - self.writeback_from >= WRITEBACK_STEP and \
-                START_WRITEBACK is not None:
+        if self.spans is None and self.fsync and START_WRITEBACK is not None and \
+                self.bytes_written - self.writeback_from >= WRITEBACK_STEP:
             # the disk starts on this stretch now; the final fsync waits for the tail only
             with contextlib.suppress(OSError):
                 START_WRITEBACK(self.fd, self.writeback_from,
@@ -286,11 +295,42 @@ class ObjectWriter:
         """
         if self.body_checksum is None and self.bytes_written == 0:
             self.body_checksum = xxhash.xxh3_128()
-        for chunk in chunks:
-            self.write(chunk)
-            if self.body_checksum is not None:
-                self.body_checksum.update(chunk)
-                self.checksummed_bytes += len(chunk)
+        spans = self.spans
+        if spans is None:
+            for chunk in chunks:
+                self.write(chunk)
+                self._checksum(chunk)
+            return
+        try:
+            for chunk in chunks:
+                if self.md5 is not None:
+                    self.md5.update(chunk)
+                self._checksum(chunk)
+                spans.feed(chunk)
+                self.bytes_written += len(chunk)
+            spans.drain()
+        except OSError as err:
+            self._write_failed(err)
+
+    def _checksum(self, chunk: bytes | memoryview) -> None:
+        if self.body_checksum is not None:
+            self.body_checksum.update(chunk)
+            self.checksummed_bytes += len(chunk)
+
+    def _flush_spans(self) -> None:
+        """Hand the direct writer's held-back bytes to the kernel (before a sync, a
+        close, or a plain :meth:`write`, which must land after them)."""
+        if self.spans is not None:
+            try:
+                self.spans.flush()
+            except OSError as err:
+                self._write_failed(err)
+
+    def _write_failed(self, err: OSError) -> None:
+        self.abort()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(str(err)) from err
+        raise err
 
     def body_checksum_hex(self) -> str | None:
         """The BODY_CHECKSUM_KEY value, or None unless it covers every byte written."""
@@ -303,6 +343,7 @@ class ObjectWriter:
         if self.fd is None:
             self.open()
         assert self.fd is not None
+        self._flush_spans()
         final_name = timestamp.internal + ext
         final_path = os.path.join(self.object_dir, final_name)
         packed = msgpack.packb(metadata, use_bin_type=True)
@@ -340,6 +381,7 @@ class ObjectWriter:
         if self.fd is None:
             self.open()
         assert self.fd is not None
+        self._flush_spans()
         self.final_path = os.path.join(self.object_dir, timestamp.internal + ext)
         packed = msgpack.packb(metadata, use_bin_type=True)
         try:
@@ -392,6 +434,8 @@ class ObjectWriter:
 
     def abort(self) -> None:
         """Remove the temp file: nothing half-written ever reaches the object dir."""
+        if self.spans is not None:
+            self.spans.discard()
         if self.fd is not None:
             try:
                 os.close(self.fd)

@@ -43,6 +43,9 @@ class StorageNode:
         self.mount_check = _as_bool(node.get("mount_check", False))
         self.fsync = _as_bool(node.get("fsync", True))
         self.use_xattr = _as_bool(node.get("xattr", True))
+        # big bodies go to disk with O_DIRECT from the receive buffers (see direct_write);
+        # only with fsync on: without it a synchronous device write buys nothing
+        self.direct_io = self.fsync and _as_bool(node.get("direct_io", True))
         self.fallocate_reserve = node.get("fallocate_reserve", 0)
         self.hash_prefix = str(cluster.get("hash_path_prefix", "")).encode()
         self.hash_suffix = str(cluster.get("hash_path_suffix", "")).encode()

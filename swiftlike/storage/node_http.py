@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import re
 import socket
 import sys
@@ -46,6 +47,7 @@ from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
+from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.node_http_body import ChunkDecoder, RequestBody
 from swiftlike.storage.node_http_parse import CONTROL_CHARS, MAX_HEAD, BadRequest, parse_head
 
@@ -53,7 +55,7 @@ LOG = logging.getLogger(__name__)
 
 SMALL_READ = 64 * 1024  # the reused buffer for heads, small bodies and chunked bodies
 ARENA_SIZE = 1024 * 1024  # buffer a big Content-Length body is received into
-POOLED_ARENAS = 32  # arenas a server keeps for reuse (32 MiB)
+POOLED_ARENAS = 64  # arenas a server keeps for reuse (64 MiB)
 DIRECT_BODY = 64 * 1024  # a Content-Length body with this much left skips the copy
 LINGER_SECONDS = 10.0
 IDLE_SECONDS = 75.0
@@ -135,6 +137,7 @@ class NodeConnection(asyncio.BufferedProtocol):
         self._pending = bytearray()  # received bytes not yet parsed (the next head)
         self._body: RequestBody | None = None  # the body still arriving, if any
         self._remaining = 0  # Content-Length bytes of it still to come
+        self._body_length = 0  # the whole Content-Length
         self._chunked: ChunkDecoder | None = None
         self._arena: memoryview | None = None
         self._arena_pos = 0
@@ -166,13 +169,16 @@ class NodeConnection(asyncio.BufferedProtocol):
         if self._remaining and (self._arena is not None or self._remaining >= DIRECT_BODY):
             arena = self._arena
             if arena is None or self._arena_pos >= len(arena):
-                # never bigger than what is left of the body: no byte of the next
-                # request can land in it
+                # Placed so that a byte's address and its offset in the body agree
+                # modulo the page size: the object writer can then hand the arena to
+                # the disk with O_DIRECT (see direct_write). Never longer than what is
+                # left of the body: no byte of the next request can land in it.
+                skew = (self._body_length - self._remaining) % ALIGNMENT
                 arena = memoryview(self.server.take_arena())
-                if self._remaining < ARENA_SIZE:
-                    arena = arena[:self._remaining]
+                if self._remaining < ARENA_SIZE - skew:
+                    arena = arena[:skew + self._remaining]
                 self._arena = arena
-                self._arena_pos = 0
+                self._arena_pos = skew
             self._direct = True
             return arena[self._arena_pos:]
         self._direct = False
@@ -339,7 +345,7 @@ class NodeConnection(asyncio.BufferedProtocol):
         body = RequestBody(self, not has_body, expect)
         if has_body:
             self._body = body
-            self._remaining = parsed.length or 0
+            self._remaining = self._body_length = parsed.length or 0
             self._chunked = ChunkDecoder() if parsed.chunked else None
         request = NodeRequest(self, parsed.method, parsed.target, parsed.minor,
                               CIMultiDictProxy(parsed.headers), body, parsed.length)
@@ -493,7 +499,7 @@ class NodeHTTPServer:
         self._sweeper: asyncio.Task | None = None
         self._date_second = -1
         self._date = ""
-        self._arenas: list[bytearray] = []
+        self._arenas: list[mmap.mmap] = []
 
     async def start(self, host: str, port: int, *, backlog: int = 1024,
                     sock: socket.socket | None = None) -> None:
@@ -507,14 +513,15 @@ class NodeHTTPServer:
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.create_task(self._sweep_idle())
 
-    def take_arena(self) -> bytearray:
+    def take_arena(self) -> mmap.mmap:
         """A receive buffer of ARENA_SIZE bytes: a pooled one no piece refers to any
         more (its only references are the pool's, the loop's and the call's), else a
-        new one, pooled while the pool has room."""
+        new one, pooled while the pool has room. Anonymous mmap: page-aligned (what
+        O_DIRECT needs) and not zeroed by us (the kernel maps zero pages on demand)."""
         for arena in self._arenas:
             if sys.getrefcount(arena) == 3:
                 return arena
-        arena = bytearray(ARENA_SIZE)
+        arena = mmap.mmap(-1, ARENA_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if len(self._arenas) < POOLED_ARENAS:
             self._arenas.append(arena)
         return arena

@@ -222,7 +222,8 @@ class ObjectServer:
             return error_response(400, f"Unsupported {FOOTER_HEADER}: {footer}")
         writer = diskfile.ObjectWriter(device_path, object_dir, fsync=node.fsync,
                                        use_xattr=node.use_xattr,
-                                       compute_md5=footer is None)
+                                       compute_md5=footer is None,
+                                       direct_io=node.direct_io)
         body_length = length - FOOTER_LEN if footer is not None and length else length
         await node.run_io(writer.open, max(body_length or 0, 0))
         committed = False
@@ -353,7 +354,8 @@ class ObjectServer:
         pending: bytes | None = None
         while offset < opened.size:
             chunk = await self._read_batch(opened.fd, offset,
-                                           min(READ_BATCH, opened.size - offset), hasher)
+                                           min(READ_BATCH, opened.size - offset), hasher,
+                                           opened.size)
             if not chunk:
                 break
             offset += len(chunk)
@@ -407,19 +409,22 @@ class ObjectServer:
         assert opened.fd is not None
         offset = start
         while offset < stop:
-            chunk = await self._read_batch(opened.fd, offset, min(READ_BATCH, stop - offset))
+            chunk = await self._read_batch(opened.fd, offset, min(READ_BATCH, stop - offset),
+                                           body_end=stop)
             if not chunk:
                 raise ConnectionResetError("object shorter than expected")
             await response.write(chunk)
             offset += len(chunk)
 
-    async def _read_batch(self, fd: int, offset: int, size: int, hasher: object = None
-                          ) -> bytes | bytearray:
+    async def _read_batch(self, fd: int, offset: int, size: int, hasher: object = None,
+                          body_end: int = 0) -> bytes | bytearray:
         """The next piece of a streamed body: on the loop when the page cache has it
-        (a thread hop per MiB cost more than the copy), else in the I/O pool."""
+        (a thread hop per MiB cost more than the copy), else in the I/O pool, which
+        also starts the kernel reading ahead towards ``body_end``."""
         chunk = body_io.read_cached(fd, offset, size)
         if chunk is None:
-            return await self.node.run_io(body_io.read_chunk, fd, offset, size, hasher)
+            return await self.node.run_io(body_io.read_chunk, fd, offset, size, hasher,
+                                          body_end)
         if hasher is not None:
             hasher.update(chunk)  # type: ignore[attr-defined]
         return chunk

@@ -89,3 +89,22 @@ def test_splitter_refuses_a_length_that_disagrees():
     _, splitter = _split(stream, [10, 200])
     with pytest.raises(ValueError, match="says 301 bytes, received 300"):
         splitter.finish()
+
+
+def test_splitter_keeps_pieces_of_one_buffer_adjacent_and_copies_a_bytearray():
+    """Views in, views of the same memory out (the O_DIRECT writer joins adjacent pieces);
+    a bytearray's tail is copied, since its owner may reuse the bytearray."""
+    body = bytes(range(256)) * 40
+    data = bytearray(body + make_footer(hashlib.md5(body).hexdigest(), len(body)))
+    view = memoryview(data)
+    splitter = FooterSplitter()
+    out = splitter.feed(view[:5000]) + splitter.feed(view[5000:])
+    assert all(isinstance(piece, memoryview) and piece.obj is data for piece in out)
+    assert b"".join(out) == body
+
+    reused = bytearray(data)
+    splitter = FooterSplitter()
+    joined = b"".join(bytes(piece) for piece in splitter.feed(reused))
+    reused[:] = bytes(len(reused))  # the caller fills its buffer with the next bytes
+    assert joined == body
+    assert splitter.finish() == (hashlib.md5(body).hexdigest(), len(body))

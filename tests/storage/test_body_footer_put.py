@@ -57,6 +57,13 @@ async def eventually_stored_nothing(node, seconds: float = 5.0) -> bool:
     return stored_nothing(node)
 
 
+@pytest.fixture(params=[False, True], ids=["buffered", "direct-io"])
+async def node(node_factory, request):
+    """Every footer case with the body written buffered and with O_DIRECT: the footer is
+    held back as a view of the receive buffer in the second case."""
+    return await node_factory(direct_io=request.param)
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_footer_put_stores_the_body_and_the_proxys_md5(node, ts, chunked):
     body = os.urandom(SIZE)

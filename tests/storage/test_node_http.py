@@ -16,7 +16,9 @@ import socket
 import sys
 
 import pytest
+from aiohttp import web
 
+from swiftlike.storage.direct_write import ALIGNMENT, buffer_address
 from swiftlike.storage.server import start_node_server
 from tests.storage.conftest import make_conf
 from tests.storage.test_body_footer_put import eventually_stored_nothing
@@ -152,8 +154,21 @@ async def test_malformed_chunked_body_stores_nothing_and_closes(lean, ts, encode
     assert object_files(lean) == []
 
 
-async def test_big_content_length_body_in_odd_pieces(lean, ts):
-    """The body goes into the server's own receive buffers: every byte must land once."""
+@pytest.mark.parametrize("direct_io", [False, True])
+async def test_big_content_length_body_in_odd_pieces(tmp_path, ts, direct_io):
+    """The body goes into the server's own receive buffers: every byte must land once
+    (written through the page cache, or with O_DIRECT straight from those buffers)."""
+    os.makedirs(tmp_path / "devs" / "sda")
+    lean = await start_node_server(make_conf(str(tmp_path / "devs"), direct_io=direct_io),
+                                   "127.0.0.1", 0)
+    lean.devices = str(tmp_path / "devs")
+    try:
+        await _put_in_odd_pieces(lean, ts)
+    finally:
+        await lean.cleanup()
+
+
+async def _put_in_odd_pieces(lean, ts) -> None:
     body = os.urandom(3 * 1024 * 1024 + 12_345)
     conn = await Raw.open(lean.port)
     await conn.send(put_head(ts(), len(body)))
@@ -164,6 +179,36 @@ async def test_big_content_length_body_in_odd_pieces(lean, ts):
     assert status == 201 and headers["etag"] == f'"{hashlib.md5(body).hexdigest()}"'
     await conn.send(get())
     assert (await conn.answer())[2] == body
+
+
+async def test_body_pieces_sit_at_addresses_agreeing_with_their_offsets(lean, monkeypatch):
+    """What lets the object writer use O_DIRECT: every receive-buffer piece of a big body
+    lies at an address congruent to its offset in the body, modulo the page size."""
+    seen: list[tuple[int, int, int | None]] = []
+
+    async def recorder(request):
+        offset = 0
+        while True:
+            piece, _ = await request.content.readchunk()
+            if not piece:
+                break
+            address = buffer_address(piece) if isinstance(piece, memoryview) else None
+            seen.append((offset, len(piece), address))
+            offset += len(piece)
+        return web.Response(status=201, text=str(offset))
+
+    monkeypatch.setattr(lean.server, "handler", recorder)
+    body = os.urandom(2 * 1024 * 1024 + 999)
+    conn = await Raw.open(lean.port)
+    await conn.send(b"PUT /x HTTP/1.1\r\nHost: n\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body[:5000])
+    for start in range(5000, len(body), 333_333):
+        await conn.send(body[start:start + 333_333])
+    status, _, answer = await conn.answer()
+    assert status == 201 and int(answer) == len(body)
+    views = [(offset, address) for offset, _, address in seen if address is not None]
+    assert sum(size for _, size, address in seen if address is not None) > len(body) // 2
+    assert all(address % ALIGNMENT == offset % ALIGNMENT for offset, address in views)
 
 
 async def test_early_answer_drains_the_unread_body_and_keeps_the_connection(lean, ts):

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -64,11 +65,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "node")
     _apply_cpu_policy(conf, "node")
-    _run(_until_signalled(_run_node_with_daemons(conf)))
+    sock = None
+    if args.listen_fd is not None:
+        # bound by `swiftlike serve`, which holds it across restarts of this node
+        sock = socket.socket(fileno=args.listen_fd)
+        sock.setblocking(False)
+    _run(_until_signalled(_run_node_with_daemons(conf, sock)))
     return 0
 
 
-async def _run_node_with_daemons(conf: dict[str, Any]) -> None:
+async def _run_node_with_daemons(conf: dict[str, Any],
+                                 sock: socket.socket | None = None) -> None:
     """A storage node, and its consistency daemons in the same process when enabled.
 
     The daemons live in a layer below storage, so the node server cannot start them
@@ -78,11 +85,11 @@ async def _run_node_with_daemons(conf: dict[str, Any]) -> None:
     from swiftlike.storage.server import run_node
 
     if not conf_bool(conf.get("daemons", {}).get("enabled"), default=False):
-        await run_node(conf)
+        await run_node(conf, sock)
         return
     from swiftlike.daemons.runner import run_daemons
 
-    node = asyncio.ensure_future(run_node(conf))
+    node = asyncio.ensure_future(run_node(conf, sock))
     daemons = asyncio.ensure_future(run_daemons(conf))
     try:
         done, _ = await asyncio.wait({node, daemons}, return_when=asyncio.FIRST_COMPLETED)
@@ -184,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True)
+        if name == "node":
+            p.add_argument("--listen-fd", type=int,
+                           help="serve on this inherited listening socket instead of "
+                                "binding [node] bind_ip:bind_port (swiftlike serve's)")
         p.set_defaults(func=func)
 
     for name in ("replicate", "audit", "update", "expire"):

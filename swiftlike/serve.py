@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from swiftlike.common.config import ConfigError, dump_toml, load_config, new_secret
-from swiftlike.common.ports import free_port, port_is_free
+from swiftlike.common.ports import free_port, listen_socket, port_is_free
 
 CLUSTER_FILE = "cluster.toml"
 RING_FILE = "cluster.ring"
@@ -50,10 +51,13 @@ class ServeOptions:
     image_segment_size: int | None = None  # None: keep cluster.toml's (or the default)
 
 
-def prepare_cluster(opts: ServeOptions) -> dict[str, Any]:
+def prepare_cluster(opts: ServeOptions,
+                    listeners: dict[int, socket.socket] | None = None) -> dict[str, Any]:
     """Create (first start) or load (later starts) the cluster under the data directory.
 
-    Returns the cluster description: the shared config and each node's config.
+    Returns the cluster description: the shared config and each node's config. A new
+    cluster's node ports are chosen by binding them: each one's listening socket goes
+    into ``listeners`` (by port), for the node process to inherit.
     """
     data_dir = opts.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ def prepare_cluster(opts: ServeOptions) -> dict[str, Any]:
         if configure_image_service(conf, opts):
             _write_atomic(cluster_path, dump_toml(conf))
         return conf
-    conf = _new_cluster(opts, data_dir)
+    conf = _new_cluster(opts, data_dir, {} if listeners is None else listeners)
     configure_image_service(conf, opts)
     _write_atomic(cluster_path, dump_toml(conf))
     return conf
@@ -104,7 +108,27 @@ def configure_image_service(conf: dict[str, Any], opts: ServeOptions) -> bool:
     return changed
 
 
-def _new_cluster(opts: ServeOptions, data_dir: Path) -> dict[str, Any]:
+def _node_port(opts: ServeOptions, index: int, used: set[int],
+               listeners: dict[int, socket.socket]) -> int:
+    """Node ``index``'s port, bound (its socket in ``listeners``): --node-base-port's,
+    else 620<index> when free, else any free one."""
+    if opts.node_base_port:
+        candidates = [opts.node_base_port + index - 1]
+    else:
+        candidates = [6200 + index, *(free_port(opts.host, used) for _ in range(20))]
+    for port in candidates:
+        if port in used:
+            continue
+        sock = listen_socket(opts.host, port)
+        if sock is not None:
+            listeners[port] = sock
+            return port
+    raise ConfigError(f"no free port for storage node {index} on {opts.host} "
+                      f"(tried {', '.join(map(str, candidates))})")
+
+
+def _new_cluster(opts: ServeOptions, data_dir: Path,
+                 listeners: dict[int, socket.socket]) -> dict[str, Any]:
     from ring import RingBuilder
 
     if opts.nodes < 1:
@@ -114,10 +138,7 @@ def _new_cluster(opts: ServeOptions, data_dir: Path) -> dict[str, Any]:
     used: set[int] = {opts.port}
     nodes: dict[str, Any] = {}
     for i in range(1, opts.nodes + 1):
-        if opts.node_base_port:
-            port = opts.node_base_port + i - 1
-        else:
-            port = 6200 + i if port_is_free(opts.host, 6200 + i) else free_port(opts.host, used)
+        port = _node_port(opts, i, used, listeners)
         used.add(port)
         device = f"d{i}"
         devices_dir = data_dir / f"node{i}"
@@ -199,9 +220,13 @@ async def wait_healthy(urls: list[str], within: float = 30.0) -> None:
 class Supervisor:
     """Starts the cluster's processes, restarts any that die, stops them all on a signal."""
 
-    def __init__(self, opts: ServeOptions, configs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, opts: ServeOptions, configs: dict[str, dict[str, Any]],
+                 listeners: dict[str, socket.socket] | None = None) -> None:
         self.opts = opts
         self.configs = configs
+        # each node's listening socket, held here for its whole life: a restarted node
+        # inherits the same one, so its port cannot be lost while it is down
+        self.listeners = listeners or {}
         self.conf_dir = opts.data_dir.resolve() / "run"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
@@ -211,7 +236,10 @@ class Supervisor:
             conf_path = self.conf_dir / "proxy.toml"
             return [sys.executable, "-m", "swiftlike", "proxy", "--config", str(conf_path)]
         conf_path = self.conf_dir / f"{name}.toml"
-        return [sys.executable, "-m", "swiftlike", "node", "--config", str(conf_path)]
+        command = [sys.executable, "-m", "swiftlike", "node", "--config", str(conf_path)]
+        if name in self.listeners:
+            command += ["--listen-fd", str(self.listeners[name].fileno())]
+        return command
 
     def start(self) -> None:
         """Write each process's config, then start nodes and `workers` proxy processes.
@@ -229,7 +257,9 @@ class Supervisor:
             self._spawn(f"proxy-{worker}")
 
     def _spawn(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(self._command(name), start_new_session=True)
+        fds = (self.listeners[name].fileno(),) if name in self.listeners else ()
+        self.procs[name] = subprocess.Popen(self._command(name), start_new_session=True,
+                                            pass_fds=fds)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values()]
@@ -273,8 +303,39 @@ def ready_message(opts: ServeOptions) -> str:
 
 async def serve(opts: ServeOptions) -> int:
     """Run the all-in-one cluster until SIGINT/SIGTERM; returns the exit status."""
+    by_port: dict[int, socket.socket] = {}
     try:
-        conf = prepare_cluster(opts)
+        return await _serve(opts, by_port)
+    finally:
+        for sock in by_port.values():
+            sock.close()
+
+
+def bind_node_ports(configs: dict[str, dict[str, Any]],
+                    by_port: dict[int, socket.socket]) -> dict[str, socket.socket]:
+    """Each node's listening socket by process name, bound now where not yet bound.
+
+    ConfigError names the node whose port is taken (another cluster, an old node still
+    running): serving anyway would leave that node down, and a health check answered by
+    the stranger would hide it.
+    """
+    listeners: dict[str, socket.socket] = {}
+    for name, conf in configs.items():
+        if name == "proxy":
+            continue
+        host = conf["node"]["bind_ip"]
+        port = int(conf["node"]["bind_port"])
+        sock = by_port.get(port) or listen_socket(host, port)
+        if sock is None:
+            raise ConfigError(f"{name}'s port {host}:{port} is already in use "
+                              "(is another swiftlike serve running on this data?)")
+        by_port[port] = listeners[name] = sock
+    return listeners
+
+
+async def _serve(opts: ServeOptions, by_port: dict[int, socket.socket]) -> int:
+    try:
+        conf = prepare_cluster(opts, by_port)
     except ConfigError as exc:
         print(f"swiftlike: {exc}", file=sys.stderr)
         return 2
@@ -283,7 +344,12 @@ async def serve(opts: ServeOptions) -> int:
         print(f"swiftlike: {opts.host}:{opts.port} is already in use (try --port)",
               file=sys.stderr)
         return 2
-    sup = Supervisor(opts, configs)
+    try:
+        listeners = bind_node_ports(configs, by_port)
+    except ConfigError as exc:
+        print(f"swiftlike: {exc}", file=sys.stderr)
+        return 2
+    sup = Supervisor(opts, configs, listeners)
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

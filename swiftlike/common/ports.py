@@ -59,3 +59,23 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket | None:
+    """A listening TCP socket on ``host:port``; None when the port is taken.
+
+    A supervisor holds it and hands it to the server process that accepts on it: a port
+    checked free and bound later by another process can be taken in between (two
+    clusters created at the same moment both chose 6201), and then one cluster's
+    clients talk to the other's server. Inheritable, so ``pass_fds`` can pass it on.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        return None
+    sock.set_inheritable(True)
+    return sock

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
 from aiohttp import web
@@ -146,10 +147,11 @@ class RunningNode:
         await close_dispatcher(self.dispatcher)
 
 
-async def start_node_server(conf: dict, host: str | None = None, port: int | None = None
-                            ) -> RunningNode:
+async def start_node_server(conf: dict, host: str | None = None, port: int | None = None,
+                            sock: socket.socket | None = None) -> RunningNode:
     """Serve the node for ``conf`` on host:port (default [node] bind_ip/bind_port; port 0
-    picks a free one) with the node's own HTTP server; returns once it listens."""
+    picks a free one), or on the listening ``sock`` when given, with the node's own HTTP
+    server; returns once it listens."""
     node_conf = conf.get("node", {})
     dispatcher = NodeDispatcher(StorageNode(conf))
     server = NodeHTTPServer(dispatcher,  # type: ignore[arg-type]
@@ -157,26 +159,32 @@ async def start_node_server(conf: dict, host: str | None = None, port: int | Non
                             body_timeout=float(node_conf.get("client_timeout",
                                                              BODY_STALL_SECONDS)))
     await server.start(host if host is not None else node_conf.get("bind_ip", "127.0.0.1"),
-                       port if port is not None else int(node_conf.get("bind_port", 6200)))
+                       port if port is not None else int(node_conf.get("bind_port", 6200)),
+                       sock=sock)
     return RunningNode(server, dispatcher)
 
 
-async def _start_aiohttp(conf: dict) -> RunningNode:
+async def _start_aiohttp(conf: dict, sock: socket.socket | None = None) -> RunningNode:
     """The same dispatcher on aiohttp's low-level server (no router, no middleware)."""
     node_conf = conf.get("node", {})
     dispatcher = NodeDispatcher(StorageNode(conf))
     server = web.Server(dispatcher, access_log=None, **HANDLER_ARGS)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, node_conf.get("bind_ip", "127.0.0.1"),
-                       int(node_conf.get("bind_port", 6200)), backlog=1024,
-                       reuse_address=True)
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock, backlog=1024)
+    else:
+        site = web.TCPSite(runner, node_conf.get("bind_ip", "127.0.0.1"),
+                           int(node_conf.get("bind_port", 6200)), backlog=1024,
+                           reuse_address=True)
     await site.start()
     return RunningNode(runner, dispatcher)
 
 
-async def run_node(conf: dict) -> None:
-    """Serve the node on [node] bind_ip:bind_port until cancelled.
+async def run_node(conf: dict, sock: socket.socket | None = None) -> None:
+    """Serve the node on [node] bind_ip:bind_port (or the listening ``sock``, bound by a
+    supervisor) until cancelled.
 
     The caller chooses the loop; ``main_node(conf)`` runs this on uvloop.
     """
@@ -185,7 +193,8 @@ async def run_node(conf: dict) -> None:
     kind = str(node_conf.get("http_server", "lean")).strip().lower()
     if kind not in ("lean", "aiohttp"):
         raise ValueError(f"[node] http_server must be 'lean' or 'aiohttp', not {kind!r}")
-    running = await (start_node_server(conf) if kind == "lean" else _start_aiohttp(conf))
+    running = await (start_node_server(conf, sock=sock) if kind == "lean"
+                     else _start_aiohttp(conf, sock))
     settle_after_startup()
     LOG.info("storage node serving %s on %s:%s (%s HTTP server)", node_conf.get("devices"),
              node_conf.get("bind_ip", "127.0.0.1"), node_conf.get("bind_port", 6200), kind)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.cluster_harness import start_served_cluster
+from tests.cluster_harness import free_port, start_served_cluster
 
 
 def _printed_swift_command(output: list[str]) -> list[str]:
@@ -90,6 +90,70 @@ def test_refuses_a_port_in_use_and_a_changed_node_count(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "4 nodes" in done.stderr
+
+
+def _node_ports(data_dir: Path) -> list[int]:
+    from swiftlike.common.config import load_config
+
+    conf = load_config(data_dir / "cluster.toml")
+    return [int(node["bind_port"]) for node in conf["nodes"].values()]
+
+
+def _swift_stat_account_bytes(cluster) -> tuple[str, str]:
+    from swiftclient.client import Connection
+
+    conn = Connection(authurl=cluster.auth_url, user=cluster.user, key=cluster.key,
+                      retries=0, timeout=10)
+    try:
+        headers = conn.head_account()
+        return headers["x-account-container-count"], conn.url
+    finally:
+        conn.close()
+
+
+def test_clusters_started_together_never_share_a_node_port(tmp_path: Path) -> None:
+    """Each serve binds its nodes' ports itself and hands the sockets to the nodes, so
+    two clusters created at the same moment cannot both pick 6201 (one of them would
+    then talk to the other's node)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        started = list(pool.map(
+            lambda name: start_served_cluster(tmp_path / name, nodes=2, workers=1,
+                                              extra_args=["--no-daemons"]),
+            ["a", "b"]))
+    try:
+        ports_a, ports_b = _node_ports(tmp_path / "a"), _node_ports(tmp_path / "b")
+        assert len(set(ports_a + ports_b)) == 4, (ports_a, ports_b)
+        from swiftclient.client import Connection
+
+        conn = Connection(authurl=started[0].auth_url, user=started[0].user,
+                          key=started[0].key, retries=0, timeout=10)
+        conn.put_container("only-in-a")
+        conn.close()
+        assert _swift_stat_account_bytes(started[0])[0] == "1"
+        assert _swift_stat_account_bytes(started[1])[0] == "0"
+    finally:
+        for cluster in started:
+            cluster.stop()
+
+
+def test_a_node_port_taken_by_another_process_is_refused(tmp_path: Path) -> None:
+    """An existing cluster whose node port someone else holds does not start half-way
+    (with that node down and its health check answered by the stranger)."""
+    data_dir = tmp_path / "d"
+    start_served_cluster(data_dir, nodes=2, workers=1, extra_args=["--no-daemons"]).stop()
+    port = _node_ports(data_dir)[1]
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "swiftlike", "serve", "--data-dir", str(data_dir),
+             "--nodes", "2", "--port", str(free_port())],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"node2's port 127.0.0.1:{port} is already in use" in done.stderr
 
 
 def test_help_lists_the_commands() -> None:

@@ -126,8 +126,8 @@ class DirectSpanWriter:
         self._forget_span()
 
     def _forget_span(self) -> None:
-        if self._base is not None:
-            self._base.release()
+        # dropped, not released: release() would raise while anything still exports it,
+        # and the last reference going frees the receive buffer for reuse all the same
         self._owner = self._base = None
         self._start = self._end = 0
 

@@ -9,6 +9,7 @@ proxy never mistakes it for a clean answer.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -33,6 +34,8 @@ from swiftlike.common.http_util import (
 )
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage import body_io, diskfile
+from swiftlike.storage.direct_read import AlignedBuffers, DirectReader
+from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.expiring_queue import enqueue_expiring
 from swiftlike.storage.node import StorageNode, error_response
 from swiftlike.storage.routing import Route
@@ -60,6 +63,9 @@ POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disp
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
 INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY}
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
+#: A whole-object GET of at least this many bytes that misses the page cache reads the
+#: rest with O_DIRECT (with [node] direct_io): see direct_read.
+DIRECT_READ_MIN = 4 * 1024 * 1024
 
 
 def request_timestamp(request: web.Request) -> Timestamp | None:
@@ -93,6 +99,8 @@ class ObjectServer:
         self.node = node
         # container rows of concurrent writes share PATCH requests (see updates.py)
         self.updates = UpdateBatcher(lambda: node.client)
+        # for GETs of big objects the page cache does not hold (see direct_read)
+        self.read_buffers = AlignedBuffers(READ_BATCH + 2 * ALIGNMENT)
 
     def object_dir(self, device_path: str, route: Route) -> str:
         object_hash = hash_path_hex(route.account, route.container, route.obj,
@@ -352,16 +360,37 @@ class ObjectServer:
         hasher, expected = body_io.body_verifier(opened.metadata)
         offset = 0
         pending: bytes | None = None
-        while offset < opened.size:
-            chunk = await self._read_batch(opened.fd, offset,
-                                           min(READ_BATCH, opened.size - offset), hasher,
-                                           opened.size)
-            if not chunk:
-                break
-            offset += len(chunk)
-            if pending is not None:
-                await response.write(pending)
-            pending = chunk
+        direct: DirectReader | None = None
+        try:
+            while offset < opened.size:
+                size = min(READ_BATCH, opened.size - offset)
+                if direct is None:
+                    chunk = body_io.read_cached(opened.fd, offset, size)
+                    if chunk is not None:
+                        hasher.update(chunk)  # type: ignore[attr-defined]
+                    elif opened.size >= DIRECT_READ_MIN and self.node.direct_io:
+                        direct = await self.node.run_io(DirectReader.open, opened.fd,
+                                                        self.read_buffers)
+                if direct is not None:
+                    try:
+                        chunk = await self.node.run_io(direct.read, offset, size, hasher)
+                    except OSError as err:
+                        if err.errno != errno.EINVAL:
+                            raise
+                        direct.close()  # refused here: through the page cache instead
+                        direct = chunk = None
+                if chunk is None:
+                    chunk = await self.node.run_io(body_io.read_chunk, opened.fd, offset,
+                                                   size, hasher, opened.size)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                if pending is not None:
+                    await response.write(pending)
+                pending = chunk
+        finally:
+            if direct is not None:
+                direct.close()
         if offset != opened.size or hasher.hexdigest() != expected:  # type: ignore[attr-defined]
             # hold back the last chunk: the client must not see a complete body
             object_dir = os.path.dirname(opened.path)

@@ -272,8 +272,12 @@ async def test_corrupt_small_object_is_quarantined_and_connection_cut(node, ts):
         assert resp.status == 404
 
 
-async def test_corrupt_large_object_never_completes(node, ts):
-    body = os.urandom(1024 * 1024)
+@pytest.mark.parametrize("size", [1024 * 1024, 5 * 1024 * 1024 + 123],
+                         ids=["page-cache", "direct-read"])
+async def test_corrupt_large_object_never_completes(node, ts, size):
+    """Whether the GET reads through the page cache or, for a big object the cache does
+    not hold, with O_DIRECT: a body that does not match its checksum never completes."""
+    body = os.urandom(size)
     await put(node, ts, body)
     data = object_files(node, "*.data")[0]
     overwrite(data, len(body) - 10, b"0123456789")
@@ -285,6 +289,25 @@ async def test_corrupt_large_object_never_completes(node, ts):
                 received += chunk
     assert len(received) < len(body)
     assert glob.glob(os.path.join(node.devices, "sda", "quarantined", "objects", "*"))
+
+
+async def test_big_object_read_back_past_the_page_cache(node, ts):
+    """A big object written with O_DIRECT and dropped from the page cache comes back
+    whole (read with O_DIRECT), also when its first pages are cached."""
+    body = os.urandom(6 * 1024 * 1024 + 77)
+    assert (await put(node, ts, body))[0] == 201
+    data = object_files(node, "*.data")[0]
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for _ in range(2):
+            async with node.session.get(node.url(OBJ)) as resp:
+                assert resp.status == 200 and await resp.read() == body
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            assert os.pread(fd, 10_000, 0) == body[:10_000]  # a cached prefix
+    finally:
+        os.close(fd)
 
 
 async def test_suffix_hashes_change_with_writes(node, ts):

@@ -265,16 +265,52 @@ class Supervisor:
         return [p.pid for p in self.procs.values()]
 
     async def watch(self) -> None:
-        """Restart a process that exits on its own (with a pause, so a crash loop stays slow)."""
+        """Restart a process that exits on its own (with a pause, so a crash loop stays slow).
+
+        A node's listening socket is closed while the node is down, so the proxy gets
+        refusals (and goes to another node at once) rather than connections nobody
+        will accept; it is bound again just before the node is started again.
+        """
+        unbound: set[str] = set()
         while not self.stopping:
             await asyncio.sleep(0.5)
+            for name in sorted(unbound):
+                if self._rebind(name):
+                    unbound.discard(name)
+                    self._spawn(name)
             for name, proc in list(self.procs.items()):
-                if proc.poll() is not None and not self.stopping:
+                if proc.poll() is not None and not self.stopping and name not in unbound:
                     print(f"swiftlike: {name} exited with {proc.returncode}; restarting",
                           file=sys.stderr, flush=True)
+                    self._release(name)
                     await asyncio.sleep(1.0)
-                    if not self.stopping:
+                    if self.stopping:
+                        break
+                    if self._rebind(name):
                         self._spawn(name)
+                    else:
+                        conf = self.configs[name]["node"]
+                        print(f"swiftlike: {name} cannot restart: its port "
+                              f"{conf['bind_ip']}:{conf['bind_port']} is taken; retrying",
+                              file=sys.stderr, flush=True)
+                        unbound.add(name)
+
+    def _release(self, name: str) -> None:
+        sock = self.listeners.get(name)
+        if sock is not None:
+            sock.close()  # connections queued for the dead node are reset
+
+    def _rebind(self, name: str) -> bool:
+        """Bind a node's port again (True), or False while someone else holds it.
+        Processes without a socket of ours (the proxy workers) need none."""
+        if name not in self.listeners:
+            return True
+        conf = self.configs[name]["node"]
+        sock = listen_socket(conf["bind_ip"], int(conf["bind_port"]))
+        if sock is None:
+            return False
+        self.listeners[name] = sock
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping = True
@@ -291,6 +327,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for sock in self.listeners.values():
+            sock.close()
 
 
 def ready_message(opts: ServeOptions) -> str:
@@ -354,9 +392,9 @@ async def _serve(opts: ServeOptions, by_port: dict[int, socket.socket]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_event.set)
-    sup.start()
     watcher: asyncio.Task[None] | None = None
     try:
+        sup.start()  # inside: a spawn failing part-way still stops the ones started
         urls = [
             f"http://{n['node']['bind_ip']}:{n['node']['bind_port']}/healthcheck"
             for name, n in configs.items() if name != "proxy"

@@ -122,8 +122,10 @@ class DirectSpanWriter:
         self._set_direct(False)
 
     def discard(self) -> None:
-        """Drop what is pending (the file is being thrown away)."""
+        """Drop what is pending (the file is being thrown away). Any later write fails
+        (EBADF) instead of reaching whatever file reuses the descriptor number."""
         self._forget_span()
+        self.fd = -1
 
     def _forget_span(self) -> None:
         # dropped, not released: release() would raise while anything still exports it,

@@ -100,6 +100,26 @@ class StorageNode:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.io_pool, functools.partial(func, *args, **kwargs))
 
+    async def run_io_to_end(self, func: Callable[..., T], *args: Any,
+                            on_cancel: Callable[[T], object] | None = None) -> T:
+        """run_io, except that cancelling the caller waits for ``func`` to finish.
+
+        A worker thread cannot be stopped: a caller cancelled while it writes (a node
+        shutting down) would otherwise close the file under it, and the rest of the
+        write would land in whatever file next gets that descriptor number. When the
+        call finishes after all, ``on_cancel`` gets its result (to close what it
+        opened); then the cancellation goes on.
+        """
+        future = asyncio.ensure_future(self.run_io(func, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            if on_cancel is not None and not future.cancelled() \
+                    and future.exception() is None:
+                on_cancel(future.result())
+            raise
+
     async def run_lookup(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A short metadata lookup: inline on the loop (inline_lookups), else in the pool."""
         if self.inline_lookups:

@@ -247,12 +247,12 @@ class ObjectServer:
             stamp = writer.body_checksum_hex()
             if stamp is not None:
                 metadata[body_io.BODY_CHECKSUM_KEY] = stamp
-            await node.run_io(writer.commit, timestamp, ".data", metadata)
+            await node.run_io_to_end(writer.commit, timestamp, ".data", metadata)
             committed = True
             return got.etag
         finally:
             if not committed:
-                await node.run_io(writer.abort)
+                await node.run_io_to_end(writer.abort)
 
     # ---- GET / HEAD ----------------------------------------------------------------------
     def _object_headers(self, opened: diskfile.OpenedObject) -> dict[str, str]:
@@ -361,6 +361,8 @@ class ObjectServer:
         offset = 0
         pending: bytes | None = None
         direct: DirectReader | None = None
+        # O_DIRECT only for a big object, and tried once: refused, it stays refused
+        try_direct = opened.size >= DIRECT_READ_MIN and self.node.direct_io
         try:
             while offset < opened.size:
                 size = min(READ_BATCH, opened.size - offset)
@@ -368,12 +370,16 @@ class ObjectServer:
                     chunk = body_io.read_cached(opened.fd, offset, size)
                     if chunk is not None:
                         hasher.update(chunk)  # type: ignore[attr-defined]
-                    elif opened.size >= DIRECT_READ_MIN and self.node.direct_io:
-                        direct = await self.node.run_io(DirectReader.open, opened.fd,
-                                                        self.read_buffers)
+                    elif try_direct:
+                        try_direct = False
+                        direct = await self.node.run_io_to_end(
+                            DirectReader.open, opened.fd, self.read_buffers,
+                            on_cancel=lambda reader: reader and reader.close())
                 if direct is not None:
                     try:
-                        chunk = await self.node.run_io(direct.read, offset, size, hasher)
+                        # to the end even if cancelled: the finally closes its descriptor
+                        chunk = await self.node.run_io_to_end(direct.read, offset, size,
+                                                              hasher)
                     except OSError as err:
                         if err.errno != errno.EINVAL:
                             raise

@@ -93,7 +93,7 @@ async def receive_streamed_body(node: StorageNode, request: web.Request,
         if length is not None and received != length:
             return error_response(499, _DISCONNECTED)
         if batch:
-            await node.run_io(writer.write_chunks, batch)
+            await node.run_io_to_end(writer.write_chunks, batch)
     finally:
         if inflight is not None:
             # never let the caller abort (close the fd) under a write still running

@@ -156,6 +156,97 @@ def test_a_node_port_taken_by_another_process_is_refused(tmp_path: Path) -> None
     assert f"node2's port 127.0.0.1:{port} is already in use" in done.stderr
 
 
+def test_a_dead_node_refuses_connections_until_it_is_back_on_its_port(tmp_path: Path) -> None:
+    """serve holds each node's listening socket, but not while the node is down: the
+    proxy must get a refusal (and go to another node at once), not a connection that
+    nobody accepts. The restarted node serves on the same port."""
+    import errno
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    data_dir = tmp_path / "d"
+    cluster = start_served_cluster(data_dir, nodes=2, workers=1, extra_args=["--no-daemons"])
+    try:
+        port = _node_ports(data_dir)[0]
+        node_pid = next(pid for pid in _child_pids(cluster.process.pid)
+                        if "node1.toml" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(node_pid, signal.SIGKILL)
+        refused = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not refused:
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                refused = probe.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+            time.sleep(0.02)
+        assert refused, "connections to the dead node were accepted by nobody"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck",
+                                            timeout=2) as resp:
+                    assert resp.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "node1 never came back"
+                time.sleep(0.1)
+    finally:
+        assert cluster.stop() == 0
+
+
+def test_a_node_whose_port_is_taken_while_it_is_down_waits_for_it(tmp_path: Path) -> None:
+    """Someone takes the port in the second the node is down: serve says so, keeps
+    trying, and restarts the node once the port is free again."""
+    import os
+    import signal
+    import time
+
+    data_dir = tmp_path / "d"
+    cluster = start_served_cluster(data_dir, nodes=2, workers=1, extra_args=["--no-daemons"])
+    try:
+        port = _node_ports(data_dir)[0]
+        node_pid = next(pid for pid in _child_pids(cluster.process.pid)
+                        if "node1.toml" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(node_pid, signal.SIGKILL)
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 5
+        while True:  # the port is free once serve has let go of the dead node's socket
+            try:
+                squatter.bind(("127.0.0.1", port))
+                squatter.listen()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve never let go of the port"
+                time.sleep(0.01)
+        expected = f"node1 cannot restart: its port 127.0.0.1:{port} is taken"
+        deadline = time.monotonic() + 10
+        while expected not in "".join(cluster.output):  # the harness collects the output
+            assert time.monotonic() < deadline, "".join(cluster.output[-20:])
+            time.sleep(0.1)
+        squatter.close()
+        deadline = time.monotonic() + 30
+        while "node1" not in _listening_pids_cmdlines(port):
+            assert time.monotonic() < deadline, "node1 never came back"
+            time.sleep(0.1)
+    finally:
+        assert cluster.stop() == 0
+
+
+def _listening_pids_cmdlines(port: int) -> str:
+    done = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
+                          text=True)
+    pids = [int(p) for p in __import__("re").findall(r"pid=(\d+)", done.stdout)]
+    text = ""
+    for pid in pids:
+        try:
+            text += Path(f"/proc/{pid}/cmdline").read_text()
+        except FileNotFoundError:
+            pass
+    return text
+
+
 def test_help_lists_the_commands() -> None:
     done = subprocess.run([sys.executable, "-m", "swiftlike", "--help"], capture_output=True,
                           text=True, timeout=30)

@@ -156,23 +156,29 @@ def test_a_node_port_taken_by_another_process_is_refused(tmp_path: Path) -> None
     assert f"node2's port 127.0.0.1:{port} is already in use" in done.stderr
 
 
+def _kill_node1(cluster) -> int:
+    """SIGKILL the cluster's first storage node; its port."""
+    import os
+    import signal
+
+    node_pid = next(pid for pid in _child_pids(cluster.process.pid)
+                    if "node1.toml" in Path(f"/proc/{pid}/cmdline").read_text())
+    os.kill(node_pid, signal.SIGKILL)
+    return _node_ports(cluster.data_dir)[0]
+
+
 def test_a_dead_node_refuses_connections_until_it_is_back_on_its_port(tmp_path: Path) -> None:
     """serve holds each node's listening socket, but not while the node is down: the
     proxy must get a refusal (and go to another node at once), not a connection that
     nobody accepts. The restarted node serves on the same port."""
     import errno
-    import os
-    import signal
     import time
     import urllib.request
 
-    data_dir = tmp_path / "d"
-    cluster = start_served_cluster(data_dir, nodes=2, workers=1, extra_args=["--no-daemons"])
+    cluster = start_served_cluster(tmp_path / "d", nodes=2, workers=1,
+                                   extra_args=["--no-daemons"])
     try:
-        port = _node_ports(data_dir)[0]
-        node_pid = next(pid for pid in _child_pids(cluster.process.pid)
-                        if "node1.toml" in Path(f"/proc/{pid}/cmdline").read_text())
-        os.kill(node_pid, signal.SIGKILL)
+        port = _kill_node1(cluster)
         refused = False
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not refused:
@@ -198,17 +204,12 @@ def test_a_dead_node_refuses_connections_until_it_is_back_on_its_port(tmp_path: 
 def test_a_node_whose_port_is_taken_while_it_is_down_waits_for_it(tmp_path: Path) -> None:
     """Someone takes the port in the second the node is down: serve says so, keeps
     trying, and restarts the node once the port is free again."""
-    import os
-    import signal
     import time
 
-    data_dir = tmp_path / "d"
-    cluster = start_served_cluster(data_dir, nodes=2, workers=1, extra_args=["--no-daemons"])
+    cluster = start_served_cluster(tmp_path / "d", nodes=2, workers=1,
+                                   extra_args=["--no-daemons"])
     try:
-        port = _node_ports(data_dir)[0]
-        node_pid = next(pid for pid in _child_pids(cluster.process.pid)
-                        if "node1.toml" in Path(f"/proc/{pid}/cmdline").read_text())
-        os.kill(node_pid, signal.SIGKILL)
+        port = _kill_node1(cluster)
         squatter = socket.socket()
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         deadline = time.monotonic() + 5

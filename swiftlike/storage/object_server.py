@@ -92,6 +92,56 @@ def _delete_at_error(value: str | None) -> str | None:
     return None
 
 
+class _BodyPieces:
+    """Where one GET's next piece comes from.
+
+    From the page cache, on the loop, when it holds the bytes (a thread hop per MiB
+    costs more than the copy). Otherwise, with ``direct``, O_DIRECT through a second
+    descriptor (opened at the first miss, tried once: refused, it stays refused; see
+    direct_read). Otherwise a read in the I/O pool, which also starts the kernel
+    reading ahead towards ``body_end``. Every piece is fed to ``hasher``.
+    """
+
+    def __init__(self, node: StorageNode, fd: int, body_end: int, hasher: object,
+                 buffers: AlignedBuffers, direct: bool) -> None:
+        self.node = node
+        self.fd = fd
+        self.body_end = body_end
+        self.hasher = hasher
+        self.buffers = buffers
+        self.try_direct = direct
+        self.direct: DirectReader | None = None
+
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
+        if self.direct is None:
+            chunk = body_io.read_cached(self.fd, offset, size)
+            if chunk is not None:
+                if self.hasher is not None:
+                    self.hasher.update(chunk)  # type: ignore[attr-defined]
+                return chunk
+            if self.try_direct:
+                self.try_direct = False
+                self.direct = await self.node.run_io_to_end(
+                    DirectReader.open, self.fd, self.buffers,
+                    on_cancel=lambda reader: reader and reader.close())
+        if self.direct is not None:
+            try:
+                # to the end even if cancelled: close() shuts its descriptor
+                return await self.node.run_io_to_end(self.direct.read, offset, size,
+                                                     self.hasher)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                self.close()  # refused here: through the page cache instead
+        return await self.node.run_io(body_io.read_chunk, self.fd, offset, size,
+                                      self.hasher, self.body_end)
+
+    def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
+
+
 class ObjectServer:
     """The object verbs; ``node`` supplies settings, pools and the update session."""
 
@@ -360,34 +410,11 @@ class ObjectServer:
         hasher, expected = body_io.body_verifier(opened.metadata)
         offset = 0
         pending: bytes | None = None
-        direct: DirectReader | None = None
-        # O_DIRECT only for a big object, and tried once: refused, it stays refused
-        try_direct = opened.size >= DIRECT_READ_MIN and self.node.direct_io
+        pieces = _BodyPieces(self.node, opened.fd, opened.size, hasher, self.read_buffers,
+                             direct=opened.size >= DIRECT_READ_MIN and self.node.direct_io)
         try:
             while offset < opened.size:
-                size = min(READ_BATCH, opened.size - offset)
-                if direct is None:
-                    chunk = body_io.read_cached(opened.fd, offset, size)
-                    if chunk is not None:
-                        hasher.update(chunk)  # type: ignore[attr-defined]
-                    elif try_direct:
-                        try_direct = False
-                        direct = await self.node.run_io_to_end(
-                            DirectReader.open, opened.fd, self.read_buffers,
-                            on_cancel=lambda reader: reader and reader.close())
-                if direct is not None:
-                    try:
-                        # to the end even if cancelled: the finally closes its descriptor
-                        chunk = await self.node.run_io_to_end(direct.read, offset, size,
-                                                              hasher)
-                    except OSError as err:
-                        if err.errno != errno.EINVAL:
-                            raise
-                        direct.close()  # refused here: through the page cache instead
-                        direct = chunk = None
-                if chunk is None:
-                    chunk = await self.node.run_io(body_io.read_chunk, opened.fd, offset,
-                                                   size, hasher, opened.size)
+                chunk = await pieces.read(offset, min(READ_BATCH, opened.size - offset))
                 if not chunk:
                     break
                 offset += len(chunk)
@@ -395,8 +422,7 @@ class ObjectServer:
                     await response.write(pending)
                 pending = chunk
         finally:
-            if direct is not None:
-                direct.close()
+            pieces.close()
         if offset != opened.size or hasher.hexdigest() != expected:  # type: ignore[attr-defined]
             # hold back the last chunk: the client must not see a complete body
             object_dir = os.path.dirname(opened.path)
@@ -442,27 +468,14 @@ class ObjectServer:
             await response.write(opened.body[start:stop])
             return
         assert opened.fd is not None
+        pieces = _BodyPieces(self.node, opened.fd, stop, None, self.read_buffers, direct=False)
         offset = start
         while offset < stop:
-            chunk = await self._read_batch(opened.fd, offset, min(READ_BATCH, stop - offset),
-                                           body_end=stop)
+            chunk = await pieces.read(offset, min(READ_BATCH, stop - offset))
             if not chunk:
                 raise ConnectionResetError("object shorter than expected")
             await response.write(chunk)
             offset += len(chunk)
-
-    async def _read_batch(self, fd: int, offset: int, size: int, hasher: object = None,
-                          body_end: int = 0) -> bytes | bytearray:
-        """The next piece of a streamed body: on the loop when the page cache has it
-        (a thread hop per MiB cost more than the copy), else in the I/O pool, which
-        also starts the kernel reading ahead towards ``body_end``."""
-        chunk = body_io.read_cached(fd, offset, size)
-        if chunk is None:
-            return await self.node.run_io(body_io.read_chunk, fd, offset, size, hasher,
-                                          body_end)
-        if hasher is not None:
-            hasher.update(chunk)  # type: ignore[attr-defined]
-        return chunk
 
     # ---- POST / DELETE -----------------------------------------------------------------
     async def post(self, request: web.Request, route: Route, device_path: str

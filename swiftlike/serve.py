@@ -289,9 +289,9 @@ class Supervisor:
                     if self._rebind(name):
                         self._spawn(name)
                     else:
-                        conf = self.configs[name]["node"]
+                        host, port = node_address(self.configs[name])
                         print(f"swiftlike: {name} cannot restart: its port "
-                              f"{conf['bind_ip']}:{conf['bind_port']} is taken; retrying",
+                              f"{host}:{port} is taken; retrying",
                               file=sys.stderr, flush=True)
                         unbound.add(name)
 
@@ -305,8 +305,7 @@ class Supervisor:
         Processes without a socket of ours (the proxy workers) need none."""
         if name not in self.listeners:
             return True
-        conf = self.configs[name]["node"]
-        sock = listen_socket(conf["bind_ip"], int(conf["bind_port"]))
+        sock = listen_socket(*node_address(self.configs[name]))
         if sock is None:
             return False
         self.listeners[name] = sock
@@ -349,6 +348,11 @@ async def serve(opts: ServeOptions) -> int:
             sock.close()
 
 
+def node_address(process_conf: dict[str, Any]) -> tuple[str, int]:
+    """Where a node process listens: its [node] bind_ip and bind_port."""
+    return process_conf["node"]["bind_ip"], int(process_conf["node"]["bind_port"])
+
+
 def bind_node_ports(configs: dict[str, dict[str, Any]],
                     by_port: dict[int, socket.socket]) -> dict[str, socket.socket]:
     """Each node's listening socket by process name, bound now where not yet bound.
@@ -361,8 +365,7 @@ def bind_node_ports(configs: dict[str, dict[str, Any]],
     for name, conf in configs.items():
         if name == "proxy":
             continue
-        host = conf["node"]["bind_ip"]
-        port = int(conf["node"]["bind_port"])
+        host, port = node_address(conf)
         sock = by_port.get(port) or listen_socket(host, port)
         if sock is None:
             raise ConfigError(f"{name}'s port {host}:{port} is already in use "

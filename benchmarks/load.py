@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load_client import swift_auth, swift_request
+from benchmarks.load_client import CLIENTS, swift_auth, swift_request
 from benchmarks.load_stats import (
     ServerCpu,
     format_table,
@@ -72,6 +72,8 @@ class LoadConfig:
     list_limit: int = 1000
     timeout: float = 120.0
     cleanup: bool = True
+    #: HTTP client of the measured requests: "raw" (benchmarks/raw_http.py) or "aiohttp"
+    client: str = "raw"
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phases if p not in ALL_PHASES]
@@ -85,6 +87,8 @@ class LoadConfig:
             raise ValueError("read_count must be at least 1")
         if self.read_seconds is not None and self.read_seconds <= 0:
             raise ValueError("read_seconds must be positive")
+        if self.client not in CLIENTS:
+            raise ValueError(f"unknown client {self.client!r}; known: {', '.join(CLIENTS)}")
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ def _share(count: int, procs: int, index: int) -> range:
 
 def _client_main(
     conn: multiprocessing.connection.Connection, index: int, procs: int,
-    storage_url: str, token: str, concurrency: int, timeout: float,
+    storage_url: str, token: str, concurrency: int, timeout: float, client: str,
 ) -> None:
     """Entry point of one client process: run phases sent by the parent until told to stop."""
     import asyncio
@@ -119,7 +123,7 @@ def _client_main(
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    runner = ClientPhaseRunner(storage_url, token, concurrency, timeout, index)
+    runner = ClientPhaseRunner(storage_url, token, concurrency, timeout, index, client)
     loop.run_until_complete(runner.open())
     try:
         while True:
@@ -140,7 +144,7 @@ class ClientPool:
     """A fixed set of client processes, each fed one phase at a time."""
 
     def __init__(self, procs: int, storage_url: str, token: str, concurrency: int,
-                 timeout: float) -> None:
+                 timeout: float, client: str = "raw") -> None:
         # fork: importers need no __main__ guard, and the parent holds no event loop here.
         ctx = multiprocessing.get_context("fork")
         self._conns: list[multiprocessing.connection.Connection] = []
@@ -149,7 +153,8 @@ class ClientPool:
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(
                 target=_client_main,
-                args=(child_end, index, procs, storage_url, token, concurrency, timeout),
+                args=(child_end, index, procs, storage_url, token, concurrency, timeout,
+                      client),
                 daemon=True,
             )
             proc.start()
@@ -249,7 +254,8 @@ def run_load(config: LoadConfig, progress: Any = None) -> dict[str, Any]:
         if status not in (201, 202):
             raise RuntimeError(f"cannot create container {container}: HTTP {status}")
     cpu = ServerCpu(config.server_pids)
-    pool = ClientPool(config.procs, storage_url, token, config.concurrency, config.timeout)
+    pool = ClientPool(config.procs, storage_url, token, config.concurrency, config.timeout,
+                      config.client)
     # The load client's own CPU per op: on a small shared machine it competes with the
     # server for the same cores, so it is reported beside the server's.
     client_cpu = ServerCpu(pool.pids())
@@ -335,6 +341,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-pids", default="",
                         help="comma-separated server PIDs; their CPU (with all descendants) "
                              "is measured per phase")
+    parser.add_argument("--client", choices=CLIENTS, default="raw",
+                        help="HTTP client of the measured requests: raw (a minimal keep-alive "
+                             "client, benchmarks/raw_http.py) or aiohttp (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -347,7 +356,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         concurrency=args.concurrency, count=args.count, large_count=args.large_count,
         duration=args.duration, read_count=args.read_count, read_seconds=args.read_seconds,
         small_size=args.small_size, large_size=args.large_size,
-        phases=phases, server_pids=pids,
+        phases=phases, server_pids=pids, client=args.client,
     )
 
 

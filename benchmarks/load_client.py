@@ -1,8 +1,10 @@
 """The HTTP side of the load generator: v1 auth and the per-process phase runner.
 
 Auth and container set-up are plain synchronous urllib calls made once by the parent,
-outside any measured phase.  The measured requests go through one aiohttp session per
-client process with keep-alive, like a real Swift client would.
+outside any measured phase.  The measured requests go over keep-alive connections, like
+a real Swift client's: by default through :mod:`benchmarks.raw_http` (one connection
+per worker; see there why), or through one aiohttp session per client process
+(``client="aiohttp"``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.raw_http import RawClient, RawLane, ResponseError
+
 MAX_ERROR_SAMPLES = 5
+CLIENTS = ("raw", "aiohttp")
 
 
 def swift_request(method: str, url: str, token: str | None, timeout: float,
@@ -56,16 +61,25 @@ class ClientPhaseRunner:
     """Runs the share of one phase that belongs to one client process."""
 
     def __init__(self, storage_url: str, token: str, concurrency: int, timeout: float,
-                 index: int) -> None:
+                 index: int, client: str = "raw") -> None:
+        if client not in CLIENTS:
+            raise ValueError(f"unknown client {client!r}; known: {', '.join(CLIENTS)}")
         self.storage_url = storage_url
         self.token = token
         self.concurrency = concurrency
         self.timeout = timeout
         self.index = index
+        self.client = client
         self._session: aiohttp.ClientSession | None = None
+        self._raw: RawClient | None = None
+        self._lanes: list[RawLane] = []
         self._bodies: dict[int, bytes] = {}
 
     async def open(self) -> None:
+        if self.client == "raw":
+            self._raw = RawClient(self.storage_url, self.token, self.timeout)
+            self._lanes = [self._raw.lane() for _ in range(self.concurrency)]
+            return
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency,
                                          force_close=False)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
@@ -77,6 +91,8 @@ class ClientPhaseRunner:
             cookie_jar=aiohttp.DummyCookieJar(), headers={"X-Auth-Token": self.token})
 
     async def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         if self._session is not None:
             await self._session.close()
 
@@ -90,13 +106,13 @@ class ClientPhaseRunner:
         state = _PhaseState(spec, ops)
         deadline = None if spec.duration is None else time.monotonic() + spec.duration
         state.start = time.monotonic()
-        workers = [asyncio.create_task(self._worker(state, deadline))
-                   for _ in range(min(self.concurrency, max(1, len(ops))))]
+        workers = [asyncio.create_task(self._worker(state, deadline, lane))
+                   for lane in range(min(self.concurrency, max(1, len(ops))))]
         await asyncio.gather(*workers)
         state.end = time.monotonic()
         return state.result()
 
-    async def _worker(self, state: _PhaseState, deadline: float | None) -> None:
+    async def _worker(self, state: _PhaseState, deadline: float | None, lane: int) -> None:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -106,10 +122,44 @@ class ClientPhaseRunner:
             op, name = state.plan(op_index)
             t0 = time.perf_counter()
             try:
-                ok, nbytes, detail = await self._do(op, state.spec, name)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if self._raw is not None:
+                    ok, nbytes, detail = await self._do_raw(self._lanes[lane], op,
+                                                            state.spec, name)
+                else:
+                    ok, nbytes, detail = await self._do(op, state.spec, name)
+            except (TimeoutError, aiohttp.ClientError, ResponseError, OSError) as exc:
                 ok, nbytes, detail = False, 0, f"{op} {name}: {type(exc).__name__}: {exc}"
             state.record(op, name, ok, nbytes, time.perf_counter() - t0, detail)
+
+    async def _do_raw(self, lane: RawLane, op: str, spec: Any, name: str
+                      ) -> tuple[bool, int, str]:
+        """One operation over the worker's own connection; the same checks as _do."""
+        path = f"/{spec.container}"
+        if op == "list":
+            resp = await lane.request("GET", f"{path}?format=json&limit=1000")
+            return (resp.status == 200, resp.body_length,
+                    f"list: HTTP {resp.status} {resp.body_start[:80]!r}")
+        path = f"{path}/{name}"
+        if op == "put":
+            body = self._body(spec.size)
+            resp = await lane.request("PUT", path, body=body,
+                                      headers={"Content-Type": "application/octet-stream"})
+            return (resp.status == 201, len(body),
+                    f"PUT {name}: HTTP {resp.status} {resp.body_start[:80]!r}")
+        if op == "get":
+            resp = await lane.request("GET", path)
+            got = resp.body_length
+            ok = resp.status == 200 and got == spec.size
+            return ok, got, f"GET {name}: HTTP {resp.status}, {got} of {spec.size} bytes"
+        if op == "head":
+            resp = await lane.request("HEAD", path)
+            length = int(resp.headers.get("content-length", "-1"))
+            ok = resp.status == 200 and length == spec.size
+            return ok, 0, f"HEAD {name}: HTTP {resp.status}, length {length}"
+        if op == "delete":
+            resp = await lane.request("DELETE", path)
+            return resp.status == 204, 0, f"DELETE {name}: HTTP {resp.status}"
+        raise ValueError(f"unknown op {op}")
 
     async def _do(self, op: str, spec: Any, name: str) -> tuple[bool, int, str]:
         assert self._session is not None

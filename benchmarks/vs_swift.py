@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load import ALL_PHASES, LoadConfig, run_load
+from benchmarks.load_client import CLIENTS
 from benchmarks.machine_limits import measure_machine_limits, phase_share, warm_free_memory
 from benchmarks.swift_saio import (
     DEFAULT_VENV,
@@ -181,6 +182,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-count", type=int, default=6, help="ops per 16 MiB phase")
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight/proc")
+    parser.add_argument("--client", choices=CLIENTS, default="raw",
+                        help="HTTP client of the load, the same for both sides (default "
+                             "%(default)s; see benchmarks/raw_http.py)")
     parser.add_argument("--duration", type=float, default=None, help="cap per phase, seconds")
     parser.add_argument("--read-count", type=int, default=None,
                         help="ops per small GET/HEAD phase (default: --count)")
@@ -251,7 +255,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
                     auth_url=auth_url, procs=args.procs, concurrency=args.concurrency,
                     count=args.count, large_count=args.large_count, duration=args.duration,
                     read_count=args.read_count, read_seconds=args.read_seconds,
-                    phases=phases, server_pids=tuple(pids()))
+                    phases=phases, server_pids=tuple(pids()), client=args.client)
                 try:
                     this_round[side] = run_load(config)
                 except RuntimeError as exc:

@@ -31,9 +31,11 @@ def _phases(result):
     return {p["phase"]: p for p in result["phases"]}
 
 
-def test_every_phase_runs_its_count_and_cleans_up(fake_swift):
+@pytest.mark.parametrize("client", ["raw", "aiohttp"])
+def test_every_phase_runs_its_count_and_cleans_up(fake_swift, client):
     config = LoadConfig(auth_url=fake_swift.auth_url, procs=2, concurrency=4, count=40,
-                        large_count=3, large_size=256 * 1024, server_pids=(os.getpid(),))
+                        large_count=3, large_size=256 * 1024, server_pids=(os.getpid(),),
+                        client=client)
     result = run_load(config)
     phases = _phases(result)
     assert list(phases) == list(ALL_PHASES)
@@ -60,12 +62,13 @@ def test_every_phase_runs_its_count_and_cleans_up(fake_swift):
     json.dumps(result)   # plain data
 
 
-def test_errors_are_counted_not_hidden():
+@pytest.mark.parametrize("client", ["raw", "aiohttp"])
+def test_errors_are_counted_not_hidden(client):
     server = FakeSwift(fail_every_nth_get=5)
     server.start()
     try:
         result = run_load(LoadConfig(auth_url=server.auth_url, procs=1, concurrency=2,
-                                     count=20, phases=("small-get",)))
+                                     count=20, phases=("small-get",), client=client))
     finally:
         server.stop()
     (get,) = result["phases"]          # the PUT phase ran but is not reported
@@ -122,6 +125,8 @@ def test_config_validation():
         LoadConfig(auth_url="http://x", read_count=0)
     with pytest.raises(ValueError, match="read_seconds"):
         LoadConfig(auth_url="http://x", read_seconds=0)
+    with pytest.raises(ValueError, match="unknown client"):
+        LoadConfig(auth_url="http://x", client="curl")
 
 
 def test_cli_json(fake_swift):
@@ -165,11 +170,12 @@ def test_percentiles():
     assert percentiles_ms([])["p50"] is None
 
 
-def test_against_swiftlike_serve(swift_cluster):
+@pytest.mark.parametrize("client", ["raw", "aiohttp"])
+def test_against_swiftlike_serve(swift_cluster, client):
     """The real thing: every phase against `swiftlike serve`, with its CPU measured."""
     config = LoadConfig(auth_url=swift_cluster.auth_url, procs=1, concurrency=4, count=12,
                         large_count=2, large_size=2 * 1024 * 1024,
-                        server_pids=(swift_cluster.process.pid,))
+                        server_pids=(swift_cluster.process.pid,), client=client)
     phases = _phases(run_load(config))
     assert list(phases) == list(ALL_PHASES)
     for name, p in phases.items():

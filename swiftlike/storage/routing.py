@@ -16,7 +16,7 @@ class BadPath(ValueError):
     """The path cannot name anything on this node: 400."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Route:
     device: str
     partition: str
@@ -39,14 +39,19 @@ def parse_route(raw_path: str, server_type: str | None) -> tuple[str, Route]:
     if not path.startswith("/"):
         raise BadPath("path must start with /")
     pieces = path[1:].split("/", 4)
-    try:
-        segments = [unquote(piece, errors="strict") for piece in pieces]
-    except UnicodeDecodeError as err:
-        raise BadPath("path is not valid UTF-8") from err
+    if "%" in path:
+        try:
+            segments = [unquote(piece, errors="strict") for piece in pieces]
+        except UnicodeDecodeError as err:
+            raise BadPath("path is not valid UTF-8") from err
+        if any("\x00" in segment for segment in segments):
+            raise BadPath("NUL in path")
+    else:  # nothing to decode (every request the proxy sends for plain names)
+        segments = pieces
+        if "\x00" in path:
+            raise BadPath("NUL in path")
     if len(segments) < 3:
         raise BadPath("path needs /device/partition/account")
-    if any("\x00" in segment for segment in segments):
-        raise BadPath("NUL in path")
     device, partition = segments[0], segments[1]
     if not device or device in (".", "..") or "/" in device:
         raise BadPath(f"invalid device {device!r}")
@@ -57,7 +62,9 @@ def parse_route(raw_path: str, server_type: str | None) -> tuple[str, Route]:
             raise BadPath("empty account or container name")
     if len(segments) == 5 and not segments[4]:
         raise BadPath("empty object name")
-    route = Route(device, str(int(partition)), *segments[2:5])
+    if partition[0] == "0" and len(partition) > 1:
+        partition = str(int(partition))
+    route = Route(device, partition, *segments[2:5])
     if server_type:
         server_type = server_type.strip().lower()
         if server_type not in SERVER_TYPES:

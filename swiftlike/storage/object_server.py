@@ -397,11 +397,9 @@ class ObjectServer:
                           opened: diskfile.OpenedObject, headers: dict[str, str],
                           is_get: bool) -> web.StreamResponse:
         if not is_get:
-            response = web.StreamResponse(status=200, headers=headers)
-            response.content_length = opened.size
-            await response.prepare(request)
-            await response.write_eof()
-            return response
+            # headers only; they carry the Content-Length a GET would have. A plain
+            # Response is written in one piece, a prepared stream takes aiohttp's writer
+            return web.Response(status=200, headers=headers)
         if opened.body is not None:
             return web.Response(status=200, body=opened.body, headers=headers)
         response = web.StreamResponse(status=200, headers=headers)

@@ -8,7 +8,10 @@ stored bytes against both, so bit rot and a wrong ETag are both caught.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import mmap
 import os
 
 import aiohttp
@@ -17,6 +20,7 @@ import xxhash
 from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_VERSION, make_footer
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.auditor import ObjectAuditor
+from swiftlike.storage.direct_read import DirectReader
 from swiftlike.storage.diskfile import BODY_CHECKSUM_KEY, gather_ondisk_files, read_metadata
 from tests.daemons.mini_cluster import MiniCluster, MiniNode
 
@@ -92,4 +96,70 @@ async def test_a_stamp_that_disagrees_with_the_bytes_is_caught(cluster):
     node = cluster.nodes[0]
     cluster.write_local(node, "AUTH_a", "c", "stamped", body,
                         extra={BODY_CHECKSUM_KEY: "0" * 32})
+    assert (await audit(cluster, node, "full"))["quarantined"] == 1
+
+
+def resident_pages(path: str) -> int:
+    """Pages of ``path`` in the page cache now (mincore over a shared read-only mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def cache_then_evict(path: str) -> None:
+    """Read the file through the page cache (so it was there), then drop it again."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, 1 << 20):
+            pass
+        assert resident_pages(path) > 0
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert resident_pages(path) == 0
+
+
+async def test_the_full_pass_leaves_the_page_cache_as_it_found_it(cluster):
+    """Reading every object through the page cache would push out what clients read."""
+    node, data = await footer_put(cluster, "cold", os.urandom(4 * SIZE))
+    cache_then_evict(data)
+    counts = await audit(cluster, node, "full")
+    assert counts.get("quarantined", 0) == 0 and counts["bytes_audited"] >= 4 * SIZE
+    assert resident_pages(data) == 0
+
+
+async def test_where_o_direct_is_refused_the_pass_still_reads_everything(cluster, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL on the read): rot is still found."""
+    real_read = DirectReader.read
+
+    def refused(self, offset, size, hasher=None):
+        if offset:
+            raise OSError(errno.EINVAL, "O_DIRECT refused")
+        return real_read(self, offset, size, hasher)
+
+    monkeypatch.setattr(DirectReader, "read", refused)
+    node, data = await footer_put(cluster, "fallback", os.urandom(3 * SIZE))
+    counts = await audit(cluster, node, "full")
+    assert counts.get("quarantined", 0) == 0 and counts["bytes_audited"] == 3 * SIZE
+    with open(data, "r+b") as handle:
+        handle.seek(2 * SIZE)
+        handle.write(b"\x00rot\x00")
     assert (await audit(cluster, node, "full"))["quarantined"] == 1

@@ -98,6 +98,8 @@ class SaioLayout:
     replicas: int = 3
     part_power: int = 10
     proxy_workers: int = 2
+    #: "features": the middleware of swiftlike's default pipeline (see PIPELINES)
+    pipeline: str = "features"
     user: str = dataclasses.field(default_factory=getpass.getuser)
 
     @property
@@ -112,8 +114,29 @@ class SaioLayout:
         return f"http://127.0.0.1:{self.proxy_port}/auth/v1.0"
 
 
+#: Swift proxy pipelines. "features" enables the API features swiftlike's default
+#: pipeline serves (bulk, temp URLs, rate limits, form POST, static web, quotas, SLO,
+#: DLO, both kinds of versioning, symlinks; CORS is built into Swift's proxy), in the
+#: order of Swift's sample configuration, so both sides run the same features.
+#: "minimal" is the shorter pipeline the comparison used before 2026-12-07.
+PIPELINES = {
+    "features": "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk\n"
+                "    tempurl ratelimit formpost tempauth staticweb copy container-quotas\n"
+                "    account-quotas slo dlo versioned_writes symlink proxy-logging proxy-server",
+    "minimal": "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats tempauth\n"
+               "    copy dlo versioned_writes proxy-logging proxy-server",
+}
+
+
+#: middleware that need no settings here: [filter:<name>] use = egg:swift#<name>
+PLAIN_FILTERS = ("catch_errors", "gatekeeper", "healthcheck", "proxy-logging",
+                 "listing_formats", "copy", "dlo", "bulk", "tempurl", "ratelimit",
+                 "formpost", "staticweb", "container-quotas", "account-quotas", "slo",
+                 "symlink")
+
+
 def make_layout(base: Path, nodes: int = 4, proxy_port: int | None = None,
-                proxy_workers: int = 2) -> SaioLayout:
+                proxy_workers: int = 2, pipeline: str = "features") -> SaioLayout:
     """A layout with fresh free ports for every server."""
     ports = free_ports(2 + nodes * len(SERVER_KINDS))  # all different: no shared binds
     return SaioLayout(
@@ -121,7 +144,7 @@ def make_layout(base: Path, nodes: int = 4, proxy_port: int | None = None,
         memcache_port=ports[1],
         node_ports={kind: ports[2 + k * nodes:2 + (k + 1) * nodes]
                     for k, kind in enumerate(SERVER_KINDS)},
-        proxy_workers=proxy_workers,
+        proxy_workers=proxy_workers, pipeline=pipeline,
     )
 
 
@@ -141,8 +164,7 @@ swift_dir = {layout.etc}
 log_level = INFO
 
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats tempauth
-    copy dlo versioned_writes proxy-logging proxy-server
+pipeline = {PIPELINES[layout.pipeline]}
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -158,30 +180,12 @@ token_life = 86400
 use = egg:swift#memcache
 memcache_servers = 127.0.0.1:{layout.memcache_port}
 
-[filter:catch_errors]
-use = egg:swift#catch_errors
-
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-
-[filter:healthcheck]
-use = egg:swift#healthcheck
-
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-
-[filter:listing_formats]
-use = egg:swift#listing_formats
-
-[filter:copy]
-use = egg:swift#copy
-
-[filter:dlo]
-use = egg:swift#dlo
-
 [filter:versioned_writes]
 use = egg:swift#versioned_writes
-"""
+allow_versioned_writes = true
+allow_object_versioning = true
+""" + "".join(f"\n[filter:{name}]\nuse = egg:swift#{name.replace('-', '_')}\n"
+              for name in PLAIN_FILTERS)
 
 
 def node_conf_text(layout: SaioLayout, kind: str, node: int) -> str:

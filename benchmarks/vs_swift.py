@@ -37,6 +37,7 @@ from benchmarks.load_client import CLIENTS
 from benchmarks.machine_limits import measure_machine_limits, phase_share, warm_free_memory
 from benchmarks.swift_saio import (
     DEFAULT_VENV,
+    PIPELINES,
     SwiftCluster,
     ensure_apt_packages,
     ensure_swift_venv,
@@ -182,6 +183,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--large-count", type=int, default=6, help="ops per 16 MiB phase")
     parser.add_argument("--procs", type=int, default=2, help="load client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight/proc")
+    parser.add_argument("--swift-pipeline", choices=sorted(PIPELINES), default="features",
+                        help="Swift's proxy middleware: 'features' (the API features of "
+                             "swiftlike's default pipeline, the default) or 'minimal' (the "
+                             "pipeline of runs before 2026-12-07)")
     parser.add_argument("--client", choices=CLIENTS, default="raw",
                         help="HTTP client of the load, the same for both sides (default "
                              "%(default)s; see benchmarks/raw_http.py)")
@@ -229,7 +234,8 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
         log(f"  {warmup['gib']:.1f} GiB in {warmup['seconds']:.1f} s")
     log("measuring this machine's limits")
     limits = measure_machine_limits(base)
-    layout = make_layout(base / "swift", nodes=args.nodes, proxy_workers=args.proxy_workers)
+    layout = make_layout(base / "swift", nodes=args.nodes, proxy_workers=args.proxy_workers,
+                         pipeline=args.swift_pipeline)
     write_saio(layout, str(args.venv / "bin" / "swift-ring-builder"))
     swift = SwiftCluster(layout, args.venv)
     ours = None if args.swift_only else SwiftlikeServer(

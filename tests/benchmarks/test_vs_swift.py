@@ -17,6 +17,7 @@ from benchmarks.machine_limits import (
     warm_free_memory,
 )
 from benchmarks.swift_saio import (
+    PIPELINES,
     SERVER_KINDS,
     make_layout,
     node_conf_text,
@@ -118,6 +119,29 @@ def test_saio_config_has_our_topology(tmp_path: Path):
     # No background daemons are configured: no replicator/auditor/updater sections.
     text = node_conf_text(layout, "object", 1) + proxy_conf_text(layout)
     assert "replicator" not in text and "auditor" not in text and "updater" not in text
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_every_middleware_of_a_swift_pipeline_is_configured(tmp_path: Path, pipeline: str):
+    layout = make_layout(tmp_path, nodes=4, pipeline=pipeline)
+    write_saio(layout, ring_builder=None)
+    proxy = configparser.ConfigParser()
+    proxy.read(tmp_path / "etc" / "proxy-server.conf")
+    names = proxy["pipeline:main"]["pipeline"].split()
+    assert names[-1] == "proxy-server" and "tempauth" in names
+    for name in names[:-1]:
+        assert proxy[f"filter:{name}"]["use"].startswith("egg:swift#"), name
+
+
+def test_the_features_pipeline_matches_ours():
+    """Swift runs the API features swiftlike's default pipeline serves."""
+    from swiftlike.proxy.pipeline import DEFAULT_PIPELINE
+
+    swift = set(PIPELINES["features"].replace("-", "_").split())
+    # Swift's proxy does CORS itself; its versioned_writes serves both kinds of
+    # versioning; recon_cluster is ours alone (Swift's recon lives on the nodes)
+    ours = set(DEFAULT_PIPELINE) - {"cors", "object_versioning", "recon_cluster"}
+    assert ours <= swift, ours - swift
 
 
 def test_ring_commands_build_three_replica_rings(tmp_path: Path):

@@ -128,6 +128,11 @@ PIPELINES = {
 }
 
 
+#: versioned_writes settings: both kinds of versioning with the features (object
+#: versioning needs symlink in the pipeline, so not in the minimal one)
+VERSIONING = {"features": "allow_versioned_writes = true\nallow_object_versioning = true\n",
+              "minimal": ""}
+
 #: middleware that need no settings here: [filter:<name>] use = egg:swift#<name>
 PLAIN_FILTERS = ("catch_errors", "gatekeeper", "healthcheck", "proxy-logging",
                  "listing_formats", "copy", "dlo", "bulk", "tempurl", "ratelimit",
@@ -182,10 +187,9 @@ memcache_servers = 127.0.0.1:{layout.memcache_port}
 
 [filter:versioned_writes]
 use = egg:swift#versioned_writes
-allow_versioned_writes = true
-allow_object_versioning = true
-""" + "".join(f"\n[filter:{name}]\nuse = egg:swift#{name.replace('-', '_')}\n"
-              for name in PLAIN_FILTERS)
+{VERSIONING[layout.pipeline]}""" + "".join(
+        f"\n[filter:{name}]\nuse = egg:swift#{name.replace('-', '_')}\n"
+        for name in PLAIN_FILTERS)
 
 
 def node_conf_text(layout: SaioLayout, kind: str, node: int) -> str:

@@ -131,6 +131,9 @@ def test_every_middleware_of_a_swift_pipeline_is_configured(tmp_path: Path, pipe
     assert names[-1] == "proxy-server" and "tempauth" in names
     for name in names[:-1]:
         assert proxy[f"filter:{name}"]["use"].startswith("egg:swift#"), name
+    # Swift refuses to start with object versioning on and no symlink middleware
+    versioning = proxy["filter:versioned_writes"].get("allow_object_versioning") == "true"
+    assert versioning == ("symlink" in names)
 
 
 def test_the_features_pipeline_matches_ours():

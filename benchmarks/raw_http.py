@@ -33,6 +33,14 @@ class ResponseError(Exception):
     """The server's answer broke HTTP/1.1 framing, or the connection ended early."""
 
 
+class ClosedBeforeAnswer(ResponseError):
+    """The connection ended before any byte of the answer: on a reused keep-alive
+    connection, most likely closed by the server while idle (the request is retried)."""
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
 @dataclass
 class RawResponse:
     """What the load looks at: status, headers (names lowercased), body length."""
@@ -78,10 +86,10 @@ class _ChunkCounter:
             self.line.clear()
             if self.state == "size":
                 size_text = line.split(b";", 1)[0].strip()
-                try:
-                    self.remaining = int(size_text, 16)
-                except ValueError:
-                    raise ResponseError(f"bad chunk size {size_text[:20]!r}") from None
+                # int(x, 16) alone would take "-2", "+5", "0x5" and "1_0"
+                if not size_text or not _HEX.issuperset(size_text) or len(size_text) > 15:
+                    raise ResponseError(f"bad chunk size {size_text[:20]!r}")
+                self.remaining = int(size_text, 16)
                 self.state = "data" if self.remaining else "trailer"
             elif self.state == "data-end":
                 if line:
@@ -102,7 +110,9 @@ def _count(response: RawResponse, data: bytes, start: int, stop: int) -> None:
 def _parse_head(head: bytes) -> RawResponse:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    status = parts[1] if len(parts) > 1 else ""
+    if not parts[0].startswith("HTTP/1.") or len(status) != 3 or not status.isascii() \
+            or not status.isdigit():
         raise ResponseError(f"bad status line {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -114,7 +124,7 @@ def _parse_head(head: bytes) -> RawResponse:
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     connection = headers.get("connection", "").lower()
     keep_alive = parts[0] == "HTTP/1.1" and "close" not in connection
-    return RawResponse(int(parts[1]), headers, keep_alive=keep_alive)
+    return RawResponse(int(status), headers, keep_alive=keep_alive)
 
 
 class RawConnection(asyncio.Protocol):
@@ -130,6 +140,7 @@ class RawConnection(asyncio.Protocol):
         self._chunks: _ChunkCounter | None = None
         self._to_close = False  # body ends with the connection
         self._closed = False
+        self._answered = 0  # requests answered on this connection
         self._writable: asyncio.Future[None] | None = None
 
     @property
@@ -144,8 +155,11 @@ class RawConnection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("connection lost"))
         if self._waiter is not None and not self._waiter.done():
-            if self._to_close and self._response is not None:
-                self._finish()
+            if self._to_close and self._response is not None and exc is None:
+                self._finish()  # a close-delimited body ends with a clean close only
+            elif self._response is None and not self._head:
+                self._waiter.set_exception(ClosedBeforeAnswer(
+                    f"connection closed before any byte of the answer ({exc})"))
             else:
                 self._waiter.set_exception(
                     ResponseError(f"connection closed before the whole answer ({exc})"))
@@ -161,8 +175,8 @@ class RawConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data, 0)
-        except ResponseError as err:
-            self._fail(err)
+        except (ResponseError, ValueError) as err:
+            self._fail(err if isinstance(err, ResponseError) else ResponseError(str(err)))
 
     def _received(self, data: bytes, pos: int) -> None:
         if self._waiter is None or self._waiter.done():
@@ -206,13 +220,17 @@ class RawConnection(asyncio.Protocol):
         self._chunks = None
         self._length = None
         self._to_close = False
+        coding = headers.get("transfer-encoding")
         if self._method == "HEAD" or response.status in (204, 304):
             self._length = 0
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
+        elif coding is not None:
+            # only chunked is understood; with another coding the length is unknown
+            if coding.strip().lower() != "chunked":
+                raise ResponseError(f"unsupported Transfer-Encoding {coding[:40]!r}")
             self._chunks = _ChunkCounter()
         elif "content-length" in headers:
             text = headers["content-length"]
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ResponseError(f"bad Content-Length {text[:20]!r}")
             self._length = int(text)
         else:
@@ -230,6 +248,7 @@ class RawConnection(asyncio.Protocol):
         assert response is not None and self._waiter is not None
         response.body_start = bytes(response._kept)
         self._response = None
+        self._answered += 1
         if not response.keep_alive and self.transport is not None:
             self._closed = True
             self.transport.close()
@@ -266,7 +285,15 @@ class RawConnection(asyncio.Protocol):
             return await self._waiter
         except BaseException:
             self._fail(ResponseError("request abandoned"))
+            waiter = self._waiter
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # ours to drop: the caller sees its own exception
             raise
+
+    @property
+    def reused(self) -> bool:
+        """Has this connection answered a request before the current one?"""
+        return self._answered > 0
 
     def close(self) -> None:
         self._closed = True
@@ -325,11 +352,24 @@ class RawLane:
         head = client.head_bytes(method, path, headers,
                                  len(body or b"") if needs_length else None)
         async with asyncio.timeout(client.timeout):
-            if self._conn is None or not self._conn.usable:
-                loop = asyncio.get_running_loop()
-                _, self._conn = await loop.create_connection(
-                    RawConnection, client.host, client.port)
-            return await self._conn.request(head, body, method)
+            conn = await self._connection()
+            try:
+                return await conn.request(head, body, method)
+            except ClosedBeforeAnswer:
+                # a keep-alive connection the server closed while it sat idle (its FIN
+                # unread while this process's loop was not running between phases):
+                # once more on a new one, as aiohttp's client does
+                if not conn.reused:
+                    raise
+            conn = await self._connection()
+            return await conn.request(head, body, method)
+
+    async def _connection(self) -> RawConnection:
+        if self._conn is None or not self._conn.usable:
+            client = self.client
+            _, self._conn = await asyncio.get_running_loop().create_connection(
+                RawConnection, client.host, client.port)
+        return self._conn
 
     def close(self) -> None:
         if self._conn is not None:

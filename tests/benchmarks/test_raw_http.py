@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -117,6 +120,11 @@ def test_put_sends_its_body_with_its_length():
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
     b"SPDY/3 200 OK\r\n\r\n",                                         # not HTTP/1.x
     b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n0\r\n\r\n",  # size < 0
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nabcde\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",            # not an ASCII digit
+    b"HTTP/1.1 \xb2\xb2\xb2 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nok",
 ])
 def test_broken_answers_are_errors_and_the_next_request_reconnects(reply):
     replies = [[reply], [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]]
@@ -167,3 +175,55 @@ def test_chunked_bodies_cut_anywhere_count_exactly(sizes, cuts, extension):
     _, results = asyncio.run(_exchange([pieces, tail], [("GET", "/c", None)] * 2))
     assert results[0].body_length == sum(sizes)
     assert results[1].status == 200
+
+
+def test_a_keep_alive_connection_closed_while_idle_is_retried_once():
+    """The server closes an idle connection; the client only notices when it sends."""
+    async def run():
+        connections = []
+
+        async def serve(reader, writer):
+            connections.append(writer)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()  # idle timeout of zero: gone after one answer
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RawClient(f"http://127.0.0.1:{port}/v1/a", "t", 5.0)
+        lane = client.lane()
+        try:
+            first = await lane.request("GET", "/c")
+            # blocking on purpose: the loop does not run, so the FIN waits unread, as it
+            # does between two phases of the load
+            time.sleep(0.2)  # noqa: ASYNC251
+            second = await lane.request("GET", "/c")
+        finally:
+            client.close()
+            server.close()
+        assert (first.status, second.status) == (200, 200)
+        assert len(connections) == 2
+    asyncio.run(run())
+
+
+def test_a_close_delimited_body_cut_by_a_reset_is_an_error():
+    async def run():
+        async def serve(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # linger 0: a reset, not a clean end
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RawClient(f"http://127.0.0.1:{port}/v1/a", "t", 5.0)
+        try:
+            with pytest.raises((ResponseError, ConnectionError)):
+                await client.lane().request("GET", "/c")
+        finally:
+            client.close()
+            server.close()
+    asyncio.run(run())

@@ -41,6 +41,7 @@ import xxhash
 
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage.direct_read import AlignedBuffers, DirectReader
+from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.diskfile import (
     BODY_CHECKSUM_KEY,
     gather_ondisk_files,
@@ -73,16 +74,19 @@ class SyncRateLimiter:
             time.sleep(-self.allowance / self.rate)
 
 
-def read_body_uncached(fd: int, buffers: AlignedBuffers) -> Iterator[bytes]:
-    """The file's bytes in CHUNK pieces, from the disk with O_DIRECT (see the module
-    docstring); through the page cache where the file system refuses O_DIRECT."""
+def read_body_uncached(fd: int, size: int, buffers: AlignedBuffers) -> Iterator[bytes]:
+    """The file's first ``size`` bytes in pieces of up to CHUNK, from the disk with
+    O_DIRECT (see the module docstring); through the page cache where the file system
+    refuses O_DIRECT. Ends early only at the end of the file."""
     reader = DirectReader.open(fd, buffers)
     offset = 0
     try:
-        while True:
+        while offset < size:
+            # a read never spans more than one buffer, whatever a short read left
+            want = min(CHUNK - offset % ALIGNMENT, size - offset)
             if reader is not None:
                 try:
-                    chunk = reader.read(offset, CHUNK)
+                    chunk = reader.read(offset, want)
                 except OSError as err:
                     if err.errno != errno.EINVAL:
                         raise
@@ -90,24 +94,23 @@ def read_body_uncached(fd: int, buffers: AlignedBuffers) -> Iterator[bytes]:
                     reader = None
                     continue
             else:
-                chunk = os.pread(fd, CHUNK, offset)
-            if chunk:
-                yield chunk
-            if len(chunk) < CHUNK:  # a short read of a regular file: its end
+                chunk = os.pread(fd, want, offset)
+            if not chunk:
                 return
-            offset += CHUNK
+            offset += len(chunk)
+            yield chunk
     finally:
         if reader is not None:
             reader.close()
 
 
-def _content_problem(fd: int, metadata: dict[str, Any], limiter: SyncRateLimiter,
+def _content_problem(fd: int, size: int, metadata: dict[str, Any], limiter: SyncRateLimiter,
                      stats: PassStats, buffers: AlignedBuffers) -> str | None:
     """Read the whole body once: md5 against ETag, xxh3 against the body stamp if any."""
     md5 = hashlib.md5(usedforsecurity=False)
     stamp = str(metadata.get(BODY_CHECKSUM_KEY, ""))
     xxh3 = xxhash.xxh3_128() if stamp else None
-    for chunk in read_body_uncached(fd, buffers):
+    for chunk in read_body_uncached(fd, size, buffers):
         md5.update(chunk)
         if xxh3 is not None:
             xxh3.update(chunk)
@@ -196,8 +199,8 @@ class ObjectAuditor(Daemon):
                 if expected != size:
                     problem = f"size {size} != Content-Length {expected}"
                 elif full:
-                    problem = _content_problem(handle.fileno(), metadata, limiter, stats,
-                                               self.buffers)
+                    problem = _content_problem(handle.fileno(), size, metadata, limiter,
+                                               stats, self.buffers)
         except FileNotFoundError:
             return  # replaced or deleted under us: nothing to judge
         except (OSError, ValueError, msgpack.UnpackException) as err:

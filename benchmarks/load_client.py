@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.raw_http import RawClient, RawLane, ResponseError
+from benchmarks.raw_http import KEPT_BODY, RawClient, RawLane, RawResponse, ResponseError
 
 MAX_ERROR_SAMPLES = 5
 CLIENTS = ("raw", "aiohttp")
@@ -122,79 +122,67 @@ class ClientPhaseRunner:
             op, name = state.plan(op_index)
             t0 = time.perf_counter()
             try:
-                if self._raw is not None:
-                    ok, nbytes, detail = await self._do_raw(self._lanes[lane], op,
-                                                            state.spec, name)
-                else:
-                    ok, nbytes, detail = await self._do(op, state.spec, name)
+                ok, nbytes, detail = await self._do(lane, op, state.spec, name)
             except (TimeoutError, aiohttp.ClientError, ResponseError, OSError) as exc:
                 ok, nbytes, detail = False, 0, f"{op} {name}: {type(exc).__name__}: {exc}"
             state.record(op, name, ok, nbytes, time.perf_counter() - t0, detail)
 
-    async def _do_raw(self, lane: RawLane, op: str, spec: Any, name: str
-                      ) -> tuple[bool, int, str]:
-        """One operation over the worker's own connection; the same checks as _do."""
+    async def _do(self, lane: int, op: str, spec: Any, name: str) -> tuple[bool, int, str]:
+        """One operation of a worker (``lane`` is its index) and whether it succeeded."""
         path = f"/{spec.container}"
         if op == "list":
-            resp = await lane.request("GET", f"{path}?format=json&limit=1000")
+            resp = await self._send(lane, "GET", f"{path}?format=json&limit=1000")
             return (resp.status == 200, resp.body_length,
                     f"list: HTTP {resp.status} {resp.body_start[:80]!r}")
         path = f"{path}/{name}"
         if op == "put":
             body = self._body(spec.size)
-            resp = await lane.request("PUT", path, body=body,
-                                      headers={"Content-Type": "application/octet-stream"})
+            resp = await self._send(lane, "PUT", path, body,
+                                    {"Content-Type": "application/octet-stream"})
             return (resp.status == 201, len(body),
                     f"PUT {name}: HTTP {resp.status} {resp.body_start[:80]!r}")
         if op == "get":
-            resp = await lane.request("GET", path)
+            resp = await self._send(lane, "GET", path)
             got = resp.body_length
             ok = resp.status == 200 and got == spec.size
             return ok, got, f"GET {name}: HTTP {resp.status}, {got} of {spec.size} bytes"
         if op == "head":
-            resp = await lane.request("HEAD", path)
+            resp = await self._send(lane, "HEAD", path)
             length = int(resp.headers.get("content-length", "-1"))
             ok = resp.status == 200 and length == spec.size
             return ok, 0, f"HEAD {name}: HTTP {resp.status}, length {length}"
         if op == "delete":
-            resp = await lane.request("DELETE", path)
+            resp = await self._send(lane, "DELETE", path)
             return resp.status == 204, 0, f"DELETE {name}: HTTP {resp.status}"
         raise ValueError(f"unknown op {op}")
 
-    async def _do(self, op: str, spec: Any, name: str) -> tuple[bool, int, str]:
+    async def _send(self, lane: int, method: str, path: str, body: bytes | None = None,
+                    headers: dict[str, str] | None = None) -> RawResponse:
+        """One request below the storage URL through the chosen client; the answer's
+        body is counted (its first bytes kept), never joined."""
+        if self._raw is not None:
+            return await self._lanes[lane].request(method, path, body=body, headers=headers)
         assert self._session is not None
-        url = f"{self.storage_url}/{spec.container}"
-        if op == "list":
-            async with self._session.get(
-                    url, params={"format": "json", "limit": "1000"}) as resp:
-                body = await resp.read()
-                return resp.status == 200, len(body), f"list: HTTP {resp.status}"
-        url = f"{url}/{name}"
-        if op == "put":
-            body = self._body(spec.size)
-            async with self._session.put(
-                    url, data=body, headers={"Content-Type": "application/octet-stream"}) as resp:
-                await resp.read()
-                return resp.status == 201, len(body), f"PUT {name}: HTTP {resp.status}"
-        if op == "get":
-            async with self._session.get(url) as resp:
-                got = 0
-                # each received piece as it is: iter_chunked(n) would join pieces into
-                # new bytes, CPU the client takes from the servers on a small machine
-                async for chunk, _ in resp.content.iter_chunks():
-                    got += len(chunk)
-                ok = resp.status == 200 and got == spec.size
-                return ok, got, f"GET {name}: HTTP {resp.status}, {got} of {spec.size} bytes"
-        if op == "head":
-            async with self._session.head(url) as resp:
-                length = int(resp.headers.get("Content-Length", "-1"))
-                ok = resp.status == 200 and length == spec.size
-                return ok, 0, f"HEAD {name}: HTTP {resp.status}, length {length}"
-        if op == "delete":
-            async with self._session.delete(url) as resp:
-                await resp.read()
-                return resp.status == 204, 0, f"DELETE {name}: HTTP {resp.status}"
-        raise ValueError(f"unknown op {op}")
+        async with self._session.request(method, self.storage_url + path, data=body,
+                                          headers=headers) as resp:
+            answer = RawResponse(resp.status, {})
+            length = resp.headers.get("Content-Length")
+            if length is not None:
+                answer.headers["content-length"] = length
+            kept = bytearray()
+            content = resp.content
+            # each received piece as it is: iter_chunked(n) would join pieces into new
+            # bytes, CPU the client takes from the servers on a small machine. Not
+            # iter_chunks(): on a bodiless answer (HEAD, 204) it never ends
+            while not content.at_eof():
+                chunk, end_of_http_chunk = await content.readchunk()
+                if not chunk and not end_of_http_chunk:
+                    break
+                answer.body_length += len(chunk)
+                if len(kept) < KEPT_BODY:
+                    kept += chunk[:KEPT_BODY - len(kept)]
+            answer.body_start = bytes(kept)
+            return answer
 
 
 class _PhaseState:

@@ -30,6 +30,11 @@ QUOTA_HEADER = "X-Account-Meta-Quota-Bytes"
 REMOVE_HEADER = "X-Remove-Account-Meta-Quota-Bytes"
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Quotas bound writes only (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD")
+
+
 class AccountQuotas:
     def __init__(self, app: Handler, conf: dict) -> None:
         self.app = app
@@ -39,6 +44,8 @@ class AccountQuotas:
         info_registry(conf).register_info("account_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         if req.method not in ("PUT", "POST", "COPY"):
             return await self.app(req)

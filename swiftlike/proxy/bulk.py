@@ -69,6 +69,11 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Bulk work comes as PUT, POST or DELETE only (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD")
+
+
 class Bulk:
     def __init__(self, app: Handler, conf: dict) -> None:
         section = conf_section(conf, "bulk")
@@ -91,6 +96,8 @@ class Bulk:
         })
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         extract = req.query.get("extract-archive")
         if extract is not None and req.method == "PUT":
             archive = ARCHIVE_TYPES.get(extract.lower().strip("."))

@@ -26,6 +26,11 @@ from swiftlike.proxy.quota_util import (
 )
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Quotas bound writes only (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD")
+
+
 class ContainerQuotas:
     def __init__(self, app: Handler, conf: dict) -> None:
         self.app = app
@@ -37,6 +42,8 @@ class ContainerQuotas:
         info_registry(conf).register_info("container_quotas", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         _account, container, obj = split_v1(req.path)
         if container is not None and obj is None and req.method in ("PUT", "POST"):

@@ -34,9 +34,14 @@ def _source_metadata(headers) -> dict[str, str]:
     return out
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Only COPY and PUT can copy (see pipeline.Bypass)."""
+    return req.method not in ("COPY", "PUT")
+
+
 def make_middleware(app: Handler, conf: dict) -> Handler:
     async def copy(req: SwiftRequest) -> SwiftResponse:
-        if req.method not in ("COPY", "PUT"):
+        if passes_through(req):
             return await app(req)
         version, account, container, obj = req.split_path()
         if version != "v1" or not account or not container or not obj:

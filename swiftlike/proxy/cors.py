@@ -36,6 +36,11 @@ def _words(value: str | None) -> list[str]:
     return [w for w in (value or "").split(" ") if w.strip()]
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """A read without an Origin header is no CORS request (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD") and "Origin" not in req.headers
+
+
 class CORS:
     def __init__(self, app: Handler, conf: dict) -> None:
         section = conf_section(conf, "cors")
@@ -56,6 +61,8 @@ class CORS:
         return origin in allowed or "*" in allowed
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         account, container, obj = split_v1(req.path)
         if account is None:

@@ -27,6 +27,7 @@ from swiftlike.proxy.subrequest import (
     SegmentError,
     discard,
     internal_subrequest,
+    is_conditional,
     list_container,
     prepend_chunk,
     ranged_response,
@@ -34,7 +35,6 @@ from swiftlike.proxy.subrequest import (
 )
 
 SOURCE = "DLO"
-CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
 FORMAT_ERROR = "X-Object-Manifest must be in the format container/prefix"
 
 
@@ -60,7 +60,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return await app(req)
         if req.method not in ("GET", "HEAD") or req.query.get("multipart-manifest") == "get":
             return await app(req)
-        if any(h in req.headers for h in CONDITIONAL):
+        if is_conditional(req):
             # Range/If-* apply to the concatenation: look before forwarding them
             head = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
             discard(head)

@@ -173,6 +173,11 @@ class MultipartReader:
             pass
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Forms are POSTed (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD")
+
+
 class FormPost:
     def __init__(self, app: Handler, conf: dict) -> None:
         section = conf_section(conf, "formpost")
@@ -186,6 +191,8 @@ class FormPost:
         info_registry(conf).register_info("formpost", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         if req.method != "POST" or req.environ.get("swift.subrequest"):
             return await self.app(req)

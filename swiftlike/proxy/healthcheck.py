@@ -11,11 +11,16 @@ import os
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Everything but ``/healthcheck`` goes on untouched (see pipeline.Bypass)."""
+    return req.path != "/healthcheck"
+
+
 def make_middleware(app: Handler, conf: dict) -> Handler:
     disable_path = conf.get("proxy", {}).get("disable_path", "")
 
     async def healthcheck(req: SwiftRequest) -> SwiftResponse:
-        if req.path != "/healthcheck":
+        if passes_through(req):
             return await app(req)
         if disable_path and os.path.exists(disable_path):  # noqa: ASYNC240 (one stat)
             return SwiftResponse(503, {"Content-Type": "text/plain"}, b"DISABLED BY FILE")

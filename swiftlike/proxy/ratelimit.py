@@ -76,6 +76,12 @@ def max_rate(functions: list[tuple[int, float, Callable[[int], float]]], size: i
     return chosen(size) if chosen else None
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Object reads are never limited, HEADs neither (see pipeline.Bypass)."""
+    return req.method == "HEAD" or (
+        req.method == "GET" and split_v1(req.path)[2] is not None)
+
+
 class RateLimit:
     def __init__(self, app: Handler, conf: dict,
                  clock: Callable[[], float] = time.time) -> None:
@@ -156,6 +162,8 @@ class RateLimit:
         return running, need / CLOCK_ACCURACY
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         account, _container, _obj = split_v1(req.path)
         if account is None or req.method not in (*WRITE_METHODS, "GET"):

@@ -54,13 +54,18 @@ async def gather_cluster_recon(ring: Ring, session: aiohttp.ClientSession, what:
     return {"what": what, "totals": totals, "nodes": nodes, "unreachable": unreachable}
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Only ``/recon/cluster`` reads are answered here (see pipeline.Bypass)."""
+    return not req.path.startswith("/recon/cluster") or req.method not in ("GET", "HEAD")
+
+
 def make_middleware(app: Handler, conf: dict) -> Handler:
     ring_path = conf.get("cluster", {}).get("ring")
     prefix, suffix = hash_salts(conf)
     state: dict[str, Any] = {}
 
     async def recon_cluster(req: SwiftRequest) -> SwiftResponse:
-        if not req.path.startswith("/recon/cluster") or req.method not in ("GET", "HEAD"):
+        if passes_through(req):
             return await app(req)
         identity = req.environ.get("swift.identity")
         if not identity:

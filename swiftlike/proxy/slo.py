@@ -33,6 +33,7 @@ from swiftlike.proxy.subrequest import (
     bulk_body,
     discard,
     internal_subrequest,
+    is_conditional,
     pick_output_format,
     prepend_chunk,
     ranged_response,
@@ -47,7 +48,6 @@ SYSMETA_ETAG = "X-Object-Sysmeta-Slo-Etag"
 SYSMETA_SIZE = "X-Object-Sysmeta-Slo-Size"
 ALLOWED_KEYS = {"path", "etag", "size_bytes", "range"}
 MAX_NESTING = 10
-CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
 
 
 def _settings(conf: dict) -> dict[str, int]:
@@ -143,7 +143,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         return resp
 
     async def handle_get(req: SwiftRequest, account: str) -> SwiftResponse:
-        needs_whole = any(h in req.headers for h in CONDITIONAL)
+        needs_whole = is_conditional(req)
         if needs_whole:
             # the client's Range/If-* apply to the large object, not the manifest
             head = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))

@@ -52,6 +52,18 @@ def human_size(size: int) -> str:
     return str(size)
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Reads by an authenticated user outside web mode, and subrequests, are not
+    website requests (see pipeline.Bypass)."""
+    if req.method not in ("GET", "HEAD"):
+        return False
+    if req.environ.get("swift.subrequest"):
+        return True
+    environ = req.environ
+    return bool(environ.get("swift.identity") or environ.get("REMOTE_USER")) and not (
+        "X-Web-Mode" in req.headers and conf_bool(req.headers.get("X-Web-Mode"), False))
+
+
 class _Site:
     """One request's view of a container's web settings."""
 
@@ -73,6 +85,8 @@ class StaticWeb:
         info_registry(conf).register_info("staticweb", {})
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await self.app(req)
         self.info.observe(req)
         if req.method not in ("GET", "HEAD") or req.environ.get("swift.subrequest"):
             return await self.app(req)

@@ -58,6 +58,17 @@ class SegmentError(Exception):
     """A segment vanished or changed while a large object was being read."""
 
 
+#: Headers that make a read partial or conditional. On a large object or a symlink they
+#: are for what it stands for, not for the stored manifest or link.
+CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since",
+               "If-Unmodified-Since")
+
+
+def is_conditional(req: SwiftRequest) -> bool:
+    """Whether ``req`` has one of :data:`CONDITIONAL` (asked of every object read)."""
+    return any(map(req.headers.__contains__, CONDITIONAL))
+
+
 def status_line(status: int) -> str:
     return STATUS_LINES.get(status, f"{status} Error")
 

@@ -26,6 +26,7 @@ from swiftlike.proxy.pipeline import (
 from swiftlike.proxy.subrequest import (
     discard,
     internal_subrequest,
+    is_conditional,
     split_container_object,
     strip_etag,
     true_value,
@@ -36,7 +37,6 @@ TARGET = "X-Object-Sysmeta-Symlink-Target"
 TARGET_ACCOUNT = "X-Object-Sysmeta-Symlink-Target-Account"
 TARGET_ETAG = "X-Object-Sysmeta-Symlink-Target-Etag"
 TARGET_BYTES = "X-Object-Sysmeta-Symlink-Target-Bytes"
-CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
 FORM_ERROR = "X-Symlink-Target header must be of the form <container name>/<object name>"
 DEFAULT_TYPE = "application/symlink"
 
@@ -184,7 +184,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         return etag, size, head.headers.get("Content-Type", DEFAULT_TYPE)
 
     async def follow(req: SwiftRequest, account: str) -> SwiftResponse:
-        conditional = any(h in req.headers for h in CONDITIONAL)
+        conditional = is_conditional(req)
         if conditional:
             # Range/If-* are for the target; look at the link without them first
             first = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))

@@ -48,6 +48,11 @@ def archive_name(obj: str, timestamp: Timestamp) -> str:
     return archive_prefix(obj) + timestamp.internal
 
 
+def passes_through(req: SwiftRequest) -> bool:
+    """Legacy versioning acts on writes only (see pipeline.Bypass)."""
+    return req.method in ("GET", "HEAD")
+
+
 def make_middleware(app: Handler, conf: dict) -> Handler:
     info_registry(conf).register_info(
         "versioned_writes", {"allowed_flags": [flag.lower() for flag in FLAGS]})
@@ -57,6 +62,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         "info_cache_seconds", 5.0)), SOURCE, info_generations(conf))
 
     async def versioned_writes(req: SwiftRequest) -> SwiftResponse:
+        if passes_through(req):
+            return await app(req)
         container_info.observe(req)
         version, account, container, obj = req.split_path()
         if version != "v1" or not account or not container:

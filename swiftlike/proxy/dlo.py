@@ -26,12 +26,12 @@ from swiftlike.proxy.pipeline import (
 from swiftlike.proxy.subrequest import (
     SegmentError,
     discard,
-    internal_subrequest,
     is_conditional,
     list_container,
     prepend_chunk,
     ranged_response,
     stream_object_range,
+    whole_if_present,
 )
 
 SOURCE = "DLO"
@@ -61,14 +61,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if req.method not in ("GET", "HEAD") or req.query.get("multipart-manifest") == "get":
             return await app(req)
         if is_conditional(req):
-            # Range/If-* apply to the concatenation: look before forwarding them
-            head = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
-            discard(head)
-            if not (head.is_success and "X-Object-Manifest" in head.headers):
-                return await app(req)
-            resp = await app(internal_subrequest(req, req.method, req.path, source=SOURCE))
-        else:
-            resp = await app(req)
+            # Range/If-* apply to the concatenation, not to the manifest object
+            whole_if_present(req, "X-Object-Manifest")
+        resp = await app(req)
         value = resp.headers.get("X-Object-Manifest")
         if not resp.is_success or value is None:
             return resp

@@ -41,6 +41,7 @@ from swiftlike.proxy.subrequest import (
     stream_object_range,
     strip_etag,
     true_value,
+    whole_if_present,
 )
 
 SOURCE = "SLO"
@@ -143,16 +144,10 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         return resp
 
     async def handle_get(req: SwiftRequest, account: str) -> SwiftResponse:
-        needs_whole = is_conditional(req)
-        if needs_whole:
+        if is_conditional(req):
             # the client's Range/If-* apply to the large object, not the manifest
-            head = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
-            discard(head)
-            if not (head.is_success and is_slo(head.headers)):
-                return await app(req)
-            resp = await app(internal_subrequest(req, req.method, req.path, source=SOURCE))
-        else:
-            resp = await app(req)
+            whole_if_present(req, "X-Static-Large-Object")
+        resp = await app(req)
         if not (resp.is_success and is_slo(resp.headers)):
             return resp
         headers = _client_headers(resp)

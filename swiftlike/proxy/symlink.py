@@ -30,6 +30,7 @@ from swiftlike.proxy.subrequest import (
     split_container_object,
     strip_etag,
     true_value,
+    whole_if_present,
 )
 
 SOURCE = "SYM"
@@ -184,16 +185,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         return etag, size, head.headers.get("Content-Type", DEFAULT_TYPE)
 
     async def follow(req: SwiftRequest, account: str) -> SwiftResponse:
-        conditional = is_conditional(req)
-        if conditional:
-            # Range/If-* are for the target; look at the link without them first
-            first = await app(internal_subrequest(req, "HEAD", req.path, source=SOURCE))
-            discard(first)
-            if first.headers.get(TARGET) is None or not first.is_success:
-                return await app(req)
-            resp = first
-        else:
-            resp = await app(req)
+        if is_conditional(req):
+            # Range/If-* are for the target, not for the link (the header goes on to
+            # the target too, which may be a manifest or another link)
+            whole_if_present(req, TARGET)
+        resp = await app(req)
         hops = 0
         current_account = account
         while resp.is_success and resp.headers.get(TARGET):

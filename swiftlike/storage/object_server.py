@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -76,6 +77,17 @@ def request_timestamp(request: web.Request) -> Timestamp | None:
         return Timestamp(value)
     except ValueError:
         return None
+
+
+def wants_whole(headers: Mapping[str, str], metadata: Mapping[str, str]) -> bool:
+    """Whether to ignore Range and If-* because the object has one of the metadata names
+    in ``X-Backend-Whole-If-Metadata-Present`` (with a value): a manifest or a link,
+    whose proxy middleware applies them to what it stands for."""
+    names = headers.get("X-Backend-Whole-If-Metadata-Present")
+    if not names:
+        return False
+    present = {key.lower() for key, value in metadata.items() if value}
+    return any(name.strip().lower() in present for name in names.split(","))
 
 
 def title_header(name: str) -> str:
@@ -346,9 +358,12 @@ class ObjectServer:
                 headers["X-Backend-Timestamp"] = stamp.internal
             status = 412 if "If-Match" in request.headers else 404
             return web.Response(status=status, headers=headers)
-        if opened.corrupt and not request.headers.get("Range"):
+        whole = wants_whole(request.headers, opened.metadata)
+        if opened.corrupt and (whole or not request.headers.get("Range")):
             return await self._abort_response(request, opened)
         headers = self._object_headers(opened)
+        if whole:
+            return await self._send_whole(request, device_path, opened, headers, is_get)
         last_modified = math.ceil(opened.newest_timestamp.timestamp)
         verdict = evaluate_conditions(request.headers, opened.metadata.get("ETag"),
                                       last_modified)

@@ -114,7 +114,10 @@ class MemoryStore:
             return SwiftResponse(202)
         data, meta = self.objects[key]
         headers = {**meta, "ETag": hashlib.md5(data).hexdigest()}
-        ranges = parse_range_header(req.headers.get("Range"))
+        whole_if = req.headers.get("X-Backend-Whole-If-Metadata-Present", "")
+        present = {k.lower() for k in meta}
+        whole = any(n.strip().lower() in present for n in whole_if.split(",") if n.strip())
+        ranges = None if whole else parse_range_header(req.headers.get("Range"))
         status, body = 200, data
         if ranges:
             start, stop = ranges_for_length(ranges, len(data))[0]

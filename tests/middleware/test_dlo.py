@@ -77,3 +77,25 @@ async def test_dlo_raw_api(api, unique_name):
                       headers={"X-Object-Manifest": f"{segs}/none/"})
     status, headers, body = await api.request("GET", f"{unique_name}/empty")
     assert status == 200 and body == b"" and headers["Etag"] == f'"{md5(b"")}"'
+
+
+async def test_dlo_conditional_reads_use_its_etag(api, unique_name):
+    segs = f"{unique_name}-segs"
+    await api.request("PUT", segs)
+    await api.request("PUT", unique_name)
+    for i, part in enumerate((b"one-", b"two")):
+        await api.request("PUT", f"{segs}/p/{i}", data=part)
+    await api.request("PUT", f"{unique_name}/file", data=b"",
+                      headers={"X-Object-Manifest": f"{segs}/p/"})
+    dlo_etag = md5((md5(b"one-") + md5(b"two")).encode())
+    status, _, _ = await api.request("GET", f"{unique_name}/file",
+                                     headers={"If-None-Match": f'"{dlo_etag}"'})
+    assert status == 304
+    # the manifest object's own etag (of its empty body) is not the object's
+    status, _, body = await api.request("GET", f"{unique_name}/file",
+                                        headers={"If-None-Match": f'"{md5(b"")}"',
+                                                 "Range": "bytes=2-5"})
+    assert (status, body) == (206, b"e-tw")
+    status, _, _ = await api.request("GET", f"{unique_name}/file",
+                                     headers={"If-Match": f'"{md5(b"")}"'})
+    assert status == 412

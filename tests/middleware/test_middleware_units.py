@@ -286,3 +286,38 @@ async def test_null_version_kept_when_versioning_is_enabled(stack):
     assert data == b"before"
     resp, _ = await call(app, "GET", "/v1/a/\x01versions\x01c/o")
     assert resp.status == 400
+
+
+async def test_range_and_conditional_reads_cost_one_store_read(stack):
+    """slo, dlo and symlink no longer HEAD an object before a Range or If-* read: the
+    object server answers a manifest or link whole (X-Backend-Whole-If-Metadata-Present)
+    and the middleware that owns it applies the client's headers."""
+    store, app, _ = stack
+    await call(app, "PUT", "/v1/a/c")
+    await call(app, "PUT", "/v1/a/c/plain", b"0123456789")
+    await call(app, "PUT", "/v1/a/c/seg0", b"abcde")
+    await call(app, "PUT", "/v1/a/c/seg1", b"fghij")
+    manifest = [{"path": f"c/seg{i}", "etag": hashlib.md5(s).hexdigest(), "size_bytes": 5}
+                for i, s in enumerate((b"abcde", b"fghij"))]
+    await call(app, "PUT", "/v1/a/c/big", json.dumps(manifest).encode(),
+               query={"multipart-manifest": "put"})
+    await call(app, "PUT", "/v1/a/c/link", b"", {"X-Symlink-Target": "c/big"})
+    seen: list[tuple[str, str]] = []
+
+    async def counting(req):
+        seen.append((req.method, req.path))
+        return await store(req)
+
+    app = build_pipeline(counting, {}, ORDER)
+    resp, data = await call(app, "GET", "/v1/a/c/plain", headers={"Range": "bytes=2-4"})
+    assert (resp.status, data) == (206, b"234")
+    assert seen == [("GET", "/v1/a/c/plain")]
+    seen.clear()
+    resp, data = await call(app, "GET", "/v1/a/c/big", headers={"Range": "bytes=3-6"})
+    assert (resp.status, data) == (206, b"defg")
+    assert ("HEAD", "/v1/a/c/big") not in seen and seen[0] == ("GET", "/v1/a/c/big")
+    seen.clear()
+    resp, data = await call(app, "GET", "/v1/a/c/link", headers={"Range": "bytes=4-5"})
+    assert (resp.status, data) == (206, b"ef")
+    assert [m for m, _ in seen].count("HEAD") == 0
+    assert seen[:2] == [("GET", "/v1/a/c/link"), ("GET", "/v1/a/c/big")]

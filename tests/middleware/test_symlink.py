@@ -166,3 +166,24 @@ async def test_post_to_static_symlink_names_its_etag(api, unique_name):
     assert status == 307
     assert headers["X-Symlink-Target-Etag"] == md5(b"v1")
     assert headers["Location"].endswith(f"/{c}/t")
+
+
+async def test_conditional_reads_of_a_link_are_for_its_target(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/target", data=b"target bytes")
+    await api.request("PUT", f"{c}/link", data=b"", headers={"X-Symlink-Target": f"{c}/target"})
+    target_etag = md5(b"target bytes")
+    link_etag = md5(b"")  # the link object's own: never what a client is compared with
+    status, _, _ = await api.request("GET", f"{c}/link",
+                                     headers={"If-None-Match": f'"{target_etag}"'})
+    assert status == 304
+    status, _, body = await api.request("GET", f"{c}/link",
+                                        headers={"If-None-Match": f'"{link_etag}"'})
+    assert (status, body) == (200, b"target bytes")
+    status, _, body = await api.request("GET", f"{c}/link",
+                                        headers={"If-Match": f'"{target_etag}"',
+                                                 "Range": "bytes=-5"})
+    assert (status, body) == (206, b"bytes")
+    status, _, _ = await api.request("HEAD", f"{c}/link", headers={"If-Match": f'"{link_etag}"'})
+    assert status == 412

@@ -189,6 +189,32 @@ async def test_ranges_single_multi_and_416(node, ts):
         assert resp.status == 200  # an invalid header is ignored
 
 
+@pytest.mark.parametrize("marked", [False, True])
+async def test_whole_if_metadata_present(node, ts, marked):
+    """A manifest or link is answered whole for its middleware; other objects as asked."""
+    body = b"0123456789"
+    extra = {"X-Object-Manifest": "segs/prefix"} if marked else {}
+    await put(node, ts, body, **extra)
+    etag = hashlib.md5(body).hexdigest()
+    for headers in ({"Range": "bytes=2-4"}, {"If-None-Match": f'"{etag}"'},
+                    {"If-Match": '"nope"'}):
+        headers["X-Backend-Whole-If-Metadata-Present"] = \
+            "X-Static-Large-Object, x-object-manifest"
+        async with node.session.get(node.url(OBJ), headers=headers) as resp:
+            data = await resp.read()
+        if marked:
+            assert (resp.status, data) == (200, body), headers
+        else:
+            expected = {"Range": (206, body[2:5]), "If-None-Match": (304, b""),
+                        "If-Match": (412, None)}[next(iter(headers))]
+            assert resp.status == expected[0], headers
+            if expected[1] is not None:
+                assert data == expected[1]
+    # without the header a manifest object is an ordinary one on the node
+    async with node.session.get(node.url(OBJ), headers={"Range": "bytes=2-4"}) as resp:
+        assert (resp.status, await resp.read()) == (206, body[2:5])
+
+
 async def test_ranges_on_a_large_object(node, ts):
     body = os.urandom(600 * 1024)
     await put(node, ts, body)

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import email.utils
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 MAX_RANGES = 100
+#: A read with this header (comma-separated metadata names) is answered whole, as if it
+#: had no Range and no If-* headers, when the object has one of those names with a
+#: value that is not a false word: a manifest or a link, whose proxy middleware (slo,
+#: dlo, symlink) applies the client's headers to what it stands for.
+WHOLE_IF_PRESENT = "X-Backend-Whole-If-Metadata-Present"
+_FALSE_WORDS = frozenset(("", "false", "no", "off", "0", "f", "n"))
 """More ranges than this in one request: serve the whole entity (RFC 7233 section 6.1)."""
 
 
@@ -166,3 +172,13 @@ def quote_etag(etag: str) -> str:
 def join_ranges(spans: Iterable[tuple[int, int]]) -> int:
     """Total bytes of half-open spans (for logging and tests)."""
     return sum(stop - start for start, stop in spans)
+
+
+def wants_whole(headers: Mapping[str, str], metadata: Mapping[str, str]) -> bool:
+    """Whether a read asks for :data:`WHOLE_IF_PRESENT` and this object qualifies."""
+    names = headers.get(WHOLE_IF_PRESENT)
+    if not names:
+        return False
+    present = {key.lower() for key, value in metadata.items()
+               if value.strip().lower() not in _FALSE_WORDS}
+    return any(name.strip().lower() in present for name in names.split(","))

@@ -71,6 +71,12 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 return error_response(400, "Copy requests require a zero byte body")
         else:
             return await app(req)
+        if "X-Static-Large-Object" in req.headers:
+            # the copy's PUT is a subrequest, which slo lets carry the flag (from the
+            # source's metadata); from the client it is as reserved as on a PUT
+            return error_response(400, "X-Static-Large-Object is a reserved header. To "
+                                  "create a static large object add query param "
+                                  "multipart-manifest=put.")
         return await _do_copy(app, req, src, dest)
 
     return copy

@@ -27,6 +27,7 @@ from swiftlike.common.constraints import (
     check_object_name,
     parse_content_length,
 )
+from swiftlike.common.http_util import WHOLE_IF_PRESENT
 from swiftlike.common.node_client import NODE_ERRORS, node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.base_controller import (
@@ -244,7 +245,9 @@ class ObjectController(Controller):
                         raise
                     last = "" if end is None else str(end)
                     retry_headers = CIMultiDict(headers)
-                    for key in _CONDITIONAL:
+                    # the rest of these very bytes, whatever they are (a manifest
+                    # read whole for its middleware too): no Range-ignoring either
+                    for key in (*_CONDITIONAL, WHOLE_IF_PRESENT):
                         retry_headers.popall(key, None)
                     retry_headers["Range"] = f"bytes={start + sent}-{last}"
                     retry_headers["If-Match"] = etag

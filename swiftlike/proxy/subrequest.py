@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 from multidict import CIMultiDict
 
 from swiftlike.common.http_util import (
+    WHOLE_IF_PRESENT,
     RangeNotSatisfiable,
     content_range,
     multipart_closing,
@@ -62,11 +63,6 @@ class SegmentError(Exception):
 #: are for what it stands for, not for the stored manifest or link.
 CONDITIONAL = ("Range", "If-Match", "If-None-Match", "If-Modified-Since",
                "If-Unmodified-Since")
-
-
-#: Asks the object server to answer a read whole, as if it had no Range and no If-*
-#: headers, when the object's metadata has one of the comma-separated names.
-WHOLE_IF_PRESENT = "X-Backend-Whole-If-Metadata-Present"
 
 
 def is_conditional(req: SwiftRequest) -> bool:

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -32,6 +31,7 @@ from swiftlike.common.http_util import (
     parse_range_header,
     quote_etag,
     ranges_for_length,
+    wants_whole,
 )
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage import body_io, diskfile
@@ -77,17 +77,6 @@ def request_timestamp(request: web.Request) -> Timestamp | None:
         return Timestamp(value)
     except ValueError:
         return None
-
-
-def wants_whole(headers: Mapping[str, str], metadata: Mapping[str, str]) -> bool:
-    """Whether to ignore Range and If-* because the object has one of the metadata names
-    in ``X-Backend-Whole-If-Metadata-Present`` (with a value): a manifest or a link,
-    whose proxy middleware applies them to what it stands for."""
-    names = headers.get("X-Backend-Whole-If-Metadata-Present")
-    if not names:
-        return False
-    present = {key.lower() for key, value in metadata.items() if value}
-    return any(name.strip().lower() in present for name in names.split(","))
 
 
 def title_header(name: str) -> str:

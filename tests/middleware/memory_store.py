@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
-from swiftlike.common.http_util import parse_range_header, ranges_for_length
+from swiftlike.common.http_util import parse_range_header, ranges_for_length, wants_whole
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -114,9 +114,7 @@ class MemoryStore:
             return SwiftResponse(202)
         data, meta = self.objects[key]
         headers = {**meta, "ETag": hashlib.md5(data).hexdigest()}
-        whole_if = req.headers.get("X-Backend-Whole-If-Metadata-Present", "")
-        present = {k.lower() for k in meta}
-        whole = any(n.strip().lower() in present for n in whole_if.split(",") if n.strip())
+        whole = wants_whole(req.headers, meta)  # as the object server decides
         ranges = None if whole else parse_range_header(req.headers.get("Range"))
         status, body = 200, data
         if ranges:

@@ -189,11 +189,15 @@ async def test_ranges_single_multi_and_416(node, ts):
         assert resp.status == 200  # an invalid header is ignored
 
 
-@pytest.mark.parametrize("marked", [False, True])
-async def test_whole_if_metadata_present(node, ts, marked):
+@pytest.mark.parametrize(("extra", "marked"), [
+    ({}, False),
+    ({"X-Object-Manifest": "segs/prefix"}, True),
+    ({"X-Static-Large-Object": "True"}, True),
+    ({"X-Static-Large-Object": "false"}, False),  # a false flag marks nothing
+])
+async def test_whole_if_metadata_present(node, ts, extra, marked):
     """A manifest or link is answered whole for its middleware; other objects as asked."""
     body = b"0123456789"
-    extra = {"X-Object-Manifest": "segs/prefix"} if marked else {}
     await put(node, ts, body, **extra)
     etag = hashlib.md5(body).hexdigest()
     for headers in ({"Range": "bytes=2-4"}, {"If-None-Match": f'"{etag}"'},

@@ -11,13 +11,13 @@ import uuid
 from collections.abc import Iterable, Mapping
 
 MAX_RANGES = 100
+"""More ranges than this in one request: serve the whole entity (RFC 7233 section 6.1)."""
 #: A read with this header (comma-separated metadata names) is answered whole, as if it
 #: had no Range and no If-* headers, when the object has one of those names with a
 #: value that is not a false word: a manifest or a link, whose proxy middleware (slo,
 #: dlo, symlink) applies the client's headers to what it stands for.
 WHOLE_IF_PRESENT = "X-Backend-Whole-If-Metadata-Present"
 _FALSE_WORDS = frozenset(("", "false", "no", "off", "0", "f", "n"))
-"""More ranges than this in one request: serve the whole entity (RFC 7233 section 6.1)."""
 
 
 class RangeNotSatisfiable(Exception):

@@ -57,11 +57,11 @@ def passes_through(req: SwiftRequest) -> bool:
     website requests (see pipeline.Bypass)."""
     if req.method not in ("GET", "HEAD"):
         return False
-    if req.environ.get("swift.subrequest"):
-        return True
     environ = req.environ
-    return bool(environ.get("swift.identity") or environ.get("REMOTE_USER")) and not (
-        "X-Web-Mode" in req.headers and conf_bool(req.headers.get("X-Web-Mode"), False))
+    if environ.get("swift.subrequest"):
+        return True
+    return bool(environ.get("swift.identity") or environ.get("REMOTE_USER")) and \
+        not conf_bool(req.headers.get("X-Web-Mode"), False)
 
 
 class _Site:
@@ -88,15 +88,13 @@ class StaticWeb:
         if passes_through(req):
             return await self.app(req)
         self.info.observe(req)
-        if req.method not in ("GET", "HEAD") or req.environ.get("swift.subrequest"):
+        # past passes_through, a read is an anonymous or web-mode client request
+        if req.method not in ("GET", "HEAD"):
             return await self.app(req)
         account, container, obj = split_v1(req.path)
         if account is None or container is None:
             return await self.app(req)
         web_mode = conf_bool(req.headers.get("X-Web-Mode"), False)
-        if (req.environ.get("swift.identity") or req.environ.get("REMOTE_USER")) \
-                and not web_mode:
-            return await self.app(req)
         info = await self.info.container(req, account, container)
         if info["status"] // 100 != 2:
             return await self.app(req)

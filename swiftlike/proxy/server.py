@@ -4,7 +4,8 @@
 the aiohttp request into a :class:`SwiftRequest` once, runs the middleware pipeline
 around :class:`ProxyApp`, and streams the :class:`SwiftResponse` back.
 ``run_proxy(conf)`` serves it with ``reuse_port`` so several worker processes share
-one port (start each worker with ``uvloop.run(run_proxy(conf))``).
+one port (start each worker with ``uvloop.run(run_proxy(conf))``), and hands Swift API
+requests to the pipeline without aiohttp's router (:class:`SwiftFront`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from ring import Ring
 from swiftlike.common.config import hash_salts
@@ -190,6 +192,52 @@ async def _aiohttp_entry(request: web.Request) -> web.StreamResponse:
     return await send_response(request, resp)
 
 
+class SwiftFront:
+    """The serving proxy's request handler: Swift API requests skip aiohttp's router.
+
+    Why: with one catch-all route there is nothing to route, yet an
+    :class:`aiohttp.web.Application` resolves every request against its routes and
+    sub-applications, builds match info and, once a sub-application with middlewares
+    is mounted (the image API), runs a middleware of its own around every handler.
+    Measured here with a bare handler and the raw load client: 36 us of server CPU per
+    GET with aiohttp's low-level server against 51 us through an application with a
+    mounted sub-application (5 alternations, medians). The proxy's own work per small
+    GET is about 250 us, so this is about a twentieth of it.
+
+    A request whose path begins like a mounted API (a sub-application's prefix or an
+    extra route) still goes through the application, which routes it as before, to
+    that API or to the Swift catch-all. The router can only pick a mounted API for a
+    path beginning with its prefix, so everything else reaches the pipeline here,
+    after the ``Expect`` handling the application would have done.
+    """
+
+    def __init__(self, app_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+                 handler: Handler, client_timeout: float, mounted: Iterable[str] = ()) -> None:
+        self.app_handler = app_handler
+        self.handler = handler
+        self.client_timeout = client_timeout
+        self.mounted = tuple(mounted)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.mounted and request.path.startswith(self.mounted):
+            return await self.app_handler(request)
+        if request.headers.get("Expect"):
+            await _expect(request)
+        resp = await self.handler(to_swift_request(request, self.client_timeout))
+        return await send_response(request, resp)
+
+
+async def _expect(request: web.BaseRequest) -> None:
+    """Answer ``Expect`` as aiohttp's application does: 100 Continue now, else 417."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response
+    await request.writer.drain()
+
+
 async def send_response(request: web.Request, resp: SwiftResponse) -> web.StreamResponse:
     """Write a SwiftResponse to the client, streaming iterator bodies chunk by chunk."""
     headers = resp.headers
@@ -219,6 +267,20 @@ async def send_response(request: web.Request, resp: SwiftResponse) -> web.Stream
     return out
 
 
+def mount_apis(app: web.Application, extra_apps: dict[str, web.Application],
+               extra_routes: dict[str, Any]) -> tuple[str, ...]:
+    """Mount other APIs beside the Swift catch-all; returns the paths they begin with.
+
+    Exact GET routes come first, then sub-applications under their prefixes; both take
+    precedence over the catch-all route for the paths they match.
+    """
+    for path, route_handler in extra_routes.items():
+        app.router.add_get(path, route_handler)
+    for prefix, sub_app in extra_apps.items():
+        app.add_subapp(prefix, sub_app)
+    return (*extra_routes, *extra_apps)
+
+
 async def run_proxy(
     conf: dict,
     sock: socket.socket | None = None,
@@ -232,12 +294,15 @@ async def run_proxy(
     Swift API's catch-all route.
     """
     app = make_app(conf)
-    for path, route_handler in (extra_routes or {}).items():
-        app.router.add_get(path, route_handler)
-    for prefix, sub_app in (extra_apps or {}).items():
-        app.add_subapp(prefix, sub_app)
+    mounted = mount_apis(app, extra_apps or {}, extra_routes or {})
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    server = runner.server
+    assert server is not None
+    # before the first connection: each connection takes the handler when it opens
+    server.request_handler = SwiftFront(  # type: ignore[assignment]
+        server.request_handler, app[HANDLER_KEY],  # type: ignore[arg-type]
+        app[CLIENT_TIMEOUT_KEY], mounted)
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
     else:

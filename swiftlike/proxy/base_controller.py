@@ -142,6 +142,36 @@ def client_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return out
 
 
+def update_headers(writers: list[dict], targets: list[dict], partition: int,
+                   prefix: str) -> list[dict[str, str]]:
+    """``X-<prefix>-Host/-Device/-Partition`` per write slot: which database replicas
+    each of the ``writers`` (the nodes a write goes to, by slot) must update.
+
+    Every target goes to exactly one writer, as evenly as the counts allow. A writer
+    that is itself a target's node is given that target first: its update then stays
+    on the node (the object server hands it to its own container server without an
+    HTTP round trip, see ``swiftlike.storage.updates``), and a node that updates
+    fewer different databases gathers more rows per batch. The rest keep ring order.
+    """
+    slots = max(len(writers), 1)
+    groups: list[list[dict]] = [[] for _ in range(slots)]
+    where = {(w.get("ip"), w.get("port")): slot for slot, w in enumerate(writers)}
+    rest = []
+    for target in targets:
+        slot = where.pop((target.get("ip"), target.get("port")), None)
+        if slot is None:
+            rest.append(target)
+        else:
+            groups[slot].append(target)
+    for target in rest:
+        groups[min(range(slots), key=lambda slot: len(groups[slot]))].append(target)
+    return [{
+        f"X-{prefix}-Host": ",".join(f"{n['ip']}:{n['port']}" for n in group),
+        f"X-{prefix}-Device": ",".join(n["device"] for n in group),
+        f"X-{prefix}-Partition": str(partition),
+    } if group else {} for group in groups]
+
+
 def quorum_size(replicas: int) -> int:
     return replicas // 2 + 1
 

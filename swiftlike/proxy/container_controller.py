@@ -17,6 +17,7 @@ from swiftlike.proxy.base_controller import (
     client_headers,
     forward_headers,
     translate_remove_headers,
+    update_headers,
 )
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -142,19 +143,10 @@ class ContainerController(Controller):
             return error_response(503, "Could not create the account")
         return None
 
-    def _account_update_headers(self, account: str, replicas: int) -> list[dict[str, str]]:
+    def _account_update_headers(self, account: str, writers: list[dict]
+                                ) -> list[dict[str, str]]:
         apart, anodes = self.ctx.ring.get_nodes(account)
-        groups: list[list[dict]] = [[] for _ in range(replicas)]
-        for i, anode in enumerate(anodes):
-            groups[i % replicas].append(anode)
-        return [
-            {
-                "X-Account-Host": ",".join(f"{n['ip']}:{n['port']}" for n in group),
-                "X-Account-Device": ",".join(n["device"] for n in group),
-                "X-Account-Partition": str(apart),
-            } if group else {}
-            for group in groups
-        ]
+        return update_headers(writers, anodes, apart, "Account")
 
     async def _write_replicas(self, req: SwiftRequest, method: str, account: str,
                               container: str, *, account_updates: bool) -> SwiftResponse:
@@ -167,7 +159,7 @@ class ContainerController(Controller):
         base = forward_headers(req)
         base["X-Backend-Server-Type"] = "container"
         base["X-Timestamp"] = Timestamp.now().internal
-        updates = (self._account_update_headers(account, len(nodes)) if account_updates
+        updates = (self._account_update_headers(account, nodes) if account_updates
                    else [{}] * len(nodes))
         responses = await self.make_requests(
             part, nodes, method, lambda n: node_path(n, part, account, container),

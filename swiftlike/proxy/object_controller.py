@@ -36,6 +36,7 @@ from swiftlike.proxy.base_controller import (
     client_headers,
     forward_headers,
     quorum_size,
+    update_headers,
 )
 from swiftlike.proxy.node_pool import PrimaryNotFound, iter_nodes
 from swiftlike.proxy.object_put import stream_put
@@ -306,24 +307,11 @@ class ObjectController(Controller):
             return error_response(400, "Invalid Content-Type")
         return None
 
-    def _update_headers(self, account: str, container: str, replicas: int
+    def _update_headers(self, account: str, container: str, writers: list[dict]
                         ) -> list[dict[str, str]]:
         """Spread the container's replicas over the object writes (X-Container-*)."""
         cpart, cnodes = self.ctx.ring.get_nodes(account, container)
-        groups: list[list[dict]] = [[] for _ in range(replicas)]
-        for i, cnode in enumerate(cnodes):
-            groups[i % replicas].append(cnode)
-        result = []
-        for group in groups:
-            if not group:
-                result.append({})
-                continue
-            result.append({
-                "X-Container-Host": ",".join(f"{n['ip']}:{n['port']}" for n in group),
-                "X-Container-Device": ",".join(n["device"] for n in group),
-                "X-Container-Partition": str(cpart),
-            })
-        return result
+        return update_headers(writers, cnodes, cpart, "Container")
 
     async def _container_gate(self, req: SwiftRequest, account: str, container: str
                               ) -> SwiftResponse | None:
@@ -371,7 +359,7 @@ class ObjectController(Controller):
             base["Content-Length"] = str(length)
         if "ETag" in base:
             base["ETag"] = base["ETag"].strip().strip('"').lower()
-        updates = self._update_headers(account, container, replicas)
+        updates = self._update_headers(account, container, primaries)
 
         def headers_for(slot: int) -> CIMultiDict[str]:
             headers = CIMultiDict(base)
@@ -430,7 +418,7 @@ class ObjectController(Controller):
         base = forward_headers(req)
         base["X-Backend-Server-Type"] = "object"
         base["X-Timestamp"] = Timestamp.now().internal
-        updates = self._update_headers(account, container, len(primaries))
+        updates = self._update_headers(account, container, primaries)
         responses = await self.make_requests(
             part, primaries, "DELETE",
             lambda n: node_path(n, part, account, container, obj),

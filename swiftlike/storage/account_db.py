@@ -54,14 +54,14 @@ class AccountBroker(DatabaseBroker):
             "account": account, "created_at": now, "put_timestamp": put_timestamp,
             "delete_timestamp": "0", "status_changed_at": now})
 
-    def merge_items(self, rows: list[dict[str, Any]]) -> int:
+    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
         """Apply container rows: timestamps only move forward, newest report's counts win.
 
         Each row: name, put_timestamp, delete_timestamp, object_count, bytes_used.
         Returns how many rows changed.
         """
         changed = 0
-        with self.transaction() as conn:
+        with self.transaction(deferred_sync) as conn:
             deltas = [0, 0, 0]  # containers, objects, bytes
             for row in rows:
                 put = Timestamp(row.get("put_timestamp") or 0)

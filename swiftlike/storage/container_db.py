@@ -62,13 +62,13 @@ class ContainerBroker(DatabaseBroker):
             "put_timestamp": put_timestamp, "delete_timestamp": "0",
             "status_changed_at": now})
 
-    def merge_items(self, rows: list[dict[str, Any]]) -> int:
+    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
         """Apply object rows by timestamp; returns how many changed the database.
 
         Each row: name, created_at, size, content_type, etag, deleted (0/1).
         """
         changed = 0
-        with self.transaction() as conn:
+        with self.transaction(deferred_sync) as conn:
             count_delta = 0
             bytes_delta = 0
             for row in rows:

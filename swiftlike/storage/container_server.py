@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from swiftlike.storage.db_server_common import (
     post_metadata,
     request_timestamp,
 )
-from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
 from swiftlike.storage.routing import Route
 from swiftlike.storage.updates import (
     UpdateTarget,
@@ -56,6 +57,40 @@ class ContainerServer:
         self.batcher = RowBatcher(node)
         self._report_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._address: tuple[str, int] | None = None
+
+    def serve_address(self, ip: str, port: int) -> None:
+        """Where this node's server listens: rows for it may skip HTTP (:meth:`merge`).
+
+        Not for a wildcard address: the ring names nodes by the address others reach
+        them at, which a wildcard bind does not say.
+        """
+        self._address = None if ip in ("", "0.0.0.0", "::") else (ip.strip("[]"), port)
+
+    def serves(self, target: UpdateTarget) -> bool:
+        if self._address is None:
+            return False
+        node = target.node
+        return (node["ip"], node["port"]) == self._address
+
+    async def merge(self, target: UpdateTarget, account: str, container: str,
+                    rows: list[dict[str, Any]]) -> bool:
+        """A ``PATCH`` of ``rows`` to a database of this node, without the HTTP."""
+        try:
+            device_path = self.node.device_path(target.device)
+            route = Route(target.device, target.partition, account, container)
+            broker = self.broker(device_path, route)
+            if not broker.exists():
+                return False  # 404: the row waits in async_pending for the container
+            if await self.batcher.merge_rows(broker, rows, device_path):
+                self._schedule_report(route, device_path, broker)
+        except DeviceUnavailable:
+            return False  # a PATCH would get 507: the row waits in async_pending
+        except (OSError, sqlite3.Error) as err:
+            LOG.warning("local container update %s/%s on %s failed: %r", account,
+                        container, target.device, err)
+            return False
+        return True
 
     def broker(self, device_path: str, route: Route) -> ContainerBroker:
         assert route.container is not None
@@ -174,7 +209,7 @@ class ContainerServer:
         else:
             row = {"name": route.obj, "created_at": timestamp.internal, "size": 0,
                    "content_type": "", "etag": "", "deleted": 1}
-        changed = await self.batcher.merge(broker, row)
+        changed = await self.batcher.merge(broker, row, device_path)
         if changed:
             self._schedule_report(route, device_path, broker)
         return web.Response(status=201 if request.method == "PUT" else 204)
@@ -196,7 +231,7 @@ class ContainerServer:
             rows = parse_object_rows(await request.read())
         except ValueError as err:
             return error_response(400, f"Invalid PATCH body: {err}")
-        changed = await self.batcher.merge_rows(broker, rows)
+        changed = await self.batcher.merge_rows(broker, rows, device_path)
         if changed:
             self._schedule_report(route, device_path, broker)
         return web.Response(status=202)

@@ -1,8 +1,10 @@
 """The SQLite base shared by account and container databases.
 
 One database file per account or container, in WAL mode with ``synchronous=FULL`` so a
-committed row is on disk before the 2xx. A new database is built in the device's tmp/
-and renamed into place, so a half-initialised file is never seen. Every method blocks:
+committed row is on disk before the 2xx (batched row merges instead wait for the
+device's group-commit flush, see :meth:`DatabaseBroker.transaction`). A new database is
+built in the device's tmp/ and renamed into place, so a half-initialised file is never
+seen. Every method blocks:
 servers call them through the node's database thread pool, one lock per database.
 Metadata is ``{name: [value, timestamp]}`` merged key by key, newest timestamp wins; an
 empty value is a deletion that still carries its timestamp (so it replicates).
@@ -114,17 +116,31 @@ class DatabaseBroker:
                 self._conn = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under this database's lock."""
+    def transaction(self, deferred_sync: bool = False) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under this database's lock.
+
+        ``deferred_sync``: the commit is written to the WAL but not fsynced
+        (``synchronous=NORMAL`` for this one transaction); the caller must wait for a
+        flush of the device (group commit) before it acknowledges anything. SQLite
+        still fsyncs at checkpoints, so the file stays consistent through a crash; only
+        the commits no flush has covered yet can be lost, and none was acknowledged.
+        """
         with self.lock:
             conn = self.connection()
-            conn.execute("BEGIN IMMEDIATE")
+            relaxed = deferred_sync and self.fsync
+            if relaxed:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     # ---- stat row, timestamps, metadata -----------------------------------------------
     def get_info(self) -> dict[str, Any]:

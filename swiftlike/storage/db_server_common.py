@@ -129,7 +129,16 @@ async def listing_response(request: web.Request, node: StorageNode, kind: str, o
 
 
 class RowBatcher:
-    """Group commit of row merges per database (one transaction for all waiting rows)."""
+    """Group commit of row merges per database (one transaction for all waiting rows).
+
+    With the node's group commit on, the transaction is not fsynced on its own: it
+    waits for the device's next shared flush (the ``syncfs`` the object writes already
+    run, see :mod:`swiftlike.storage.group_commit`), so one flush makes a batch of
+    rows and the object files around them durable together. Why: SQLite's own fsync of
+    the WAL was most of a merge's cost here (about 160 us of CPU per commit of one row
+    against 40 without; the all-in-one commits about one batch per small PUT), and rows
+    that arrive while a batch waits for its flush join the next, larger batch.
+    """
 
     def __init__(self, node: StorageNode) -> None:
         self.node = node
@@ -137,14 +146,18 @@ class RowBatcher:
         self._draining: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def merge(self, broker: DatabaseBroker, row: dict[str, Any]) -> int:
+    async def merge(self, broker: DatabaseBroker, row: dict[str, Any],
+                    device_path: str | None = None) -> int:
         """Merge one row; returns 1 if it changed the database, after the commit."""
-        return await self.merge_rows(broker, [row])
+        return await self.merge_rows(broker, [row], device_path)
 
-    async def merge_rows(self, broker: DatabaseBroker, rows: list[dict[str, Any]]) -> int:
+    async def merge_rows(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
+                         device_path: str | None = None) -> int:
         """Merge rows (a ``PATCH`` batch) in the next shared transaction.
 
-        Returns 1 if that transaction changed the database, once it is committed.
+        Returns 1 if that transaction changed the database, once it is durable.
+        ``device_path`` (the database's device) lets the commit share the device's
+        flush; without it the commit fsyncs on its own.
         """
         if not rows:
             return 0
@@ -153,18 +166,24 @@ class RowBatcher:
         self._pending.setdefault(broker.db_path, []).extend((row, future) for row in rows)
         if broker.db_path not in self._draining:
             self._draining.add(broker.db_path)
-            task = loop.create_task(self._drain(broker))
+            task = loop.create_task(self._drain(broker, device_path))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await future
 
-    async def _drain(self, broker: DatabaseBroker) -> None:
+    async def _drain(self, broker: DatabaseBroker, device_path: str | None) -> None:
+        shared_flush = device_path is not None and self.node.group_commit
         try:
             while self._pending.get(broker.db_path):
                 batch = self._pending.pop(broker.db_path)
                 try:
-                    changed = await self.node.run_db(broker.merge_items,
-                                                     [row for row, _ in batch])
+                    changed = await self.node.run_db(broker.merge_items,  # type: ignore[attr-defined]
+                                                     [row for row, _ in batch], shared_flush)
+                    if shared_flush:
+                        # also when nothing changed: an equal row merged by a batch
+                        # still waiting for its flush is not durable yet either
+                        assert device_path is not None
+                        await self.node.flusher(device_path).barrier()
                 except Exception as err:
                     for _, future in batch:
                         if not future.done():

@@ -494,6 +494,7 @@ class NodeHTTPServer:
         self.closing = False
         self.loop = asyncio.get_running_loop()
         self.connections: set[NodeConnection] = set()
+        self.host = ""
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
@@ -510,7 +511,7 @@ class NodeHTTPServer:
             self._server = await self.loop.create_server(
                 lambda: NodeConnection(self), host, port, backlog=backlog,
                 reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.host, self.port = self._server.sockets[0].getsockname()[:2]
         self._sweeper = self.loop.create_task(self._sweep_idle())
 
     def take_arena(self) -> mmap.mmap:

@@ -54,6 +54,12 @@ class NodeDispatcher:
                         "account": AccountServer(node)}
         self._devices_seen: dict[str, tuple[float, str]] = {}
 
+    def serve_address(self, ip: str, port: int) -> None:
+        """The address this node listens on: container rows for it stay in-process."""
+        containers = self.servers["container"]
+        containers.serve_address(ip, port)
+        self.servers["object"].updates.deliver_locally(containers)
+
     def device_path(self, device: str) -> str:
         """The device's directory; DeviceUnavailable when it is not there."""
         now = time.monotonic()
@@ -161,6 +167,7 @@ async def start_node_server(conf: dict, host: str | None = None, port: int | Non
     await server.start(host if host is not None else node_conf.get("bind_ip", "127.0.0.1"),
                        port if port is not None else int(node_conf.get("bind_port", 6200)),
                        sock=sock)
+    dispatcher.serve_address(server.host, server.port)
     return RunningNode(server, dispatcher)
 
 

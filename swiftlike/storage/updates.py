@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -178,6 +178,17 @@ def row_headers(row: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return "PUT", headers
 
 
+class LocalRows(Protocol):
+    """The container server of this node, as the object server's updates see it."""
+
+    def serves(self, target: UpdateTarget) -> bool:
+        """Whether ``target`` names a database of this node (its address, its device)."""
+
+    async def merge(self, target: UpdateTarget, account: str, container: str,
+                    rows: list[dict[str, Any]]) -> bool:
+        """What a PATCH of ``rows`` would do; True once committed."""
+
+
 @dataclass
 class _QueuedRow:
     row: dict[str, Any]
@@ -211,15 +222,38 @@ class UpdateBatcher:
                  max_rows: int = BATCH_MAX_ROWS) -> None:
         self._client = client
         self.max_rows = max_rows
+        #: set when this node serves container databases too (see :meth:`deliver_locally`)
+        self.local: LocalRows | None = None
         self._queues: dict[tuple[str, str, str, str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._unbatched_hosts: set[str] = set()
         self.batches_sent = 0  # observability and tests
         self.rows_sent = 0
+        self.rows_local = 0
+
+    def deliver_locally(self, local: LocalRows) -> None:
+        """Hand rows for a database of this very node to ``local`` instead of a PATCH.
+
+        A small cluster (the all-in-one, a few boxes) keeps container replicas on the
+        same nodes as objects, and the proxy gives each object write the container
+        replica on its own node when there is one. Measured on the all-in-one: the
+        container rows cost the nodes about a third of their CPU per small PUT, mostly
+        the PATCH round trips (HTTP on both sides, JSON) and the commits of small batches.
+        A local row joins the container server's next shared transaction directly.
+        """
+        self.local = local
 
     async def send(self, target: UpdateTarget, account: str, container: str,
                    row: dict[str, Any], timeout_s: float) -> bool:
         """Deliver one row; True once a container server committed it in time."""
+        local = self.local
+        if local is not None and local.serves(target):
+            self.rows_local += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await local.merge(target, account, container, [row])
+            except TimeoutError:
+                return False  # as a PATCH that did not answer in time: async_pending
         loop = asyncio.get_running_loop()
         key = (target.host, target.device, target.partition, account, container)
         queue = self._queues.get(key)

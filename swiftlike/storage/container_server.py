@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import os
-import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -58,14 +58,18 @@ class ContainerServer:
         self._report_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None
+        self._device_path: Callable[[str], str] = node.device_path
 
-    def serve_address(self, ip: str, port: int) -> None:
+    def serve_address(self, ip: str, port: int,
+                      device_path: Callable[[str], str] | None = None) -> None:
         """Where this node's server listens: rows for it may skip HTTP (:meth:`merge`).
 
         Not for a wildcard address: the ring names nodes by the address others reach
-        them at, which a wildcard bind does not say.
+        them at, which a wildcard bind does not say. ``device_path``: the dispatcher's
+        device check (cached, as for requests), else the node's.
         """
         self._address = None if ip in ("", "0.0.0.0", "::") else (ip.strip("[]"), port)
+        self._device_path = device_path or self.node.device_path
 
     def serves(self, target: UpdateTarget) -> bool:
         if self._address is None:
@@ -77,7 +81,7 @@ class ContainerServer:
                     rows: list[dict[str, Any]]) -> bool:
         """A ``PATCH`` of ``rows`` to a database of this node, without the HTTP."""
         try:
-            device_path = self.node.device_path(target.device)
+            device_path = self._device_path(target.device)
             route = Route(target.device, target.partition, account, container)
             broker = self.broker(device_path, route)
             if not broker.exists():
@@ -86,7 +90,7 @@ class ContainerServer:
                 self._schedule_report(route, device_path, broker)
         except DeviceUnavailable:
             return False  # a PATCH would get 507: the row waits in async_pending
-        except (OSError, sqlite3.Error) as err:
+        except Exception as err:  # as a failed PATCH: the row waits in async_pending
             LOG.warning("local container update %s/%s on %s failed: %r", account,
                         container, target.device, err)
             return False

@@ -140,7 +140,26 @@ class DatabaseBroker:
                 conn.execute("COMMIT")
             finally:
                 if relaxed:
-                    conn.execute("PRAGMA synchronous=FULL")
+                    self._restore_full_sync(conn)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and empty it, with SQLite's fsyncs."""
+        with self.lock:
+            busy, _, _ = self.connection().execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise sqlite3.OperationalError(f"checkpoint of {self.db_path} was blocked")
+
+    def _restore_full_sync(self, conn: sqlite3.Connection) -> None:
+        """Back to ``synchronous=FULL`` after a deferred-sync transaction, whatever happened
+        to it; a connection that cannot be reset is dropped (reopened at FULL)."""
+        try:
+            if conn.in_transaction:  # a COMMIT that failed leaves it open
+                conn.execute("ROLLBACK")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            conn.close()
+            self._conn = None
 
     # ---- stat row, timestamps, metadata -----------------------------------------------
     def get_info(self) -> dict[str, Any]:

@@ -109,6 +109,11 @@ async def handle_db_replicate(request: web.Request, node: StorageNode, device_pa
                                        db_hash, rows, node.fsync)
             if answer is None:
                 return error_response(404, "no such database")
+            if node.group_commit:
+                # rows the node's own row batches committed may be visible here before
+                # their device flush (deferred sync, see RowBatcher): the sender must not
+                # count them as stored until a flush has covered them
+                await node.flusher(device_path).barrier()
         else:
             raise ValueError(f"unknown op {op!r}")
     except (ValueError, KeyError, TypeError) as err:

@@ -8,6 +8,7 @@ transaction (one fsync) and answers every waiter only after that commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.db import BrokerCache, DatabaseBroker
 from swiftlike.storage.node import StorageNode, error_response
 
+LOG = logging.getLogger(__name__)
 
 def db_path(node: StorageNode, device_path: str, kind: str, partition: str, account: str,
             container: str | None = None) -> str:
@@ -145,6 +147,8 @@ class RowBatcher:
         self._pending: dict[str, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
         self._draining: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: devices whose shared flush failed once: their commits fsync on their own
+        self._failed_devices: set[str] = set()
 
     async def merge(self, broker: DatabaseBroker, row: dict[str, Any],
                     device_path: str | None = None) -> int:
@@ -172,10 +176,11 @@ class RowBatcher:
         return await future
 
     async def _drain(self, broker: DatabaseBroker, device_path: str | None) -> None:
-        shared_flush = device_path is not None and self.node.group_commit
         try:
             while self._pending.get(broker.db_path):
                 batch = self._pending.pop(broker.db_path)
+                shared_flush = (device_path is not None and self.node.group_commit
+                                and device_path not in self._failed_devices)
                 try:
                     changed = await self.node.run_db(broker.merge_items,  # type: ignore[attr-defined]
                                                      [row for row, _ in batch], shared_flush)
@@ -183,7 +188,11 @@ class RowBatcher:
                         # also when nothing changed: an equal row merged by a batch
                         # still waiting for its flush is not durable yet either
                         assert device_path is not None
-                        await self.node.flusher(device_path).barrier()
+                        try:
+                            await self.node.flusher(device_path).barrier()
+                        except Exception:
+                            await self._after_failed_flush(broker, device_path)
+                            raise
                 except Exception as err:
                     for _, future in batch:
                         if not future.done():
@@ -194,6 +203,21 @@ class RowBatcher:
                         future.set_result(1 if changed else 0)
         finally:
             self._draining.discard(broker.db_path)
+
+    async def _after_failed_flush(self, broker: DatabaseBroker, device_path: str) -> None:
+        """A flush failed after rows were committed without their own fsync.
+
+        Those rows are visible, and the kernel may already count their WAL pages as
+        written (a failed writeback leaves them clean), so a retry that finds them would
+        be answered with nothing on disk. Copy the WAL into the database file with
+        SQLite's own fsyncs (a truncating checkpoint, which also drops the WAL's frames),
+        and fsync every later commit on this device itself.
+        """
+        self._failed_devices.add(device_path)
+        try:
+            await self.node.run_db(broker.checkpoint)
+        except Exception as err:
+            LOG.error("checkpoint of %s after a failed flush failed: %r", broker.db_path, err)
 
 
 def make_broker_cache(node: StorageNode, broker_class: type[DatabaseBroker]) -> BrokerCache:

@@ -57,7 +57,7 @@ class NodeDispatcher:
     def serve_address(self, ip: str, port: int) -> None:
         """The address this node listens on: container rows for it stay in-process."""
         containers = self.servers["container"]
-        containers.serve_address(ip, port)
+        containers.serve_address(ip, port, self.device_path)
         self.servers["object"].updates.deliver_locally(containers)
 
     def device_path(self, device: str) -> str:

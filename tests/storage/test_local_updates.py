@@ -17,6 +17,8 @@ import aiohttp
 import msgpack
 import pytest
 
+from swiftlike.storage import replication_wire as wire
+from swiftlike.storage.replication_wire import VERB_HEADER
 from swiftlike.storage.routing import Route
 from swiftlike.storage.server import RunningNode, start_node_server
 from swiftlike.storage.updates import UpdateTarget
@@ -44,6 +46,9 @@ async def local_node(tmp_path) -> AsyncIterator[LocalNode]:
         yield LocalNode(running, devices)
     finally:
         await running.cleanup()
+
+
+ROW = {"X-Backend-Server-Type": "container"}  # a one-row update, not an object PUT
 
 
 def _pending(devices: str) -> list[dict]:
@@ -130,7 +135,7 @@ async def test_row_commits_share_the_device_flush_and_keep_full_sync_otherwise(l
             assert resp.status == 201
         flushes = node.flusher(device_path).flushes
         async with session.put(f"{base}/sda/2/AUTH_t/c/row", headers={
-                "X-Timestamp": ts(), "X-Size": "3", "X-Etag": "e"}) as resp:
+                "X-Timestamp": ts(), "X-Size": "3", "X-Etag": "e", **ROW}) as resp:
             assert resp.status == 201
         # the row's commit waited for a flush of its device, not for its own fsync
         assert node.flusher(device_path).flushes > flushes
@@ -141,7 +146,44 @@ async def test_row_commits_share_the_device_flush_and_keep_full_sync_otherwise(l
         def broken(_fd: int) -> None:
             raise OSError(5, "Input/output error")
 
+        real = node.flusher(device_path).sync_func
         node.flusher(device_path).sync_func = broken
         async with session.put(f"{base}/sda/2/AUTH_t/c/lost", headers={
-                "X-Timestamp": ts(), "X-Size": "3", "X-Etag": "e"}) as resp:
+                "X-Timestamp": ts(), "X-Size": "3", "X-Etag": "e", **ROW}) as resp:
             assert resp.status >= 500  # never acknowledged without its flush
+        # the committed row went into the database file with SQLite's own fsyncs, and
+        # the WAL that held it is empty (a retry finding the row is then truly stored)
+        assert os.path.getsize(broker.db_path + "-wal") == 0  # noqa: ASYNC240 - a stat
+        node.flusher(device_path).sync_func = real
+        flushes = node.flusher(device_path).flushes
+        async with session.put(f"{base}/sda/2/AUTH_t/c/after", headers={
+                "X-Timestamp": ts(), "X-Size": "3", "X-Etag": "e", **ROW}) as resp:
+            assert resp.status == 201
+        # from then on this device's row commits fsync on their own
+        assert node.flusher(device_path).flushes == flushes
+        async with session.get(f"{base}/sda/2/AUTH_t/c", params={"format": "json"}) as resp:
+            assert sorted(r["name"] for r in await resp.json()) == ["after", "lost", "row"]
+
+
+async def test_a_replication_merge_answers_after_a_device_flush(local_node, ts):
+    running, devices, base = local_node.running, local_node.devices, local_node.base
+    node = running.dispatcher.node
+    containers = running.dispatcher.servers["container"]
+    device_path = os.path.join(devices, "sda")
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{base}/sda/2/AUTH_t/c", headers={"X-Timestamp": ts()}) as r:
+            assert r.status == 201
+        db_hash = os.path.basename(os.path.dirname(
+            containers.broker(device_path, Route("sda", "2", "AUTH_t", "c")).db_path))
+        flushes = node.flusher(device_path).flushes
+        row = {"name": "o", "created_at": ts(), "size": 1, "content_type": "a/b",
+               "etag": "e", "deleted": 0}
+        async with session.post(f"{base}/sda/2/{db_hash}", data=wire.pack(
+                {"op": "merge_items", "rows": [row]}), headers={
+                "X-Backend-Server-Type": "container", VERB_HEADER: "REPLICATE",
+                "Content-Type": wire.MSGPACK_TYPE}) as resp:
+            assert resp.status == 200
+            assert wire.unpack(await resp.read())["changed"] == 1
+        # rows committed under deferred sync may be what a merge finds: it answers only
+        # once a flush that began after it has covered them
+        assert node.flusher(device_path).flushes > flushes

@@ -86,8 +86,7 @@ class ContainerServer:
             broker = self.broker(device_path, route)
             if not broker.exists():
                 return False  # 404: the row waits in async_pending for the container
-            if await self.batcher.merge_rows(broker, rows, device_path):
-                self._schedule_report(route, device_path, broker)
+            await self._merge_rows(route, device_path, broker, rows)
         except DeviceUnavailable:
             return False  # a PATCH would get 507: the row waits in async_pending
         except Exception as err:  # as a failed PATCH: the row waits in async_pending
@@ -213,9 +212,7 @@ class ContainerServer:
         else:
             row = {"name": route.obj, "created_at": timestamp.internal, "size": 0,
                    "content_type": "", "etag": "", "deleted": 1}
-        changed = await self.batcher.merge(broker, row, device_path)
-        if changed:
-            self._schedule_report(route, device_path, broker)
+        await self._merge_rows(route, device_path, broker, [row])
         return web.Response(status=201 if request.method == "PUT" else 204)
 
     async def update_rows(self, request: web.Request, route: Route, device_path: str
@@ -235,10 +232,14 @@ class ContainerServer:
             rows = parse_object_rows(await request.read())
         except ValueError as err:
             return error_response(400, f"Invalid PATCH body: {err}")
-        changed = await self.batcher.merge_rows(broker, rows, device_path)
-        if changed:
-            self._schedule_report(route, device_path, broker)
+        await self._merge_rows(route, device_path, broker, rows)
         return web.Response(status=202)
+
+    async def _merge_rows(self, route: Route, device_path: str, broker: ContainerBroker,
+                          rows: list[dict[str, Any]]) -> None:
+        """Rows into the next shared (durable) commit; a change is reported to the account."""
+        if await self.batcher.merge_rows(broker, rows, device_path):
+            self._schedule_report(route, device_path, broker)
 
     # ---- account updates ---------------------------------------------------------------
     def _schedule_report(self, route: Route, device_path: str, broker: ContainerBroker

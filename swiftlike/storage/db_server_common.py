@@ -2,7 +2,8 @@
 
 Row updates arrive one per object write; committing each alone would cost one fsync per
 row. The RowBatcher coalesces the rows waiting for the same database into one
-transaction (one fsync) and answers every waiter only after that commit.
+transaction and answers every waiter only once that commit is durable (its own fsync,
+or under group commit the device's next shared flush).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from swiftlike.storage.db import BrokerCache, DatabaseBroker
 from swiftlike.storage.node import StorageNode, error_response
 
 LOG = logging.getLogger(__name__)
+
 
 def db_path(node: StorageNode, device_path: str, kind: str, partition: str, account: str,
             container: str | None = None) -> str:

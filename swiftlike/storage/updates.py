@@ -182,11 +182,11 @@ class LocalRows(Protocol):
     """The container server of this node, as the object server's updates see it."""
 
     def serves(self, target: UpdateTarget) -> bool:
-        """Whether ``target`` names a database of this node (its address, its device)."""
+        """Whether ``target`` is this node's own listening address."""
 
     async def merge(self, target: UpdateTarget, account: str, container: str,
                     rows: list[dict[str, Any]]) -> bool:
-        """What a PATCH of ``rows`` would do; True once committed."""
+        """What a PATCH of ``rows`` would do; True once durable."""
 
 
 @dataclass

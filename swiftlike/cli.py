@@ -46,6 +46,17 @@ def _apply_cpu_policy(conf: dict[str, Any], section: str) -> None:
     apply_cpu_policy(policy)
 
 
+def _apply_malloc_policy(conf: dict[str, Any], section: str) -> None:
+    """``[section] malloc_*_threshold_mib`` (see swiftlike.common.malloc_policy)."""
+    from swiftlike.common.malloc_policy import apply_malloc_policy, malloc_policy_from
+
+    try:
+        policy = malloc_policy_from(conf.get(section, {}))
+    except ValueError as err:
+        raise ConfigError(f"[{section}] {err}") from err
+    apply_malloc_policy(policy)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from swiftlike.serve import ServeOptions, serve
 
@@ -65,6 +76,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "node")
     _apply_cpu_policy(conf, "node")
+    _apply_malloc_policy(conf, "node")
     sock = None
     if args.listen_fd is not None:
         # bound by `swiftlike serve`, which holds it across restarts of this node
@@ -105,6 +117,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "proxy")
     _apply_cpu_policy(conf, "proxy")
+    _apply_malloc_policy(conf, "proxy")
     _run(_until_signalled(_run_proxy_with_apis(conf)))
     return 0
 

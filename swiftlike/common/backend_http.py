@@ -37,6 +37,8 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from swiftlike.common.buffers import read_buffer
+
 MAX_HEAD = 64 * 1024  # a response's status line and headers together
 READ_SIZE = 256 * 1024  # most bytes one socket read takes into a body piece
 HEAD_READ = 16 * 1024  # a read while no body size is known: headers, small answers
@@ -381,8 +383,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> bytearray:
         response = self.response
-        self._buffer = bytearray(response._read_size() if response is not None
-                                 else HEAD_READ)
+        # not zero-filled: the read fills it and only the bytes read are ever taken
+        self._buffer = read_buffer(response._read_size() if response is not None
+                                   else HEAD_READ)
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -16,6 +16,8 @@ import os
 
 import xxhash
 
+from swiftlike.common.buffers import read_buffer
+
 #: Metadata key of an object's xxh3-128 digest, taken over the same bytes as its md5
 #: ETag (in the same pass, for a streamed body). A full GET verifies this, not the md5: ~15x
 #: cheaper, and it detects any change to the stored bytes just as surely (whoever can
@@ -61,7 +63,7 @@ def read_cached(fd: int, offset: int, size: int) -> bytearray | None:
     """
     if _RWF_NOWAIT is None:
         return None
-    buf = bytearray(size)
+    buf = read_buffer(size)  # not zero-filled: cut to what the read returned
     try:
         got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
     except BlockingIOError:

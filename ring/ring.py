@@ -60,13 +60,26 @@ class _Loaded:
         ]
         self.by_part = memoryview(data.by_part)  # indexing returns plain ints, fast
         self.nodes_of = _make_nodes_of(self.by_part, data.replicas, self.templates)
-        live = [d for d in self.devs if d is not None]
+        # Handoffs come only from devices that hold partitions: one at weight 0 (being
+        # drained, or added to be ramped up later) would otherwise stand in an unused
+        # zone of its own and be every partition's first handoff.
+        holding = _devices_holding_parts(data)
+        live = [d for d in self.devs if d is not None and d["id"] in holding]
         self.dev_ids = sorted(d["id"] for d in live)
         self.tiers = {d["id"]: (d["region"], (d["region"], d["zone"]),
                                 (d["region"], d["zone"], d["ip"])) for d in live}
         self.region_count = len({t[0] for t in self.tiers.values()})
         self.zone_count = len({t[1] for t in self.tiers.values()})
         self.ip_count = len({t[2] for t in self.tiers.values()})
+
+
+def _devices_holding_parts(data: LookupTable) -> set[int]:
+    """Ids of the devices with at least one partition: from the ring file when its
+    builder recorded them, else counted from the table (older files)."""
+    recorded = data.meta.get("devs_with_parts")
+    if isinstance(recorded, list):
+        return set(recorded)
+    return set(data.by_part)
 
 
 class NodeDict(dict):

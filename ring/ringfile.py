@@ -9,7 +9,8 @@ Layout (all integers little-endian)::
     12      4     metadata length M
     16      8     array length A
     24      8     xxh3_64 of the payload (the M + A bytes that follow)
-    32      M     msgpack metadata: part_power, replicas, dtype ("<u2" or "<u4"), devs, ...
+    32      M     msgpack metadata: part_power, replicas, dtype ("<u2" or "<u4"), devs,
+                  devs_with_parts (ids of the devices holding a partition), ...
     32+M    A     replica2part2dev: replicas x 2**part_power device ids, C order
 
 Loading reads the file once, checks the header, lengths and checksum, and maps the
@@ -85,6 +86,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            # mkstemp makes it 0600; every service on the host, whatever its user,
+            # must be able to read the ring (swift-ring-builder writes 0644 too)
+            os.fchmod(f.fileno(), 0o644)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -118,8 +122,10 @@ def encode_ring(part_power: int, replicas: int, devs: list[dict | None],
     if _names_unknown_devices(arr, devs):
         raise ValueError("replica2part2dev assigns partitions to unknown devices")
     clean_devs = [None if d is None else {k: d[k] for k in DEV_KEYS} for d in devs]
+    holding = np.flatnonzero(np.bincount(arr.ravel(), minlength=len(devs))).tolist() \
+        if arr.size else []
     meta = {"part_power": part_power, "replicas": replicas, "dtype": dtype,
-            "devs": clean_devs, **(extra or {})}
+            "devs": clean_devs, "devs_with_parts": holding, **(extra or {})}
     meta_bytes = msgpack.packb(meta, use_bin_type=True)
     body = arr.tobytes()
     checksum = xxhash.xxh3_64_intdigest(meta_bytes + body)

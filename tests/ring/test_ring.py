@@ -116,7 +116,59 @@ def test_handoffs_property(tmp_path_factory, layout, replicas, part_power, seed)
         assert hand == [n["id"] for n in ring.get_more_nodes(part)]
         assert not set(prim) & set(hand)
         assert len(hand) == len(set(hand))
-        assert sorted(prim + hand) == sorted(d["id"] for d in b.devs if d is not None)
+        # every device that holds a partition, and no other (as in Swift)
+        assert sorted(prim + hand) == sorted(set(b.replica2part2dev.ravel().tolist()))
+
+
+def test_a_device_without_partitions_is_never_a_handoff(tmp_path):
+    """A disk at weight 0 (drained, or added to be ramped up later) in a zone of its own
+    must not become every partition's first handoff."""
+    b = uniform_builder(part_power=8, zones=3, servers=2, disks=1)
+    idle = b.add_dev({"region": 1, "zone": 4, "ip": "10.0.4.1", "port": 6200,
+                      "device": "idle", "weight": 0})
+    b.rebalance(seed=1, now=0)
+    path = tmp_path / "r.ring"
+    b.save_ring(path)
+    for loaded in (Ring(path), _ring_without_recorded_holders(path, tmp_path)):
+        handoffs = [[n["id"] for n in loaded.get_more_nodes(p)] for p in range(256)]
+        assert all(idle not in ids for ids in handoffs)
+        assert all(len(ids) == 6 - 3 for ids in handoffs)
+
+
+def _ring_without_recorded_holders(path, tmp_path):
+    """The same ring as a file from before devs_with_parts: counted at load instead."""
+    data = decode_ring(path.read_bytes())
+    meta = {k: v for k, v in data.meta.items()
+            if k not in ("part_power", "replicas", "dtype", "devs", "devs_with_parts")}
+    blob = encode_ring(data.part_power, data.replicas, data.devs, data.replica2part2dev,
+                       meta)
+    header, rest = blob[:HEADER.size], blob[HEADER.size:]
+    magic, version, flags, meta_len, body_len, _ = HEADER.unpack(header)
+    meta_full = msgpack.unpackb(rest[:meta_len], raw=False)
+    assert "devs_with_parts" in meta_full
+    del meta_full["devs_with_parts"]
+    meta_bytes = msgpack.packb(meta_full, use_bin_type=True)
+    body = rest[meta_len:]
+    old = HEADER.pack(magic, version, flags, len(meta_bytes), body_len,
+                      xxhash.xxh3_64_intdigest(meta_bytes + body)) + meta_bytes + body
+    old_path = tmp_path / "old.ring"
+    old_path.write_bytes(old)
+    return Ring(old_path)
+
+
+def test_ring_and_builder_files_are_readable_by_every_service(tmp_path):
+    old_umask = os.umask(0o077)
+    try:
+        b = uniform_builder(part_power=4, zones=3, servers=1, disks=1)
+        b.rebalance(seed=1, now=0)
+        b.save_ring(tmp_path / "r.ring")
+        b.save(tmp_path / "r.builder")
+        (tmp_path / "r.ring").chmod(0o600)
+        b.save_ring(tmp_path / "r.ring")  # a rewrite does not keep a narrower mode
+    finally:
+        os.umask(old_umask)
+    for name in ("r.ring", "r.builder"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
 
 
 @FAST

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .cli_parse import match_devices
+from .cli_parse import match_devices, normalize_address
 from .moves import MoveEngine
 from .placement import (
     LEVELS,
@@ -37,9 +37,16 @@ from .placement import (
     initial_layout,
     max_replicas_per_tier,
 )
-from .ringfile import RingFileError, atomic_write, dtype_for, write_ring_file
+from .ringfile import (
+    RingFileError,
+    atomic_write,
+    dtype_for,
+    names_unknown_devices,
+    write_ring_file,
+)
 
 MAX_PART_POWER = 26  # 2**26 x replicas int64 work arrays: ~1.6 GB at 3 replicas
+_MAX_TIER_ID = 0xFFFFFFFF  # region and zone numbers (and ports, checked tighter)
 BUILDER_FORMAT = "swiftlike-builder"
 BUILDER_VERSION = 1
 
@@ -172,15 +179,21 @@ class RingBuilder:
         if missing:
             raise RingBuilderError(f"device is missing {', '.join(missing)}")
         for key in ("region", "zone", "port"):
-            if isinstance(dev[key], bool) or not isinstance(dev[key], int) or dev[key] < 0:
-                raise RingBuilderError(f"{key} must be a non-negative integer, "
+            if isinstance(dev[key], bool) or not isinstance(dev[key], int) or \
+                    not 0 <= dev[key] <= _MAX_TIER_ID:
+                raise RingBuilderError(f"{key} must be an integer from 0 to {_MAX_TIER_ID}, "
                                        f"got {dev[key]!r}")
-        if dev["port"] > 65535:
-            raise RingBuilderError(f"port must be <= 65535, got {dev['port']}")
-        for key in ("ip", "device"):
-            if not isinstance(dev[key], str) or not dev[key] or "/" in dev[key]:
-                raise RingBuilderError(f"{key} must be a non-empty string without '/', "
-                                       f"got {dev[key]!r}")
+        if not 1 <= dev["port"] <= 65535:
+            raise RingBuilderError(f"port must be from 1 to 65535, got {dev['port']}")
+        ip = normalize_address(dev["ip"])
+        if ip is None:
+            raise RingBuilderError(f"ip must be an IP address or a host name, got {dev['ip']!r}")
+        device = dev["device"]
+        if not isinstance(device, str) or not device or device in (".", "..") or \
+                len(device) > 255 or any(c == "/" or not c.isprintable() or c.isspace()
+                                         for c in device):
+            raise RingBuilderError("device must be a directory name (no '/', whitespace "
+                                   f"or control characters, not '.' or '..'), got {device!r}")
         weight = _check_number("weight", dev["weight"], minimum=0)
         meta = dev.get("meta", "")
         if not isinstance(meta, str):
@@ -189,7 +202,7 @@ class RingBuilder:
         if dev_id is not None and (isinstance(dev_id, bool) or not isinstance(dev_id, int)
                                    or not 0 <= dev_id < 0xFFFFFFFF):
             raise RingBuilderError(f"device id must be a non-negative integer, got {dev_id!r}")
-        return {"id": dev_id, "region": dev["region"], "zone": dev["zone"], "ip": dev["ip"],
+        return {"id": dev_id, "region": dev["region"], "zone": dev["zone"], "ip": ip,
                 "port": dev["port"], "device": dev["device"], "weight": weight, "meta": meta}
 
     def remove_dev(self, dev_id: int) -> None:
@@ -404,6 +417,8 @@ class RingBuilder:
                 b._last_moved = np.frombuffer(data["last_moved"], dtype=np.uint32).copy()
                 if len(b._last_moved) != b.parts:
                     raise ValueError("last_moved has the wrong length")
+                if names_unknown_devices(b._r2p2d, b.devs):
+                    raise ValueError("partitions assigned to devices it does not have")
         except (KeyError, TypeError, ValueError) as exc:
             raise RingFileError(f"{os.fspath(path)}: damaged builder file ({exc})") from exc
         return b

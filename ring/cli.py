@@ -149,10 +149,12 @@ def cmd_set_weight(args: argparse.Namespace) -> str:
     devs = _find(b, args.search)
     if len(devs) > 1 and not args.yes:
         raise CliError(f"{args.search!r} matches {len(devs)} devices; add --yes to change all")
+    was = {d["id"]: d["weight"] for d in devs}  # _find's dicts are the builder's own
     for d in devs:
         b.set_dev_weight(d["id"], args.weight)
     b.save(args.builder)
-    return "\n".join(f"{_fmt_dev(d)} weight {d['weight']:g} -> {args.weight:g}" for d in devs)
+    return "\n".join(f"{_fmt_dev(d)} weight {was[d['id']]:g} -> {args.weight:g}"
+                     for d in devs)
 
 
 def cmd_set_overload(args: argparse.Namespace) -> str:
@@ -320,6 +322,9 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a builder or ring path that cannot be read or written
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if text:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _DEV = re.compile(
@@ -19,8 +20,33 @@ _SEARCH = re.compile(
 )
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
 class PatternError(ValueError):
     """A device string or search pattern that cannot be parsed."""
+
+
+def normalize_address(text: str) -> str | None:
+    """The one spelling of a device's address, or None if it is no address at all.
+
+    An IP in its canonical form (``[0:0::1]`` and ``::1`` are one host), a host name
+    lowercased: duplicate checks and searches compare these, so two spellings of one
+    server cannot become two servers.
+    """
+    if not isinstance(text, str):
+        return None
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    name = bare[:-1] if bare.endswith(".") else bare
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(x) for x in name.split(".")):
+        return None
+    if name.rsplit(".", 1)[-1].isdigit():
+        return None  # 1.2.3.999: a broken IP, not a host name
+    return name.lower()
 
 
 def parse_device(text: str) -> dict:
@@ -52,7 +78,8 @@ def parse_search(pattern: str) -> dict:
         if key in ("id", "region", "zone", "port"):
             out[key] = int(value)
         elif key == "ip":
-            out[key] = value[1:-1] if value.startswith("[") else value
+            bare = value[1:-1] if value.startswith("[") else value
+            out[key] = normalize_address(bare) or bare
         else:
             out[key] = value
     return out

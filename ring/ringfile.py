@@ -119,7 +119,7 @@ def encode_ring(part_power: int, replicas: int, devs: list[dict | None],
     if arr.shape != (replicas, 1 << part_power):
         raise ValueError(f"replica2part2dev has shape {arr.shape}, "
                          f"expected {(replicas, 1 << part_power)}")
-    if _names_unknown_devices(arr, devs):
+    if names_unknown_devices(arr, devs):
         raise ValueError("replica2part2dev assigns partitions to unknown devices")
     clean_devs = [None if d is None else {k: d[k] for k in DEV_KEYS} for d in devs]
     holding = np.flatnonzero(np.bincount(arr.ravel(), minlength=len(devs))).tolist() \
@@ -169,7 +169,8 @@ def _checked_parts(blob: bytes, source: str
     return meta, part_power, replicas, dtype, devs, payload[meta_len:]
 
 
-def _names_unknown_devices(arr: np.ndarray, devs: list[dict | None]) -> bool:
+def names_unknown_devices(arr: np.ndarray, devs: list[dict | None]) -> bool:
+    """True if ``arr`` holds an id that is no device of ``devs``."""
     import numpy as np
 
     known = np.array([d is not None for d in devs] + [False], dtype=bool)
@@ -182,7 +183,7 @@ def decode_ring(blob: bytes, source: str = "ring file") -> RingData:
 
     meta, part_power, replicas, dtype, devs, body = _checked_parts(blob, source)
     arr = np.frombuffer(body, dtype=dtype).reshape(replicas, 1 << part_power)
-    if _names_unknown_devices(arr, devs):
+    if names_unknown_devices(arr, devs):
         raise RingFileError(f"{source}: partitions assigned to unknown devices")
     return RingData(part_power=part_power, replicas=replicas, devs=devs,
                     replica2part2dev=arr, meta=meta)

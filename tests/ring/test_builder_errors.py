@@ -51,6 +51,9 @@ def test_duplicate_device():
 @pytest.mark.parametrize("change", [
     {"weight": -1}, {"weight": float("nan")}, {"weight": "heavy"}, {"port": 70000},
     {"zone": -1}, {"ip": ""}, {"device": "a/b"}, {"meta": 5}, {"id": -3},
+    {"port": 0}, {"region": 1 << 70}, {"zone": 1 << 32}, {"ip": "not_an_ip"},
+    {"ip": "1.2.3.999"}, {"ip": "-host"}, {"ip": "a..b"}, {"device": ".."},
+    {"device": "."}, {"device": "sd a"}, {"device": "sd\x00a"}, {"device": "x" * 256},
 ])
 def test_bad_device_fields(change):
     b = RingBuilder(4, 1)
@@ -167,3 +170,20 @@ def test_add_devs_ids_fill_gaps_and_respect_explicit_ids():
                       dict(DEV, device="z"), dict(DEV, device="w")])
     assert ids == [1, 4, 3, 5]
     assert [d["device"] if d else None for d in b.devs] == ["d0", "x", "d2", "z", "y", "w"]
+
+
+@pytest.mark.parametrize("spellings", [
+    ["::1", "[::1]", "0:0::1", "[0000:0000:0000:0000:0000:0000:0000:0001]"],
+    ["Host1", "host1", "HOST1."],
+    ["10.0.0.1", "10.0.0.1 ".strip()],
+])
+def test_one_address_has_one_spelling(spellings):
+    """Two spellings of one server are one server: the second device is a duplicate."""
+    b = RingBuilder(4, 1)
+    b.add_dev(dict(DEV, ip=spellings[0]))
+    for other in spellings[1:]:
+        with pytest.raises(RingBuilderError, match="duplicate device"):
+            b.add_dev(dict(DEV, ip=other))
+    other = spellings[1].strip("[]")
+    pattern = f"-[{other}]" if ":" in other else f"-{other}"
+    assert len(b.search_devs(pattern)) == 1  # a search in another spelling finds it

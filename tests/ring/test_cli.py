@@ -117,3 +117,34 @@ def test_corrupt_builder_file(tmp_path):
     (tmp_path / "bad.builder").write_bytes(b"\x00\x01garbage")
     r = cli("bad.builder", "show", cwd=tmp_path)
     assert r.returncode == 2 and "builder file" in r.stderr
+
+
+def test_set_weight_reports_the_old_weight(built):
+    r = cli("o.builder", "set-weight", "d0", "50", cwd=built)
+    assert r.returncode == 0, r.stderr
+    assert "weight 100 -> 50" in r.stdout
+
+
+def test_unwritable_paths_are_errors_not_tracebacks(built):
+    r = cli(str(built / "nodir" / "y.builder"), "create", "8", "3", "1", cwd=built)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    before = (built / "o.builder").read_bytes()
+    r = cli("o.builder", "rebalance", "--ring", str(built / "nodir" / "x.ring"), cwd=built)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (built / "o.builder").read_bytes() == before
+
+
+def test_builder_naming_devices_it_lacks_is_refused(built):
+    import msgpack
+
+    cli("o.builder", "rebalance", "--seed", "1", cwd=built)
+    data = msgpack.unpackb((built / "o.builder").read_bytes(), raw=False,
+                           strict_map_key=False)
+    table = bytearray(data["r2p2d"])
+    table[0:2] = (999).to_bytes(2, "little")  # device 999 does not exist
+    data["r2p2d"] = bytes(table)
+    (built / "o.builder").write_bytes(msgpack.packb(data, use_bin_type=True))
+    for command in ("show", "validate", "rebalance"):
+        r = cli("o.builder", command, cwd=built)
+        assert r.returncode == 2, command
+        assert "damaged builder file" in r.stderr and "Traceback" not in r.stderr

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from swiftlike.image import schemas
+from swiftlike.image.api_data import IMPORT_METHODS
 from swiftlike.image.context import (
     container_for,
     ctx,
@@ -54,7 +55,7 @@ def _apply_attribute(request: web.Request, image: ImageRecord, name: str, value:
     """Set one attribute after the read-only / reserved / policy checks."""
     if name in schemas.READ_ONLY:
         raise http_error(403, f"Attribute '{name}' is read-only.")
-    if name in schemas.RESERVED:
+    if name in schemas.RESERVED or name.startswith(schemas.RESERVED_PREFIX):
         raise http_error(403, f"Attribute '{name}' is reserved.")
     error = schemas.validate_attribute(name, value)
     if error:
@@ -101,7 +102,10 @@ async def create_image(request: web.Request) -> web.Response:
         _apply_attribute(request, image, name, value)
     await ctx(request).repo.add(image)
     LOG.info("image %s created by %s", image.id, who.project)
-    return json_response(image_view(image), 201, {"Location": f"/v2/images/{image.id}"})
+    # openstacksdk and the CLI decide from this header whether they may import
+    return json_response(image_view(image), 201, {
+        "Location": f"/v2/images/{image.id}",
+        "OpenStack-image-import-methods": ",".join(IMPORT_METHODS)})
 
 
 async def show_image(request: web.Request) -> web.Response:
@@ -135,7 +139,7 @@ def _apply_patch_op(request: web.Request, image: ImageRecord, op: dict[str, Any]
         raise http_error(400, f"Operation {kind} requires a value")
     if name in schemas.READ_ONLY:
         raise http_error(403, f"Attribute '{name}' is read-only.")
-    if name in schemas.RESERVED:
+    if name in schemas.RESERVED or name.startswith(schemas.RESERVED_PREFIX):
         raise http_error(403, f"Attribute '{name}' is reserved.")
     core = name in schemas.SETTABLE
     if kind == "remove":

@@ -66,7 +66,14 @@ def http_error(status: int, message: str) -> web.HTTPException:
         if candidate.status_code == status:
             cls = candidate
             break
-    exc = cls(text=body, content_type="text/plain")
+    # two of aiohttp's classes take required arguments of their own
+    if cls is web.HTTPRequestEntityTooLarge:
+        exc: web.HTTPException = cls(max_size=0, actual_size=0, text=body,
+                                     content_type="text/plain")
+    elif cls is web.HTTPMethodNotAllowed:
+        exc = cls(method="", allowed_methods=(), text=body, content_type="text/plain")
+    else:
+        exc = cls(text=body, content_type="text/plain")
     exc.set_status(status, reason)
     return exc
 

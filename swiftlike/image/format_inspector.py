@@ -77,9 +77,13 @@ class FormatInspector:
             check_matches(self._result, self.expected)
 
     def result(self) -> InspectionResult:
-        """The final verdict; raises ``ImageFormatError`` for unsafe or mismatching images."""
-        if self._result is None:
-            self._result = self._decide()
+        """The final verdict; raises ``ImageFormatError`` for unsafe or mismatching images.
+
+        Decided again now that every byte has passed: the early verdict saw only the
+        bytes up to the end of the head window, and a raw image's virtual size is all
+        of its bytes.
+        """
+        self._result = self._decide()
         check_matches(self._result, self.expected)
         return self._result
 

@@ -24,6 +24,9 @@ READ_ONLY = (
 )
 #: attributes that are reserved and may not be used as custom property names
 RESERVED = ("deleted", "deleted_at", "location")
+#: properties named so belong to Glance itself (import results and the like): a user may
+#: neither set nor change them
+RESERVED_PREFIX = "os_glance"
 #: attributes settable on create and by PATCH (besides custom string properties)
 SETTABLE = (
     "name", "visibility", "protected", "disk_format", "container_format", "min_disk",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,40 @@ def test_wrong_checksum_is_refused_and_retry_works(api: Api) -> None:
     assert ok.status_code == 204, ok.text
     assert api.get(image_id)["status"] == "active"
     assert api.upload(image_id, data).status_code == 409  # no second upload
+
+
+def test_quotas_and_size_cap_answer_413(api: Api) -> None:
+    """Over a quota or the size cap: 413 with Glance's message (these were 500s: aiohttp's
+    413 class wants arguments the error helper did not give)."""
+    too_many = [f"t{i}" for i in range(129)]  # the default image_tag_quota is 128
+    resp = api.create(name="x", tags=too_many)
+    assert resp.status_code == 413 and "Maximum number of tags exceeded" in resp.text
+    image_id = api.new_image()
+    resp = api.patch(image_id, [{"op": "replace", "path": "/tags", "value": too_many}])
+    assert resp.status_code == 413 and "Maximum number of tags exceeded" in resp.text
+    assert api.get(image_id)["tags"] == []
+    # a declared size over the cap (1 TiB by default) is refused before any byte is read
+    url = urllib.parse.urlsplit(f"{api.base}/images/{image_id}/file")
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall((f"PUT {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"X-Auth-Token: {api.headers['X-Auth-Token']}\r\n"
+                      "Content-Type: application/octet-stream\r\n"
+                      f"Content-Length: {2 * 1024 ** 4}\r\n\r\n").encode())
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "storage quota" in answer
+    _assert_queued_without_data(api, image_id)
+
+
+def test_the_os_glance_namespace_is_reserved(api: Api) -> None:
+    resp = api.create(name="x", os_glance_failed_import="faked")
+    assert resp.status_code == 403 and "reserved" in resp.text
+    image_id = api.new_image()
+    for op in ("add", "replace", "remove"):
+        resp = api.patch(image_id, [{"op": op, "path": "/os_glance_stage_host",
+                                     "value": "http://elsewhere"}])
+        assert resp.status_code == 403, (op, resp.text)
+    assert "os_glance_stage_host" not in api.get(image_id)
 
 
 def test_read_only_and_invalid_attributes(api: Api) -> None:

@@ -26,7 +26,7 @@ from swiftlike.image.context import (
     require_owner,
     visible_image,
 )
-from swiftlike.image.registry import ImageRecord, utc_now
+from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
 from swiftlike.image.upload import (
     UploadRefused,
@@ -75,7 +75,8 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
                               f"{c.settings.image_size_cap} bytes")
     image.status = busy_status
     image.updated_at = utc_now()
-    if not await c.repo.save(image, expect_status=from_status):
+    if not await c.repo.save(image, expect_status=from_status,
+                             columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already receiving data.")
     container = container_for(c.settings, image.owner)
     verifier = Verifier(image.disk_format, expected_size=declared, expected_md5=expected_md5,
@@ -93,7 +94,7 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
             raise http_error(503, "The object store failed to store the data.") from exc
         raise
     _record_result(image, loc, result, done_status)
-    if not await c.repo.save(image, expect_status=busy_status):
+    if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS):
         await discard(c.store, container, image.id)  # deleted (or reset) while uploading
         raise http_error(410, "Image was deleted while its data was being uploaded.")
 
@@ -117,7 +118,8 @@ async def _revert(request: web.Request, image: ImageRecord, busy_status: str) ->
     image.virtual_size = None
     image.location = None
     image.updated_at = utc_now()
-    await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status))
+    await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status,
+                                                columns=DATA_COLUMNS))
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -158,7 +160,7 @@ async def import_image(request: web.Request) -> web.Response:
                               f"(status {image.status}): stage its data first.")
     image.status = "importing"
     image.updated_at = utc_now()
-    if not await c.repo.save(image, expect_status="uploading"):
+    if not await c.repo.save(image, expect_status="uploading", columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already being imported.")
     task = asyncio.get_running_loop().create_task(_run_import(request, image))
     tasks: set[asyncio.Task[None]] = request.config_dict[TASKS_KEY]
@@ -183,7 +185,7 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
         await _revert(request, image, "importing")
         return
     _record_result(image, loc, result, "active")
-    if not await c.repo.save(image, expect_status="importing"):
+    if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS):
         await c.store.delete_location(loc)
 
 

@@ -27,7 +27,7 @@ from swiftlike.image.context import (
     require_owner,
     visible_image,
 )
-from swiftlike.image.registry import ImageRecord, utc_now
+from swiftlike.image.registry import STATUS_COLUMNS, USER_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
 
 LOG = logging.getLogger("swiftlike.image.api")
@@ -167,9 +167,19 @@ async def update_image(request: web.Request) -> web.Response:
     for op in ops:
         _apply_patch_op(request, image, op)
     image.updated_at = utc_now()
-    if not await ctx(request).repo.save(image):
-        raise http_error(404, f"No image found with ID {image.id}")
+    await _save_user_attributes(request, image)
     return json_response(image_view(image))
+
+
+async def _save_user_attributes(request: web.Request, image: ImageRecord) -> None:
+    """Write what a PATCH or tag call may change, and only while the status is still the
+    one the change was checked against (an upload may have started or ended since)."""
+    repo = ctx(request).repo
+    if await repo.save(image, expect_status=image.status, columns=USER_COLUMNS):
+        return
+    if await repo.get(image.id) is None:
+        raise http_error(404, f"No image found with ID {image.id}")
+    raise http_error(409, f"Image {image.id} changed status meanwhile; try again.")
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -202,7 +212,7 @@ async def add_tag(request: web.Request) -> web.Response:
     if tag not in image.tags:
         _apply_attribute(request, image, "tags", [*image.tags, tag])
         image.updated_at = utc_now()
-        await ctx(request).repo.save(image)
+        await _save_user_attributes(request, image)
     return web.Response(status=204)
 
 
@@ -214,7 +224,7 @@ async def delete_tag(request: web.Request) -> web.Response:
         raise http_error(404, f"Tag {tag} not found")
     image.tags = [t for t in image.tags if t != tag]
     image.updated_at = utc_now()
-    await ctx(request).repo.save(image)
+    await _save_user_attributes(request, image)
     return web.Response(status=204)
 
 
@@ -236,7 +246,8 @@ async def _change_activation(request: web.Request, source: str, target: str, act
         raise http_error(403, f"Not allowed to {action} image in status '{image.status}'")
     image.status = target
     image.updated_at = utc_now()
-    if not await ctx(request).repo.save(image, expect_status=source):
+    if not await ctx(request).repo.save(image, expect_status=source,
+                                        columns=STATUS_COLUMNS):
         raise http_error(409, f"Image {image.id} changed status meanwhile; try again.")
     return web.Response(status=204)
 

@@ -75,7 +75,8 @@ class ImageRepository(Protocol):
 
     async def add(self, image: ImageRecord) -> None: ...
     async def get(self, image_id: str) -> ImageRecord | None: ...
-    async def save(self, image: ImageRecord, expect_status: str | None = None) -> bool: ...
+    async def save(self, image: ImageRecord, expect_status: str | None = None,
+                   columns: tuple[str, ...] | None = None) -> bool: ...
     async def remove(self, image_id: str) -> None: ...
     async def all_images(self) -> list[ImageRecord]: ...
     async def members(self, image_id: str) -> list[MemberRecord]: ...
@@ -104,6 +105,16 @@ CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 
 _ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags")
 _BOOL_COLUMNS = ("protected", "os_hidden")
+#: What an upload, a stage or an import writes: the data and its status. A PATCH made
+#: while a long upload runs must survive the upload's final write.
+DATA_COLUMNS = ("status", "size", "virtual_size", "checksum", "os_hash_algo",
+                "os_hash_value", "location", "updated_at")
+#: What a PATCH or a tag call writes: never the status or the data, which an upload
+#: running at the same time owns.
+USER_COLUMNS = (*(c for c in _ALL_COLUMNS
+                  if c not in DATA_COLUMNS and c not in ("id", "created_at")), "updated_at")
+#: What deactivate / reactivate write.
+STATUS_COLUMNS = ("status", "updated_at")
 
 
 class SqliteImageRepository:
@@ -164,15 +175,23 @@ class SqliteImageRepository:
 
         return await self._run(fetch)
 
-    async def save(self, image: ImageRecord, expect_status: str | None = None) -> bool:
+    async def save(self, image: ImageRecord, expect_status: str | None = None,
+                   columns: tuple[str, ...] | None = None) -> bool:
         """Write the record; with ``expect_status`` only if the stored status still is that.
 
         The conditional form makes status transitions atomic: two uploads racing for one
-        queued image cannot both move it to ``saving``.
+        queued image cannot both move it to ``saving``. ``columns`` (DATA_COLUMNS,
+        USER_COLUMNS ...) limits the write to what the caller owns, so concurrent
+        writers of different parts do not undo each other.
         """
-        sets = ",".join(f"{col} = ?" for col in _ALL_COLUMNS[1:])
+        wanted = _ALL_COLUMNS[1:] if columns is None else columns
+        unknown = set(wanted) - set(_ALL_COLUMNS[1:])
+        if unknown:
+            raise ValueError(f"unknown image columns {sorted(unknown)}")
+        values = dict(zip(_ALL_COLUMNS, self._image_values(image), strict=True))
+        sets = ",".join(f"{col} = ?" for col in wanted)
         sql = f"UPDATE images SET {sets} WHERE id = ?"
-        args = [*self._image_values(image)[1:], image.id]
+        args = [*(values[col] for col in wanted), image.id]
         if expect_status is not None:
             sql += " AND status = ?"
             args.append(expect_status)

@@ -161,6 +161,57 @@ def test_the_os_glance_namespace_is_reserved(api: Api) -> None:
     assert "os_glance_stage_host" not in api.get(image_id)
 
 
+def test_changes_made_during_an_upload_survive_it(api: Api) -> None:
+    """A PATCH and a tag while the data is still arriving: the upload's final write must
+    not revert them, and they must not revert the upload's status (both used to write the
+    whole record they had read)."""
+    import threading
+    import time
+
+    image_id = api.new_image()
+    started, release = threading.Event(), threading.Event()
+
+    def body():
+        yield b"x" * 50_000
+        started.set()
+        release.wait(30)  # bounded: the test releases it as soon as its changes are in
+        for _ in range(3):
+            yield b"y" * 50_000
+
+    result: list[requests.Response] = []
+    uploader = threading.Thread(target=lambda: result.append(
+        api.upload(image_id, body())))  # a generator: sent chunked, while we go on
+    uploader.start()
+    try:
+        assert started.wait(30)
+        deadline = time.monotonic() + 30
+        while api.get(image_id)["status"] != "saving" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        resp = api.patch(image_id, [
+            {"op": "replace", "path": "/name", "value": "renamed-mid-upload"},
+            {"op": "replace", "path": "/protected", "value": True},
+            {"op": "add", "path": "/os_distro", "value": "ubuntu"}])
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["status"] == "saving"
+        tag = requests.put(f"{api.base}/images/{image_id}/tags/important",
+                           headers=api.headers, timeout=30)
+        assert tag.status_code == 204
+    finally:
+        release.set()
+        uploader.join(60)
+    assert result and result[0].status_code == 204, result and result[0].text
+    image = api.get(image_id)
+    assert image["status"] == "active" and image["size"] == 200_000
+    assert image["name"] == "renamed-mid-upload" and image["protected"] is True
+    assert image["os_distro"] == "ubuntu" and image["tags"] == ["important"]
+    assert requests.delete(f"{api.base}/images/{image_id}", headers=api.headers,
+                           timeout=30).status_code == 403  # protected, as it was set
+    assert api.patch(image_id, [{"op": "replace", "path": "/protected", "value": False}]
+                     ).status_code == 200
+    assert requests.delete(f"{api.base}/images/{image_id}", headers=api.headers,
+                           timeout=30).status_code == 204
+
+
 def test_read_only_and_invalid_attributes(api: Api) -> None:
     assert api.create(name="x", status="active").status_code == 403
     assert api.create(name="x", checksum="abc").status_code == 403

@@ -62,6 +62,10 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
     """Shared body of upload and stage: claim, stream, verify, record or roll back."""
     c = ctx(request)
     require_owner(request, image, "upload data to")
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type != "application/octet-stream":  # as Glance: a missing one too
+        raise http_error(415, f"Unsupported Content-Type {content_type or None!r}: image "
+                              "data is sent as application/octet-stream")
     if not image.disk_format or not image.container_format:
         raise http_error(400, "Properties disk_format, container_format must be set prior "
                               "to saving data.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -295,16 +296,37 @@ def _sort_spec(query: Any) -> list[tuple[str, str]]:
     return spec
 
 
-def _compare_filter(value: str | None, expr: str, name: str) -> bool:
-    """``gt:2024-01-01T00:00:00Z`` style filters on timestamps; plain value = equality."""
+_TIME_OPS = ("gt", "gte", "lt", "lte", "eq", "neq")
+
+
+def _time_filter(expr: str, name: str) -> tuple[str, datetime]:
+    """``gt:2024-01-01T00:00:00Z`` (or a bare time: equality) as (op, aware datetime).
+
+    Times compare as instants, whatever their offset (``...T05:00:00-05:00`` is
+    ``...T10:00:00Z``); a time without an offset is UTC. Anything else is 400.
+    """
     op, sep, operand = expr.partition(":")
-    if not sep or op not in ("gt", "gte", "lt", "lte", "eq", "neq"):
+    if not sep or op not in _TIME_OPS:
         op, operand = "eq", expr
+    try:
+        when = datetime.fromisoformat(operand.strip())
+    except ValueError:
+        raise http_error(400, f"Invalid {name} filter {expr!r}: expected [op:]time in "
+                              "ISO 8601, op one of " + ", ".join(_TIME_OPS)) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return op, when
+
+
+def _time_matches(value: str | None, op: str, when: datetime) -> bool:
     if value is None:
         return False
+    stored = datetime.fromisoformat(value)
+    if stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
     return {
-        "gt": value > operand, "gte": value >= operand, "lt": value < operand,
-        "lte": value <= operand, "eq": value == operand, "neq": value != operand,
+        "gt": stored > when, "gte": stored >= when, "lt": stored < when,
+        "lte": stored <= when, "eq": stored == when, "neq": stored != when,
     }[op]
 
 
@@ -331,6 +353,8 @@ async def list_images(request: web.Request) -> web.Response:
     tags = q.getall("tag", [])
     properties = {k: v for k, v in q.items() if k not in _LIST_PARAMS}
     os_hidden = q.get("os_hidden", "false").lower() == "true"
+    time_filters = {attr: _time_filter(q[attr], attr) for attr in ("created_at", "updated_at")
+                    if attr in q}
 
     def listed(img: ImageRecord) -> bool:
         mine = img.owner == who.project
@@ -356,8 +380,8 @@ async def list_images(request: web.Request) -> web.Response:
                 return False
         if "protected" in q and str(img.protected).lower() != q["protected"].lower():
             return False
-        for attr in ("created_at", "updated_at"):
-            if attr in q and not _compare_filter(getattr(img, attr), q[attr], attr):
+        for attr, (op, when) in time_filters.items():
+            if not _time_matches(getattr(img, attr), op, when):
                 return False
         if size_min is not None and (img.size is None or img.size < size_min):
             return False
@@ -371,12 +395,9 @@ async def list_images(request: web.Request) -> web.Response:
     for key, direction in reversed(spec):
         images.sort(key=lambda img, k=key: _sort_value(getattr(img, k)),
                     reverse=direction == "desc")
-    start = 0
     if "marker" in q:
-        ids = [img.id for img in images]
-        if q["marker"] not in ids:
-            raise http_error(400, f"Invalid marker. Image {q['marker']} could not be found.")
-        start = ids.index(q["marker"]) + 1
+        images = await _after_marker(request, images, q["marker"], spec)
+    start = 0
     page = images[start : start + limit]
     body: dict[str, Any] = {
         "images": [image_view(img) for img in page],
@@ -388,6 +409,29 @@ async def list_images(request: web.Request) -> web.Response:
         params += [("marker", page[-1].id), ("limit", str(limit))]
         body["next"] = "/v2/images?" + urlencode(params)
     return json_response(body)
+
+
+async def _after_marker(request: web.Request, images: list[ImageRecord], marker: str,
+                        spec: list[tuple[str, str]]) -> list[ImageRecord]:
+    """The listed images that sort after the marker image.
+
+    The marker need not pass the filters any more (an image listed as ``queued`` on
+    page one may be ``active`` by the time its ``next`` link is followed): like Glance,
+    it is looked up by id, and paging goes on from where it sorts.
+    """
+    try:
+        anchor = await visible_image(request, marker)
+    except web.HTTPNotFound:
+        raise http_error(400, f"Invalid marker. Image {marker} could not be found.") from None
+
+    def after(img: ImageRecord) -> bool:
+        for key, direction in spec:
+            mine, theirs = _sort_value(getattr(img, key)), _sort_value(getattr(anchor, key))
+            if mine != theirs:
+                return mine > theirs if direction == "asc" else mine < theirs
+        return False  # the marker itself
+
+    return [img for img in images if after(img)]
 
 
 def _sort_value(value: Any) -> tuple[int, Any]:

@@ -212,6 +212,67 @@ def test_changes_made_during_an_upload_survive_it(api: Api) -> None:
                            timeout=30).status_code == 204
 
 
+def _listed(api: Api, **params: str) -> requests.Response:
+    return requests.get(f"{api.base}/images", params=params, headers=api.headers, timeout=30)
+
+
+def test_time_filters_compare_instants_and_refuse_junk(api: Api) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    image_id = api.new_image()
+    created = datetime.fromisoformat(api.get(image_id)["created_at"])
+    same_in_new_york = created.astimezone(timezone(timedelta(hours=-5))).isoformat()
+    hour_later_in_new_york = (created + timedelta(hours=1)).astimezone(
+        timezone(timedelta(hours=-5))).isoformat()
+
+    def ids(expr: str) -> list[str]:
+        resp = _listed(api, created_at=expr, limit="1000")
+        assert resp.status_code == 200, resp.text
+        return [img["id"] for img in resp.json()["images"]]
+
+    assert image_id in ids(f"eq:{same_in_new_york}")
+    assert image_id not in ids(f"gt:{same_in_new_york}")
+    assert image_id in ids(f"gte:{same_in_new_york}")
+    assert image_id in ids(f"lt:{hour_later_in_new_york}")
+    assert image_id not in ids(f"neq:{created.isoformat()}")
+    for junk in ("gt:yesterday", "lt:", "eq:2026-13-01T00:00:00Z"):
+        resp = _listed(api, created_at=junk)
+        assert resp.status_code == 400 and "created_at" in resp.text, junk
+
+
+def test_next_link_survives_the_marker_leaving_the_filter(api: Api) -> None:
+    """Page one lists queued images; its last one gets data (now active); the next link
+    still works and goes on from where that image sorted, as Glance does."""
+    tag = f"pages-{os.urandom(4).hex()}"
+    made = []
+    for _ in range(4):
+        resp = api.create(name="paged", disk_format="raw", container_format="bare", tags=[tag])
+        assert resp.status_code == 201
+        made.append(resp.json()["id"])
+    first = _listed(api, tag=tag, status="queued", limit="2", sort="name:asc,id:asc")
+    assert first.status_code == 200
+    page_one = [img["id"] for img in first.json()["images"]]
+    assert api.upload(page_one[-1], b"x" * 1000).status_code == 204  # leaves the filter
+    second = requests.get(api.service.image_url + first.json()["next"], headers=api.headers,
+                          timeout=30)
+    assert second.status_code == 200, second.text
+    page_two = [img["id"] for img in second.json()["images"]]
+    assert sorted(page_one + page_two) == sorted(made)
+    assert _listed(api, marker="00000000-0000-0000-0000-000000000000").status_code == 400
+
+
+def test_upload_needs_octet_stream(api: Api) -> None:
+    image_id = api.new_image()
+    for content_type in ("application/json", None):
+        headers = dict(api.headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        resp = requests.put(f"{api.base}/images/{image_id}/file", data=b"x" * 10,
+                            headers=headers, timeout=30)
+        assert resp.status_code == 415, (content_type, resp.text)
+    _assert_queued_without_data(api, image_id)
+
+
 def test_read_only_and_invalid_attributes(api: Api) -> None:
     assert api.create(name="x", status="active").status_code == 403
     assert api.create(name="x", checksum="abc").status_code == 403

@@ -120,27 +120,54 @@ class MoveEngine:
                 self.r2p2d[other[ok], b[ok]] = da[ok]
 
     # --- dispersion repair -----------------------------------------------------------------
-    def repair_dispersion(self) -> int:
-        """Lift replicas out of over-full tiers (movable partitions only); they become holes."""
+    def repair_dispersion(self, chunks: int = 32) -> int:
+        """Lift replicas out of over-full tiers (movable partitions only); they become holes.
+
+        Of a partition's replicas in an over-full tier, the one lifted is the one on the
+        device furthest over its quota (Swift picks by parts wanted, too). Lifting by
+        replica row instead drained whichever devices the striped layout had put in the
+        last row: adding a second server to a one-server ring took one old disk from
+        768 partitions to 29 and cost a second rebalance to even out. The partitions are
+        taken in shuffled chunks, with each device's surplus updated between chunks, so
+        one slightly fuller device does not give up every replica it shares.
+        """
         lifted = 0
         if not self._any_over():
             return 0
-        for r in range(self.replicas - 1, -1, -1):
-            cur = self.r2p2d
-            bad = np.zeros(self.parts, dtype=bool)
-            for level in self.binding:
-                tiers = self.tier32[level]
-                t = tiers[cur]  # (R, P)
+        cur = self.r2p2d
+        best_row = np.full(self.parts, -1, dtype=np.int64)
+        for level in self.binding:
+            t = self.tier32[level][cur]  # (R, P)
+            for r in range(self.replicas):
                 mine = t[r]
                 cnt = (t == mine).sum(axis=0)
-                bad |= (mine >= 0) & (cnt > self.max_rep[level][mine])
-            bad &= self.movable & ~self.moved
-            p = np.nonzero(bad)[0]
-            if len(p):
-                np.subtract.at(self.counts, self.r2p2d[r, p], 1)
-                self.r2p2d[r, p] = -1
-                self.moved[p] = True
-                lifted += len(p)
+                over = (mine >= 0) & (cnt > self.max_rep[level][mine])
+                best_row[over & (best_row < 0)] = r  # marks the partition; row chosen below
+        parts = np.nonzero((best_row >= 0) & self.movable & ~self.moved)[0]
+        if not len(parts):
+            return 0
+        self.rng.shuffle(parts)
+        for chunk in np.array_split(parts, min(chunks, len(parts))):
+            surplus = self.counts - self.quota
+            best_s = np.full(len(chunk), -np.inf)
+            rows = np.full(len(chunk), -1, dtype=np.int64)
+            sub = cur[:, chunk]
+            for level in self.binding:
+                t = self.tier32[level][sub]
+                for r in range(self.replicas):
+                    mine = t[r]
+                    cnt = (t == mine).sum(axis=0)
+                    over = (mine >= 0) & (cnt > self.max_rep[level][mine])
+                    s = np.where(over, surplus[sub[r]], -np.inf)
+                    better = over & (s > best_s)
+                    rows[better] = r
+                    best_s[better] = s[better]
+            keep = rows >= 0
+            p, r = chunk[keep], rows[keep]
+            np.subtract.at(self.counts, cur[r, p], 1)
+            self.r2p2d[r, p] = -1
+            self.moved[p] = True
+            lifted += len(p)
         return lifted
 
     def _any_over(self) -> bool:

@@ -270,7 +270,10 @@ class DatabaseBroker:
                         cut = name.find(delimiter, len(prefix))
                         if cut >= 0:
                             subdir = name[:cut + len(delimiter)]
-                            results.append((subdir,))
+                            # a client paging on with this subdir as its marker must not
+                            # get it again: it would ask for the same page for ever
+                            if subdir != marker:
+                                results.append((subdir,))
                             if reverse:
                                 high = subdir
                             else:

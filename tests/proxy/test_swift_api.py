@@ -59,6 +59,10 @@ async def test_object_lifecycle_with_swiftclient(cluster):
     assert [o["name"] for o in listing] == ["a.txt", "dir/big.bin"]
     _, listing = await run(conn.get_container, "life", delimiter="/")
     assert [o.get("name") or o.get("subdir") for o in listing] == ["a.txt", "dir/"]
+    # full_listing pages on with the last entry, here a subdir, as the marker: it must end
+    _, listing = await asyncio.wait_for(
+        run(conn.get_container, "life", delimiter="/", full_listing=True), 30)
+    assert [o.get("name") or o.get("subdir") for o in listing] == ["a.txt", "dir/"]
     _, listing = await run(conn.get_container, "life", prefix="dir/")
     assert [o["name"] for o in listing] == ["dir/big.bin"]
     # copy, with metadata carried and with fresh metadata

@@ -64,6 +64,10 @@ def passes_through(req: SwiftRequest) -> bool:
         not conf_bool(req.headers.get("X-Web-Mode"), False)
 
 
+_READ_CONDITIONS = ("range", "if-match", "if-none-match", "if-modified-since",
+                    "if-unmodified-since")
+
+
 class _Site:
     """One request's view of a container's web settings."""
 
@@ -106,11 +110,21 @@ class StaticWeb:
 
     def _sub(self, req: SwiftRequest, method: str, path: str,
              query: dict[str, str] | None = None) -> SwiftRequest:
+        # The client's headers go along, as in Swift (its staticweb copies the whole
+        # environ): authorization reads them, e.g. Referer for ".r:<host>" ACLs, which
+        # an anonymous web read is all about. Range and conditions only apply to a
+        # request of the client's own method; a listing's format is the query's.
         sub = req.make_subrequest(method, path, query=query)
-        for name in ("Range", "If-Match", "If-None-Match", "If-Modified-Since",
-                     "If-Unmodified-Since"):
-            if name in req.headers and method == req.method:
-                sub.headers[name] = req.headers[name]
+        same_method = method == req.method
+        for name, value in req.headers.items():
+            lowered = name.lower()
+            if lowered in _READ_CONDITIONS and not same_method:
+                continue
+            if lowered in ("content-length", "transfer-encoding"):
+                continue  # the subrequest has no body
+            if lowered == "accept" and query:
+                continue  # a listing's format is the query's
+            sub.headers.add(name, value)
         sub.environ["swift.source"] = "SW"
         return sub
 

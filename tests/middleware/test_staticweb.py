@@ -97,3 +97,26 @@ async def test_private_container_stays_private(account, unique_name, http) -> No
         assert b"secret" not in await resp.read()
     async with http.get(f"{account.url}/{unique_name}/index.html") as resp:
         assert resp.status == 401
+
+
+@pytest.mark.parametrize("acl, allowed", [
+    (".r:www.example.com", {"http://www.example.com/a"}),
+    (".r:.example.com", {"http://www.example.com/a"}),
+    (".r:*,.r:-evil.com", {None, "http://www.example.com/a", "http://example.com/"}),
+])
+async def test_referrer_acls_for_anonymous_reads(account, unique_name, http, acl,
+                                                 allowed) -> None:
+    """.r:<host> grants and .r:-<host> denies by the Referer header. The anonymous read
+    reaches the controller as staticweb's subrequest, which used to drop the client's
+    headers: every named-host rule denied, and every deny rule was ignored."""
+    conn = account.conn()
+    conn.put_container(unique_name, headers={"X-Container-Read": acl})
+    conn.put_object(unique_name, "x", b"pubdata")
+    for referrer in (None, "http://www.example.com/a", "http://example.com/",
+                     "http://evil.com/"):
+        headers = {"Referer": referrer} if referrer else {}
+        async with http.get(f"{account.url}/{unique_name}/x", headers=headers) as resp:
+            want = 200 if referrer in allowed else 401
+            assert resp.status == want, (acl, referrer, resp.status)
+            if want == 200:
+                assert await resp.read() == b"pubdata"

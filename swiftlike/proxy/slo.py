@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import mimetypes
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -398,7 +399,10 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         headers[SYSMETA_ETAG] = etag
         headers[SYSMETA_SIZE] = str(total)
         if not headers.get("Content-Type"):
-            headers["Content-Type"] = rows[-1]["content_type"] or "application/octet-stream"
+            # as Swift: from the manifest's own name, never from a segment's type
+            # (swiftclient's segments are application/swiftclient-segment)
+            guessed, _ = mimetypes.guess_type(req.path)
+            headers["Content-Type"] = guessed or "application/octet-stream"
 
         async def body() -> AsyncIterator[bytes]:
             yield manifest

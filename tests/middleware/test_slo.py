@@ -47,6 +47,16 @@ def test_swiftclient_slo_upload_and_download(swift_cluster, unique_name, tmp_pat
     assert body == data
     assert headers["x-static-large-object"].lower() == "true"
     assert int(headers["content-length"]) == len(data)
+    # swiftclient sends no Content-Type with the manifest: guessed from its name, as in
+    # Swift, not the segments' application/swiftclient-segment
+    assert headers["content-type"] == "application/octet-stream"
+    with service(swift_cluster, segment_size=64 * 1024, use_slo=True) as swift:
+        results = list(swift.upload(unique_name, [SwiftUploadObject(str(src),
+                                                                    object_name="big.txt")]))
+    assert all(r["success"] for r in results), results
+    assert conn.head_object(unique_name, "big.txt")["content-type"] == "text/plain"
+    with service(swift_cluster) as swift:
+        assert all(r["success"] for r in swift.delete(unique_name, ["big.txt"]))
     segments = conn.get_container(unique_name + "_segments")[1]
     assert len(segments) == 5
     expected = md5("".join(s["hash"] for s in segments).encode())

@@ -62,7 +62,10 @@ STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
 POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disposition",
                 "cache-control", "content-language", "expires", "x-robots-tag"}
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
-INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY}
+#: Set in a .meta by a POST that changed the Content-Type: later POSTs without one
+#: carry the type on (Swift's fast-POST keeps a POSTed type; a .meta replaces the rest)
+CONTENT_TYPE_STAMP = "X-Backend-Content-Type-Timestamp"
+INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
@@ -507,6 +510,11 @@ class ObjectServer:
             lowered = key.lower()
             if lowered in POST_HEADERS or lowered.startswith(POST_PREFIXES):
                 metadata[title_header(key)] = value
+        if "Content-Type" in metadata:
+            metadata[CONTENT_TYPE_STAMP] = timestamp.internal
+        elif CONTENT_TYPE_STAMP in opened.metadata:  # an earlier POST set it: keep it
+            metadata["Content-Type"] = opened.metadata["Content-Type"]
+            metadata[CONTENT_TYPE_STAMP] = opened.metadata[CONTENT_TYPE_STAMP]
         try:
             await self.write_small(device_path, object_dir, b"", timestamp, ".meta",
                                    metadata)

@@ -54,6 +54,16 @@ async def test_object_lifecycle_with_swiftclient(cluster):
     await run(conn.post_object, "life", "a.txt", headers={"X-Object-Meta-New": "1"})
     hdrs = await run(conn.head_object, "life", "a.txt")
     assert hdrs["x-object-meta-new"] == "1" and "x-object-meta-kind" not in hdrs
+    # a POSTed Content-Type outlives later POSTs that do not name one (their metadata
+    # replaces the earlier POST's, the type stays), and its bookkeeping is not shown
+    await run(conn.post_object, "life", "a.txt", headers={"Content-Type": "text/css",
+                                                          "X-Object-Meta-New": "2"})
+    await run(conn.post_object, "life", "a.txt", headers={"X-Object-Meta-New": "3"})
+    hdrs = await run(conn.head_object, "life", "a.txt")
+    assert hdrs["content-type"] == "text/css" and hdrs["x-object-meta-new"] == "3"
+    assert not [h for h in hdrs if "timestamp" in h and h != "x-timestamp"], hdrs
+    await run(conn.post_object, "life", "a.txt", headers={"Content-Type": "text/plain",
+                                                          "X-Object-Meta-New": "1"})
     # listings: prefix, delimiter
     _, listing = await run(conn.get_container, "life")
     assert [o["name"] for o in listing] == ["a.txt", "dir/big.bin"]

@@ -48,6 +48,8 @@ from swiftlike.proxy.subrequest import (
 SOURCE = "SLO"
 SYSMETA_ETAG = "X-Object-Sysmeta-Slo-Etag"
 SYSMETA_SIZE = "X-Object-Sysmeta-Slo-Size"
+#: the object server lists the object with this size instead of the manifest's own
+LISTED_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
 ALLOWED_KEYS = {"path", "etag", "size_bytes", "range"}
 MAX_NESTING = 10
 
@@ -398,6 +400,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         headers["X-Static-Large-Object"] = "True"
         headers[SYSMETA_ETAG] = etag
         headers[SYSMETA_SIZE] = str(total)
+        headers[LISTED_SIZE] = str(total)  # listings show the object's size, as Swift's
         if not headers.get("Content-Type"):
             # as Swift: from the manifest's own name, never from a segment's type
             # (swiftclient's segments are application/swiftclient-segment)

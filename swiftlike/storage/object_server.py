@@ -96,6 +96,16 @@ def _delete_at_error(value: str | None) -> str | None:
     return None
 
 
+#: A middleware's word on the size a container listing shows (Swift's name): an SLO
+#: manifest stores a few hundred bytes of JSON but lists as the whole object.
+OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
+
+
+def _listed_size(metadata: dict[str, str]) -> str:
+    override = metadata.get(OVERRIDE_SIZE, "")
+    return override if override.isdigit() else metadata["Content-Length"]
+
+
 class _BodyPieces:
     """Where one GET's next piece comes from.
 
@@ -225,7 +235,7 @@ class ObjectServer:
             return result
         await self._queue_expiry(route, device_path, metadata, timestamp)
         await self.container_update(request, "PUT", route, device_path, timestamp, {
-            "X-Size": metadata["Content-Length"], "X-Etag": result,
+            "X-Size": _listed_size(metadata), "X-Etag": result,
             "X-Content-Type": metadata["Content-Type"]})
         return web.Response(status=201, headers={"ETag": quote_etag(result)})
 

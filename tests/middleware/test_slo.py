@@ -57,6 +57,9 @@ def test_swiftclient_slo_upload_and_download(swift_cluster, unique_name, tmp_pat
     assert conn.head_object(unique_name, "big.txt")["content-type"] == "text/plain"
     with service(swift_cluster) as swift:
         assert all(r["success"] for r in swift.delete(unique_name, ["big.txt"]))
+    # the listing shows the object's size, not its manifest's (swift list --long)
+    listed = {row["name"]: row for row in conn.get_container(unique_name)[1]}
+    assert listed["big.bin"]["bytes"] == len(data)
     segments = conn.get_container(unique_name + "_segments")[1]
     assert len(segments) == 5
     expected = md5("".join(s["hash"] for s in segments).encode())

@@ -20,6 +20,7 @@ from swiftlike.proxy.base_controller import (
     translate_remove_headers,
 )
 from swiftlike.proxy.container_controller import listing_format, listing_query
+from swiftlike.proxy.info import DEFAULT_POLICY
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
 #: Account headers only the account owner may see.
@@ -72,6 +73,12 @@ class AccountController(Controller):
                 return self._empty_account(req)
             return error_response(404)
         out = client_headers(resp.headers)
+        if out.get("X-Account-Container-Count", "0") != "0":
+            # one policy holds everything: its per-policy counts are the account's
+            prefix = f"X-Account-Storage-Policy-{DEFAULT_POLICY}-"
+            for what in ("Container-Count", "Object-Count", "Bytes-Used"):
+                if f"X-Account-{what}" in out:
+                    out[prefix + what] = out[f"X-Account-{what}"]
         if not req.environ.get("swift.owner", True):
             for key in OWNER_ONLY_HEADERS:
                 out.popall(key, None)

@@ -19,6 +19,7 @@ from swiftlike.proxy.base_controller import (
     translate_remove_headers,
     update_headers,
 )
+from swiftlike.proxy.info import DEFAULT_POLICY
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
 LISTING_FORMATS = {"json": "json", "xml": "xml", "plain": "plain"}
@@ -96,6 +97,7 @@ class ContainerController(Controller):
         if resp.status == 404:
             return error_response(404)
         out = client_headers(resp.headers)
+        out["X-Storage-Policy"] = DEFAULT_POLICY  # swift list --long shows it
         if not req.environ.get("swift.owner", True):
             for key in ("X-Container-Read", "X-Container-Write", "X-Container-Sync-Key",
                         "X-Container-Sync-To"):
@@ -172,6 +174,9 @@ class ContainerController(Controller):
         problem = self._check(req, container)
         if problem is not None:
             return problem
+        policy = req.headers.get("X-Storage-Policy")
+        if policy is not None and policy.strip().lower() != DEFAULT_POLICY.lower():
+            return error_response(400, f"Invalid X-Storage-Policy {policy.strip()!r}")
         denial = await self.authorize(req)
         if denial is not None:
             return denial

@@ -13,12 +13,15 @@ from swiftlike import __version__
 from swiftlike.common.constraints import Limits
 from swiftlike.proxy.pipeline import InfoRegistry, SwiftRequest, SwiftResponse, error_response
 
+#: The one storage policy: every container is in it (3 replicas by the ring).
+DEFAULT_POLICY = "Policy-0"
+
 
 def register_core_info(registry: InfoRegistry, limits: Limits, account_autocreate: bool,
                        allow_account_management: bool = True) -> None:
     section = {
         "version": __version__,
-        "policies": [{"name": "Policy-0", "aliases": "Policy-0", "default": True}],
+        "policies": [{"name": DEFAULT_POLICY, "aliases": DEFAULT_POLICY, "default": True}],
         "allow_account_management": allow_account_management,
         "account_autocreate": account_autocreate,
         "strict_cors_mode": True,

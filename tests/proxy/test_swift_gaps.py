@@ -241,3 +241,26 @@ async def test_copy_destination_forms_and_destination_account(cluster):
         return conn.get_object("copy-dst", "sc copy ü")[1]
 
     assert await asyncio.to_thread(swiftclient_copy) == b"payload"
+
+
+async def test_storage_policy_is_reported_and_checked(cluster):
+    """swift list --long reads X-Storage-Policy (it printed ??? without it); an account
+    with containers reports per-policy counts; an unknown policy name is 400 (Swift's
+    answer), the one we have is accepted in any case."""
+    url, token = await auth(cluster)
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await call(s, "PUT", f"{url}/pol-bad", token,
+                                     {"X-Storage-Policy": "nonexistent"})
+        assert status == 400 and b"X-Storage-Policy" in body
+        status, _, _ = await call(s, "HEAD", f"{url}/pol-bad", token)
+        assert status == 404
+        status, _, _ = await call(s, "PUT", f"{url}/pol-ok", token,
+                                  {"X-Storage-Policy": "policy-0"})
+        assert status in (201, 202)
+        await call(s, "PUT", f"{url}/pol-ok/o", token, data=b"12345")
+        status, headers, _ = await call(s, "HEAD", f"{url}/pol-ok", token)
+        assert status == 204 and headers["X-Storage-Policy"] == "Policy-0"
+        status, headers, _ = await call(s, "HEAD", url, token)
+        prefix = "X-Account-Storage-Policy-Policy-0-"
+        for what in ("Container-Count", "Object-Count", "Bytes-Used"):
+            assert headers[prefix + what] == headers[f"X-Account-{what}"], what

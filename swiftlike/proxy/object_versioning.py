@@ -221,22 +221,30 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if status != 200:
             return error_response(status if status in (401, 403, 404) else 503)
         entries: list[tuple[str, float, dict[str, Any]]] = []
-        versioned_names = set()
+        newest: dict[str, tuple[float, dict[str, Any]]] = {}  # newest archived, per name
         for row in archived:
             parsed = parse_version_name(row["name"])
             if parsed is None:
                 continue
             obj, vid, _null = parsed
-            versioned_names.add(obj)
             entry = {k: row[k] for k in ("hash", "bytes", "content_type", "last_modified")
                      if k in row}
             entry.update(name=obj, version_id=vid)
-            entries.append((obj, _inverted(row["name"]), entry))
+            stamp = _inverted(row["name"])
+            entries.append((obj, stamp, entry))
+            if obj not in newest or stamp < newest[obj][0]:
+                newest[obj] = (stamp, entry)
         for row in current:
-            if "name" in row and row["name"] not in versioned_names:
-                entry = dict(row)
-                entry["version_id"] = NULL
-                entries.append((row["name"], MAX_TS, entry))
+            if "name" not in row:
+                continue
+            latest = newest.get(row["name"])
+            if latest is None:  # written before versioning was ever on
+                entries.append((row["name"], MAX_TS, {**row, "version_id": NULL}))
+            elif latest[1].get("content_type") == DELETE_MARKER_TYPE or \
+                    latest[1].get("hash") != row.get("hash"):
+                # not the copy of its newest version: written while versioning was
+                # suspended, so it is the null version, and the newest of all
+                entries.append((row["name"], -1.0, {**row, "version_id": NULL}))
         entries.sort(key=lambda e: (e[0], e[1]))
         prefix = req.query.get("prefix", "")
         marker = req.query.get("marker", "")

@@ -218,3 +218,31 @@ async def test_versions_listing_marker_on_null_version(api, unique_name):
     assert [(r["name"], r["version_id"]) for r in rows] == [("old", "null"), ("z", "null")]
     rows = await listing(api, c, versions="", marker="old", version_marker="null")
     assert [(r["name"], r["version_id"]) for r in rows] == [("z", "null")]
+
+
+async def test_versions_listing_while_suspended_shows_the_null_version(api, unique_name):
+    """A PUT while versioning is suspended makes the current object the null version: the
+    ?versions listing shows it first and latest (it used to hide it and call the older
+    version latest)."""
+    import hashlib
+
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    _, headers, _ = await api.request("PUT", f"{c}/o", data=b"A")
+    first = headers["X-Object-Version-Id"]
+    await api.request("POST", c, headers={"X-Versions-Enabled": "false"})
+    status, _, _ = await api.request("PUT", f"{c}/o", data=b"B")
+    assert status == 201
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"B"
+    rows = await listing(api, c, versions="")
+    assert [(r["version_id"], r["is_latest"]) for r in rows] == [("null", True),
+                                                                 (first, False)]
+    assert rows[0]["hash"] == hashlib.md5(b"B").hexdigest()
+    # re-enabled: the next PUT archives B as the null version, listed once, not current
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    status, _, _ = await api.request("PUT", f"{c}/o", data=b"C")  # archives B as null
+    assert status == 201
+    rows = await listing(api, c, versions="")
+    assert [r["version_id"] for r in rows].count("null") == 1
+    assert rows[0]["is_latest"] and rows[0]["hash"] == hashlib.md5(b"C").hexdigest()

@@ -7,6 +7,7 @@ attributes answer 403; disk/container formats are fixed once data exists).
 
 from __future__ import annotations
 
+import csv
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -331,7 +332,13 @@ def _time_matches(value: str | None, op: str, when: datetime) -> bool:
 
 
 def _in_values(expr: str) -> list[str]:
-    return expr[3:].split(",") if expr.startswith("in:") else [expr]
+    """``in:a,b`` -> [a, b]; a value with a comma is quoted, ``in:"glass, darkly",x``."""
+    if not expr.startswith("in:"):
+        return [expr]
+    try:
+        return next(csv.reader([expr[3:]], strict=True))
+    except (csv.Error, StopIteration):
+        raise http_error(400, f"Invalid in: filter {expr!r}: unbalanced quotes") from None
 
 
 async def list_images(request: web.Request) -> web.Response:

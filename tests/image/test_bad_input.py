@@ -261,6 +261,17 @@ def test_next_link_survives_the_marker_leaving_the_filter(api: Api) -> None:
     assert _listed(api, marker="00000000-0000-0000-0000-000000000000").status_code == 400
 
 
+def test_in_filter_takes_quoted_values(api: Api) -> None:
+    tag = f"in-{os.urandom(4).hex()}"
+    for name in ("glass, darkly", "share me", "other"):
+        assert api.create(name=name, tags=[tag]).status_code == 201
+    resp = _listed(api, tag=tag, name='in:"glass, darkly",share me')
+    assert resp.status_code == 200
+    assert sorted(img["name"] for img in resp.json()["images"]) == ["glass, darkly",
+                                                                     "share me"]
+    assert _listed(api, tag=tag, name='in:"glass, darkly').status_code == 400
+
+
 def test_upload_needs_octet_stream(api: Api) -> None:
     image_id = api.new_image()
     for content_type in ("application/json", None):

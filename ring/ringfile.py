@@ -195,7 +195,7 @@ def decode_lookup_table(blob: bytes, source: str = "ring file") -> LookupTable:
     All but one: that every id names a known device. :func:`encode_ring` refuses to
     write a table that does not, and the checksum proves these are the bytes it wrote;
     scanning every id again here without numpy would triple the load time of a large
-    ring (`swiftlike-ring check` and :func:`decode_ring` still do it).
+    ring (`swiftlike-ring <builder> validate`, through :func:`decode_ring`, still does it).
     """
     meta, part_power, replicas, dtype, devs, body = _checked_parts(blob, source)
     rows = array(_TYPECODES[dtype])

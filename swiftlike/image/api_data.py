@@ -223,7 +223,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
     start, end, status = 0, size, 200
     if "Range" in request.headers and size > 0:
-        start, end = _parse_range(request.headers["Range"], size)
+        try:
+            start, end = _parse_range(request.headers["Range"], size)
+        except web.HTTPRequestRangeNotSatisfiable as exc:
+            exc.headers["Content-Range"] = f"bytes */{size}"  # the size, as RFC 9110 says
+            raise
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     elif image.checksum:

@@ -45,7 +45,11 @@ _LIST_PARAMS = (
     "limit", "marker", "sort", "sort_key", "sort_dir", "name", "status", "visibility",
     "owner", "tag", "disk_format", "container_format", "size_min", "size_max",
     "member_status", "protected", "os_hidden", "id", "created_at", "updated_at",
+    "min_disk", "min_ram", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
 )
+#: image attributes a listing may filter on by equality (Glance: "most image attributes")
+_INT_FILTERS = ("min_disk", "min_ram", "virtual_size")
+_TEXT_FILTERS = ("checksum", "os_hash_algo", "os_hash_value")
 
 
 def _check_publicize(request: web.Request, visibility: Any) -> None:
@@ -362,6 +366,13 @@ async def list_images(request: web.Request) -> web.Response:
     os_hidden = q.get("os_hidden", "false").lower() == "true"
     time_filters = {attr: _time_filter(q[attr], attr) for attr in ("created_at", "updated_at")
                     if attr in q}
+    for name in ("protected", "os_hidden"):
+        if name in q and q[name].lower() not in ("true", "false"):
+            raise http_error(400, f"Invalid value {q[name]!r} for {name}: true or false")
+    equal: dict[str, Any] = {name: q[name] for name in _TEXT_FILTERS if name in q}
+    for name in _INT_FILTERS:
+        if name in q:
+            equal[name] = _int_param(q, name)
 
     def listed(img: ImageRecord) -> bool:
         mine = img.owner == who.project
@@ -386,6 +397,8 @@ async def list_images(request: web.Request) -> web.Response:
             if attr in q and getattr(img, attr) not in _in_values(q[attr]):
                 return False
         if "protected" in q and str(img.protected).lower() != q["protected"].lower():
+            return False
+        if any(getattr(img, name) != value for name, value in equal.items()):
             return False
         for attr, (op, when) in time_filters.items():
             if not _time_matches(getattr(img, attr), op, when):

@@ -272,6 +272,34 @@ def test_in_filter_takes_quoted_values(api: Api) -> None:
     assert _listed(api, tag=tag, name='in:"glass, darkly').status_code == 400
 
 
+def test_attribute_filters_and_boolean_checks(api: Api) -> None:
+    import hashlib
+
+    tag = f"attr-{os.urandom(4).hex()}"
+    low = api.create(name="low", tags=[tag], min_ram=512, disk_format="raw",
+                     container_format="bare").json()["id"]
+    api.create(name="high", tags=[tag], min_ram=2048)
+    assert api.upload(low, b"z" * 4096).status_code == 204
+
+    def names(**params: str) -> list[str]:
+        resp = _listed(api, tag=tag, **params)
+        assert resp.status_code == 200, resp.text
+        return sorted(img["name"] for img in resp.json()["images"])
+
+    assert names(min_ram="512") == ["low"]
+    assert names(min_disk="0") == ["high", "low"]
+    assert names(virtual_size="4096") == ["low"]
+    assert names(checksum=hashlib.md5(b"z" * 4096).hexdigest()) == ["low"]
+    assert names(os_hash_value=hashlib.sha512(b"z" * 4096).hexdigest()) == ["low"]
+    assert _listed(api, min_ram="lots").status_code == 400
+    assert _listed(api, protected="maybe").status_code == 400
+    assert _listed(api, os_hidden="yes").status_code == 400
+    # an unsatisfiable range says the size, as RFC 9110 asks
+    resp = requests.get(f"{api.base}/images/{low}/file", timeout=30,
+                        headers={**api.headers, "Range": "bytes=5000-6000"})
+    assert resp.status_code == 416 and resp.headers["Content-Range"] == "bytes */4096"
+
+
 def test_upload_needs_octet_stream(api: Api) -> None:
     image_id = api.new_image()
     for content_type in ("application/json", None):

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from ring import RingFileError
 from swiftlike.common.config import ConfigError, load_config
 
 
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"swiftlike: {exc}", file=sys.stderr)
+        return 2
+    except RingFileError as exc:  # a missing or damaged ring file at startup
         print(f"swiftlike: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -254,3 +254,24 @@ def test_help_lists_the_commands() -> None:
     assert done.returncode == 0
     for word in ("serve", "node", "proxy", "replicate", "audit"):
         assert word in done.stdout
+
+
+def test_a_proxy_given_a_damaged_ring_says_so_and_exits_2(swift_cluster, tmp_path: Path
+                                                         ) -> None:
+    """No traceback for an operator's broken ring file: one line naming it, exit 2."""
+    conf = (swift_cluster.data_dir / "cluster.toml").read_text()
+    ring = (swift_cluster.data_dir / "cluster.ring").read_bytes()
+    damaged = tmp_path / "damaged.ring"
+    damaged.write_bytes(ring[:-7] + bytes(b ^ 0xFF for b in ring[-7:]))
+    lines = []
+    for line in conf.splitlines():
+        if line.strip().startswith("ring ="):
+            line = f'ring = "{damaged}"'
+        lines.append(line)
+    (tmp_path / "cluster.toml").write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, "-m", "swiftlike", "proxy", "--config",
+                           str(tmp_path / "cluster.toml")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert str(damaged) in done.stderr and "checksum" in done.stderr

@@ -3,7 +3,8 @@
 Implemented as a subrequest pair: a GET of the source (authorized as the caller, so
 copying needs read access to the source) whose body streams straight into a PUT of
 the destination. Unless ``X-Fresh-Metadata: true``, the source's user metadata and
-content headers travel along; headers in the request override them.
+content headers travel along; headers in the request override them. With
+``?multipart-manifest=get`` a large object's manifest is copied instead of its data.
 """
 
 from __future__ import annotations
@@ -82,32 +83,54 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
     return copy
 
 
+_CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_NOT_COPIED = ("x-copy-from", "x-copy-from-account", "destination", "destination-account",
+               "content-length", "transfer-encoding", "x-fresh-metadata", *_CONDITIONS,
+               "x-auth-token")
+
+
+def _dest_headers(req: SwiftRequest, source_headers) -> dict[str, str]:
+    """The destination PUT's headers: the source's metadata (unless X-Fresh-Metadata),
+    overridden by the request's own."""
+    headers: dict[str, str] = {}
+    fresh = req.headers.get("X-Fresh-Metadata", "").lower() in ("true", "1", "yes")
+    if not fresh:
+        headers.update(_source_metadata(source_headers))
+    elif "Content-Type" in source_headers:
+        headers["Content-Type"] = source_headers["Content-Type"]
+    for key, value in req.headers.items():
+        if key.lower() not in _NOT_COPIED:
+            headers[key] = value
+    return headers
+
+
+def _copied(resp: SwiftResponse, src: tuple[str, str, str], source_headers) -> SwiftResponse:
+    if resp.is_success:
+        resp.headers["X-Copied-From"] = quote(f"{src[1]}/{src[2]}".encode(
+            "utf-8", "surrogateescape"))
+        resp.headers["X-Copied-From-Account"] = quote(src[0].encode("utf-8",
+                                                                    "surrogateescape"))
+        if "Last-Modified" in source_headers:
+            resp.headers["X-Copied-From-Last-Modified"] = source_headers["Last-Modified"]
+    return resp
+
+
 async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
-                   dest: tuple[str, str, str]) -> SwiftResponse:
+                   dest: tuple[str, str, str], *, manifest: bool | None = None
+                   ) -> SwiftResponse:
     src_path = "/v1/" + "/".join(src)
-    get_headers = {k: v for k, v in req.headers.items()
-                   if k.lower() in ("if-match", "if-none-match", "if-modified-since",
-                                    "if-unmodified-since")}
+    get_headers = {k: v for k, v in req.headers.items() if k.lower() in _CONDITIONS}
+    if manifest is None:
+        manifest = req.query.get("multipart-manifest") == "get"
+    if manifest:
+        return await _copy_manifest(app, req, src, dest, get_headers)
     source = await app(req.make_subrequest("GET", src_path, headers=get_headers))
     if source.status != 200:
         source.close()
         if source.status == 304:
             return error_response(412)
         return source
-    headers: dict[str, str] = {}
-    fresh = req.headers.get("X-Fresh-Metadata", "").lower() in ("true", "1", "yes")
-    if not fresh:
-        headers.update(_source_metadata(source.headers))
-    elif "Content-Type" in source.headers:
-        headers["Content-Type"] = source.headers["Content-Type"]
-    for key, value in req.headers.items():
-        lower = key.lower()
-        if lower in ("x-copy-from", "x-copy-from-account", "destination",
-                     "destination-account", "content-length", "transfer-encoding",
-                     "x-fresh-metadata", "if-match", "if-none-match",
-                     "if-modified-since", "if-unmodified-since", "x-auth-token"):
-            continue
-        headers[key] = value
+    headers = _dest_headers(req, source.headers)
     length = source.content_length
     if length is None:
         headers["Transfer-Encoding"] = "chunked"
@@ -121,11 +144,46 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
                               body=source.iter_body())
     resp = await app(put)
     source.close()
-    if resp.is_success:
-        resp.headers["X-Copied-From"] = quote(f"{src[1]}/{src[2]}".encode(
-            "utf-8", "surrogateescape"))
-        resp.headers["X-Copied-From-Account"] = quote(src[0].encode("utf-8",
-                                                                    "surrogateescape"))
-        if "Last-Modified" in source.headers:
-            resp.headers["X-Copied-From-Last-Modified"] = source.headers["Last-Modified"]
-    return resp
+    return _copied(resp, src, source.headers)
+
+
+async def _copy_manifest(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
+                         dest: tuple[str, str, str], get_headers: dict[str, str]
+                         ) -> SwiftResponse:
+    """``?multipart-manifest=get``: copy a large object's manifest, not its data.
+
+    Swift's API reference: the manifest is copied, so a large object can be duplicated
+    (or renamed) without reading its segments, whatever its size. An SLO's manifest is
+    read in the PUT format (``format=raw``) and stored again through slo, which checks
+    the segments; a DLO's manifest is its ``X-Object-Manifest`` header. The source's
+    HEAD gives the metadata (a manifest GET answers as JSON).
+    """
+    src_path = "/v1/" + "/".join(src)
+    head = await app(req.make_subrequest("HEAD", src_path, headers=get_headers))
+    head.close()
+    if head.status != 200:
+        return error_response(412) if head.status == 304 else error_response(head.status)
+    headers = _dest_headers(req, head.headers)
+    query = None
+    if head.headers.get("X-Static-Large-Object", "").lower() in ("true", "1", "yes"):
+        source = await app(req.make_subrequest(
+            "GET", src_path, query={"multipart-manifest": "get", "format": "raw"}))
+        if source.status != 200:
+            source.close()
+            return error_response(source.status)
+        manifest = await source.read()
+        query = {"multipart-manifest": "put"}
+    elif "X-Object-Manifest" in head.headers:
+        manifest = b""
+        headers["X-Object-Manifest"] = head.headers["X-Object-Manifest"]
+    else:  # a plain object: its manifest is itself
+        return await _do_copy(app, req, src, dest, manifest=False)
+    headers["Content-Length"] = str(len(manifest))
+
+    async def body():
+        yield manifest
+
+    put = req.make_subrequest("PUT", "/v1/" + "/".join(dest), headers=headers, body=body(),
+                              query=query)
+    return _copied(await app(put), src, head.headers)
+

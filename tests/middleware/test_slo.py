@@ -203,3 +203,58 @@ async def test_heartbeat_and_delete(api, unique_name):
     for i in range(2):
         status, _, _ = await api.request("GET", f"{unique_name}/seg{i:02d}")
         assert status == 404
+
+
+async def test_copy_with_manifest_get_copies_the_manifest(api, unique_name):
+    """COPY (or PUT + X-Copy-From) with ?multipart-manifest=get duplicates a large object
+    by its manifest, as Swift's API reference says: the copy is an SLO over the same
+    segments, not a new object holding the joined bytes."""
+    parts = [b"A" * 1000, b"B" * 700]
+    manifest = await put_segments(api, unique_name, parts)
+    status, _, _ = await api.request(
+        "PUT", f"{unique_name}/lo", data=json.dumps(manifest).encode(),
+        params={"multipart-manifest": "put"},
+        headers={"Content-Type": "video/webm", "X-Object-Meta-Color": "blue"})
+    assert status == 201
+    # aiohttp would add a Content-Type to a body-less COPY, and a request's Content-Type
+    # overrides the source's on a copy: skip it
+    token = {"X-Auth-Token": api.token}
+    async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session:
+        for method, name, how in (("COPY", "dup1", {"Destination": f"{unique_name}/dup1"}),
+                                  ("PUT", "dup2", {"X-Copy-From": f"{unique_name}/lo"})):
+            target = f"{unique_name}/{'lo' if method == 'COPY' else name}"
+            async with session.request(method, f"{api.url}/{target}",
+                                       params={"multipart-manifest": "get"},
+                                       headers={**token, **how}) as resp:
+                assert resp.status == 201, await resp.text()
+    for name in ("dup1", "dup2"):
+        status, headers, body = await api.request("GET", f"{unique_name}/{name}")
+        assert status == 200 and body == b"".join(parts), name
+        assert headers["X-Static-Large-Object"].lower() == "true"
+        assert headers["Content-Type"] == "video/webm"
+        assert headers["X-Object-Meta-Color"] == "blue"
+        _, _, raw = await api.request("GET", f"{unique_name}/{name}",
+                                      params={"multipart-manifest": "get",
+                                              "format": "raw"})
+        assert [row["path"].lstrip("/") for row in json.loads(raw)] == \
+            [m["path"] for m in manifest]
+    # without the parameter a copy is the joined data, as before
+    await api.request("COPY", f"{unique_name}/lo",
+                      headers={"Destination": f"{unique_name}/flat"})
+    _, headers, body = await api.request("GET", f"{unique_name}/flat")
+    assert body == b"".join(parts) and "X-Static-Large-Object" not in headers
+
+
+async def test_copy_with_manifest_get_copies_a_dlo_manifest(api, unique_name):
+    await api.request("PUT", unique_name)
+    for i, part in enumerate((b"x" * 10, b"y" * 5)):
+        await api.request("PUT", f"{unique_name}/segs/{i:02d}", data=part)
+    await api.request("PUT", f"{unique_name}/dlo", data=b"",
+                      headers={"X-Object-Manifest": f"{unique_name}/segs/"})
+    status, _, _ = await api.request("COPY", f"{unique_name}/dlo",
+                                     params={"multipart-manifest": "get"},
+                                     headers={"Destination": f"{unique_name}/dlo2"})
+    assert status == 201
+    status, headers, body = await api.request("GET", f"{unique_name}/dlo2")
+    assert body == b"x" * 10 + b"y" * 5
+    assert headers["X-Object-Manifest"] == f"{unique_name}/segs/"

@@ -170,22 +170,23 @@ async def update_image(request: web.Request) -> web.Response:
     ops = await read_json(request)
     if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
         raise http_error(400, "Request body must be a JSON array of operation objects.")
-    for op in ops:
-        _apply_patch_op(request, image, op)
-    image.updated_at = utc_now()
-    await _save_user_attributes(request, image)
-    return json_response(image_view(image))
+
+    def change(fresh: ImageRecord) -> None:
+        for op in ops:
+            _apply_patch_op(request, fresh, op)
+        fresh.updated_at = utc_now()
+
+    return json_response(image_view(await _update_user_attributes(request, image, change)))
 
 
-async def _save_user_attributes(request: web.Request, image: ImageRecord) -> None:
-    """Write what a PATCH or tag call may change, and only while the status is still the
-    one the change was checked against (an upload may have started or ended since)."""
-    repo = ctx(request).repo
-    if await repo.save(image, expect_status=image.status, columns=USER_COLUMNS):
-        return
-    if await repo.get(image.id) is None:
+async def _update_user_attributes(request: web.Request, image: ImageRecord,
+                                  change: Any) -> ImageRecord:
+    """Apply a PATCH or tag change to the stored record as it is now, in one transaction,
+    writing only what such a call may change (an upload owns the status and data)."""
+    updated = await ctx(request).repo.update(image.id, change, USER_COLUMNS)
+    if updated is None:
         raise http_error(404, f"No image found with ID {image.id}")
-    raise http_error(409, f"Image {image.id} changed status meanwhile; try again.")
+    return updated
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -215,10 +216,13 @@ async def add_tag(request: web.Request) -> web.Response:
     image = await visible_image(request, request.match_info["image_id"])
     require_owner(request, image, "modify")
     tag = request.match_info["tag"]
-    if tag not in image.tags:
-        _apply_attribute(request, image, "tags", [*image.tags, tag])
-        image.updated_at = utc_now()
-        await _save_user_attributes(request, image)
+
+    def change(fresh: ImageRecord) -> None:
+        if tag not in fresh.tags:
+            _apply_attribute(request, fresh, "tags", [*fresh.tags, tag])
+            fresh.updated_at = utc_now()
+
+    await _update_user_attributes(request, image, change)
     return web.Response(status=204)
 
 
@@ -226,11 +230,14 @@ async def delete_tag(request: web.Request) -> web.Response:
     image = await visible_image(request, request.match_info["image_id"])
     require_owner(request, image, "modify")
     tag = request.match_info["tag"]
-    if tag not in image.tags:
-        raise http_error(404, f"Tag {tag} not found")
-    image.tags = [t for t in image.tags if t != tag]
-    image.updated_at = utc_now()
-    await _save_user_attributes(request, image)
+
+    def change(fresh: ImageRecord) -> None:
+        if tag not in fresh.tags:
+            raise http_error(404, f"Tag {tag} not found")
+        fresh.tags = [t for t in fresh.tags if t != tag]
+        fresh.updated_at = utc_now()
+
+    await _update_user_attributes(request, image, change)
     return web.Response(status=204)
 
 

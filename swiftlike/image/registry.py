@@ -14,6 +14,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +78,8 @@ class ImageRepository(Protocol):
     async def get(self, image_id: str) -> ImageRecord | None: ...
     async def save(self, image: ImageRecord, expect_status: str | None = None,
                    columns: tuple[str, ...] | None = None) -> bool: ...
+    async def update(self, image_id: str, change: Callable[[ImageRecord], None],
+                     columns: tuple[str, ...]) -> ImageRecord | None: ...
     async def remove(self, image_id: str) -> None: ...
     async def all_images(self) -> list[ImageRecord]: ...
     async def members(self, image_id: str) -> list[MemberRecord]: ...
@@ -200,6 +203,41 @@ class SqliteImageRepository:
             return self._db.execute(sql, args).rowcount == 1
 
         return await self._run(update)
+
+    async def update(self, image_id: str, change: Callable[[ImageRecord], None],
+                     columns: tuple[str, ...]) -> ImageRecord | None:
+        """Read the image, apply ``change`` to it and write ``columns`` back, all in one
+        write transaction; None if there is no such image.
+
+        Why: two PATCHes that each read the record, add a property and write the whole
+        property set back would lose one of the two. ``BEGIN IMMEDIATE`` takes SQLite's
+        write lock before the read, so every proxy worker process waits its turn.
+        Whatever ``change`` raises (a refused operation) rolls everything back.
+        """
+        unknown = set(columns) - set(_ALL_COLUMNS[1:])
+        if unknown:
+            raise ValueError(f"unknown image columns {sorted(unknown)}")
+        select = f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE id = ?"
+        sql = f"UPDATE images SET {','.join(f'{col} = ?' for col in columns)} WHERE id = ?"
+
+        def run() -> ImageRecord | None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(select, (image_id,)).fetchone()
+                if row is None:
+                    self._db.execute("ROLLBACK")
+                    return None
+                image = self._row_to_image(row)
+                change(image)
+                values = dict(zip(_ALL_COLUMNS, self._image_values(image), strict=True))
+                self._db.execute(sql, [*(values[col] for col in columns), image_id])
+                self._db.execute("COMMIT")
+                return image
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+        return await self._run(run)
 
     async def remove(self, image_id: str) -> None:
         def delete() -> None:

@@ -312,6 +312,24 @@ def test_upload_needs_octet_stream(api: Api) -> None:
     _assert_queued_without_data(api, image_id)
 
 
+def test_concurrent_patches_all_land(api: Api) -> None:
+    """Each PATCH adds its own property; none may be lost to another's write of the
+    whole property set (they used to read, change and write back the record)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image_id = api.new_image()
+
+    def add(i: int) -> int:
+        return api.patch(image_id, [{"op": "add", "path": f"/p{i}", "value": str(i)}]
+                         ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(add, range(24))) == {200}
+    image = api.get(image_id)
+    assert {f"p{i}" for i in range(24)} <= set(image), sorted(k for k in image if
+                                                             k.startswith("p"))
+
+
 def test_read_only_and_invalid_attributes(api: Api) -> None:
     assert api.create(name="x", status="active").status_code == 403
     assert api.create(name="x", checksum="abc").status_code == 403

@@ -118,11 +118,13 @@ def test_clusters_started_together_never_share_a_node_port(tmp_path: Path) -> No
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
-        started = list(pool.map(
-            lambda name: start_served_cluster(tmp_path / name, nodes=2, workers=1,
-                                              extra_args=["--no-daemons"]),
-            ["a", "b"]))
+        futures = [pool.submit(start_served_cluster, tmp_path / name, nodes=2, workers=1,
+                               extra_args=["--no-daemons"]) for name in ("a", "b")]
+    # both awaited before anything can fail, so one that started is always stopped
+    started = [f.result() for f in futures if f.exception() is None]
     try:
+        for future in futures:
+            future.result()  # a start that failed fails the test, after the finally
         ports_a, ports_b = _node_ports(tmp_path / "a"), _node_ports(tmp_path / "b")
         assert len(set(ports_a + ports_b)) == 4, (ports_a, ports_b)
         from swiftclient.client import Connection

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,11 @@ async def auth_middleware(
     return await handler(request)
 
 
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Glance names every answer (errors too): openstacksdk and the CLI log this id."""
+    response.headers.setdefault("x-openstack-request-id", f"req-{uuid.uuid4()}")
+
+
 def image_settings(conf: dict[str, Any]) -> ImageSettings:
     section = conf.get("image", {})
     defaults = ImageSettings()
@@ -116,6 +122,7 @@ def make_app(conf: dict[str, Any], *, validator: Any = None) -> web.Application:
         Path(section.get("data_dir", "swiftlike-data/image")) / "images.sqlite")
     settings = image_settings(conf)
     app = web.Application(middlewares=[auth_middleware], client_max_size=1024**2)
+    app.on_response_prepare.append(_add_request_id)
 
     async def dependencies(app: web.Application) -> AsyncIterator[None]:
         store = SwiftStore(

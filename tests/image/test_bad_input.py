@@ -300,6 +300,15 @@ def test_attribute_filters_and_boolean_checks(api: Api) -> None:
     assert resp.status_code == 416 and resp.headers["Content-Range"] == "bytes */4096"
 
 
+def test_every_answer_has_a_request_id(api: Api) -> None:
+    ok = _listed(api, limit="1")
+    missing = requests.get(f"{api.base}/images/00000000-0000-0000-0000-000000000000",
+                           headers=api.headers, timeout=30)
+    assert ok.status_code == 200 and missing.status_code == 404
+    ids = {resp.headers["x-openstack-request-id"] for resp in (ok, missing)}
+    assert len(ids) == 2 and all(i.startswith("req-") for i in ids)
+
+
 def test_upload_needs_octet_stream(api: Api) -> None:
     image_id = api.new_image()
     for content_type in ("application/json", None):

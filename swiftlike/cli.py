@@ -36,26 +36,20 @@ def _setup_logging(conf: dict[str, Any], section: str) -> None:
     )
 
 
-def _apply_cpu_policy(conf: dict[str, Any], section: str) -> None:
-    """``[section] cpu_policy`` for this server process (see swiftlike.common.cpu_policy)."""
+def _apply_process_policies(conf: dict[str, Any], section: str) -> None:
+    """``[section]``'s CPU policy and malloc thresholds for this server process (see
+    swiftlike.common.cpu_policy and .malloc_policy): both read and checked before either
+    is applied, so a bad setting stops the process with its table named."""
     from swiftlike.common.cpu_policy import apply_cpu_policy, cpu_policy_from
-
-    try:
-        policy = cpu_policy_from(conf.get(section, {}))
-    except ValueError as err:
-        raise ConfigError(f"[{section}] {err}") from err
-    apply_cpu_policy(policy)
-
-
-def _apply_malloc_policy(conf: dict[str, Any], section: str) -> None:
-    """``[section] malloc_*_threshold_mib`` (see swiftlike.common.malloc_policy)."""
     from swiftlike.common.malloc_policy import apply_malloc_policy, malloc_policy_from
 
+    table = conf.get(section, {})
     try:
-        policy = malloc_policy_from(conf.get(section, {}))
+        cpu, malloc = cpu_policy_from(table), malloc_policy_from(table)
     except ValueError as err:
         raise ConfigError(f"[{section}] {err}") from err
-    apply_malloc_policy(policy)
+    apply_cpu_policy(cpu)
+    apply_malloc_policy(malloc)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -76,8 +70,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_node(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "node")
-    _apply_cpu_policy(conf, "node")
-    _apply_malloc_policy(conf, "node")
+    _apply_process_policies(conf, "node")
     sock = None
     if args.listen_fd is not None:
         # bound by `swiftlike serve`, which holds it across restarts of this node
@@ -117,8 +110,7 @@ async def _run_node_with_daemons(conf: dict[str, Any],
 def _cmd_proxy(args: argparse.Namespace) -> int:
     conf = load_config(args.config)
     _setup_logging(conf, "proxy")
-    _apply_cpu_policy(conf, "proxy")
-    _apply_malloc_policy(conf, "proxy")
+    _apply_process_policies(conf, "proxy")
     _run(_until_signalled(_run_proxy_with_apis(conf)))
     return 0
 

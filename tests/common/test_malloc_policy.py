@@ -27,7 +27,7 @@ def _has_mallinfo2() -> bool:
 # hblks counts live mmap-ed blocks, arena the bytes the main heap holds from the kernel.
 _PROBE = """
 import ctypes, json, sys
-from swiftlike.cli import _apply_malloc_policy
+from swiftlike.cli import _apply_process_policies
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks "
                                                "fsmblks uordblks fordblks keepcost").split()]
@@ -35,7 +35,7 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
 conf = json.loads(sys.argv[1])
 if conf is not None:
-    _apply_malloc_policy(conf, "node")
+    _apply_process_policies(conf, "node")
 before = libc.mallinfo2()
 buffers = [bytearray(1 << 20) for _ in range(40)]
 live = libc.mallinfo2()
@@ -78,7 +78,7 @@ def test_settings_are_read_and_checked():
 
 
 def test_a_bad_setting_stops_the_server_with_its_table_named():
-    from swiftlike.cli import _apply_malloc_policy
+    from swiftlike.cli import _apply_process_policies
 
     with pytest.raises(ConfigError, match=r"\[proxy\] malloc_mmap_threshold_mib"):
-        _apply_malloc_policy({"proxy": {"malloc_mmap_threshold_mib": "x"}}, "proxy")
+        _apply_process_policies({"proxy": {"malloc_mmap_threshold_mib": "x"}}, "proxy")

@@ -132,18 +132,15 @@ class MoveEngine:
         one slightly fuller device does not give up every replica it shares.
         """
         lifted = 0
-        if not self._any_over():
-            return 0
         cur = self.r2p2d
-        best_row = np.full(self.parts, -1, dtype=np.int64)
+        needs = np.zeros(self.parts, dtype=bool)  # a replica in an over-full tier
         for level in self.binding:
             t = self.tier32[level][cur]  # (R, P)
             for r in range(self.replicas):
                 mine = t[r]
                 cnt = (t == mine).sum(axis=0)
-                over = (mine >= 0) & (cnt > self.max_rep[level][mine])
-                best_row[over & (best_row < 0)] = r  # marks the partition; row chosen below
-        parts = np.nonzero((best_row >= 0) & self.movable & ~self.moved)[0]
+                needs |= (mine >= 0) & (cnt > self.max_rep[level][mine])
+        parts = np.nonzero(needs & self.movable & ~self.moved)[0]
         if not len(parts):
             return 0
         self.rng.shuffle(parts)
@@ -169,17 +166,6 @@ class MoveEngine:
             self.moved[p] = True
             lifted += len(p)
         return lifted
-
-    def _any_over(self) -> bool:
-        """Does any partition have a tier over its limit? (Usually not: skip the repair.)"""
-        for level in self.binding:
-            t = self.tier32[level][self.r2p2d]
-            limits = self.max_rep[level]
-            for r in range(self.replicas):
-                cnt = (t == t[r]).sum(axis=0)
-                if ((t[r] >= 0) & (cnt > limits[t[r]])).any():
-                    return True
-        return False
 
     # --- holes -----------------------------------------------------------------------------
     def fill_holes(self, attempts: int = 4) -> None:

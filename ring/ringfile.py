@@ -122,8 +122,7 @@ def encode_ring(part_power: int, replicas: int, devs: list[dict | None],
     if names_unknown_devices(arr, devs):
         raise ValueError("replica2part2dev assigns partitions to unknown devices")
     clean_devs = [None if d is None else {k: d[k] for k in DEV_KEYS} for d in devs]
-    holding = np.flatnonzero(np.bincount(arr.ravel(), minlength=len(devs))).tolist() \
-        if arr.size else []
+    holding = np.flatnonzero(np.bincount(arr.ravel(), minlength=len(devs))).tolist()
     meta = {"part_power": part_power, "replicas": replicas, "dtype": dtype,
             "devs": clean_devs, "devs_with_parts": holding, **(extra or {})}
     meta_bytes = msgpack.packb(meta, use_bin_type=True)

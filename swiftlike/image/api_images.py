@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -57,12 +58,18 @@ def _check_publicize(request: web.Request, visibility: Any) -> None:
         raise http_error(403, "You are not authorized to complete publicize_image action.")
 
 
-def _apply_attribute(request: web.Request, image: ImageRecord, name: str, value: Any) -> None:
-    """Set one attribute after the read-only / reserved / policy checks."""
+def _refuse_unsettable(name: str) -> None:
+    """403 for an attribute no request may set, change or remove: read-only ones, the
+    reserved names, and Glance's own ``os_glance*`` namespace."""
     if name in schemas.READ_ONLY:
         raise http_error(403, f"Attribute '{name}' is read-only.")
     if name in schemas.RESERVED or name.startswith(schemas.RESERVED_PREFIX):
         raise http_error(403, f"Attribute '{name}' is reserved.")
+
+
+def _apply_attribute(request: web.Request, image: ImageRecord, name: str, value: Any) -> None:
+    """Set one attribute after the read-only / reserved / policy checks."""
+    _refuse_unsettable(name)
     error = schemas.validate_attribute(name, value)
     if error:
         raise http_error(400, error)
@@ -143,10 +150,7 @@ def _apply_patch_op(request: web.Request, image: ImageRecord, op: dict[str, Any]
         return
     if kind != "remove" and "value" not in op:
         raise http_error(400, f"Operation {kind} requires a value")
-    if name in schemas.READ_ONLY:
-        raise http_error(403, f"Attribute '{name}' is read-only.")
-    if name in schemas.RESERVED or name.startswith(schemas.RESERVED_PREFIX):
-        raise http_error(403, f"Attribute '{name}' is reserved.")
+    _refuse_unsettable(name)
     core = name in schemas.SETTABLE
     if kind == "remove":
         if core:
@@ -180,7 +184,7 @@ async def update_image(request: web.Request) -> web.Response:
 
 
 async def _update_user_attributes(request: web.Request, image: ImageRecord,
-                                  change: Any) -> ImageRecord:
+                                  change: Callable[[ImageRecord], None]) -> ImageRecord:
     """Apply a PATCH or tag change to the stored record as it is now, in one transaction,
     writing only what such a call may change (an upload owns the status and data)."""
     updated = await ctx(request).repo.update(image.id, change, USER_COLUMNS)
@@ -424,14 +428,13 @@ async def list_images(request: web.Request) -> web.Response:
                     reverse=direction == "desc")
     if "marker" in q:
         images = await _after_marker(request, images, q["marker"], spec)
-    start = 0
-    page = images[start : start + limit]
+    page = images[:limit]
     body: dict[str, Any] = {
         "images": [image_view(img) for img in page],
         "first": "/v2/images",
         "schema": "/v2/schemas/images",
     }
-    if page and start + limit < len(images):
+    if page and limit < len(images):
         params = [(k, v) for k, v in q.items() if k not in ("marker", "limit")]
         params += [("marker", page[-1].id), ("limit", str(limit))]
         body["next"] = "/v2/images?" + urlencode(params)

@@ -120,6 +120,18 @@ USER_COLUMNS = (*(c for c in _ALL_COLUMNS
 STATUS_COLUMNS = ("status", "updated_at")
 
 
+_SELECT_ONE = f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE id = ?"
+
+
+def _update_sql(columns: tuple[str, ...]) -> str:
+    """``UPDATE images SET <columns> WHERE id = ?``; ValueError for a column the table
+    does not have (or id, which never changes)."""
+    unknown = set(columns) - set(_ALL_COLUMNS[1:])
+    if unknown:
+        raise ValueError(f"unknown image columns {sorted(unknown)}")
+    return f"UPDATE images SET {','.join(f'{col} = ?' for col in columns)} WHERE id = ?"
+
+
 class SqliteImageRepository:
     """``ImageRepository`` on one SQLite file (WAL, full sync)."""
 
@@ -163,6 +175,12 @@ class SqliteImageRepository:
             values.append(value)
         return values
 
+    @classmethod
+    def _column_values(cls, image: ImageRecord, columns: tuple[str, ...]) -> list[Any]:
+        """The stored form of ``image``'s ``columns``, in that order."""
+        values = dict(zip(_ALL_COLUMNS, cls._image_values(image), strict=True))
+        return [values[col] for col in columns]
+
     async def add(self, image: ImageRecord) -> None:
         marks = ",".join("?" * len(_ALL_COLUMNS))
         sql = f"INSERT INTO images ({','.join(_ALL_COLUMNS)}) VALUES ({marks})"
@@ -170,10 +188,7 @@ class SqliteImageRepository:
 
     async def get(self, image_id: str) -> ImageRecord | None:
         def fetch() -> ImageRecord | None:
-            cur = self._db.execute(
-                f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE id = ?", (image_id,)
-            )
-            row = cur.fetchone()
+            row = self._db.execute(_SELECT_ONE, (image_id,)).fetchone()
             return None if row is None else self._row_to_image(row)
 
         return await self._run(fetch)
@@ -188,13 +203,8 @@ class SqliteImageRepository:
         writers of different parts do not undo each other.
         """
         wanted = _ALL_COLUMNS[1:] if columns is None else columns
-        unknown = set(wanted) - set(_ALL_COLUMNS[1:])
-        if unknown:
-            raise ValueError(f"unknown image columns {sorted(unknown)}")
-        values = dict(zip(_ALL_COLUMNS, self._image_values(image), strict=True))
-        sets = ",".join(f"{col} = ?" for col in wanted)
-        sql = f"UPDATE images SET {sets} WHERE id = ?"
-        args = [*(values[col] for col in wanted), image.id]
+        sql = _update_sql(wanted)
+        args = [*self._column_values(image, wanted), image.id]
         if expect_status is not None:
             sql += " AND status = ?"
             args.append(expect_status)
@@ -214,23 +224,18 @@ class SqliteImageRepository:
         write lock before the read, so every proxy worker process waits its turn.
         Whatever ``change`` raises (a refused operation) rolls everything back.
         """
-        unknown = set(columns) - set(_ALL_COLUMNS[1:])
-        if unknown:
-            raise ValueError(f"unknown image columns {sorted(unknown)}")
-        select = f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE id = ?"
-        sql = f"UPDATE images SET {','.join(f'{col} = ?' for col in columns)} WHERE id = ?"
+        sql = _update_sql(columns)
 
         def run() -> ImageRecord | None:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute(select, (image_id,)).fetchone()
+                row = self._db.execute(_SELECT_ONE, (image_id,)).fetchone()
                 if row is None:
                     self._db.execute("ROLLBACK")
                     return None
                 image = self._row_to_image(row)
                 change(image)
-                values = dict(zip(_ALL_COLUMNS, self._image_values(image), strict=True))
-                self._db.execute(sql, [*(values[col] for col in columns), image_id])
+                self._db.execute(sql, [*self._column_values(image, columns), image_id])
                 self._db.execute("COMMIT")
                 return image
             except BaseException:

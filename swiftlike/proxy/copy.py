@@ -12,6 +12,7 @@ from __future__ import annotations
 from urllib.parse import quote, unquote
 
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, error_response
+from swiftlike.proxy.subrequest import true_value
 
 COPIED_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition",
                   "Content-Language", "Cache-Control", "Expires")
@@ -116,14 +117,13 @@ def _copied(resp: SwiftResponse, src: tuple[str, str, str], source_headers) -> S
 
 
 async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
-                   dest: tuple[str, str, str], *, manifest: bool | None = None
-                   ) -> SwiftResponse:
+                   dest: tuple[str, str, str]) -> SwiftResponse:
     src_path = "/v1/" + "/".join(src)
     get_headers = {k: v for k, v in req.headers.items() if k.lower() in _CONDITIONS}
-    if manifest is None:
-        manifest = req.query.get("multipart-manifest") == "get"
-    if manifest:
-        return await _copy_manifest(app, req, src, dest, get_headers)
+    if req.query.get("multipart-manifest") == "get":
+        copied = await _copy_manifest(app, req, src_path, src, dest, get_headers)
+        if copied is not None:
+            return copied
     source = await app(req.make_subrequest("GET", src_path, headers=get_headers))
     if source.status != 200:
         source.close()
@@ -147,25 +147,25 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
     return _copied(resp, src, source.headers)
 
 
-async def _copy_manifest(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
-                         dest: tuple[str, str, str], get_headers: dict[str, str]
-                         ) -> SwiftResponse:
+async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
+                         src: tuple[str, str, str], dest: tuple[str, str, str],
+                         get_headers: dict[str, str]) -> SwiftResponse | None:
     """``?multipart-manifest=get``: copy a large object's manifest, not its data.
 
     Swift's API reference: the manifest is copied, so a large object can be duplicated
     (or renamed) without reading its segments, whatever its size. An SLO's manifest is
     read in the PUT format (``format=raw``) and stored again through slo, which checks
     the segments; a DLO's manifest is its ``X-Object-Manifest`` header. The source's
-    HEAD gives the metadata (a manifest GET answers as JSON).
+    HEAD gives the metadata (a manifest GET answers as JSON). None for a plain object,
+    whose manifest is itself: the caller copies it as any other.
     """
-    src_path = "/v1/" + "/".join(src)
     head = await app(req.make_subrequest("HEAD", src_path, headers=get_headers))
     head.close()
     if head.status != 200:
         return error_response(412) if head.status == 304 else error_response(head.status)
-    headers = _dest_headers(req, head.headers)
     query = None
-    if head.headers.get("X-Static-Large-Object", "").lower() in ("true", "1", "yes"):
+    kept: dict[str, str] = {}
+    if true_value(head.headers.get("X-Static-Large-Object")):  # what slo calls an SLO
         source = await app(req.make_subrequest(
             "GET", src_path, query={"multipart-manifest": "get", "format": "raw"}))
         if source.status != 200:
@@ -175,10 +175,11 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src: tuple[str, str, s
         query = {"multipart-manifest": "put"}
     elif "X-Object-Manifest" in head.headers:
         manifest = b""
-        headers["X-Object-Manifest"] = head.headers["X-Object-Manifest"]
-    else:  # a plain object: its manifest is itself
-        return await _do_copy(app, req, src, dest, manifest=False)
-    headers["Content-Length"] = str(len(manifest))
+        kept["X-Object-Manifest"] = head.headers["X-Object-Manifest"]
+    else:
+        return None
+    headers = {**_dest_headers(req, head.headers), **kept,
+               "Content-Length": str(len(manifest))}
 
     async def body():
         yield manifest
@@ -186,4 +187,3 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src: tuple[str, str, s
     put = req.make_subrequest("PUT", "/v1/" + "/".join(dest), headers=headers, body=body(),
                               query=query)
     return _copied(await app(put), src, head.headers)
-

@@ -3,8 +3,9 @@
 Every whole GET checks the bytes it returns; a streamed GET feeds each piece to the
 checker and holds the last piece back until the body matches. Reads of pieces that
 the page cache holds happen on the event loop (:func:`read_cached`); the others take
-a worker-thread hop (:func:`read_chunk`). Split from :mod:`diskfile`, which lays the
-files out and writes them.
+a worker-thread hop (:func:`read_chunk`), or O_DIRECT for big uncached bodies;
+:class:`BodyPieces` picks per piece. Split from :mod:`diskfile`, which lays the files
+out and writes them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import contextlib
 import errno
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from swiftlike.common.buffers import read_buffer
+from swiftlike.storage.direct_read import AlignedBuffers, DirectReader
+
+if TYPE_CHECKING:  # the node imports this layer; a runtime import would be circular
+    from swiftlike.storage.node import StorageNode
 
 #: Metadata key of an object's xxh3-128 digest, taken over the same bytes as its md5
 #: ETag (in the same pass, for a streamed body). A full GET verifies this, not the md5: ~15x
@@ -100,3 +106,53 @@ def read_chunk(fd: int, offset: int, size: int, hasher: object | None = None,
     if hasher is not None:
         hasher.update(chunk)  # type: ignore[attr-defined]
     return chunk
+
+
+class BodyPieces:
+    """Where one GET's next piece comes from.
+
+    From the page cache, on the loop, when it holds the bytes (a thread hop per MiB
+    costs more than the copy). Otherwise, with ``direct``, O_DIRECT through a second
+    descriptor (opened at the first miss, tried once: refused, it stays refused; see
+    direct_read). Otherwise a read in the I/O pool, which also starts the kernel
+    reading ahead towards ``body_end``. Every piece is fed to ``hasher``.
+    """
+
+    def __init__(self, node: StorageNode, fd: int, body_end: int, hasher: object,
+                 buffers: AlignedBuffers, direct: bool) -> None:
+        self.node = node
+        self.fd = fd
+        self.body_end = body_end
+        self.hasher = hasher
+        self.buffers = buffers
+        self.try_direct = direct
+        self.direct: DirectReader | None = None
+
+    async def read(self, offset: int, size: int) -> bytes | bytearray:
+        if self.direct is None:
+            chunk = read_cached(self.fd, offset, size)
+            if chunk is not None:
+                if self.hasher is not None:
+                    self.hasher.update(chunk)  # type: ignore[attr-defined]
+                return chunk
+            if self.try_direct:
+                self.try_direct = False
+                self.direct = await self.node.run_io_to_end(
+                    DirectReader.open, self.fd, self.buffers,
+                    on_cancel=lambda reader: reader and reader.close())
+        if self.direct is not None:
+            try:
+                # to the end even if cancelled: close() shuts its descriptor
+                return await self.node.run_io_to_end(self.direct.read, offset, size,
+                                                     self.hasher)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                self.close()  # refused here: through the page cache instead
+        return await self.node.run_io(read_chunk, self.fd, offset, size,
+                                      self.hasher, self.body_end)
+
+    def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None

@@ -9,7 +9,6 @@ proxy never mistakes it for a clean answer.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import math
@@ -35,7 +34,7 @@ from swiftlike.common.http_util import (
 )
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage import body_io, diskfile
-from swiftlike.storage.direct_read import AlignedBuffers, DirectReader
+from swiftlike.storage.direct_read import AlignedBuffers
 from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.expiring_queue import enqueue_expiring
 from swiftlike.storage.node import StorageNode, error_response
@@ -66,6 +65,9 @@ POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
 #: carry the type on (Swift's fast-POST keeps a POSTed type; a .meta replaces the rest)
 CONTENT_TYPE_STAMP = "X-Backend-Content-Type-Timestamp"
 INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
+#: A middleware's word on the size a container listing shows (Swift's name): an SLO
+#: manifest stores a few hundred bytes of JSON but lists as the whole object.
+OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
@@ -96,64 +98,9 @@ def _delete_at_error(value: str | None) -> str | None:
     return None
 
 
-#: A middleware's word on the size a container listing shows (Swift's name): an SLO
-#: manifest stores a few hundred bytes of JSON but lists as the whole object.
-OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
-
-
 def _listed_size(metadata: dict[str, str]) -> str:
     override = metadata.get(OVERRIDE_SIZE, "")
     return override if override.isdigit() else metadata["Content-Length"]
-
-
-class _BodyPieces:
-    """Where one GET's next piece comes from.
-
-    From the page cache, on the loop, when it holds the bytes (a thread hop per MiB
-    costs more than the copy). Otherwise, with ``direct``, O_DIRECT through a second
-    descriptor (opened at the first miss, tried once: refused, it stays refused; see
-    direct_read). Otherwise a read in the I/O pool, which also starts the kernel
-    reading ahead towards ``body_end``. Every piece is fed to ``hasher``.
-    """
-
-    def __init__(self, node: StorageNode, fd: int, body_end: int, hasher: object,
-                 buffers: AlignedBuffers, direct: bool) -> None:
-        self.node = node
-        self.fd = fd
-        self.body_end = body_end
-        self.hasher = hasher
-        self.buffers = buffers
-        self.try_direct = direct
-        self.direct: DirectReader | None = None
-
-    async def read(self, offset: int, size: int) -> bytes | bytearray:
-        if self.direct is None:
-            chunk = body_io.read_cached(self.fd, offset, size)
-            if chunk is not None:
-                if self.hasher is not None:
-                    self.hasher.update(chunk)  # type: ignore[attr-defined]
-                return chunk
-            if self.try_direct:
-                self.try_direct = False
-                self.direct = await self.node.run_io_to_end(
-                    DirectReader.open, self.fd, self.buffers,
-                    on_cancel=lambda reader: reader and reader.close())
-        if self.direct is not None:
-            try:
-                # to the end even if cancelled: close() shuts its descriptor
-                return await self.node.run_io_to_end(self.direct.read, offset, size,
-                                                     self.hasher)
-            except OSError as err:
-                if err.errno != errno.EINVAL:
-                    raise
-                self.close()  # refused here: through the page cache instead
-        return await self.node.run_io(body_io.read_chunk, self.fd, offset, size,
-                                      self.hasher, self.body_end)
-
-    def close(self) -> None:
-        if self.direct is not None:
-            self.direct.close()
-            self.direct = None
 
 
 class ObjectServer:
@@ -425,7 +372,7 @@ class ObjectServer:
         hasher, expected = body_io.body_verifier(opened.metadata)
         offset = 0
         pending: bytes | None = None
-        pieces = _BodyPieces(self.node, opened.fd, opened.size, hasher, self.read_buffers,
+        pieces = body_io.BodyPieces(self.node, opened.fd, opened.size, hasher, self.read_buffers,
                              direct=opened.size >= DIRECT_READ_MIN and self.node.direct_io)
         try:
             while offset < opened.size:
@@ -483,7 +430,8 @@ class ObjectServer:
             await response.write(opened.body[start:stop])
             return
         assert opened.fd is not None
-        pieces = _BodyPieces(self.node, opened.fd, stop, None, self.read_buffers, direct=False)
+        pieces = body_io.BodyPieces(self.node, opened.fd, stop, None, self.read_buffers,
+                                    direct=False)
         offset = start
         while offset < stop:
             chunk = await pieces.read(offset, min(READ_BATCH, stop - offset))

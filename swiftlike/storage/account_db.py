@@ -1,12 +1,18 @@
 """An account's database: one row per container with its counts, plus account totals.
 
 Container rows arrive from container servers (and replication) in any order: each
-timestamp only moves forward, and the counts of the latest report win. Totals in the stat
-row are maintained in the same transaction.
+timestamp only moves forward, and the counts of the latest report win. "Latest" is the
+report's own time (``reported_at``, the container server's X-Timestamp when it read its
+counts), not the container's put timestamp: that stays the same while the counts change,
+so replicas holding different counts under one put timestamp could otherwise overwrite
+the newer count with the older one, whichever replicated last. A row that would not
+change is not written (a rewrite gives it a new ROWID, and replication would ship it back
+and forth for ever). Totals in the stat row are maintained in the same transaction.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
@@ -30,12 +36,13 @@ CREATE TABLE container (
     delete_timestamp TEXT NOT NULL,
     object_count INTEGER NOT NULL DEFAULT 0,
     bytes_used INTEGER NOT NULL DEFAULT 0,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    reported_at TEXT NOT NULL DEFAULT '0'
 );
 """
 
 CONTAINER_COLUMNS = ("name", "put_timestamp", "delete_timestamp", "object_count",
-                     "bytes_used", "deleted")
+                     "bytes_used", "deleted", "reported_at")
 
 
 class AccountBroker(DatabaseBroker):
@@ -48,6 +55,12 @@ class AccountBroker(DatabaseBroker):
     def schema(self) -> str:
         return ACCOUNT_SCHEMA
 
+    def upgrade_schema(self, conn: sqlite3.Connection) -> None:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(container)")}
+        if "reported_at" not in columns:
+            conn.execute("ALTER TABLE container ADD COLUMN reported_at TEXT NOT NULL "
+                         "DEFAULT '0'")
+
     def create(self, tmp_dir: str, account: str, put_timestamp: str) -> bool:
         now = Timestamp.now().internal
         return self.initialize(tmp_dir, {
@@ -55,10 +68,11 @@ class AccountBroker(DatabaseBroker):
             "delete_timestamp": "0", "status_changed_at": now})
 
     def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
-        """Apply container rows: timestamps only move forward, newest report's counts win.
+        """Apply container rows: timestamps only move forward, the newest report's counts
+        win (ties keep what is stored). Returns how many rows changed.
 
-        Each row: name, put_timestamp, delete_timestamp, object_count, bytes_used.
-        Returns how many rows changed.
+        Each row: name, put_timestamp, delete_timestamp, object_count, bytes_used and
+        reported_at (missing from rows of older releases: the oldest report).
         """
         changed = 0
         with self.transaction(deferred_sync) as conn:
@@ -66,33 +80,40 @@ class AccountBroker(DatabaseBroker):
             for row in rows:
                 put = Timestamp(row.get("put_timestamp") or 0)
                 delete = Timestamp(row.get("delete_timestamp") or 0)
+                reported = Timestamp(row.get("reported_at") or 0)
                 count = int(row.get("object_count") or 0)
                 used = int(row.get("bytes_used") or 0)
                 old = conn.execute(
-                    "SELECT put_timestamp, delete_timestamp, object_count, bytes_used, deleted "
-                    "FROM container WHERE name = ?", (row["name"],)).fetchone()
+                    "SELECT put_timestamp, delete_timestamp, object_count, bytes_used, deleted, "
+                    "reported_at FROM container WHERE name = ?", (row["name"],)).fetchone()
                 if old is not None:
-                    old_put, old_delete = Timestamp(old[0]), Timestamp(old[1])
-                    if put < old_put and delete < old_delete:
-                        continue  # strictly older report
-                    if max(put, delete) < max(old_put, old_delete):
-                        count, used = old[2], old[3]
-                    put, delete = max(put, old_put), max(delete, old_delete)
+                    old_reported = Timestamp(old[5] or 0)
+                    if reported <= old_reported:
+                        count, used, reported = old[2], old[3], old_reported
+                    put = max(put, Timestamp(old[0]))
+                    delete = max(delete, Timestamp(old[1]))
+                deleted = 1 if delete > put else 0
+                if deleted:
+                    count = used = 0
+                if old is not None:
+                    if (put.internal, delete.internal, count, used, deleted,
+                            reported.internal) == (old[0], old[1], old[2], old[3], old[4],
+                                                   old[5]):
+                        continue
                     if not old[4]:
                         deltas[0] -= 1
                         deltas[1] -= old[2]
                         deltas[2] -= old[3]
-                deleted = 1 if delete > put else 0
-                if deleted:
-                    count = used = 0
-                else:
+                if not deleted:
                     deltas[0] += 1
                     deltas[1] += count
                     deltas[2] += used
                 conn.execute(
                     "INSERT OR REPLACE INTO container (name, put_timestamp, delete_timestamp, "
-                    "object_count, bytes_used, deleted) VALUES (?, ?, ?, ?, ?, ?)",
-                    (row["name"], put.internal, delete.internal, count, used, deleted))
+                    "object_count, bytes_used, deleted, reported_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row["name"], put.internal, delete.internal, count, used, deleted,
+                     reported.internal))
                 changed += 1
             if any(deltas):
                 conn.execute("UPDATE account_stat SET container_count = container_count + ?, "

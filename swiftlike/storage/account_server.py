@@ -148,7 +148,7 @@ class AccountServer:
         await self.batcher.merge(broker, {
             "name": route.container, "put_timestamp": put.internal,
             "delete_timestamp": delete.internal, "object_count": int(count),
-            "bytes_used": int(used)}, device_path)
+            "bytes_used": int(used), "reported_at": stamp.internal}, device_path)
         return web.Response(status=204 if delete > put else 201)
 
     async def close(self) -> None:

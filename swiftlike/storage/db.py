@@ -106,8 +106,12 @@ class DatabaseBroker:
             conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
             conn.execute("PRAGMA busy_timeout=25000")
             conn.row_factory = sqlite3.Row
+            self.upgrade_schema(conn)
             self._conn = conn
         return self._conn
+
+    def upgrade_schema(self, conn: sqlite3.Connection) -> None:
+        """Bring a database made by an older release up to :meth:`schema` (on open)."""
 
     def close(self) -> None:
         with self.lock:
@@ -210,8 +214,13 @@ class DatabaseBroker:
 
     # ---- rows -------------------------------------------------------------------------
     def get_items_since(self, start_rowid: int, count: int) -> list[dict[str, Any]]:
-        """Rows changed after ``start_rowid`` (replication ships these), oldest first."""
-        columns = ", ".join(("ROWID", *self.item_columns))
+        """Rows changed after ``start_rowid`` (replication ships these), oldest first.
+
+        Each row carries its ``ROWID`` under that exact key: SQLite names an un-aliased
+        ``ROWID`` column after the table's own spelling, and that differs by version
+        (3.40 answers ``rowid``), so the alias pins it.
+        """
+        columns = ", ".join(("ROWID AS ROWID", *self.item_columns))
         with self.lock:
             rows = self.connection().execute(
                 f"SELECT {columns} FROM {self.item_table} WHERE ROWID > ? "

@@ -27,6 +27,8 @@ from ring.hashing import hash_path_hex, suffix_of
 from swiftlike.common.config import dump_toml
 from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.runner import run_pass
+from swiftlike.storage.account_db import AccountBroker
+from swiftlike.storage.container_db import ContainerBroker
 from swiftlike.storage.diskfile import gather_ondisk_files
 from tests.cluster_harness import free_ports
 
@@ -192,6 +194,51 @@ class DrillCluster:
             if listed != wanted:
                 problems.append(f"listing: missing {sorted(wanted - listed)[:5]}, "
                                 f"extra {sorted(listed - wanted)[:5]}")
+        return problems + self.verify_databases(container, wanted)
+
+    def database_paths(self, kind: str, container: str | None = None) -> dict[str, str]:
+        """node name -> path of the account's (or container's) database on each primary."""
+        part, nodes = self.ring.get_nodes(ACCOUNT, container)
+        db_hash = hash_path_hex(ACCOUNT, container, prefix=PREFIX.encode(),
+                                suffix=SUFFIX.encode())
+        return {self.node_of(n).name: os.path.join(
+            self.node_of(n).device_path, kind, str(part), suffix_of(db_hash), db_hash,
+            f"{db_hash}.db") for n in nodes}
+
+    def verify_databases(self, container: str, wanted: set[str]) -> list[str]:
+        """Every primary replica of the container's database lists exactly ``wanted``
+        with matching counts, and every account replica reports that count.
+
+        Reading through the proxy asks one replica; a replica that replication failed to
+        fill would go unseen there, and answer some later listing empty.
+        """
+        problems = []
+        for name, path in self.database_paths("containers", container).items():
+            if not os.path.exists(path):
+                problems.append(f"container db missing on {name}")
+                continue
+            broker = ContainerBroker(path, fsync=False)
+            try:
+                listed = {row["name"] for row in broker.list_objects(len(wanted) + 10)}
+                count = broker.get_info()["object_count"]
+            finally:
+                broker.close()
+            if listed != wanted or count != len(wanted):
+                problems.append(f"container db on {name}: {len(listed)} rows, count {count}, "
+                                f"missing {sorted(wanted - listed)[:3]}, "
+                                f"extra {sorted(listed - wanted)[:3]}")
+        for name, path in self.database_paths("accounts").items():
+            if not os.path.exists(path):
+                problems.append(f"account db missing on {name}")
+                continue
+            broker = AccountBroker(path, fsync=False)
+            try:
+                rows = {row["name"]: row for row in broker.list_containers(10000)}
+            finally:
+                broker.close()
+            if rows.get(container, {}).get("count") != len(wanted):
+                problems.append(f"account db on {name}: {container} counted "
+                                f"{rows.get(container, {}).get('count')}, not {len(wanted)}")
         return problems
 
 

@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage import replication_store as store
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.diskfile import DiskFull
@@ -234,13 +235,20 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
 
     def stage_batch(items: list[tuple[dict, bytes]]) -> list[store.StagedFile | tuple]:
         staged: list[store.StagedFile | tuple] = []
+        staged_data: dict[tuple[str, str], Timestamp] = {}  # (part, hash) -> .data stamp
         try:
             for header, body in items:
+                key = (header["part"], header["hash"])
                 outcome = store.stage_received(device_path, header["part"], header["hash"],
                                                header["name"], header["meta"], body,
-                                               node.use_xattr)
-                staged.append((header, outcome) if isinstance(outcome, store.StagedFile)
-                              else (header, outcome, ""))
+                                               node.use_xattr, staged_data.get(key))
+                if isinstance(outcome, store.StagedFile):
+                    staged.append((header, outcome))
+                    if outcome.name.endswith(".data"):
+                        stamp = Timestamp(outcome.name[:-len(".data")])
+                        staged_data[key] = max(stamp, staged_data.get(key, stamp))
+                else:
+                    staged.append((header, outcome, ""))
         except BaseException:
             abort_staged(staged)
             raise

@@ -309,21 +309,28 @@ class StagedFile:
         self.writer = writer
 
 
-def _is_stale(object_dir: str, name: str) -> bool:
+def _is_stale(object_dir: str, name: str, coming_data: Timestamp | None = None) -> bool:
+    """True when ``name`` would change nothing here. ``coming_data``: a .data of this
+    object staged ahead of it in the same batch, to be linked before it."""
     state = gather_ondisk_files(object_dir)
     stamp = _stamp(name)
     assert stamp is not None
     if name.endswith(".meta"):
-        return state.data_timestamp is None or stamp <= (state.meta_timestamp or
-                                                         state.data_timestamp)
+        data = state.data_timestamp
+        if coming_data is not None and (data is None or coming_data > data):
+            data = coming_data
+        return data is None or stamp <= (state.meta_timestamp or data)
     return state.newest_durable is not None and stamp <= state.newest_durable
 
 
 def stage_received(device_path: str, partition: str, object_hash: str, name: str,
-                   metadata: dict[str, str], body: bytes, use_xattr: bool
-                   ) -> StagedFile | str:
+                   metadata: dict[str, str], body: bytes, use_xattr: bool,
+                   coming_data: Timestamp | None = None) -> StagedFile | str:
     """Group-commit step 1 for one pushed file; "corrupt"/"stale" when it is dropped.
 
+    ``coming_data``: the timestamp of a .data of the same object staged earlier in this
+    batch. A rebuild sends an object's .data and .meta together; judged against the
+    directory alone, the .meta would find no .data yet and be dropped as stale.
     Raises ValueError for a bad name, DiskFull when the device is full.
     """
     stamp = _stamp_or_none(name)
@@ -341,7 +348,7 @@ def stage_received(device_path: str, partition: str, object_hash: str, name: str
             return "corrupt"
     object_dir = os.path.join(device_path, "objects", partition, object_hash[-3:],
                               object_hash)
-    if _is_stale(object_dir, name):
+    if _is_stale(object_dir, name, coming_data):
         return "stale"
     stem, _, ext = name.rpartition(".")
     writer = stage_whole_object(device_path, object_dir, body, Timestamp(stem), "." + ext,
@@ -365,7 +372,10 @@ def publish_received(staged: StagedFile, invalidate: bool = True) -> str:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(str(err)) from err
         raise
-    if not created and _is_stale(staged.object_dir, staged.name):
+    # a .meta is checked even in a new directory: the .data it was staged after may
+    # have been dropped, and a .meta alone describes nothing
+    if (not created or staged.name.endswith(".meta")) and \
+            _is_stale(staged.object_dir, staged.name):
         staged.writer.abort()
         if staged.writer.final_path and not os.path.exists(staged.writer.final_path):
             with contextlib.suppress(FileNotFoundError):  # sidecar of a dropped file

@@ -7,10 +7,13 @@ import pytest
 from tests.daemons.mini_cluster import start_mini_cluster
 
 
-@pytest.fixture
-async def cluster(tmp_path):
-    """Four storage nodes on free ports, stopped after the test."""
-    mini = await start_mini_cluster(str(tmp_path))
+@pytest.fixture(params=["fsync off"])
+async def cluster(tmp_path, request):
+    """Four storage nodes on free ports, stopped after the test. A test parametrized
+    indirectly with "group commit" gets nodes that fsync through group commit."""
+    node_conf = {"fsync": True, "durability": "group"} if request.param == "group commit" \
+        else None
+    mini = await start_mini_cluster(str(tmp_path), node_conf=node_conf)
     try:
         yield mini
     finally:

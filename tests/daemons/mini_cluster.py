@@ -129,8 +129,10 @@ class MiniCluster:
 
 
 async def start_mini_cluster(root: str, count: int = 4, replicas: int = 3,
-                             part_power: int = 4, daemon_conf: dict | None = None
-                             ) -> MiniCluster:
+                             part_power: int = 4, daemon_conf: dict | None = None,
+                             node_conf: dict | None = None) -> MiniCluster:
+    """``node_conf`` adds to each node's [node] section (e.g. fsync on, for the
+    group-commit write paths; the default is fsync off)."""
     builder = RingBuilder(part_power=part_power, replicas=replicas, min_part_hours=0)
     ports = free_ports(count)
     for i, port in enumerate(ports):
@@ -146,7 +148,7 @@ async def start_mini_cluster(root: str, count: int = 4, replicas: int = 3,
         conf = {"cluster": {"hash_path_prefix": PREFIX, "hash_path_suffix": SUFFIX,
                             "ring": ring_path},
                 "node": {"bind_ip": "127.0.0.1", "bind_port": port, "devices": devices,
-                         "fsync": False},
+                         "fsync": False, **(node_conf or {})},
                 **(daemon_conf or {})}
         node = MiniNode(i, port, devices, conf)
         await node.start()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.auditor import ObjectAuditor
 from swiftlike.daemons.replicator import ObjectReplicator
@@ -137,3 +139,37 @@ async def test_corrupt_source_is_not_spread(cluster):
         await ctx.close()
     assert result[source.device]["counts"]["quarantined_by_peer"] >= 1
     assert holders(cluster, "rot") == {}
+
+
+@pytest.mark.parametrize("cluster", ["fsync off", "group commit"], indirect=True)
+async def test_rebuilt_object_keeps_its_meta_in_one_pass(cluster):
+    """A lost object comes back with its .meta (POSTed metadata, X-Delete-At) at once:
+    the .data and .meta arrive in one batch, and the .meta must not be judged against a
+    directory the .data has not been linked into yet."""
+    _, nodes = cluster.ring.get_nodes("AUTH_a", "c", "m1")
+    data_at = Timestamp.now()
+    meta_at = Timestamp(data_at.timestamp + 1)
+    for dev in nodes:
+        node = cluster.node_of(dev)
+        cluster.write_local(node, "AUTH_a", "c", "m1", b"body", timestamp=data_at)
+        cluster.write_local(node, "AUTH_a", "c", "m1", b"", timestamp=meta_at, ext=".meta",
+                            extra={"X-Object-Meta-Color": "blue"})
+    victim = cluster.node_of(nodes[0])
+    object_dir = cluster.object_dir(victim, "AUTH_a", "c", "m1")
+    shutil.rmtree(object_dir)
+    part_dir = os.path.dirname(os.path.dirname(object_dir))
+    for name in os.listdir(part_dir):
+        if name.startswith("hashes"):
+            os.unlink(os.path.join(part_dir, name))
+    for node in cluster.nodes:  # one pass of every node, the victim's last
+        if node is not victim:
+            ctx = cluster.context(node)
+            try:
+                await ObjectReplicator(ctx).run_once()
+            finally:
+                await ctx.close()
+    state = gather_ondisk_files(object_dir)
+    assert state.data_file == data_at.internal + ".data"
+    assert state.meta_file == meta_at.internal + ".meta"
+    metadata = read_metadata(os.path.join(object_dir, state.meta_file))
+    assert metadata["X-Object-Meta-Color"] == "blue"

@@ -87,6 +87,10 @@ INFO_REGISTRY_KEY = "_info_registry"
 BodyType = bytes | AsyncIterator[bytes] | None
 
 
+#: Auth state that holds for one request path only; never inherited by a subrequest.
+_PATH_AUTH_KEYS = frozenset({"swift.acl", "swift.account_acl", "swift.owner"})
+
+
 class SwiftRequest:
     """One request as the middlewares see it.
 
@@ -174,10 +178,17 @@ class SwiftRequest:
     ) -> SwiftRequest:
         """A new request for the handler below, sharing this request's identity.
 
-        The environ is copied shallowly with ``swift.subrequest`` set, so auth
-        decisions (``swift.authorize``) and the transaction id carry over.
+        The environ is copied shallowly with ``swift.subrequest`` set, so the caller's
+        identity, its authorizer (``swift.authorize``) and the transaction id carry
+        over. What was decided *about this request's path* does not: the container ACL
+        (``swift.acl``), the account ACL (``swift.account_acl``) and ownership
+        (``swift.owner``) belong to the link, manifest or listing being read, and a
+        symlink target, SLO/DLO segment or other subrequest path is authorized afresh
+        against its own container and account. Carrying them over let a public link
+        serve a private object of any account.
         """
-        environ = dict(self.environ)
+        environ = {key: value for key, value in self.environ.items()
+                   if key not in _PATH_AUTH_KEYS}
         environ["swift.subrequest"] = True
         if not keep_auth:
             environ.pop("swift.authorize", None)

@@ -383,7 +383,7 @@ class ObjectReplicator(Daemon):
                     failed.update(part for part, _, _ in chunk)
             ok = {p for p in by_part if p not in failed}
             if target.verify:
-                ok -= await self._unconfirmed(device_path, peer, target, by_part)
+                ok -= await self._unconfirmed(peer, target, by_part)
             for part in by_part:
                 by_part[part].done.setdefault(peer_id, part in ok)
         except PeerFailed as err:
@@ -409,19 +409,19 @@ class ObjectReplicator(Daemon):
             await self.ctx.run_io(store.quarantine_hash, device_path, str(part),
                                   str(object_hash))
 
-    async def _unconfirmed(self, device_path: str, peer: PeerSession, target: Target,
+    async def _unconfirmed(self, peer: PeerSession, target: Target,
                            by_part: dict[str, PartJob]) -> set[str]:
-        """Handoff partitions whose synced suffixes the peer does not yet match."""
-        requested = {p: target.suffixes[p] for p in target.verify if p in by_part}
-        after, errors = await peer.suffix_hashes(requested)
-        mine, _ = await self.ctx.run_io(_hashes_of, device_path,
-                                        {p: [] for p in requested})
-        bad = set(errors)
-        for part, suffixes in requested.items():
-            theirs, ours = after.get(part, {}), mine.get(part, {})
-            if any(theirs.get(s) != ours.get(s) for s in suffixes):
-                bad.add(part)
-        return bad
+        """Handoff partitions of which the peer still wants something after the push.
+
+        A second missing check over everything offered in the synced suffixes: each
+        object must now be on the peer or superseded there by something newer. Equal
+        suffix hashes would be the wrong test: a handoff copy the primaries have since
+        overwritten or deleted never hashes like theirs, and would never be removed.
+        """
+        asked = {p: [o for s in target.suffixes[p] for o in by_part[p].offers.get(s, [])]
+                 for p in target.verify if p in by_part}
+        wanted, errors = await peer.missing_check({p: o for p, o in asked.items() if o})
+        return set(errors) | {p for p in asked if wanted.get(p)}
 
     async def _sync_to_handoffs(self, dev: dict[str, Any], device_path: str,
                                 jobs: list[PartJob], gone: set[int], session: Any,

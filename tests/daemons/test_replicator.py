@@ -173,3 +173,29 @@ async def test_rebuilt_object_keeps_its_meta_in_one_pass(cluster):
     assert state.meta_file == meta_at.internal + ".meta"
     metadata = read_metadata(os.path.join(object_dir, state.meta_file))
     assert metadata["X-Object-Meta-Color"] == "blue"
+
+
+@pytest.mark.parametrize("newer", [".data", ".ts"])
+async def test_handoff_older_than_the_primaries_is_removed(cluster, newer):
+    """A handoff copy the primaries have since overwritten or deleted is delivered: the
+    primaries want nothing of it. It must go, not sit on the handoff for ever because
+    its suffix hashes can never match theirs."""
+    part, nodes = cluster.ring.get_nodes("AUTH_a", "c", "stale")
+    handoff = cluster.node_of(next(iter(cluster.ring.get_more_nodes(part))))
+    old = Timestamp.now()
+    new = Timestamp(old.timestamp + 1)
+    cluster.write_local(handoff, "AUTH_a", "c", "stale", b"old", timestamp=old)
+    for dev in nodes:
+        cluster.write_local(cluster.node_of(dev), "AUTH_a", "c", "stale",
+                            b"new" if newer == ".data" else b"", timestamp=new, ext=newer)
+    ctx = cluster.context(handoff)
+    try:
+        result = await ObjectReplicator(ctx).run_once()
+    finally:
+        await ctx.close()
+    counts = result[handoff.device]["counts"]
+    assert counts.get("handoffs_removed") == 1, counts
+    assert not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))
+    found = holders(cluster, "stale")
+    assert set(found) == primaries(cluster, "stale")
+    assert set(found.values()) == {new.internal + newer}

@@ -25,6 +25,7 @@ from swiftlike.storage.db_server_common import (
     metadata_headers,
     open_live_for_write,
     post_metadata,
+    quarantining_damage,
     request_timestamp,
 )
 from swiftlike.storage.node import StorageNode, error_response
@@ -48,6 +49,12 @@ class AccountServer:
 
     async def handle(self, request: web.Request, route: Route, device_path: str
                      ) -> web.StreamResponse:
+        return await quarantining_damage(
+            self.node, self.broker(device_path, route).db_path,
+            lambda: self._dispatch(request, route, device_path))
+
+    async def _dispatch(self, request: web.Request, route: Route, device_path: str
+                        ) -> web.StreamResponse:
         method = request.method
         if route.container is not None:
             if method in ("PUT", "DELETE"):

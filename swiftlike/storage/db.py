@@ -21,6 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.durable_io import fsync_dir
@@ -30,6 +31,56 @@ LISTING_LIMIT = 10000
 
 class DatabaseNotFound(Exception):
     """No database file at this path."""
+
+
+#: SQLite's words for a file that is not (or no longer) a usable database. Busy, locked
+#: or full are other DatabaseErrors, and are not damage.
+_DAMAGE_MESSAGES = ("file is not a database", "database disk image is malformed",
+                    "malformed database schema", "no such table")
+
+
+def is_damaged(err: BaseException) -> bool:
+    """True when ``err`` says the database file itself is broken."""
+    return isinstance(err, sqlite3.DatabaseError) and any(
+        text in str(err).lower() for text in _DAMAGE_MESSAGES)
+
+
+def still_damaged(db_path: str) -> bool:
+    """Whether the file now at ``db_path`` fails SQLite's quick check (False if absent)."""
+    try:  # mode=rw: never create a file where there is none
+        conn = sqlite3.connect(f"file:{quote(db_path)}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as err:
+        return is_damaged(err)
+    finally:
+        conn.close()
+    return result != [("ok",)]
+
+
+def quarantine_database(db_path: str) -> str | None:
+    """Move a damaged database's hash directory to ``<device>/quarantined/<kind>/<hash>``.
+
+    Why move rather than repair: a replica that answers 500 for ever serves nobody, and
+    a fresh one is rebuilt from the other replicas (replication recreates it and ships
+    every row); the damaged file is kept for an operator to look at. Returns the new
+    place, or None when it was already gone.
+    """
+    hash_dir = os.path.dirname(db_path)
+    kind_dir = os.path.dirname(os.path.dirname(os.path.dirname(hash_dir)))
+    device_path, kind = os.path.split(kind_dir)
+    target_root = os.path.join(device_path, "quarantined", kind)
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, os.path.basename(hash_dir))
+    if os.path.exists(target):
+        target = f"{target}-{uuid.uuid4().hex}"
+    try:
+        os.rename(hash_dir, target)
+    except FileNotFoundError:
+        return None
+    return target
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -325,6 +376,13 @@ class BrokerCache:
         for old in evicted:
             old.close()
         return broker
+
+    def discard(self, db_path: str) -> None:
+        """Forget (and close) the broker of ``db_path``: its file is being moved away."""
+        with self._lock:
+            broker = self._brokers.pop(db_path, None)
+        if broker is not None:
+            broker.close()
 
     def close_all(self) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.account_db import AccountBroker
 from swiftlike.storage.container_db import ContainerBroker
 from swiftlike.storage.db import DatabaseBroker
+from swiftlike.storage.db_server_common import quarantining_damage
 from swiftlike.storage.node import StorageNode, error_response
 
 KIND_DIRS = {"account": "accounts", "container": "containers"}
@@ -93,29 +94,40 @@ async def handle_db_replicate(request: web.Request, node: StorageNode, device_pa
         if not isinstance(body, dict):
             raise ValueError("body must be a map")
         op = body.get("op")
-        if op == "sync":
-            info = body.get("info")
-            if not isinstance(info, dict) or "account" not in info or (
-                    server_type == "container" and "container" not in info):
-                raise ValueError("sync needs info with account (and container)")
-            answer = await node.run_db(apply_sync, device_path, server_type, partition,
-                                       db_hash, info, node.fsync)
-        elif op == "merge_items":
-            rows = body.get("rows")
-            if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r
-                                                     for r in rows):
-                raise ValueError("merge_items needs a list of rows with names")
-            answer = await node.run_db(apply_rows, device_path, server_type, partition,
-                                       db_hash, rows, node.fsync)
-            if answer is None:
-                return error_response(404, "no such database")
-            if node.group_commit:
-                # rows the node's own row batches committed may be visible here before
-                # their device flush (deferred sync, see RowBatcher): the sender must not
-                # count them as stored until a flush has covered them
-                await node.flusher(device_path).barrier()
-        else:
-            raise ValueError(f"unknown op {op!r}")
+        answer = await quarantining_damage(
+            node, db_file_path(device_path, server_type, partition, db_hash),
+            lambda: _apply(node, device_path, server_type, partition, db_hash, op, body))
+        if isinstance(answer, web.Response):
+            return answer
     except (ValueError, KeyError, TypeError) as err:
         return error_response(400, f"bad database REPLICATE: {err}")
     return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
+
+
+async def _apply(node: StorageNode, device_path: str, server_type: str, partition: str,
+                 db_hash: str, op: Any, body: dict[str, Any]
+                 ) -> dict[str, Any] | web.Response:
+    """One REPLICATE op on the local database; ValueError for a malformed request."""
+    if op == "sync":
+        info = body.get("info")
+        if not isinstance(info, dict) or "account" not in info or (
+                server_type == "container" and "container" not in info):
+            raise ValueError("sync needs info with account (and container)")
+        return await node.run_db(apply_sync, device_path, server_type, partition,  # type: ignore[no-any-return]
+                                 db_hash, info, node.fsync)
+    if op != "merge_items":
+        raise ValueError(f"unknown op {op!r}")
+    rows = body.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r
+                                             for r in rows):
+        raise ValueError("merge_items needs a list of rows with names")
+    answer = await node.run_db(apply_rows, device_path, server_type, partition,
+                               db_hash, rows, node.fsync)
+    if answer is None:
+        return error_response(404, "no such database")
+    if node.group_commit:
+        # rows the node's own row batches committed may be visible here before their
+        # device flush (deferred sync, see RowBatcher): the sender must not count them as
+        # stored until a flush has covered them
+        await node.flusher(device_path).barrier()
+    return answer  # type: ignore[no-any-return]

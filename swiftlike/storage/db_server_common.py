@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +25,13 @@ from swiftlike.common.listing import (
     render_listing,
 )
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.db import BrokerCache, DatabaseBroker
+from swiftlike.storage.db import (
+    BrokerCache,
+    DatabaseBroker,
+    is_damaged,
+    quarantine_database,
+    still_damaged,
+)
 from swiftlike.storage.node import StorageNode, error_response
 
 LOG = logging.getLogger(__name__)
@@ -223,4 +231,34 @@ class RowBatcher:
 
 
 def make_broker_cache(node: StorageNode, broker_class: type[DatabaseBroker]) -> BrokerCache:
-    return BrokerCache(lambda path: broker_class(path, fsync=node.fsync), node.db_cache_size)
+    cache = BrokerCache(lambda path: broker_class(path, fsync=node.fsync),
+                        node.db_cache_size)
+    node.broker_caches.append(cache)
+    return cache
+
+
+async def quarantining_damage(node: StorageNode, db_path: str,
+                              handler: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``handler``; when it finds the database damaged, quarantine the database and
+    run it once more, so the request is answered as on a node without the database
+    (a GET 404s, a PUT creates a fresh one, which replication then fills)."""
+    try:
+        return await handler()
+    except sqlite3.DatabaseError as err:
+        if not is_damaged(err):
+            raise
+        LOG.error("database %s is damaged (%s): quarantining it", db_path, err)
+    await node.run_db(_forget_and_quarantine, node.broker_caches, db_path)
+    return await handler()
+
+
+def _forget_and_quarantine(caches: list[BrokerCache], db_path: str) -> str | None:
+    """Close every cached connection to ``db_path``, then move it if it is damaged.
+
+    Checked again on a fresh connection: the error may have come from a connection to a
+    file someone else already moved away, and the file now at the path (rebuilt by
+    replication) must stay.
+    """
+    for cache in caches:
+        cache.discard(db_path)
+    return quarantine_database(db_path) if still_damaged(db_path) else None

@@ -54,6 +54,9 @@ class StorageNode:
         self.small_object_limit = int(node.get("small_object_limit", 64 * 1024))
         self.chunk_size = int(node.get("disk_chunk_size", 64 * 1024))
         self.db_cache_size = int(node.get("db_cache_size", 256))
+        # the account and container servers' open databases (BrokerCache); a database
+        # moved to quarantine must leave all of them, whoever found it damaged
+        self.broker_caches: list[Any] = []
         # Metadata lookups (listdir, xattr, small reads) cost tens of microseconds from the
         # page cache, while a thread-pool hop costs hundreds under load: run them inline.
         self.inline_lookups = _as_bool(node.get("inline_lookups", True))

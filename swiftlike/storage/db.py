@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.durable_io import fsync_dir
+from swiftlike.storage.durable_io import fsync_dir, move_to_quarantine
 
 LISTING_LIMIT = 10000
 
@@ -71,16 +71,7 @@ def quarantine_database(db_path: str) -> str | None:
     hash_dir = os.path.dirname(db_path)
     kind_dir = os.path.dirname(os.path.dirname(os.path.dirname(hash_dir)))
     device_path, kind = os.path.split(kind_dir)
-    target_root = os.path.join(device_path, "quarantined", kind)
-    os.makedirs(target_root, exist_ok=True)
-    target = os.path.join(target_root, os.path.basename(hash_dir))
-    if os.path.exists(target):
-        target = f"{target}-{uuid.uuid4().hex}"
-    try:
-        os.rename(hash_dir, target)
-    except FileNotFoundError:
-        return None
-    return target
+    return move_to_quarantine(device_path, kind, hash_dir)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:

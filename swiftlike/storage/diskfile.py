@@ -38,7 +38,6 @@ import hashlib
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import msgpack
@@ -62,6 +61,7 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
     make_object_dir,
     makedirs_deferred,
     makedirs_durable,
+    move_to_quarantine,
     set_xattr_metadata,
     write_sidecar,
 )
@@ -494,16 +494,10 @@ def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
 
 def quarantine_object_dir(device_path: str, object_dir: str) -> str:
     """Move a damaged hash directory to ``<device>/quarantined/objects/<hash>``."""
-    object_hash = os.path.basename(object_dir)
-    target_root = os.path.join(device_path, "quarantined", "objects")
-    os.makedirs(target_root, exist_ok=True)
-    target = os.path.join(target_root, object_hash)
-    if os.path.exists(target):
-        target = f"{target}-{uuid.uuid4().hex}"
-    try:
-        os.rename(object_dir, target)
-    except FileNotFoundError:
-        return target
+    target = move_to_quarantine(device_path, "objects", object_dir)
+    if target is None:
+        return os.path.join(device_path, "quarantined", "objects",
+                            os.path.basename(object_dir))
     suffix_dir = os.path.dirname(object_dir)
     invalidate_suffix(os.path.dirname(suffix_dir), os.path.basename(suffix_dir))
     return target

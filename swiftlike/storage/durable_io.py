@@ -266,3 +266,21 @@ def reserve_bytes(device_path: str, reserve: str | int | float) -> int:
         return int(stats.f_blocks * stats.f_frsize * float(reserve.strip()[:-1]) / 100)
     return int(float(reserve))
 
+
+
+def move_to_quarantine(device_path: str, kind: str, hash_dir: str) -> str | None:
+    """Rename a damaged hash directory to ``<device>/quarantined/<kind>/<hash>``.
+
+    A name already taken there gets a unique suffix, so an earlier quarantined copy is
+    never overwritten. Returns the new path, or None when ``hash_dir`` was already gone.
+    """
+    target_root = os.path.join(device_path, "quarantined", kind)
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, os.path.basename(hash_dir))
+    if os.path.exists(target):
+        target = f"{target}-{uuid.uuid4().hex}"
+    try:
+        os.rename(hash_dir, target)
+    except FileNotFoundError:
+        return None
+    return target

@@ -457,6 +457,10 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 if get.status in (401, 403):
                     errors.append([quote(name), status_line(get.status)])
                     return
+                if depth == 0 and get.is_success:
+                    # as Swift: the request names a manifest; a plain object stays
+                    errors.append([quote(name), "Not an SLO manifest"])
+                    return
             await delete_one(name)
 
         _, _, container, obj = req.split_path()

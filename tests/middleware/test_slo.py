@@ -258,3 +258,19 @@ async def test_copy_with_manifest_get_copies_a_dlo_manifest(api, unique_name):
     status, headers, body = await api.request("GET", f"{unique_name}/dlo2")
     assert body == b"x" * 10 + b"y" * 5
     assert headers["X-Object-Manifest"] == f"{unique_name}/segs/"
+
+
+async def test_manifest_delete_of_a_plain_object_keeps_it(account, unique_name, http):
+    """``?multipart-manifest=delete`` names a manifest: a plain object is refused, as in
+    Swift, not deleted."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "plain", b"keep me")
+    async with http.delete(f"{account.url}/{unique_name}/plain?multipart-manifest=delete",
+                           headers=account.headers(Accept="application/json")) as resp:
+        assert resp.status == 200
+        result = await resp.json()
+    assert result["Response Status"] == "400 Bad Request"
+    assert result["Number Deleted"] == 0
+    assert result["Errors"] == [[f"/{unique_name}/plain", "Not an SLO manifest"]]
+    assert conn.get_object(unique_name, "plain")[1] == b"keep me"

@@ -166,7 +166,7 @@ def check_delete_headers(
     if delete_at is None and at is not None:
         at = at.strip()
         try:
-            value = int(float(at))
+            value = int(at)  # as Swift: "1700000000.5" is refused, not truncated
         except ValueError:
             return "Non-integer X-Delete-At", None
         if value <= now:

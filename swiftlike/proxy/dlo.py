@@ -39,12 +39,23 @@ FORMAT_ERROR = "X-Object-Manifest must be in the format container/prefix"
 
 
 def parse_manifest_header(value: str) -> tuple[str, str] | None:
-    """``container/prefix`` (url-quoted, like Swift) -> (container, prefix), or None."""
-    text = unquote(value.strip()).lstrip("/")
-    container, sep, prefix = text.partition("/")
+    """A stored ``container/prefix`` (url-quoted, like Swift) -> (container, prefix), or
+    None. Lenient, like Swift's read side: a manifest stored with an empty prefix still
+    reads (every object of the container)."""
+    container, sep, prefix = unquote(value.strip()).lstrip("/").partition("/")
     if not sep or not container:
         return None
     return container, prefix
+
+
+def valid_manifest_header(value: str) -> bool:
+    """What a PUT or POST may set, by Swift's rules: container and prefix both
+    non-empty, the prefix not starting with ``/``, and no ``?`` or ``&`` anywhere (a
+    query in the value is a mistake, not part of a prefix)."""
+    if "?" in value or "&" in value:
+        return False
+    container, sep, prefix = unquote(value.strip()).partition("/")
+    return bool(sep and container and prefix) and not prefix.startswith("/")
 
 
 def make_middleware(app: Handler, conf: dict) -> Handler:
@@ -55,7 +66,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if version != "v1" or not account or not container or not obj:
             return await app(req)
         if req.method in ("PUT", "POST") and "X-Object-Manifest" in req.headers:
-            if parse_manifest_header(req.headers["X-Object-Manifest"]) is None:
+            if not valid_manifest_header(req.headers["X-Object-Manifest"]):
                 return error_response(400, FORMAT_ERROR)
             return await app(req)
         if req.method not in ("GET", "HEAD") or req.query.get("multipart-manifest") == "get":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from swiftclient.client import Connection
+from swiftclient.client import ClientException, Connection
 from swiftclient.service import SwiftService, SwiftUploadObject
 
 from tests.middleware.lo_helpers import api_for, md5
@@ -99,3 +99,32 @@ async def test_dlo_conditional_reads_use_its_etag(api, unique_name):
     status, _, _ = await api.request("GET", f"{unique_name}/file",
                                      headers={"If-Match": f'"{md5(b"")}"'})
     assert status == 412
+
+
+@pytest.mark.parametrize("value", ["/segs/p", "segs/", "segs", "segs/p?x", "segs/p&x",
+                                   "segs//p"])
+def test_malformed_manifest_header_is_refused(account, unique_name, value):
+    """Swift's rule: ``container/prefix``, both non-empty, no leading ``/`` on the
+    prefix, no ``?`` or ``&``."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    with pytest.raises(ClientException) as err:
+        conn.put_object(unique_name, "m", b"", headers={"X-Object-Manifest": value})
+    assert err.value.http_status == 400
+    conn.put_object(unique_name, "m", b"", headers={"X-Object-Manifest": "segs/p"})
+    with pytest.raises(ClientException) as err:
+        conn.post_object(unique_name, "m", headers={"X-Object-Manifest": value})
+    assert err.value.http_status == 400
+
+
+def test_post_repoints_a_dlo(account, unique_name):
+    conn = account.conn()
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "a/1", b"first ")
+    conn.put_object(unique_name, "b/1", b"second")
+    conn.put_object(unique_name, "m", b"", headers={"X-Object-Manifest": f"{unique_name}/a/"})
+    assert conn.get_object(unique_name, "m")[1] == b"first "
+    conn.post_object(unique_name, "m", headers={"X-Object-Manifest": f"{unique_name}/b/"})
+    headers, body = conn.get_object(unique_name, "m")
+    assert headers["x-object-manifest"] == f"{unique_name}/b/"
+    assert body == b"second"

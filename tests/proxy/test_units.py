@@ -141,6 +141,10 @@ def test_delete_headers_and_listing_params():
     assert err is None and at == "1010"
     assert check_delete_headers({"X-Delete-After": "x"})[0]
     assert check_delete_headers({"X-Delete-At": "5"}, now=1000.0)[0]
+    # as Swift: a fractional X-Delete-At is refused, not truncated
+    assert check_delete_headers({"X-Delete-At": "2000.5"}, now=1000.0) == (
+        "Non-integer X-Delete-At", None)
+    assert check_delete_headers({"X-Delete-At": " 2000 "}, now=1000.0) == (None, "2000")
     assert check_listing_params({"limit": "10001"}, 10000) == ("Maximum limit is 10000", 412)
     assert check_listing_params({"limit": "10"}, 10000)[0] is None
 

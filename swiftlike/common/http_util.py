@@ -59,10 +59,13 @@ def parse_range_header(header: str | None) -> list[tuple[int | None, int | None]
 
 def ranges_for_length(
     ranges: list[tuple[int | None, int | None]], length: int
-) -> list[tuple[int, int]]:
+) -> list[tuple[int, int]] | None:
     """Resolve parsed ranges against an entity length into half-open (start, stop) pairs.
 
-    Raises RangeNotSatisfiable when none of them overlaps the entity.
+    Raises RangeNotSatisfiable when none of them overlaps the entity. None: serve the
+    whole entity instead. That is the answer for an empty entity asked for a suffix:
+    RFC 9110 calls ``bytes=-5`` satisfiable there, yet no Content-Range can name a
+    part of nothing (``bytes 0--1/0`` is not one), so the range is ignored.
     """
     resolved: list[tuple[int, int]] = []
     for start, end in ranges:
@@ -70,6 +73,8 @@ def ranges_for_length(
             assert end is not None
             if end == 0:
                 continue
+            if length == 0:
+                return None
             resolved.append((max(0, length - end), length))
         elif start < length:
             stop = length if end is None else min(end + 1, length)

@@ -318,17 +318,17 @@ def ranged_response(
     half-open span; with several ranges the parts are framed as multipart/byteranges.
     """
     ranges = parse_range_header(req.headers.get("Range"))
-    if ranges is None:
-        resp = SwiftResponse(200, headers, None, content_length=total)
-        if req.method != "HEAD":
-            resp.body = body_for(0, total)
-        return resp
     try:
-        spans = ranges_for_length(ranges, total)
+        spans = None if ranges is None else ranges_for_length(ranges, total)
     except RangeNotSatisfiable:
         err = error_response(416)
         err.headers["Content-Range"] = f"bytes */{total}"
         return err
+    if spans is None:
+        resp = SwiftResponse(200, headers, None, content_length=total)
+        if req.method != "HEAD":
+            resp.body = body_for(0, total)
+        return resp
     spans = _merge_spans(spans)
     if len(spans) == 1:
         start, stop = spans[0]

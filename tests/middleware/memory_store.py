@@ -117,8 +117,9 @@ class MemoryStore:
         whole = wants_whole(req.headers, meta)  # as the object server decides
         ranges = None if whole else parse_range_header(req.headers.get("Range"))
         status, body = 200, data
-        if ranges:
-            start, stop = ranges_for_length(ranges, len(data))[0]
+        spans = ranges_for_length(ranges, len(data)) if ranges else None
+        if spans:
+            start, stop = spans[0]
             status, body = 206, data[start:stop]
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         if req.method == "HEAD":

@@ -126,7 +126,7 @@ async def test_public_dlo_does_not_serve_private_segments(
     conn.put_container(f"{unique_name}-pub", headers={
         "X-Container-Read": ".r:*,.rlistings"})
     conn.put_object(f"{unique_name}-pub", "dlo", b"", headers={
-        "X-Object-Manifest": f"{unique_name}-priv/"})
+        "X-Object-Manifest": f"{unique_name}-priv/sec"})
     url = f"{account.url}/{unique_name}-pub/dlo"
     async with http.get(url, headers=account.headers()) as resp:
         assert resp.status == 200 and await resp.read() == SECRET

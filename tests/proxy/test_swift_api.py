@@ -122,6 +122,15 @@ async def test_ranges_conditionals_and_expiry(cluster):
             assert r.headers["Content-Type"].startswith("multipart/byteranges")
         async with s.get(url + "/rng/o", headers={**h, "Range": "bytes=999999-"}) as r:
             assert r.status == 416
+        # an empty object: a suffix range is satisfiable but names no bytes, so the
+        # whole (empty) object is the answer, never 206 "bytes 0--1/0"; from 0 is 416
+        async with s.put(url + "/rng/empty", headers=h, data=b"") as r:
+            assert r.status == 201
+        async with s.get(url + "/rng/empty", headers={**h, "Range": "bytes=-5"}) as r:
+            assert r.status == 200 and await r.read() == b""
+            assert "Content-Range" not in r.headers
+        async with s.get(url + "/rng/empty", headers={**h, "Range": "bytes=0-"}) as r:
+            assert r.status == 416 and r.headers["Content-Range"] == "bytes */0"
         async with s.get(url + "/rng/o", headers={**h, "If-None-Match": etag}) as r:
             assert r.status == 304
         async with s.get(url + "/rng/o", headers={**h, "If-Match": "nope"}) as r:

@@ -90,6 +90,11 @@ _NOT_COPIED = ("x-copy-from", "x-copy-from-account", "destination", "destination
                "x-auth-token")
 
 
+#: What makes the copy of a link a link again (its PUT goes through symlink, which
+#: checks a static link's target once more)
+_LINK_HEADERS = ("X-Symlink-Target", "X-Symlink-Target-Account", "X-Symlink-Target-Etag")
+
+
 def _dest_headers(req: SwiftRequest, source_headers) -> dict[str, str]:
     """The destination PUT's headers: the source's metadata (unless X-Fresh-Metadata),
     overridden by the request's own."""
@@ -124,13 +129,21 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
         copied = await _copy_manifest(app, req, src_path, src, dest, get_headers)
         if copied is not None:
             return copied
-    source = await app(req.make_subrequest("GET", src_path, headers=get_headers))
+    # ?symlink=get: the link itself is the source (Swift's API: copies the symlink,
+    # not its target); symlink answers it with the public X-Symlink-* headers
+    link_query = {"symlink": "get"} if req.query.get("symlink") == "get" else None
+    source = await app(req.make_subrequest("GET", src_path, headers=get_headers,
+                                           query=link_query))
     if source.status != 200:
         source.close()
         if source.status == 304:
             return error_response(412)
         return source
     headers = _dest_headers(req, source.headers)
+    if link_query is not None and "X-Symlink-Target" in source.headers:
+        for key in _LINK_HEADERS:
+            if source.headers.get(key):
+                headers.setdefault(key, source.headers[key])
     length = source.content_length
     if length is None:
         headers["Transfer-Encoding"] = "chunked"

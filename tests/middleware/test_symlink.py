@@ -187,3 +187,42 @@ async def test_conditional_reads_of_a_link_are_for_its_target(api, unique_name):
     assert (status, body) == (206, b"bytes")
     status, _, _ = await api.request("HEAD", f"{c}/link", headers={"If-Match": f'"{link_etag}"'})
     assert status == 412
+
+
+@pytest.mark.parametrize("how", ["COPY", "X-Copy-From"])
+async def test_copy_with_symlink_get_copies_the_link(account, unique_name, http, how):
+    """``?symlink=get`` on a copy copies the link itself (Swift's API), so the copy
+    follows the target's later changes; a static link stays pinned."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "target", b"v1")
+    etag = conn.head_object(unique_name, "target")["etag"]
+    conn.put_object(unique_name, "link", b"",
+                    headers={"X-Symlink-Target": f"{unique_name}/target"})
+    conn.put_object(unique_name, "static", b"", headers={
+        "X-Symlink-Target": f"{unique_name}/target", "X-Symlink-Target-Etag": etag})
+    base = f"{account.url}/{unique_name}"
+    for source, copy in (("link", "copy"), ("static", "static-copy")):
+        if how == "COPY":
+            request = http.request("COPY", f"{base}/{source}?symlink=get",
+                                   headers=account.headers(
+                                       Destination=f"{unique_name}/{copy}"))
+        else:
+            request = http.put(f"{base}/{copy}?symlink=get", data=b"",
+                               headers=account.headers(**{
+                                   "X-Copy-From": f"{unique_name}/{source}"}))
+        async with request as resp:
+            assert resp.status == 201, await resp.text()
+        headers = conn.head_object(unique_name, copy, query_string="symlink=get")
+        assert headers["x-symlink-target"] == f"{unique_name}/target"
+        assert headers["content-length"] == "0"
+    assert conn.head_object(unique_name, "static-copy", query_string="symlink=get")[
+        "x-symlink-target-etag"] == etag
+    conn.put_object(unique_name, "target", b"v2")
+    assert conn.get_object(unique_name, "copy")[1] == b"v2"  # follows: a link
+    # without ?symlink=get a copy of a link is a copy of its target's bytes
+    async with http.request("COPY", f"{base}/link", headers=account.headers(
+            Destination=f"{unique_name}/bytes")) as resp:
+        assert resp.status == 201
+    assert "x-symlink-target" not in conn.head_object(unique_name, "bytes",
+                                                      query_string="symlink=get")

@@ -107,24 +107,37 @@ def render_listing(kind: str, owner: str, entries: list[dict[str, Any]], fmt: st
     ``entries`` are the broker's dicts (with ``created_at``) or ``{"subdir": ...}``.
     """
     item_of = _object_entry if kind == "container" else _container_entry
+    rows = [entry if "subdir" in entry else item_of(entry) for entry in entries]
+    return render_rows(kind, owner, rows, fmt)
+
+
+def render_rows(kind: str, owner: str, rows: list[dict[str, Any]], fmt: str
+                ) -> tuple[bytes, str]:
+    """(body, content type) of listing rows already in their client form (every field a
+    row has is shown, in order), or ``{"subdir": ...}`` roll-ups."""
     if fmt == "json":
-        rows = [entry if "subdir" in entry else item_of(entry) for entry in entries]
         return json.dumps(rows).encode("utf-8"), CONTENT_TYPES["json"]
     if fmt == "xml":
         tag = "object" if kind == "container" else "container"
         parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
                  f"<{kind} name={quoteattr(owner)}>"]
-        for entry in entries:
-            if "subdir" in entry:
-                parts.append(f"<subdir name={quoteattr(entry['subdir'])}>"
-                             f"<name>{escape(entry['subdir'])}</name></subdir>")
+        for row in rows:
+            if "subdir" in row:
+                parts.append(f"<subdir name={quoteattr(row['subdir'])}>"
+                             f"<name>{escape(row['subdir'])}</name></subdir>")
                 continue
-            fields = item_of(entry)
-            inner = "".join(f"<{key}>{escape(str(value))}</{key}>"
-                            for key, value in fields.items())
+            inner = "".join(f"<{key}>{escape(_xml_text(value))}</{key}>"
+                            for key, value in row.items())
             parts.append(f"<{tag}>{inner}</{tag}>")
         parts.append(f"</{kind}>")
         return "".join(parts).encode("utf-8"), CONTENT_TYPES["xml"]
-    names = [entry.get("subdir") or entry["name"] for entry in entries]
+    names = [row.get("subdir") or row["name"] for row in rows]
     body = "".join(name + "\n" for name in names)
     return body.encode("utf-8"), CONTENT_TYPES["plain"]
+
+
+def _xml_text(value: Any) -> str:
+    """Booleans as JSON spells them (``is_latest``), the rest as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

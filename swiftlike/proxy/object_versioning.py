@@ -15,8 +15,10 @@ Objects stored before versioning was enabled are the ``null`` version.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from swiftlike.common.listing import listing_format, render_rows
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import InfoCache, conf_section
@@ -246,25 +248,13 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 # suspended, so it is the null version, and the newest of all
                 entries.append((row["name"], -1.0, {**row, "version_id": NULL}))
         entries.sort(key=lambda e: (e[0], e[1]))
-        prefix = req.query.get("prefix", "")
-        marker = req.query.get("marker", "")
-        start = _start_after(entries, marker, version_marker)
-        rows, last = [], None
-        for name, stamp, entry in entries:
+        last = None
+        for name, _stamp, entry in entries:
             entry["is_latest"] = name != last
             last = name
-            if prefix and not name.startswith(prefix):
-                continue
-            if start is not None and (name, stamp) <= start:
-                continue
-            rows.append(entry)
-        rows = rows[:limit]
-        if req.query.get("format") == "json" or "json" in req.headers.get("Accept", ""):
-            body = json.dumps(rows).encode()
-            ctype = "application/json; charset=utf-8"
-        else:
-            body = "".join(f"{row['name']}\n" for row in rows).encode()
-            ctype = "text/plain; charset=utf-8"
+        rows = _select_versions(entries, req.query, version_marker, limit)
+        body, ctype = render_rows("container", container, rows,
+                                  listing_format(req.query, req.headers.get("Accept")))
         resp = SwiftResponse(200 if rows else 204, dict(head.headers), body if rows else b"")
         resp.headers["Content-Type"] = ctype
         resp.headers.popall("Content-Length", None)
@@ -399,6 +389,42 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         await delete_object(app, req, live, source=SOURCE)
 
     return object_versioning
+
+
+def _select_versions(entries: list[tuple[str, float, dict[str, Any]]],
+                     query: Mapping[str, str], version_marker: str, limit: int
+                     ) -> list[dict[str, Any]]:
+    """The page of a ``?versions`` listing, by the plain listing's rules: prefix,
+    marker (with version_marker), end_marker, reverse, then delimiter roll-ups."""
+    prefix = query.get("prefix", "")
+    end_marker = query.get("end_marker", "")
+    delimiter = query.get("delimiter", "")
+    reverse = true_value(query.get("reverse"))
+    marker = query.get("marker", "")
+    start = _start_after(entries, marker, version_marker)
+    if reverse:
+        entries = entries[::-1]
+        if marker and not version_marker:
+            start = (marker, float("-inf"))  # backwards, past every version of it
+    rows: list[dict[str, Any]] = []
+    for name, stamp, entry in entries:
+        if prefix and not name.startswith(prefix):
+            continue
+        if start is not None and ((name, stamp) >= start if reverse
+                                  else (name, stamp) <= start):
+            continue
+        if end_marker and (name <= end_marker if reverse else name >= end_marker):
+            continue
+        cut = name.find(delimiter, len(prefix)) if delimiter else -1
+        if cut >= 0:
+            subdir = name[:cut + len(delimiter)]
+            if not rows or rows[-1].get("subdir") != subdir:
+                rows.append({"subdir": subdir})
+        else:
+            rows.append(entry)
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def _start_after(entries: list[tuple[str, float, dict[str, Any]]], marker: str,

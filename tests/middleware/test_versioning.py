@@ -4,6 +4,7 @@ the newer X-Versions-Enabled with version ids, delete markers and ?versions list
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
@@ -246,3 +247,34 @@ async def test_versions_listing_while_suspended_shows_the_null_version(api, uniq
     rows = await listing(api, c, versions="")
     assert [r["version_id"] for r in rows].count("null") == 1
     assert rows[0]["is_latest"] and rows[0]["hash"] == hashlib.md5(b"C").hexdigest()
+
+
+async def test_versions_listing_formats_delimiter_end_marker_and_reverse(api, unique_name):
+    """``?versions`` follows the plain listing's parameters: format=xml (and Accept),
+    delimiter roll-ups, end_marker and reverse."""
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    for name in ("d/x", "d/y", "e", "e"):
+        status, _, _ = await api.request("PUT", f"{c}/{name}", data=name.encode())
+        assert status == 201
+    rows = await listing(api, c, versions="", delimiter="/")
+    assert [r.get("subdir") or r["name"] for r in rows] == ["d/", "e", "e"]
+    rows = await listing(api, c, versions="", end_marker="e")
+    assert [r["name"] for r in rows] == ["d/x", "d/y"]
+    rows = await listing(api, c, versions="", reverse="true")
+    assert [r["name"] for r in rows] == ["e", "e", "d/y", "d/x"]
+    rows = await listing(api, c, versions="", reverse="true", marker="e")
+    assert [r["name"] for r in rows] == ["d/y", "d/x"]
+    for params, headers in (({"versions": "", "format": "xml"}, {}),
+                            ({"versions": ""}, {"Accept": "application/xml"})):
+        status, resp_headers, body = await api.request("GET", c, params=params,
+                                                       headers=headers)
+        assert status == 200
+        assert resp_headers["Content-Type"].startswith("application/xml")
+        root = ET.fromstring(body)
+        assert root.tag == "container" and root.get("name") == c
+        objects = root.findall("object")
+        assert [o.findtext("name") for o in objects] == ["d/x", "d/y", "e", "e"]
+        assert [o.findtext("is_latest") for o in objects] == ["true", "true", "true",
+                                                              "false"]
+        assert all(o.findtext("version_id") for o in objects)

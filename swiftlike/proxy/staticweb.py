@@ -5,7 +5,8 @@ listings) turns into a web site with:
 
 * ``X-Container-Meta-Web-Index``: the object served for ``.../dir/`` (``index.html``);
 * ``X-Container-Meta-Web-Listings: true``: an HTML listing when there is no index,
-  styled by ``X-Container-Meta-Web-Listings-CSS`` if set;
+  styled by ``X-Container-Meta-Web-Listings-CSS`` if set and titled with
+  ``X-Container-Meta-Web-Listings-Label`` in place of the account and container;
 * ``X-Container-Meta-Web-Error``: a suffix; a 404 or 401 shows the object
   ``<status><suffix>`` (``404error.html``) with the original status;
 * ``X-Container-Meta-Web-Directory-Type``: the content type of directory markers,
@@ -77,6 +78,9 @@ class _Site:
         self.error = meta.get("web-error", "").strip()
         self.listings = conf_bool(meta.get("web-listings"), False)
         self.listings_css = meta.get("web-listings-css", "").strip()
+        # shown in place of /v1/<account>/<container>, so a listing need not name the
+        # account (Swift's X-Container-Meta-Web-Listings-Label)
+        self.listings_label = meta.get("web-listings-label", "").strip()
         self.dir_type = meta.get("web-directory-type", "").strip() or "application/directory"
 
 
@@ -206,7 +210,10 @@ class StaticWeb:
 
     async def _listing(self, req: SwiftRequest, site: _Site, base: str, prefix: str
                        ) -> SwiftResponse:
-        label = html.escape(req.path, quote=False)
+        label = req.path
+        if site.listings_label:
+            label = site.listings_label + "/" + "/".join(req.path.split("/")[4:])
+        label = html.escape(label, quote=False)
         if not site.listings:
             body = (DOCTYPE + f"<html>\n<head>\n<title>Listing of {label}</title>\n"
                     "</head>\n<body>\n<h1>Web Listing Disabled</h1><p>The owner of this web "

@@ -71,6 +71,13 @@ async def test_listings(account, site, http) -> None:
     assert '<a href="b%20c.txt">b c.txt</a>' in page
     assert '<a href="../">../</a>' in page
     assert 'href="../style.css"' in page
+    # a label stands in for /v1/<account>/<container>: the account is not shown
+    conn.post_container(site, headers={"X-Container-Meta-Web-Listings-Label": "My <Site>"})
+    async with http.get(f"{account.url}/{site}/files/") as resp:
+        page = await resp.text()
+    assert "Listing of My &lt;Site&gt;/files/" in page
+    assert account.path not in page
+    conn.post_container(site, headers={"X-Container-Meta-Web-Listings-Label": ""})
     # listings off and no index: the "disabled" page with 404
     conn.post_container(site, headers={"X-Container-Meta-Web-Listings": "false"})
     async with http.get(f"{account.url}/{site}/files/") as resp:

@@ -95,6 +95,14 @@ _NOT_COPIED = ("x-copy-from", "x-copy-from-account", "destination", "destination
 _LINK_HEADERS = ("X-Symlink-Target", "X-Symlink-Target-Account", "X-Symlink-Target-Etag")
 
 
+def _version_query(req: SwiftRequest) -> dict[str, str]:
+    """A COPY's ``?version-id`` names the source version (restoring an old version is a
+    COPY of it onto its own name); on a PUT the query belongs to the destination."""
+    if req.method == "COPY" and "version-id" in req.query:
+        return {"version-id": req.query["version-id"]}
+    return {}
+
+
 def _dest_headers(req: SwiftRequest, source_headers) -> dict[str, str]:
     """The destination PUT's headers: the source's metadata (unless X-Fresh-Metadata),
     overridden by the request's own."""
@@ -133,7 +141,8 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
     # not its target); symlink answers it with the public X-Symlink-* headers
     link_query = {"symlink": "get"} if req.query.get("symlink") == "get" else None
     source = await app(req.make_subrequest("GET", src_path, headers=get_headers,
-                                           query=link_query))
+                                           query={**(link_query or {}),
+                                                  **_version_query(req)} or None))
     if source.status != 200:
         source.close()
         if source.status == 304:
@@ -172,7 +181,8 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
     HEAD gives the metadata (a manifest GET answers as JSON). None for a plain object,
     whose manifest is itself: the caller copies it as any other.
     """
-    head = await app(req.make_subrequest("HEAD", src_path, headers=get_headers))
+    head = await app(req.make_subrequest("HEAD", src_path, headers=get_headers,
+                                         query=_version_query(req) or None))
     head.close()
     if head.status != 200:
         return error_response(412) if head.status == 304 else error_response(head.status)
@@ -180,7 +190,8 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
     kept: dict[str, str] = {}
     if true_value(head.headers.get("X-Static-Large-Object")):  # what slo calls an SLO
         source = await app(req.make_subrequest(
-            "GET", src_path, query={"multipart-manifest": "get", "format": "raw"}))
+            "GET", src_path, query={"multipart-manifest": "get", "format": "raw",
+                                    **_version_query(req)}))
         if source.status != 200:
             source.close()
             return error_response(source.status)

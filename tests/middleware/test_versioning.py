@@ -278,3 +278,26 @@ async def test_versions_listing_formats_delimiter_end_marker_and_reverse(api, un
         assert [o.findtext("is_latest") for o in objects] == ["true", "true", "true",
                                                               "false"]
         assert all(o.findtext("version_id") for o in objects)
+
+
+async def test_copy_of_a_version_restores_it(api, unique_name):
+    """``COPY ?version-id=`` copies that version, not the current one: the way to
+    restore an old version, also from behind a delete marker."""
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    _, headers, _ = await api.request("PUT", f"{c}/o", data=b"one")
+    first = headers["X-Object-Version-Id"]
+    await api.request("PUT", f"{c}/o", data=b"two")
+    status, _, _ = await api.request("COPY", f"{c}/o", params={"version-id": first},
+                                     headers={"Destination": f"{c}/o"})
+    assert status == 201
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"one"
+    await api.request("DELETE", f"{c}/o")
+    status, _, _ = await api.request("GET", f"{c}/o")
+    assert status == 404
+    status, _, _ = await api.request("COPY", f"{c}/o", params={"version-id": first},
+                                     headers={"Destination": f"{c}/back"})
+    assert status == 201
+    _, _, body = await api.request("GET", f"{c}/back")
+    assert body == b"one"

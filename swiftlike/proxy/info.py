@@ -30,9 +30,14 @@ def register_core_info(registry: InfoRegistry, limits: Limits, account_autocreat
     registry.register_info("swift", section)
 
 
+INFO_METHODS = "GET, HEAD, OPTIONS"
+
+
 def info_response(req: SwiftRequest, registry: InfoRegistry) -> SwiftResponse:
+    if req.method == "OPTIONS":  # as Swift's info controller: what may be asked of it
+        return SwiftResponse(200, {"Allow": INFO_METHODS, "Content-Length": "0"}, b"")
     if req.method not in ("GET", "HEAD"):
-        return error_response(405, headers={"Allow": "GET, HEAD"})
+        return error_response(405, headers={"Allow": INFO_METHODS})
     body = json.dumps(registry.sections(), sort_keys=True).encode()
     headers = {"Content-Type": "application/json; charset=UTF-8"}
     if req.method == "HEAD":

@@ -225,6 +225,10 @@ async def test_info_and_healthcheck(cluster):
             info = json.loads(await r.text())
         async with s.get(cluster.url + "/healthcheck") as r:
             assert r.status == 200 and await r.text() == "OK"
+        async with s.options(cluster.url + "/info") as r:
+            assert r.status == 200 and r.headers["Allow"] == "GET, HEAD, OPTIONS"
+        async with s.post(cluster.url + "/info") as r:
+            assert r.status == 405 and r.headers["Allow"] == "GET, HEAD, OPTIONS"
     assert info["swift"]["max_file_size"] == 5 * 1024**3 + 2
     assert info["swift"]["container_listing_limit"] == 10000
     assert "tempauth" in info

@@ -201,15 +201,20 @@ class Bulk:
                 if resp.status >= 500:
                     failure["status"] = 502
                 errors.append([quote(name), status_line(resp.status)])
+                if resp.status == 401:  # as Swift: no point going on without auth
+                    failure["status"] = 401
 
         for group in (objects, containers):
             queue = list(reversed(group))
 
             async def worker(queue: list[str] = queue) -> None:
-                while queue and len(errors) < self.max_failed_deletes:
+                while queue and len(errors) < self.max_failed_deletes and \
+                        failure["status"] != 401:
                     await delete_one(queue.pop())
 
             await asyncio.gather(*(worker() for _ in range(self.delete_concurrency)))
+            if failure["status"] == 401:
+                raise BulkAbort(401)
             if len(errors) >= self.max_failed_deletes:
                 raise BulkAbort(400, "Max delete failures exceeded")
         if errors:

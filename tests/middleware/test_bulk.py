@@ -203,3 +203,22 @@ async def test_archive_is_streamed_not_buffered() -> None:
         await reader.close()
     assert seen == [("c/big", len(payload)), ("c/after", 4)]
     assert pulled == total_chunks
+
+
+async def test_bulk_delete_without_auth_reports_401_and_deletes_nothing(
+        account: Account, unique_name, http) -> None:
+    conn = account.conn()
+    conn.put_container(unique_name)
+    for name in ("a", "b"):
+        conn.put_object(unique_name, name, b"x")
+    body = "\n".join(f"/{unique_name}/{n}" for n in ("a", "b"))
+    async with http.post(f"{account.url}?bulk-delete", data=body.encode(), headers={
+            "Accept": "application/json", "Content-Type": "text/plain"}) as resp:
+        report = json.loads(await resp.read())
+    assert report["Response Status"] == "401 Unauthorized"
+    assert report["Number Deleted"] == 0
+    # it stops at the first refusal, as Swift does (the deletes already in flight, one
+    # per worker, are refused too)
+    assert 1 <= len(report["Errors"]) <= 2
+    assert {status for _, status in report["Errors"]} == {"401 Unauthorized"}
+    assert sorted(o["name"] for o in conn.get_container(unique_name)[1]) == ["a", "b"]

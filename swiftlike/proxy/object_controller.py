@@ -441,9 +441,13 @@ class ObjectController(Controller):
         if req.headers.get("X-Detect-Content-Type", "").lower() in ("true", "1", "yes"):
             base["Content-Type"] = mimetypes.guess_type(obj)[0] or "application/octet-stream"
         base.popall("X-Detect-Content-Type", None)
+        # a POST that sets Content-Type changes the container listing's type too
+        updates = self._update_headers(account, container, primaries) \
+            if "Content-Type" in base else None
         responses = await self.make_requests(
             part, primaries, "POST",
-            lambda n: node_path(n, part, account, container, obj), lambda slot: base,
+            lambda n: node_path(n, part, account, container, obj),
+            lambda slot: base if updates is None else {**base, **updates[slot]},
         )
         resp = self.quorum_response(responses, len(primaries))
         if resp.status == 202:

@@ -1,13 +1,19 @@
 """A container's database: its object rows, counts, metadata and timestamps.
 
-Object rows are merged by timestamp (``merge_items``): a row replaces the stored one only
-when it is newer, so updates arriving late or twice (async pending, replication) converge.
-Deleted rows stay as tombstones so replication can carry deletions. Object count and
-bytes used are kept in the stat row inside the same transaction.
+Object rows are merged by timestamp (``merge_items``), field by field as in Swift: the
+data (size, etag, deleted) from the row with the newest ``created_at``, the content type
+from the one with the newest ``ctype_timestamp``. A POST that changes an object's
+Content-Type sends a row carrying only the type (``created_at`` 0, deleted, its own
+``ctype_timestamp``); it changes the type of the stored row without touching its data,
+and one that arrives before its object's row waits as a deleted, unlisted row. Updates
+arriving late or twice (async pending, replication) converge. Deleted rows stay as
+tombstones so replication can carry deletions. Object count and bytes used are kept in
+the stat row inside the same transaction.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
@@ -38,11 +44,28 @@ CREATE TABLE object (
     size INTEGER NOT NULL,
     content_type TEXT NOT NULL,
     etag TEXT NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    ctype_timestamp TEXT NOT NULL DEFAULT '0'
 );
 """
 
-OBJECT_COLUMNS = ("name", "created_at", "size", "content_type", "etag", "deleted")
+OBJECT_COLUMNS = ("name", "created_at", "size", "content_type", "etag", "deleted",
+                  "ctype_timestamp")
+ZERO = Timestamp(0)
+
+
+def content_type_row(name: str, content_type: str, timestamp: str) -> dict[str, Any]:
+    """The row of a POST that set ``content_type`` at ``timestamp``: the type alone."""
+    return {"name": name, "created_at": ZERO.internal, "size": 0,
+            "content_type": content_type, "etag": "", "deleted": 1,
+            "ctype_timestamp": timestamp}
+
+
+def _ctype_stamp(created_at: Timestamp, ctype_timestamp: str | None) -> Timestamp:
+    """A row's content-type time: its own stamp, or its data's (rows of an older
+    release, and every PUT, carry none)."""
+    stamp = Timestamp(ctype_timestamp or 0)
+    return stamp if stamp > created_at else created_at
 
 
 class ContainerBroker(DatabaseBroker):
@@ -62,10 +85,17 @@ class ContainerBroker(DatabaseBroker):
             "put_timestamp": put_timestamp, "delete_timestamp": "0",
             "status_changed_at": now})
 
-    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
-        """Apply object rows by timestamp; returns how many changed the database.
+    def upgrade_schema(self, conn: sqlite3.Connection) -> None:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(object)")}
+        if "ctype_timestamp" not in columns:
+            conn.execute("ALTER TABLE object ADD COLUMN ctype_timestamp TEXT NOT NULL "
+                         "DEFAULT '0'")
 
-        Each row: name, created_at, size, content_type, etag, deleted (0/1).
+    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
+        """Apply object rows field by field; returns how many changed the database.
+
+        Each row: name, created_at, size, content_type, etag, deleted (0/1) and
+        optionally ctype_timestamp (see the module docstring).
         """
         changed = 0
         with self.transaction(deferred_sync) as conn:
@@ -73,23 +103,35 @@ class ContainerBroker(DatabaseBroker):
             bytes_delta = 0
             for row in rows:
                 stamp = Timestamp(row["created_at"])
-                old = conn.execute("SELECT created_at, size, deleted FROM object WHERE name = ?",
-                                   (row["name"],)).fetchone()
-                if old is not None and Timestamp(old[0]) >= stamp:
-                    continue
+                ctype_stamp = _ctype_stamp(stamp, row.get("ctype_timestamp"))
                 deleted = 1 if row.get("deleted") else 0
                 size = int(row.get("size") or 0)
-                if old is not None and not old[2]:
-                    count_delta -= 1
-                    bytes_delta -= old[1]
+                content_type, etag = row.get("content_type") or "", row.get("etag") or ""
+                old = conn.execute(
+                    "SELECT created_at, size, deleted, content_type, etag, ctype_timestamp "
+                    "FROM object WHERE name = ?", (row["name"],)).fetchone()
+                if old is not None:
+                    old_stamp = Timestamp(old[0])
+                    old_ctype_stamp = _ctype_stamp(old_stamp, old[5])
+                    newer_data = stamp > old_stamp
+                    newer_type = ctype_stamp > old_ctype_stamp
+                    if not (newer_data or newer_type):
+                        continue
+                    if not newer_data:
+                        stamp, size, deleted, etag = old_stamp, old[1], old[2], old[4]
+                    if not newer_type:
+                        content_type, ctype_stamp = old[3], old_ctype_stamp
+                    if not old[2]:
+                        count_delta -= 1
+                        bytes_delta -= old[1]
                 if not deleted:
                     count_delta += 1
                     bytes_delta += size
                 conn.execute(
                     "INSERT OR REPLACE INTO object (name, created_at, size, content_type, etag, "
-                    "deleted) VALUES (?, ?, ?, ?, ?, ?)",
-                    (row["name"], stamp.internal, size, row.get("content_type") or "",
-                     row.get("etag") or "", deleted))
+                    "deleted, ctype_timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row["name"], stamp.internal, size, content_type, etag, deleted,
+                     ctype_stamp.internal))
                 changed += 1
             if count_delta or bytes_delta:
                 conn.execute("UPDATE container_stat SET object_count = object_count + ?, "

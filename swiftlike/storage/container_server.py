@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.container_db import ZERO, ContainerBroker, content_type_row
 from swiftlike.storage.db_server_common import (
     RowBatcher,
     backend_headers,
@@ -112,7 +112,7 @@ class ContainerServer:
                         ) -> web.StreamResponse:
         method = request.method
         if route.obj is not None:
-            if method in ("PUT", "DELETE"):
+            if method in ("PUT", "POST", "DELETE"):
                 return await self.object_row(request, route, device_path)
             return error_response(405, f"{method} not allowed on container rows")
         handler = {"PUT": self.put, "GET": self.get_or_head, "HEAD": self.get_or_head,
@@ -201,7 +201,8 @@ class ContainerServer:
 
     async def object_row(self, request: web.Request, route: Route, device_path: str
                          ) -> web.StreamResponse:
-        """PUT/DELETE of one object row (sent by object servers and the updater)."""
+        """PUT/DELETE of one object row (sent by object servers and the updater); POST
+        with X-Content-Type: a new content type alone, stamped X-Timestamp."""
         timestamp = request_timestamp(request)
         if timestamp is None:
             return error_response(400, "Missing or invalid X-Timestamp")
@@ -216,11 +217,16 @@ class ContainerServer:
                    "content_type": request.headers.get("X-Content-Type",
                                                        "application/octet-stream"),
                    "etag": request.headers.get("X-Etag", "").strip('"'), "deleted": 0}
+        elif request.method == "POST":
+            content_type = request.headers.get("X-Content-Type", "")
+            if not content_type:
+                return error_response(400, "Missing X-Content-Type")
+            row = content_type_row(route.obj, content_type, timestamp.internal)
         else:
             row = {"name": route.obj, "created_at": timestamp.internal, "size": 0,
                    "content_type": "", "etag": "", "deleted": 1}
         await self._merge_rows(route, device_path, broker, [row])
-        return web.Response(status=201 if request.method == "PUT" else 204)
+        return web.Response(status={"PUT": 201, "POST": 202}.get(request.method, 204))
 
     async def update_rows(self, request: web.Request, route: Route, device_path: str
                           ) -> web.StreamResponse:
@@ -331,7 +337,23 @@ def parse_object_rows(raw: bytes) -> list[dict[str, Any]]:
         etag = item.get("etag", "")
         if not isinstance(content_type, str) or not isinstance(etag, str):
             raise ValueError(f"row {index} has an invalid content_type or etag")
-        rows.append({"name": name, "created_at": created_at, "size": size if not deleted
-                     else 0, "content_type": content_type if not deleted else "",
-                     "etag": etag.strip('"') if not deleted else "", "deleted": int(deleted)})
+        ctype_stamp = item.get("ctype_timestamp")
+        if ctype_stamp is not None:
+            try:
+                ctype_stamp = Timestamp(ctype_stamp).internal
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"row {index} has an invalid ctype_timestamp") from err
+            rows.append(content_type_row(name, content_type, ctype_stamp)
+                        if Timestamp(created_at) == ZERO else
+                        {**_data_row(name, created_at, size, content_type, etag, deleted),
+                         "ctype_timestamp": ctype_stamp})
+            continue
+        rows.append(_data_row(name, created_at, size, content_type, etag, deleted))
     return rows
+
+
+def _data_row(name: str, created_at: str, size: int, content_type: str, etag: str,
+              deleted: int) -> dict[str, Any]:
+    return {"name": name, "created_at": created_at, "size": size if not deleted else 0,
+            "content_type": content_type if not deleted else "",
+            "etag": etag.strip('"') if not deleted else "", "deleted": int(deleted)}

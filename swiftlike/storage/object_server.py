@@ -480,6 +480,10 @@ class ObjectServer:
         except diskfile.DiskFull:
             return error_response(507, "Device full")
         await self._queue_expiry(route, device_path, metadata, timestamp)
+        if metadata.get(CONTENT_TYPE_STAMP) == timestamp.internal:
+            # this POST set the type: the listing's type follows (Swift's fast-POST)
+            await self.container_update(request, "POST", route, device_path, timestamp, {
+                "X-Content-Type": metadata["Content-Type"]})
         return web.Response(status=202)
 
     async def delete(self, request: web.Request, route: Route, device_path: str

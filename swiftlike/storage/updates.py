@@ -11,7 +11,7 @@ rows costs the two nodes one HTTP exchange instead of one per object. A row stil
 succeeds or fails on its own deadline, and a failed row is queued exactly as before.
 
 Async pending record (msgpack map):
-``{"op": "PUT"|"DELETE", "account", "container", "obj" (None for account updates),
+``{"op": "PUT"|"POST"|"DELETE", "account", "container", "obj" (None for account updates),
 "server_type": "container"|"account", "headers": {...},
 "targets": [{"host": "ip:port", "partition": "p", "device": "d"}, ...]}``
 ``targets`` lists only the targets that failed.
@@ -34,6 +34,7 @@ from ring.hashing import hash_path_hex, suffix_of
 from swiftlike.common.backend_http import UnsafeHeader
 from swiftlike.common.node_client import NodeClient
 from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage.container_db import content_type_row
 from swiftlike.storage.durable_io import makedirs_durable, write_record_atomic
 
 LOG = logging.getLogger(__name__)
@@ -158,7 +159,10 @@ BATCH_MAX_ROWS = 128
 
 def object_row(method: str, obj: str, timestamp: Timestamp,
                extra: dict[str, str]) -> dict[str, Any]:
-    """The container row an object PUT (with X-Size/-Etag/-Content-Type) or DELETE makes."""
+    """The container row an object PUT (with X-Size/-Etag/-Content-Type), a POST that set
+    a Content-Type (X-Content-Type) or a DELETE makes."""
+    if method == "POST":
+        return content_type_row(obj, extra.get("X-Content-Type") or "", timestamp.internal)
     if method == "PUT":
         return {"name": obj, "created_at": timestamp.internal,
                 "size": int(extra.get("X-Size") or 0),
@@ -171,6 +175,9 @@ def object_row(method: str, obj: str, timestamp: Timestamp,
 def row_headers(row: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """(method, headers) of the one-row request that carries ``row`` (the updater's form)."""
     headers = {"X-Backend-Server-Type": "container", "X-Timestamp": row["created_at"]}
+    if row.get("ctype_timestamp") and Timestamp(row["created_at"]) == Timestamp(0):
+        return "POST", {**headers, "X-Timestamp": row["ctype_timestamp"],
+                        "X-Content-Type": row["content_type"]}
     if row["deleted"]:
         return "DELETE", headers
     headers.update({"X-Size": str(row["size"]), "X-Content-Type": row["content_type"],

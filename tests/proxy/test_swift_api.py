@@ -62,6 +62,10 @@ async def test_object_lifecycle_with_swiftclient(cluster):
     hdrs = await run(conn.head_object, "life", "a.txt")
     assert hdrs["content-type"] == "text/css" and hdrs["x-object-meta-new"] == "3"
     assert not [h for h in hdrs if "timestamp" in h and h != "x-timestamp"], hdrs
+    # ... and the listing shows the POSTed type too (asked thrice: any replica may answer)
+    for _ in range(3):
+        _, listing = await run(conn.get_container, "life", prefix="a.txt")
+        assert [(o["content_type"], o["bytes"]) for o in listing] == [("text/css", 11)]
     await run(conn.post_object, "life", "a.txt", headers={"Content-Type": "text/plain",
                                                           "X-Object-Meta-New": "1"})
     # listings: prefix, delimiter

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.container_db import ContainerBroker, content_type_row
 
 ALPHABET = st.sampled_from(list("ab/c-\u00e9"))
 NAMES = st.lists(st.text(ALPHABET, min_size=1, max_size=6), min_size=0, max_size=25,
@@ -125,3 +125,50 @@ def test_row_merges_converge_in_any_order(events):
     assert {name: entry["bytes"] for name, entry in live.items()} == want
     assert info["object_count"] == len(want)
     assert info["bytes_used"] == sum(want.values())
+
+
+_OBJECT_EVENTS = st.lists(st.tuples(st.sampled_from(["PUT", "POST", "DELETE"]),
+                                    st.sampled_from(["a/p", "b/q", "c/r"]),
+                                    st.integers(1, 1000)), min_size=1, max_size=14)
+
+
+@settings(max_examples=80, deadline=None)
+@given(events=_OBJECT_EVENTS, order=st.randoms(use_true_random=False),
+       split=st.integers(0, 14))
+def test_content_type_posts_converge_in_any_order(events, order, split):
+    """A history of PUTs, content-type POSTs and DELETEs of one object, as its rows reach
+    two container replicas in any order and are then replicated: both list what the
+    history says, the type from the newest PUT or later POST."""
+    rows, truth = [], None  # truth: (size, content_type) while the object exists
+    for index, (op, ctype, size) in enumerate(events):
+        stamp = Timestamp(1_700_000_000 + index).internal
+        if op == "PUT":
+            truth = (size, ctype)
+            rows.append({"name": "o", "created_at": stamp, "size": size,
+                         "content_type": ctype, "etag": "e", "deleted": 0})
+        elif op == "DELETE":
+            truth = None
+            rows.append({"name": "o", "created_at": stamp, "size": 0, "content_type": "",
+                         "etag": "", "deleted": 1})
+        elif truth is not None:  # a POST to a missing object is a 404: no row
+            truth = (truth[0], ctype)
+            rows.append(content_type_row("o", ctype, stamp))
+    order.shuffle(rows)
+    with tempfile.TemporaryDirectory() as directory:
+        first = new_broker(os.path.join(directory, "1"))
+        second = new_broker(os.path.join(directory, "2"))
+        try:
+            for row in rows[:split]:
+                first.merge_items([row])
+            for row in rows[split:]:
+                second.merge_items([row])
+            first.merge_items(second.get_items_since(0, 100))
+            second.merge_items(first.get_items_since(0, 100))
+            for broker in (first, second):
+                listed = [(e["bytes"], e["content_type"]) for e in broker.list_objects(10)]
+                assert listed == ([] if truth is None else [truth])
+                assert broker.get_info()["object_count"] == (0 if truth is None else 1)
+                assert broker.get_info()["bytes_used"] == (0 if truth is None else truth[0])
+        finally:
+            first.close()
+            second.close()

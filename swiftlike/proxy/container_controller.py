@@ -25,6 +25,22 @@ from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 LISTING_FORMATS = {"json": "json", "xml": "xml", "plain": "plain"}
 
 
+#: Container settings only its owner may see or set (Swift's swift_owner_headers): who
+#: may read and write, where it syncs to and with which key, and the temp URL keys.
+CONTAINER_OWNER_HEADERS = ("X-Container-Read", "X-Container-Write", "X-Container-Sync-Key",
+                           "X-Container-Sync-To", "X-Container-Meta-Temp-URL-Key",
+                           "X-Container-Meta-Temp-URL-Key-2")
+
+
+def _drop_owner_settings(req: SwiftRequest) -> None:
+    """A user allowed to write a container but not its owner (an account read-write
+    ACL) sets its other settings, never the owner's: those are dropped unheard, as in
+    Swift (the ACLs themselves tempauth already refuses with 403)."""
+    if not req.environ.get("swift.owner", True):
+        for key in CONTAINER_OWNER_HEADERS:
+            req.headers.popall(key, None)
+
+
 def listing_format(req: SwiftRequest) -> str:
     """``format=`` if given, else from Accept, else plain (like Swift)."""
     fmt = req.query.get("format", "").lower()
@@ -99,8 +115,7 @@ class ContainerController(Controller):
         out = client_headers(resp.headers)
         out["X-Storage-Policy"] = DEFAULT_POLICY  # swift list --long shows it
         if not req.environ.get("swift.owner", True):
-            for key in ("X-Container-Read", "X-Container-Write", "X-Container-Sync-Key",
-                        "X-Container-Sync-To"):
+            for key in CONTAINER_OWNER_HEADERS:
                 out.popall(key, None)
         if req.method == "HEAD":
             length = int(resp.headers.get("Content-Length", 0) or 0)
@@ -180,6 +195,7 @@ class ContainerController(Controller):
         denial = await self.authorize(req)
         if denial is not None:
             return denial
+        _drop_owner_settings(req)
         problem = await self.ensure_account(req, account)
         if problem is not None:
             return problem
@@ -193,6 +209,7 @@ class ContainerController(Controller):
         denial = await self.authorize(req)
         if denial is not None:
             return denial
+        _drop_owner_settings(req)
         info = await self.container_info(account, container)
         if info["status"] == 404:
             return error_response(404)

@@ -74,7 +74,7 @@ class ProxyApp:
         if not check_utf8(path):
             return error_response(412, "Invalid UTF8 or contains NULL")
         version, account, container, obj = req.split_path()
-        if version not in ("v1", "v1.0") or not account:
+        if version != "v1" or not account:
             return error_response(404, "Bad URL")
         limits = self.ctx.limits
         message = check_account_name(account, limits)
@@ -169,6 +169,10 @@ async def _timed_body(request: web.Request, stall_limit: float) -> AsyncIterator
 def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> SwiftRequest:
     raw_path, _, raw_query = request.raw_path.partition("?")
     path = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+    if path.startswith("/v1.0/") and len(path) > 6:
+        # Swift's other spelling of the API version: one spelling from here on, so no
+        # middleware (auth above all) can take /v1.0/ for "not the Swift API"
+        path = "/v1/" + path[6:]
     query: dict[str, str] = {}
     if raw_query:
         for key, value in parse_qsl(raw_query, keep_blank_values=True,

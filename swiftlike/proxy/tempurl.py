@@ -140,6 +140,10 @@ def passes_through(req: SwiftRequest) -> bool:
             and "temp_url_expires" not in req.query and split_v1(req.path)[2] is not None)
 
 
+#: Headers a temp URL that writes may not carry (Swift's DISALLOWED_INCOMING_HEADERS).
+_DISALLOWED_INCOMING = ("X-Object-Manifest", "X-Symlink-Target")
+
+
 class TempURL:
     """The middleware; one per proxy app."""
 
@@ -219,8 +223,13 @@ class TempURL:
                                   str(expires), signed_path, ip_range)
         if scope is None:
             return self._invalid(req)
-        if req.method == "PUT" and "X-Object-Manifest" in req.headers:
-            return error_response(400, "X-Object-Manifest is not allowed with a temp URL.")
+        if req.method not in ("GET", "HEAD", "OPTIONS"):
+            # as Swift: a write through a temp URL may not point the object elsewhere,
+            # or a GET temp URL for one's own upload would read what it points at
+            for name in _DISALLOWED_INCOMING:
+                if name in req.headers:
+                    return error_response(400, f"The header {name!r} is not allowed in "
+                                               "this tempurl")
         return await self._forward(req, account, container if scope == "container" else None)
 
     async def _match(self, req: SwiftRequest, account: str, container: str, digest: str,

@@ -127,7 +127,7 @@ class AccountServer:
         if timestamp <= Timestamp(info["put_timestamp"]):
             return error_response(409, "The account was created after this DELETE",
                                   backend_headers(info))
-        await self.node.run_db(broker.merge_timestamps, None, timestamp.internal)
+        await self.node.run_db(broker.delete_db, timestamp.internal)
         return web.Response(status=204)
 
     async def container_row(self, request: web.Request, route: Route, device_path: str

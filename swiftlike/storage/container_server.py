@@ -192,7 +192,7 @@ class ContainerServer:
         if timestamp <= Timestamp(info["put_timestamp"]):
             return error_response(409, "The container was created after this DELETE",
                                   backend_headers(info))
-        await self.node.run_db(broker.merge_timestamps, None, timestamp.internal)
+        await self.node.run_db(broker.delete_db, timestamp.internal)
         targets = parse_update_targets(request.headers.get("X-Account-Host"),
                                        request.headers.get("X-Account-Partition"),
                                        request.headers.get("X-Account-Device"))

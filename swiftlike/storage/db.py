@@ -254,6 +254,18 @@ class DatabaseBroker:
                     metadata[key] = [value, stamp]
             conn.execute(f"UPDATE {self.stat_table} SET metadata = ?", (json.dumps(metadata),))
 
+    def delete_db(self, timestamp: str) -> None:
+        """Mark the database deleted at ``timestamp``, and every setting with it.
+
+        Each metadata key (ACLs included) is blanked with the delete's timestamp: a
+        container created again under the same name must not inherit the old one's
+        settings (its old read ACL would make the new one public), and blanks carry
+        timestamps, so replication clears them on the other replicas too.
+        """
+        info = self.get_info()
+        self.update_metadata({key: ("", timestamp) for key in info["metadata"]})
+        self.merge_timestamps(None, timestamp)
+
     # ---- rows -------------------------------------------------------------------------
     def get_items_since(self, start_rowid: int, count: int) -> list[dict[str, Any]]:
         """Rows changed after ``start_rowid`` (replication ships these), oldest first.

@@ -115,3 +115,22 @@ async def test_non_owners_neither_set_nor_see_owner_only_container_settings(
                 assert not shown & {h.lower() for h in owner_only}, (query, shown)
     finally:
         conn.post_account(headers={"X-Account-Access-Control": "{}"})
+
+
+async def test_a_container_made_again_does_not_inherit_the_old_ones_settings(
+        account, unique_name, http) -> None:
+    """Deleting a container deletes its ACLs and metadata: one created again under the
+    name starts private and bare, as in Swift."""
+    conn = account.conn()
+    conn.put_container(unique_name, headers={"X-Container-Read": ".r:*,.rlistings",
+                                             "X-Container-Meta-Secret": "old"})
+    conn.delete_container(unique_name)
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "private", SECRET)
+    headers = conn.head_container(unique_name)
+    assert "x-container-read" not in headers
+    assert "x-container-meta-secret" not in headers
+    async with http.get(f"{account.url}/{unique_name}/private") as resp:
+        assert resp.status == 401 and SECRET not in await resp.read()
+    async with http.get(f"{account.url}/{unique_name}") as resp:
+        assert resp.status == 401

@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.db import DatabaseBroker
+from swiftlike.storage.db import DatabaseBroker, add_column
 
 ACCOUNT_SCHEMA = """
 CREATE TABLE account_stat (
@@ -56,10 +56,7 @@ class AccountBroker(DatabaseBroker):
         return ACCOUNT_SCHEMA
 
     def upgrade_schema(self, conn: sqlite3.Connection) -> None:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(container)")}
-        if "reported_at" not in columns:
-            conn.execute("ALTER TABLE container ADD COLUMN reported_at TEXT NOT NULL "
-                         "DEFAULT '0'")
+        add_column(conn, "container", "reported_at", "TEXT NOT NULL DEFAULT '0'")
 
     def create(self, tmp_dir: str, account: str, put_timestamp: str) -> bool:
         now = Timestamp.now().internal

@@ -17,7 +17,7 @@ import sqlite3
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.db import DatabaseBroker
+from swiftlike.storage.db import DatabaseBroker, add_column
 
 CONTAINER_SCHEMA = """
 CREATE TABLE container_stat (
@@ -86,10 +86,7 @@ class ContainerBroker(DatabaseBroker):
             "status_changed_at": now})
 
     def upgrade_schema(self, conn: sqlite3.Connection) -> None:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(object)")}
-        if "ctype_timestamp" not in columns:
-            conn.execute("ALTER TABLE object ADD COLUMN ctype_timestamp TEXT NOT NULL "
-                         "DEFAULT '0'")
+        add_column(conn, "object", "ctype_timestamp", "TEXT NOT NULL DEFAULT '0'")
 
     def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
         """Apply object rows field by field; returns how many changed the database.

@@ -84,6 +84,22 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def add_column(conn: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """``ALTER TABLE table ADD COLUMN`` unless the column is there already.
+
+    Several connections may open an older database at once (a node's servers, the
+    replicator's one-per-peer reads): the one that loses the race finds the column
+    added, which is what it wanted, not an error.
+    """
+    if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        return
+    try:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    except sqlite3.OperationalError as err:
+        if "duplicate column name" not in str(err).lower():
+            raise
+
+
 class DatabaseBroker:
     """One account or container database; subclasses supply the schema and rows."""
 

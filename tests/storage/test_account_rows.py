@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.account_db import AccountBroker
 from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.db import add_column
 
 PUT = Timestamp(1_700_000_000).internal
 
@@ -120,3 +122,23 @@ def test_replicas_agree_on_the_newest_report_whatever_the_order(tmp_path_factory
         assert container_row(replica)["count"] == 51
         assert replica.get_info()["object_count"] == 51
         assert replica.get_info()["container_count"] == 1
+
+
+def test_a_column_added_meanwhile_by_another_opener_is_not_an_error(tmp_path):
+    """Two openers of an older database may both see the column missing; the second
+    ALTER then finds it there, which is what it wanted."""
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE container (name TEXT)")
+    conn.execute("ALTER TABLE container ADD COLUMN reported_at TEXT NOT NULL DEFAULT '0'")
+
+    class SawNoColumns:  # what the loser of the race read before the winner's ALTER
+        def execute(self, sql: str, *args):
+            if sql.startswith("PRAGMA table_info"):
+                return []
+            return conn.execute(sql, *args)
+
+    add_column(SawNoColumns(), "container", "reported_at", "TEXT NOT NULL DEFAULT '0'")
+    with pytest.raises(sqlite3.OperationalError):
+        add_column(SawNoColumns(), "nosuchtable", "x", "TEXT")
+    conn.close()

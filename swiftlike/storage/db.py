@@ -100,6 +100,14 @@ def add_column(conn: sqlite3.Connection, table: str, column: str, declaration: s
             raise
 
 
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class DatabaseBroker:
     """One account or container database; subclasses supply the schema and rows."""
 
@@ -112,10 +120,11 @@ class DatabaseBroker:
         self.fsync = fsync
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) _conn has open
 
     # ---- lifecycle ---------------------------------------------------------------------
     def exists(self) -> bool:
-        return self._conn is not None or os.path.exists(self.db_path)
+        return os.path.exists(self.db_path)
 
     def schema(self) -> str:
         raise NotImplementedError
@@ -156,8 +165,20 @@ class DatabaseBroker:
             return True
 
     def connection(self) -> sqlite3.Connection:
+        """The open connection, reopened when the file at the path is no longer the one
+        it has open.
+
+        Why check: a cached broker outlives its file when someone else moves or removes
+        it (the replicator dropping a delivered handoff, a quarantine, a rebuild in its
+        place). Writes through the old connection would land in a deleted file and be
+        acknowledged all the same; one stat per use keeps them off it.
+        """
+        if self._conn is not None and self._file != _file_id(self.db_path):
+            self._conn.close()
+            self._conn = None
         if self._conn is None:
-            if not os.path.exists(self.db_path):
+            self._file = _file_id(self.db_path)
+            if self._file is None:
                 raise DatabaseNotFound(self.db_path)
             conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")

@@ -8,6 +8,7 @@ request and refuse every replication push for ever.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 
 import msgpack
@@ -94,3 +95,21 @@ def test_only_damage_counts_as_damage(tmp_path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"junk" * 1000)
     assert still_damaged(str(bad))
+
+
+async def test_a_database_removed_under_a_cached_connection_is_gone(node, ts) -> None:
+    """The replicator removes a delivered handoff database while the node's servers
+    still have it open: a write must not land, acknowledged, in the deleted file."""
+    assert await make_container(node, ts) == 201
+    assert await put_row(node, ts, "a.jpg") == 201  # the broker is cached and open now
+    db_hash = hash_path_hex("AUTH_t", "photos", prefix=b"pre", suffix=b"suf")
+    shutil.rmtree(os.path.join(node.devices, "sda", "containers", "2", db_hash[-3:],
+                               db_hash))
+    assert await put_row(node, ts, "ghost.jpg") == 404
+    status, _ = await listing(node)
+    assert status == 404
+    # and one made again in its place is the one used
+    assert await make_container(node, ts) == 201
+    assert await put_row(node, ts, "b.jpg") == 201
+    status, rows = await listing(node)
+    assert status == 200 and [r["name"] for r in rows] == ["b.jpg"]

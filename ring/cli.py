@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("weight", type=float)
     w.add_argument("--yes", action="store_true", help="allow matching several devices")
     w.set_defaults(func=cmd_set_weight)
-    o = sub.add_parser("set-overload", help="set-overload <fraction or N%>")
+    o = sub.add_parser("set-overload", help="set-overload <fraction or N%%>")
     o.add_argument("overload")
     o.set_defaults(func=cmd_set_overload)
     m = sub.add_parser("set-min-part-hours", help="set-min-part-hours <hours>")

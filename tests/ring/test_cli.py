@@ -148,3 +148,13 @@ def test_builder_naming_devices_it_lacks_is_refused(built):
         r = cli("o.builder", command, cwd=built)
         assert r.returncode == 2, command
         assert "damaged builder file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_of_the_tool_and_every_command(tmp_path):
+    """argparse formats help strings with %: a bare % in one crashed --help."""
+    out = cli("--help", cwd=tmp_path)
+    assert out.returncode == 0 and "set-overload <fraction or N%>" in out.stdout
+    for command in ("create", "add", "remove", "set-weight", "set-overload",
+                    "set-min-part-hours", "rebalance", "show", "validate"):
+        out = cli("x.builder", command, "--help", cwd=tmp_path)
+        assert out.returncode == 0, (command, out.stderr)

@@ -5,7 +5,9 @@ The object server writes a failed update to ``<device>/async_pending/<suffix>/<h
 targets that had failed; a record whose targets all answered 2xx is deleted, one that
 partly succeeded is rewritten (atomically) with only the targets still failing, so no
 update is ever sent twice to a server that took it and none is dropped. Container rows
-merge by timestamp, so replaying late or out of order converges.
+merge by timestamp, so replaying late or out of order converges. Each pass then sends
+the container reports the accounts have not heard (see
+:mod:`swiftlike.daemons.container_reports`).
 
 Config ``[updater]``: interval (s, 30), concurrency (16), update_timeout (s, 5).
 """
@@ -21,6 +23,7 @@ from typing import Any
 import msgpack
 
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
+from swiftlike.daemons.container_reports import report_containers
 from swiftlike.storage.durable_io import write_sidecar
 from swiftlike.storage.updates import UpdateTarget, send_updates
 
@@ -90,6 +93,8 @@ class ObjectUpdater(Daemon):
                         stats.error(f"{path}: {err!r}")
 
             await asyncio.gather(*(guarded(p) for p in pending))
+            await report_containers(self.ctx, dev, device_path, stats, self.concurrency,
+                                    self.update_timeout)
             results[dev["device"]] = await self.ctx.run_io(stats.save, device_path)
         return results
 

@@ -13,13 +13,15 @@ import asyncio
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import time
 
 import aiohttp
 import pytest
 
-from tests.drills.drill_cluster import DrillCluster, build_drill_cluster
+from swiftlike.common.timestamp import Timestamp
+from tests.drills.drill_cluster import ACCOUNT, DrillCluster, build_drill_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -239,3 +241,33 @@ async def test_drill4_full_device_answers_507_and_keeps_nothing_half_written(tmp
     finally:
         drill.stop()
         subprocess.run(["umount", "-l", victim.device_path], check=False)
+
+
+async def test_drill7_accounts_learn_the_counts_containers_converged_to(cluster):
+    """A late report from a container replica that was missing rows overwrites the
+    account's count with a smaller one; once that replica has its rows (replication,
+    which reports nothing itself), the updater's sweep reports again and the accounts
+    converge to the real count."""
+    objects = payloads("count", 10)
+    assert set((await put_objects(cluster, "d7", objects)).values()) == {201}
+    await cluster.heal(rounds=1)
+    assert not cluster.verify_databases("d7", set(objects))
+    lagging = next(iter(cluster.database_paths("containers", "d7").values()))
+    conn = sqlite3.connect(lagging)
+    conn.execute("UPDATE container_stat SET reported_object_count = 3")
+    conn.commit()
+    put = conn.execute("SELECT put_timestamp FROM container_stat").fetchone()[0]
+    conn.close()
+    part, nodes = cluster.ring.get_nodes(ACCOUNT)
+    async with aiohttp.ClientSession() as session:
+        for node in nodes:  # its report of 3, the newest the accounts have seen
+            async with session.put(
+                    f"http://{node['ip']}:{node['port']}/{node['device']}/{part}/"
+                    f"{ACCOUNT}/d7", headers={
+                        "X-Backend-Server-Type": "account",
+                        "X-Timestamp": Timestamp.now().internal, "X-Put-Timestamp": put,
+                        "X-Delete-Timestamp": "0", "X-Object-Count": "3",
+                        "X-Bytes-Used": "6144"}) as resp:
+                assert resp.status in (201, 202), resp.status
+    assert any("counted 3" in p for p in cluster.verify_databases("d7", set(objects)))
+    await heal_and_verify(cluster, "d7", objects, rounds=2)

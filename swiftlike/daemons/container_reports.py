@@ -16,10 +16,9 @@ import asyncio
 import logging
 from typing import Any
 
-from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.base import DaemonContext, PassStats
 from swiftlike.daemons.db_replicator import list_databases
-from swiftlike.storage.updates import UpdateTarget, send_updates
+from swiftlike.storage.updates import UpdateTarget, account_report_headers, send_updates
 
 LOG = logging.getLogger(__name__)
 
@@ -70,14 +69,8 @@ async def report_containers(ctx: DaemonContext, dev: dict[str, Any], device_path
             account, container = info["account"], info["container"]
             account_part, nodes = ring.get_nodes(account)
             targets = [UpdateTarget(_host(n), str(account_part), n["device"]) for n in nodes]
-            headers = {"X-Backend-Server-Type": "account",
-                       "X-Timestamp": Timestamp.now().internal,
-                       "X-Put-Timestamp": info["put_timestamp"],
-                       "X-Delete-Timestamp": info["delete_timestamp"],
-                       "X-Object-Count": str(info["object_count"]),
-                       "X-Bytes-Used": str(info["bytes_used"])}
             failed = await send_updates(ctx.client, targets, "PUT", account, container,
-                                        None, headers, timeout_s)
+                                        None, account_report_headers(info), timeout_s)
             if failed:
                 stats.add("container_reports_failed")
                 return

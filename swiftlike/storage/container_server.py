@@ -37,6 +37,7 @@ from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_respons
 from swiftlike.storage.routing import Route
 from swiftlike.storage.updates import (
     UpdateTarget,
+    account_report_headers,
     parse_update_targets,
     pending_record,
     send_updates,
@@ -280,12 +281,7 @@ class ContainerServer:
         if not targets:
             return
         assert route.container is not None
-        headers = {"X-Backend-Server-Type": "account",
-                   "X-Timestamp": Timestamp.now().internal,
-                   "X-Put-Timestamp": info["put_timestamp"],
-                   "X-Delete-Timestamp": info["delete_timestamp"],
-                   "X-Object-Count": str(info["object_count"]),
-                   "X-Bytes-Used": str(info["bytes_used"])}
+        headers = account_report_headers(info)
         failed = await send_updates(self.node.client, targets, "PUT", route.account,
                                     route.container, None, headers, self.node.update_timeout)
         if failed:

@@ -172,6 +172,17 @@ def object_row(method: str, obj: str, timestamp: Timestamp,
             "etag": "", "deleted": 1}
 
 
+def account_report_headers(info: dict[str, Any]) -> dict[str, str]:
+    """What a container tells its account servers: its timestamps and counts, stamped
+    now (the account keeps the counts of the newest report)."""
+    return {"X-Backend-Server-Type": "account",
+            "X-Timestamp": Timestamp.now().internal,
+            "X-Put-Timestamp": info["put_timestamp"],
+            "X-Delete-Timestamp": info["delete_timestamp"],
+            "X-Object-Count": str(info["object_count"]),
+            "X-Bytes-Used": str(info["bytes_used"])}
+
+
 def row_headers(row: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """(method, headers) of the one-row request that carries ``row`` (the updater's form)."""
     headers = {"X-Backend-Server-Type": "container", "X-Timestamp": row["created_at"]}

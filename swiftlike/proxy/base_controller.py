@@ -31,6 +31,11 @@ DROP_REQUEST_HEADERS = frozenset(
         "Host", "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "TE",
         "Upgrade", "Expect", "X-Auth-Token", "X-Storage-Token", "Authorization", "Cookie",
         "Proxy-Authorization", "X-Timestamp", "Trailer",
+        # where a write's node sends its container/account update: the proxy's to say,
+        # per node; a client's value reaching a node without one would make it send
+        # updates to any address the client names
+        "X-Container-Host", "X-Container-Partition", "X-Container-Device",
+        "X-Account-Host", "X-Account-Partition", "X-Account-Device",
     )
 )
 #: Backend response headers never returned to clients as they are.

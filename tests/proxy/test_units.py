@@ -16,7 +16,7 @@ from swiftlike.common.constraints import (
     check_utf8,
 )
 from swiftlike.proxy.acl import clean_acl, parse_acl, referrer_allowed
-from swiftlike.proxy.base_controller import best_status
+from swiftlike.proxy.base_controller import best_status, forward_headers
 from swiftlike.proxy.node_pool import ErrorLimiter
 from swiftlike.proxy.pipeline import (
     SwiftRequest,
@@ -231,3 +231,16 @@ def test_authorize_rules():
     write = {"read": "", "write": "test:tester3"}
     assert _authz("/v1/AUTH_test/c/o", "PUT", "test:tester3", write) is None
     assert _authz("/v1/AUTH_test/c", "POST", "test:tester3", write) == 403
+
+
+def test_clients_cannot_route_the_updates_of_their_writes():
+    """X-Container-*/X-Account-* name the database replicas a storage node updates after
+    a write; only the proxy sets them. A client's would send updates where it likes."""
+    req = SwiftRequest("PUT", "/v1/AUTH_a/c/o", headers={
+        "X-Container-Host": "10.9.9.9:6201", "X-Container-Partition": "1",
+        "X-Container-Device": "sda", "X-Account-Host": "10.9.9.9:6201",
+        "X-Account-Partition": "1", "X-Account-Device": "sda",
+        "X-Object-Meta-Kept": "yes"})
+    forwarded = forward_headers(req)
+    assert not [h for h in forwarded if h.lower().startswith(("x-container-", "x-account-"))]
+    assert forwarded["X-Object-Meta-Kept"] == "yes"

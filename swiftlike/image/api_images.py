@@ -30,7 +30,13 @@ from swiftlike.image.context import (
     require_owner,
     visible_image,
 )
-from swiftlike.image.registry import STATUS_COLUMNS, USER_COLUMNS, ImageRecord, utc_now
+from swiftlike.image.registry import (
+    STATUS_COLUMNS,
+    USER_COLUMNS,
+    ImageIdTaken,
+    ImageRecord,
+    utc_now,
+)
 from swiftlike.image.store import Location, StoreError
 
 LOG = logging.getLogger("swiftlike.image.api")
@@ -107,13 +113,14 @@ async def create_image(request: web.Request) -> web.Response:
             image_id = str(uuid.UUID(str(image_id)))
         except ValueError as exc:
             raise http_error(400, f"Invalid image id {image_id!r}: not a UUID") from exc
-        if await ctx(request).repo.get(image_id) is not None:
-            raise http_error(409, f"Image with identifier {image_id} already exists!")
     who = identity(request)
     image = ImageRecord(id=image_id or str(uuid.uuid4()), owner=who.project)
     for name, value in body.items():
         _apply_attribute(request, image, name, value)
-    await ctx(request).repo.add(image)
+    try:
+        await ctx(request).repo.add(image)
+    except ImageIdTaken as err:  # live or deleted: an id never changes hands
+        raise http_error(409, f"Image with identifier {image.id} already exists!") from err
     LOG.info("image %s created by %s", image.id, who.project)
     # openstacksdk and the CLI decide from this header whether they may import
     return json_response(image_view(image), 201, {

@@ -71,6 +71,10 @@ class MemberRecord:
     updated_at: str = field(default_factory=utc_now)
 
 
+class ImageIdTaken(Exception):
+    """The id names an image, or named one that was deleted: ids are never reused."""
+
+
 class ImageRepository(Protocol):
     """What the API needs from an image database."""
 
@@ -104,6 +108,7 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (image_id, member_id)
 );
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
+CREATE TABLE IF NOT EXISTS deleted_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);
 """
 
 _ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags")
@@ -182,9 +187,33 @@ class SqliteImageRepository:
         return [values[col] for col in columns]
 
     async def add(self, image: ImageRecord) -> None:
+        """Store a new image; ImageIdTaken when its id is or was in use.
+
+        Why remember deleted ids: an image id is a promise that it always means the same
+        bytes (Nova boots by id, templates name ids). Another project re-creating a
+        deleted public image's id would put its own bytes behind everyone's references
+        (Glance's OSSN-0075), so a deleted id answers 409 as a live one does.
+        """
         marks = ",".join("?" * len(_ALL_COLUMNS))
         sql = f"INSERT INTO images ({','.join(_ALL_COLUMNS)}) VALUES ({marks})"
-        await self._run(self._db.execute, sql, self._image_values(image))
+        values = self._image_values(image)
+
+        def insert() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute("SELECT 1 FROM deleted_ids WHERE id = ?",
+                                    (image.id,)).fetchone() is not None:
+                    raise ImageIdTaken(image.id)
+                try:
+                    self._db.execute(sql, values)
+                except sqlite3.IntegrityError as err:
+                    raise ImageIdTaken(image.id) from err
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+        await self._run(insert)
 
     async def get(self, image_id: str) -> ImageRecord | None:
         def fetch() -> ImageRecord | None:
@@ -249,6 +278,8 @@ class SqliteImageRepository:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM members WHERE image_id = ?", (image_id,))
             self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            self._db.execute("INSERT OR IGNORE INTO deleted_ids (id, deleted_at) VALUES (?, ?)",
+                             (image_id, utc_now()))
             self._db.execute("COMMIT")
 
         await self._run(delete)

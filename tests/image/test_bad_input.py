@@ -370,3 +370,26 @@ def test_other_accounts_cannot_see_or_touch(api: Api, image_service: ImageServic
     assert other.upload(image_id, b"x").status_code == 404
     resp = requests.get(f"{api.base}/images", headers={"X-Auth-Token": "bogus"}, timeout=30)
     assert resp.status_code == 401
+
+
+def test_a_deleted_image_id_is_never_given_to_another_image(image_service) -> None:
+    """An image id always means the same bytes: after a public image is deleted, another
+    project re-creating its id (to put its own bytes behind everyone's references) gets
+    409, as from Glance (OSSN-0075); so does the owner."""
+    admin = Api(image_service, "admin:admin", "admin")
+    other = Api(image_service, "test2:tester2", "testing2")
+    resp = admin.create(name="official", visibility="public", disk_format="raw",
+                        container_format="bare")
+    assert resp.status_code == 201, resp.text
+    image_id = resp.json()["id"]
+    assert admin.upload(image_id, b"good" * 1024).status_code == 204
+    resp = requests.delete(f"{admin.base}/images/{image_id}", headers=admin.headers,
+                           timeout=30)
+    assert resp.status_code == 204
+    for api in (other, admin):
+        resp = api.create(id=image_id, name="official", visibility="community",
+                          disk_format="raw", container_format="bare")
+        assert resp.status_code == 409, resp.text
+        assert "already exists" in resp.text
+    resp = requests.get(f"{other.base}/images/{image_id}", headers=other.headers, timeout=30)
+    assert resp.status_code == 404

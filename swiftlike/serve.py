@@ -165,8 +165,14 @@ def _new_cluster(opts: ServeOptions, data_dir: Path,
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by its owner only (0600): the configs hold
+    the auth secret and the image store's key, with which anyone could mint tokens or
+    read every image."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover may carry wider permissions: O_CREAT would keep them
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

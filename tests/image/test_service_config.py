@@ -61,3 +61,11 @@ def test_tempauth_extra_users_add_to_the_defaults() -> None:
     explicit = TempAuth(None, {"auth": {"secret": "s", "users": {"a:b": "c"},
                                         "extra_users": {"glance:glance": "k .admin"}}})
     assert set(explicit.users) == {"a:b", "glance:glance"}
+
+
+def test_the_registry_file_is_for_the_image_service_only(tmp_path) -> None:
+    """It holds every image's record, private images included."""
+    from swiftlike.image.registry import SqliteImageRepository
+
+    SqliteImageRepository(tmp_path / "reg" / "images.sqlite")
+    assert (tmp_path / "reg" / "images.sqlite").stat().st_mode & 0o077 == 0

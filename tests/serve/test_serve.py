@@ -48,6 +48,13 @@ def test_printed_command_works_and_data_survives_restart(tmp_path: Path) -> None
         assert _swift(cmd, "list", "docs").split() == ["hello.txt"]
         children = _child_pids(cluster.process.pid)
         assert len(children) == 4 + 2, "4 storage nodes and 2 proxy workers"
+        # the configs hold the auth secret and the image store's key, the registry every
+        # image's record: none is for other users' eyes
+        secret_files = [data_dir / "cluster.toml", *data_dir.glob("**/*.toml"),
+                        *data_dir.glob("**/images.sqlite")]
+        assert len(secret_files) > 2
+        for path in secret_files:
+            assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
     finally:
         assert cluster.stop() == 0
     for pid in children:

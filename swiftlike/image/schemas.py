@@ -177,8 +177,10 @@ def validate_attribute(name: str, value: Any) -> str | None:
         ):
             return "tags must be a list of strings of at most 255 characters"
     elif name == "owner":
-        if value is not None and (not isinstance(value, str) or len(value) > 255):
-            return "owner must be a string"
+        # Glance's schema allows null (an image of no project); every image here belongs
+        # to one, whose rights on it follow, so null is refused rather than stored
+        if not isinstance(value, str) or not value or len(value) > 255:
+            return "owner must be a project id (a non-empty string of at most 255)"
     else:  # a custom property
         if not isinstance(value, str):
             return f"custom property {name} must be a string"

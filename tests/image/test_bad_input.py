@@ -393,3 +393,12 @@ def test_a_deleted_image_id_is_never_given_to_another_image(image_service) -> No
         assert "already exists" in resp.text
     resp = requests.get(f"{other.base}/images/{image_id}", headers=other.headers, timeout=30)
     assert resp.status_code == 404
+
+
+def test_an_image_of_no_project_is_refused_not_a_500(image_service) -> None:
+    admin = Api(image_service, "admin:admin", "admin")
+    for owner in (None, "", 7):
+        resp = admin.create(name="ownerless", owner=owner, disk_format="raw",
+                            container_format="bare")
+        assert resp.status_code == 400, (owner, resp.status_code, resp.text)
+        assert "owner" in resp.text

@@ -28,6 +28,7 @@ from swiftlike.image.context import (
     json_response,
     read_json,
     require_owner,
+    require_writer,
     visible_image,
 )
 from swiftlike.image.registry import (
@@ -104,6 +105,7 @@ def _apply_attribute(request: web.Request, image: ImageRecord, name: str, value:
 
 
 async def create_image(request: web.Request) -> web.Response:
+    require_writer(request, "create images")
     body = await read_json(request)
     if not isinstance(body, dict):
         raise http_error(400, "Image create body must be a JSON object.")

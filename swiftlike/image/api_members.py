@@ -19,6 +19,7 @@ from swiftlike.image.context import (
     member_view,
     read_json,
     require_owner,
+    require_writer,
     visible_image,
 )
 from swiftlike.image.registry import MemberRecord, utc_now
@@ -79,6 +80,7 @@ async def update_member(request: web.Request) -> web.Response:
     who = identity(request)
     if member.member_id != who.project and not who.is_admin:
         raise http_error(403, "Only the member itself may accept or reject a shared image.")
+    require_writer(request, "accept or reject a shared image")
     body = await read_json(request)
     status = body.get("status") if isinstance(body, dict) else None
     if status not in schemas.MEMBER_STATUSES:

@@ -21,12 +21,20 @@ ADMIN_GROUP = ".reseller_admin"
 
 @dataclass(frozen=True)
 class Identity:
-    """The caller: its project (object-store account) and whether it is a Glance admin."""
+    """The caller: its project (object-store account), whether it is a Glance admin, and
+    whether it may change its project's images (Glance's member role) or only read them
+    (reader).
+
+    Why a reader: an object-store user who does not own its account (no ``.admin``,
+    so its groups lack the account id) may do nothing there without an ACL; the image
+    API gives it no more than Glance gives a reader.
+    """
 
     project: str
     user: str
     is_admin: bool
     token: str
+    can_write: bool = True
 
 
 class AuthError(Exception):
@@ -100,5 +108,9 @@ class TokenValidator:
             lifetime = float(expires) if expires else self.cache_seconds
         except ValueError:
             lifetime = self.cache_seconds
-        identity = Identity(account, user, self.admin_group in groups, token)
+        is_admin = self.admin_group in groups
+        # no groups answered: an older proxy, which cannot tell; the account id among
+        # them: the account's owner
+        can_write = groups_header is None or is_admin or account in groups
+        identity = Identity(account, user, is_admin, token, can_write)
         return identity, max(lifetime, 0.0)

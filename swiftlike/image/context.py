@@ -142,10 +142,18 @@ async def can_see(request: web.Request, image: ImageRecord) -> bool:
 
 
 def require_owner(request: web.Request, image: ImageRecord, action: str) -> None:
-    """Changing an image is for its owner or an admin (Glance's default policy)."""
+    """Changing an image is for its owner's members or an admin (Glance's default
+    policy); its owner's readers only read it."""
     who = identity(request)
-    if not (who.is_admin or image.owner == who.project):
+    if not (who.is_admin or (image.owner == who.project and who.can_write)):
         raise http_error(403, f"You are not permitted to {action} this image.")
+
+
+def require_writer(request: web.Request, action: str) -> None:
+    """Creating images and answering shares is for a project's members, not readers."""
+    if not identity(request).can_write:
+        raise http_error(403, f"You are not permitted to {action}: your role in project "
+                              f"{identity(request).project} only reads images.")
 
 
 def container_for(settings: ImageSettings, owner: str) -> str:

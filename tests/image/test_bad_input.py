@@ -402,3 +402,30 @@ def test_an_image_of_no_project_is_refused_not_a_500(image_service) -> None:
                             container_format="bare")
         assert resp.status_code == 400, (owner, resp.status_code, resp.text)
         assert "owner" in resp.text
+
+
+def test_a_user_who_does_not_own_its_account_only_reads_its_images(image_service) -> None:
+    """tester3 has no .admin: Swift lets it do nothing in AUTH_test without an ACL, and
+    the image API treats it as Glance's reader: it sees and downloads its project's
+    images, and changes none."""
+    owner = Api(image_service)
+    reader = Api(image_service, "test:tester3", "testing3")
+    image_id = owner.new_image()
+    assert owner.upload(image_id, b"r" * 4096).status_code == 204
+    assert reader.get(image_id)["id"] == image_id
+    resp = requests.get(f"{reader.base}/images/{image_id}/file", headers=reader.headers,
+                        timeout=30)
+    assert resp.status_code == 200 and resp.content == b"r" * 4096
+    assert reader.create(name="x", disk_format="raw",
+                         container_format="bare").status_code == 403
+    assert reader.patch(image_id, [{"op": "replace", "path": "/name",
+                                    "value": "renamed"}]).status_code == 403
+    for method, path in (("DELETE", ""), ("PUT", "/tags/t"),
+                         ("POST", "/actions/deactivate")):
+        resp = requests.request(method, f"{reader.base}/images/{image_id}{path}",
+                                headers=reader.headers, timeout=30)
+        assert resp.status_code == 403, (method, path, resp.status_code)
+    resp = requests.post(f"{reader.base}/images/{image_id}/members", json={
+        "member": "AUTH_test2"}, headers=reader.headers, timeout=30)
+    assert resp.status_code == 403
+    assert owner.get(image_id)["name"] == "bad-input"

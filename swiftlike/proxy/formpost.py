@@ -2,8 +2,8 @@
 
 The form (``multipart/form-data``, POSTed to ``/v1/<a>/<c>[/<prefix>]``) carries
 ``redirect``, ``max_file_size``, ``max_file_count``, ``expires`` and ``signature``
-fields before its files; the signature is an HMAC (sha256/sha512, or sha1 when
-enabled; hex or ``<digest>:<base64>``) of
+fields before its files; the signature is an HMAC (sha1, sha256 or sha512, as
+``allowed_digests`` says; hex or ``<digest>:<base64>``) of
 ``"<path>\\n<redirect>\\n<max_file_size>\\n<max_file_count>\\n<expires>"`` with the
 account's or container's Temp-URL key. Each file part becomes an object PUT named
 ``<path>/<filename>``, streamed chunk by chunk (never buffered) and cut off past

@@ -44,7 +44,10 @@ DEFAULT_INCOMING_REMOVE = ["x-timestamp", "x-open-expired"]
 DEFAULT_OUTGOING_REMOVE = ["x-object-meta-*"]
 DEFAULT_OUTGOING_ALLOW = ["x-object-meta-public-*"]
 SUPPORTED_DIGESTS = ("sha1", "sha256", "sha512")
-DEFAULT_DIGESTS = ["sha256", "sha512"]
+#: Swift's default: sha1 still allowed (and listed as deprecated in /info), because
+#: the clients users hold sign with it (openstacksdk's generate_temp_url and
+#: generate_form_signature know no other); an operator may drop it (allowed_digests).
+DEFAULT_DIGESTS = ["sha1", "sha256", "sha512"]
 DEPRECATED_DIGESTS = ("sha1",)
 HEX_LENGTHS = {40: "sha1", 64: "sha256", 128: "sha512"}
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -35,8 +35,9 @@ async def test_info_advertises_tempurl(swift_cluster, http: aiohttp.ClientSessio
         info = await resp.json()
     section = info["tempurl"]
     assert section["methods"] == ["GET", "HEAD", "PUT", "POST", "DELETE"]
-    assert section["allowed_digests"] == ["sha256", "sha512"]
-    assert "sha1" not in section["allowed_digests"]
+    # Swift 2.38's defaults: sha1 allowed, and flagged as deprecated
+    assert section["allowed_digests"] == ["sha1", "sha256", "sha512"]
+    assert section["deprecated_digests"] == ["sha1"]
     assert section["outgoing_remove_headers"] == ["x-object-meta-*"]
     assert section["outgoing_allow_headers"] == ["x-object-meta-public-*"]
     assert section["incoming_remove_headers"] == ["x-timestamp", "x-open-expired"]
@@ -123,10 +124,14 @@ async def test_invalid_signatures_are_401(swift_cluster, account, container_with
     expired = generate_temp_url(path, int(time.time()) - 10, key, "GET", absolute=True)
     async with http.get(url_for(swift_cluster, expired)) as resp:
         assert resp.status == 401
-    # sha1 is refused unless the operator enables it
+    # sha1 works, as on Swift's defaults: openstacksdk signs with nothing else
     sha1 = generate_temp_url(path, 60, key, "GET", digest="sha1")
     async with http.get(url_for(swift_cluster, sha1)) as resp:
-        assert resp.status == 401
+        assert resp.status == 200
+    sdk_url = _openstacksdk_temp_url(path, key)
+    if sdk_url is not None:
+        async with http.get(swift_cluster.proxy_url + sdk_url) as resp:
+            assert resp.status == 200
     # a signature for another container's key does not open this one
     async with http.get(url_for(swift_cluster, good.replace(container, container + "x"))
                         ) as resp:
@@ -200,3 +205,13 @@ def test_container_key_hidden_from_acl_users(swift_cluster, account, container_w
     headers = reader.head_container(container)
     assert "x-container-meta-temp-url-key" not in headers
     assert reader.get_object(container, "obj")[1] == b"temp url body"
+
+
+def _openstacksdk_temp_url(path: str, key: str) -> str | None:
+    """openstacksdk's own temp URL of ``path`` (None when the SDK is not installed)."""
+    try:
+        from openstack.object_store.v1._proxy import Proxy
+    except ImportError:
+        return None
+    proxy = Proxy.__new__(Proxy)  # generate_temp_url needs no session with a key given
+    return proxy.generate_temp_url(path, 60, "GET", temp_url_key=key)

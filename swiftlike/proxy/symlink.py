@@ -32,6 +32,11 @@ from swiftlike.proxy.subrequest import (
     true_value,
     whole_if_present,
 )
+from swiftlike.proxy.symlink_listing import (
+    OVERRIDE_TYPE,
+    list_with_links,
+    listed_content_type,
+)
 
 SOURCE = "SYM"
 TARGET = "X-Object-Sysmeta-Symlink-Target"
@@ -58,6 +63,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
 
     async def symlink(req: SwiftRequest) -> SwiftResponse:
         version, account, container, obj = req.split_path()
+        if version == "v1" and account and container and not obj:
+            return await list_with_links(app, req, account, container)
         if version != "v1" or not account or not container or not obj:
             return await app(req)
         if req.method == "PUT" and "X-Symlink-Target" in req.headers:
@@ -121,6 +128,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 headers["Content-Type"] = target_type
         if not headers.get("Content-Type"):
             headers["Content-Type"] = DEFAULT_TYPE
+        headers[OVERRIDE_TYPE] = listed_content_type(
+            headers["Content-Type"], target_text, target_account, headers.get(TARGET_ETAG),
+            headers.get(TARGET_BYTES))
         headers["Content-Length"] = "0"
         sub = req.make_subrequest("PUT", req.path, headers=headers, body=None,
                                   query=req.query)

@@ -69,6 +69,8 @@ INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
 #: A middleware's word on the size a container listing shows (Swift's name): an SLO
 #: manifest stores a few hundred bytes of JSON but lists as the whole object.
 OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
+#: ... and on the type it shows (symlink lists a link's target there, Swift's way)
+OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
@@ -184,7 +186,7 @@ class ObjectServer:
         await self._queue_expiry(route, device_path, metadata, timestamp)
         await self.container_update(request, "PUT", route, device_path, timestamp, {
             "X-Size": _listed_size(metadata), "X-Etag": result,
-            "X-Content-Type": metadata["Content-Type"]})
+            "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]})
         return web.Response(status=201, headers={"ETag": quote_etag(result)})
 
     async def _put_small(self, request: web.Request, device_path: str, object_dir: str,

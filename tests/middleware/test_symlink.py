@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -189,18 +190,25 @@ async def test_conditional_reads_of_a_link_are_for_its_target(api, unique_name):
     assert status == 412
 
 
+def make_links(conn, container: str, target: str, body: bytes) -> str:
+    """``container`` with ``target`` and two links to it, ``link`` and the static
+    ``static``; returns the target's etag."""
+    conn.put_container(container)
+    conn.put_object(container, target, body)
+    etag = conn.head_object(container, target)["etag"]
+    conn.put_object(container, "link", b"",
+                    headers={"X-Symlink-Target": f"{container}/{target}"})
+    conn.put_object(container, "static", b"", headers={
+        "X-Symlink-Target": f"{container}/{target}", "X-Symlink-Target-Etag": etag})
+    return etag
+
+
 @pytest.mark.parametrize("how", ["COPY", "X-Copy-From"])
 async def test_copy_with_symlink_get_copies_the_link(account, unique_name, http, how):
     """``?symlink=get`` on a copy copies the link itself (Swift's API), so the copy
     follows the target's later changes; a static link stays pinned."""
     conn = account.conn()
-    conn.put_container(unique_name)
-    conn.put_object(unique_name, "target", b"v1")
-    etag = conn.head_object(unique_name, "target")["etag"]
-    conn.put_object(unique_name, "link", b"",
-                    headers={"X-Symlink-Target": f"{unique_name}/target"})
-    conn.put_object(unique_name, "static", b"", headers={
-        "X-Symlink-Target": f"{unique_name}/target", "X-Symlink-Target-Etag": etag})
+    etag = make_links(conn, unique_name, "target", b"v1")
     base = f"{account.url}/{unique_name}"
     for source, copy in (("link", "copy"), ("static", "static-copy")):
         if how == "COPY":
@@ -226,3 +234,30 @@ async def test_copy_with_symlink_get_copies_the_link(account, unique_name, http,
         assert resp.status == 201
     assert "x-symlink-target" not in conn.head_object(unique_name, "bytes",
                                                       query_string="symlink=get")
+
+
+async def test_links_are_listed_with_their_targets(account, unique_name, http):
+    """Container listings show ``symlink_path`` (and a static link's ``symlink_etag`` and
+    ``symlink_bytes``), as Swift's do, in JSON and XML; the type is the link's own."""
+    conn = account.conn()
+    etag = make_links(conn, unique_name, "target obj", b"abc")
+    conn.put_object(unique_name, "far", b"", headers={
+        "X-Symlink-Target": "c/o", "X-Symlink-Target-Account": "AUTH_test2"})
+    rows = {r["name"]: r for r in conn.get_container(unique_name)[1]}
+    quoted = quote(f"/v1/AUTH_test/{unique_name}/target obj")
+    assert rows["link"]["symlink_path"] == quoted
+    assert rows["link"]["content_type"] == "application/symlink"
+    assert "symlink_etag" not in rows["link"]
+    assert rows["static"]["symlink_path"] == quoted
+    assert (rows["static"]["symlink_etag"], rows["static"]["symlink_bytes"]) == (etag, 3)
+    assert rows["far"]["symlink_path"] == "/v1/AUTH_test2/c/o"
+    assert "symlink_path" not in rows["target obj"]
+    async with http.get(f"{account.url}/{unique_name}?format=xml",
+                        headers=account.headers()) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith(
+            "application/xml")
+        text = await resp.text()
+    assert f"<symlink_path>{quoted}</symlink_path>" in text
+    assert "symlink_target=" not in text
+    async with http.get(f"{account.url}/{unique_name}", headers=account.headers()) as resp:
+        assert (await resp.text()).split("\n")[:4] == ["far", "link", "static", "target obj"]

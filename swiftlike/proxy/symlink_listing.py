@@ -67,8 +67,11 @@ async def list_with_links(app: Handler, req: SwiftRequest, account: str,
     resp = await app(req)
     if resp.status != 200:
         return resp
+    raw = await resp.read()  # kept as the response's body
+    if fmt == "json" and b";symlink_target=" not in raw:
+        return resp  # no link listed: the container server's bytes as they are
     try:
-        rows = json.loads(await resp.read())
+        rows = json.loads(raw)
     except ValueError:
         return resp
     if not isinstance(rows, list):

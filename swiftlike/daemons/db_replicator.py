@@ -2,9 +2,12 @@
 
 For every database on a local device and each other primary of its partition: one
 ``sync`` request merges put/delete timestamps and metadata (creating the database on a
-peer that has none), then the rows changed since the last successful push to that peer
-(a per-peer sync point in ``<db>.sync`` next to the database, reset when the peer's
-database file changes) are sent in batches of ``per_diff`` through ``merge_items``.
+peer that has none) and answers how far the peer has this database's rows, by the
+peer's own record (kept in its file, so a peer restored from a backup or short of
+commits is refilled from where it really is); then the rows past that point are sent
+in batches of ``per_diff`` through ``merge_items``, each recording its last ROWID on the
+peer. (With a peer of an older release, which keeps no record, the per-peer point in
+``<db>.sync`` next to the database is used, reset when the peer's file changes.)
 A database on a handoff is deleted once every primary has taken all of its rows.
 
 Config ``[db_replicator]``: interval (30), concurrency (8), per_diff (1000).
@@ -73,11 +76,14 @@ def _holds_databases(device_path: str) -> bool:
 
 def read_db(server_type: str, path: str, start: int, count: int
             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The stat row (with ``sync_id``, the file's own id) and up to ``count`` rows past
+    ``start``."""
     from swiftlike.storage.db_replication_server import open_broker
 
     broker = open_broker(server_type, path, fsync=False)
     try:
         info = broker.get_info()
+        info["sync_id"] = broker.sync_id()
         return info, broker.get_items_since(start, count)
     finally:
         broker.close()
@@ -177,13 +183,18 @@ class DatabaseReplicator(Daemon):
         sync_info = {k: info.get(k) for k in ("account", "container", "put_timestamp",
                                                "delete_timestamp", "metadata")
                      if k in info}
+        sender_id = info["sync_id"]
         answer = await self._request(peer, server_type, part, db_hash,
-                                     {"op": "sync", "info": sync_info})
+                                     {"op": "sync", "info": sync_info,
+                                      "sender_id": sender_id})
+        if answer.get("created"):
+            stats.add(f"{server_type}_dbs_created_on_peer")
         point = points.get(key, {})
-        if answer.get("created") or point.get("file_id") != answer.get("file_id"):
-            point = {"file_id": answer.get("file_id"), "row": 0}
-            if answer.get("created"):
-                stats.add(f"{server_type}_dbs_created_on_peer")
+        if isinstance(answer.get("point"), int):
+            # the peer's file says how far it has our rows: it went back with the file
+            point = {"file_id": answer.get("file_id"), "row": answer["point"]}
+        elif answer.get("created") or point.get("file_id") != answer.get("file_id"):
+            point = {"file_id": answer.get("file_id"), "row": 0}  # an older peer
         start = int(point.get("row", 0))
         while True:
             _, rows = await self.ctx.run_io(read_db, server_type, path, start, self.per_diff)
@@ -191,7 +202,8 @@ class DatabaseReplicator(Daemon):
                 break
             last = max(int(r["ROWID"]) for r in rows)
             result = await self._request(peer, server_type, part, db_hash,
-                                         {"op": "merge_items", "rows": rows})
+                                         {"op": "merge_items", "rows": rows,
+                                          "sender_id": sender_id, "point": last})
             stats.add(f"{server_type}_rows_pushed", len(rows))
             stats.add(f"{server_type}_rows_changed", int(result.get("changed", 0)))
             start = last

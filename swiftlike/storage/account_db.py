@@ -56,6 +56,7 @@ class AccountBroker(DatabaseBroker):
         return ACCOUNT_SCHEMA
 
     def upgrade_schema(self, conn: sqlite3.Connection) -> None:
+        super().upgrade_schema(conn)
         add_column(conn, "container", "reported_at", "TEXT NOT NULL DEFAULT '0'")
 
     def create(self, tmp_dir: str, account: str, put_timestamp: str) -> bool:
@@ -64,12 +65,15 @@ class AccountBroker(DatabaseBroker):
             "account": account, "created_at": now, "put_timestamp": put_timestamp,
             "delete_timestamp": "0", "status_changed_at": now})
 
-    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
+    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False,
+                    incoming: tuple[str, int] | None = None) -> int:
         """Apply container rows: timestamps only move forward, the newest report's counts
         win (ties keep what is stored). Returns how many rows changed.
 
         Each row: name, put_timestamp, delete_timestamp, object_count, bytes_used and
         reported_at (missing from rows of older releases: the oldest report).
+        ``incoming``: a replication peer's (database id, last ROWID), recorded in the
+        same transaction.
         """
         changed = 0
         with self.transaction(deferred_sync) as conn:
@@ -116,6 +120,7 @@ class AccountBroker(DatabaseBroker):
                 conn.execute("UPDATE account_stat SET container_count = container_count + ?, "
                              "object_count = object_count + ?, bytes_used = bytes_used + ?",
                              tuple(deltas))
+            self.record_incoming(conn, incoming)
         return changed
 
     def list_containers(self, limit: int, marker: str = "", end_marker: str = "",

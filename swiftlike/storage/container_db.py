@@ -86,13 +86,16 @@ class ContainerBroker(DatabaseBroker):
             "status_changed_at": now})
 
     def upgrade_schema(self, conn: sqlite3.Connection) -> None:
+        super().upgrade_schema(conn)
         add_column(conn, "object", "ctype_timestamp", "TEXT NOT NULL DEFAULT '0'")
 
-    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False) -> int:
+    def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False,
+                    incoming: tuple[str, int] | None = None) -> int:
         """Apply object rows field by field; returns how many changed the database.
 
         Each row: name, created_at, size, content_type, etag, deleted (0/1) and
-        optionally ctype_timestamp (see the module docstring).
+        optionally ctype_timestamp (see the module docstring). ``incoming``: a
+        replication peer's (database id, last ROWID), recorded in the same transaction.
         """
         changed = 0
         with self.transaction(deferred_sync) as conn:
@@ -133,6 +136,7 @@ class ContainerBroker(DatabaseBroker):
             if count_delta or bytes_delta:
                 conn.execute("UPDATE container_stat SET object_count = object_count + ?, "
                              "bytes_used = bytes_used + ?", (count_delta, bytes_delta))
+            self.record_incoming(conn, incoming)
         return changed
 
     def put_object(self, name: str, timestamp: str, size: int, content_type: str,

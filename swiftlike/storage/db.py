@@ -108,6 +108,12 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+#: Per file, never replicated: the file's id and, per peer database, how far its rows
+#: have been merged here.
+SYNC_STATE_SCHEMA = ("CREATE TABLE IF NOT EXISTS sync_state "
+                     "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 class DatabaseBroker:
     """One account or container database; subclasses supply the schema and rows."""
 
@@ -190,7 +196,47 @@ class DatabaseBroker:
         return self._conn
 
     def upgrade_schema(self, conn: sqlite3.Connection) -> None:
-        """Bring a database made by an older release up to :meth:`schema` (on open)."""
+        """Bring a database made by an older release up to :meth:`schema` (on open).
+
+        Subclasses extend it; every database gets :data:`SYNC_STATE_SCHEMA`.
+        """
+        conn.execute(SYNC_STATE_SCHEMA)
+
+    # ---- replication sync points --------------------------------------------------------
+    def sync_id(self) -> str:
+        """This database file's own id, which replication peers key their sync points by
+        (a rebuilt or replaced file gets a new one, so peers start it over)."""
+        with self.lock:
+            conn = self.connection()
+            row = conn.execute("SELECT value FROM sync_state WHERE key = 'id'").fetchone()
+            if row is None:  # first asked: made once, kept for the life of the file
+                conn.execute("INSERT OR IGNORE INTO sync_state (key, value) VALUES ('id', ?)",
+                             (uuid.uuid4().hex,))
+                row = conn.execute("SELECT value FROM sync_state WHERE key = 'id'").fetchone()
+            return str(row[0])
+
+    def incoming_point(self, remote_id: str) -> int:
+        """The highest ROWID of database ``remote_id`` merged here (0: none yet)."""
+        with self.lock:
+            row = self.connection().execute("SELECT value FROM sync_state WHERE key = ?",
+                                            (f"in:{remote_id}",)).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def record_incoming(conn: sqlite3.Connection, incoming: tuple[str, int] | None) -> None:
+        """Inside a merge's transaction: rows of ``remote_id`` up to ``point`` are here.
+
+        Why here and not on the sender: a point kept in this file goes back with it.
+        Restored from a backup, or having lost commits, the file tells every sender
+        where to resume; a sender's own record of what it pushed cannot know.
+        """
+        if incoming is None:
+            return
+        remote_id, point = incoming
+        conn.execute("INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                     "DO UPDATE SET value = excluded.value "
+                     "WHERE CAST(excluded.value AS INTEGER) > CAST(value AS INTEGER)",
+                     (f"in:{remote_id}", str(int(point))))
 
     def close(self) -> None:
         with self.lock:

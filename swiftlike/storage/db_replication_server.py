@@ -4,12 +4,15 @@
 a msgpack body ``{"op": ..., ...}``:
 
 * ``sync``: ``{"info": {account, container?, put_timestamp, delete_timestamp,
-  metadata}}`` -> merges the put/delete timestamps and metadata (newest wins key by key);
-  creates the database first when this node has none (the sender then ships every row:
-  the whole database). Answers ``{"created", "file_id"}``; ``file_id`` changes whenever
-  the database file is replaced, so a sender knows its remembered sync point is void.
-* ``merge_items``: ``{"rows": [...]}`` -> rows applied by timestamp (``merge_items``);
-  answers ``{"changed": n}`` after the SQLite commit (synchronous=FULL).
+  metadata}, "sender_id"}`` -> merges the put/delete timestamps and metadata (newest
+  wins key by key); creates the database first when this node has none (the sender then
+  ships every row: the whole database). Answers ``{"created", "file_id", "point"}``:
+  ``point`` is the highest ROWID of the sender's database merged here, as this file
+  records it, so a file restored from a backup or short of commits is refilled from
+  where it really is. (``file_id`` serves senders of older releases.)
+* ``merge_items``: ``{"rows": [...], "sender_id", "point"}`` -> rows applied by timestamp
+  (``merge_items``) and ``point`` recorded in the same transaction; answers
+  ``{"changed": n}`` after the SQLite commit (synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ def file_id(path: str) -> str:
 
 
 def apply_sync(device_path: str, server_type: str, partition: str, db_hash: str,
-               info: dict[str, Any], fsync: bool) -> dict[str, Any]:
-    """Create the database if missing, then merge timestamps and metadata (blocking)."""
+               info: dict[str, Any], fsync: bool, sender_id: str | None = None
+               ) -> dict[str, Any]:
+    """Create the database if missing, then merge timestamps and metadata (blocking).
+
+    With ``sender_id`` the answer carries ``point``: how far that sender's rows are
+    merged here, by this file's own record (see ``DatabaseBroker.record_incoming``).
+    """
     path = db_file_path(device_path, server_type, partition, db_hash)
     broker = open_broker(server_type, path, fsync)
     try:
@@ -62,13 +70,19 @@ def apply_sync(device_path: str, server_type: str, partition: str, db_hash: str,
         metadata = info.get("metadata") or {}
         broker.update_metadata({key: (value[0], value[1]) for key, value in metadata.items()
                                 if isinstance(value, (list, tuple)) and len(value) == 2})
-        return {"created": created, "file_id": file_id(path)}
+        answer = {"created": created, "file_id": file_id(path)}
+        if sender_id:
+            answer["point"] = broker.incoming_point(sender_id)
+        return answer
     finally:
         broker.close()
 
 
 def apply_rows(device_path: str, server_type: str, partition: str, db_hash: str,
-               rows: list[dict[str, Any]], fsync: bool) -> dict[str, Any] | None:
+               rows: list[dict[str, Any]], fsync: bool,
+               incoming: tuple[str, int] | None = None) -> dict[str, Any] | None:
+    """Merge a sender's rows; ``incoming`` (its database id, the last ROWID sent) is
+    recorded in the same transaction."""
     path = db_file_path(device_path, server_type, partition, db_hash)
     if not os.path.exists(path):
         return None
@@ -76,7 +90,8 @@ def apply_rows(device_path: str, server_type: str, partition: str, db_hash: str,
     try:
         for row in rows:
             row.pop("ROWID", None)
-        return {"changed": broker.merge_items(rows), "file_id": file_id(path)}  # type: ignore[attr-defined]
+        changed = broker.merge_items(rows, incoming=incoming)  # type: ignore[attr-defined]
+        return {"changed": changed, "file_id": file_id(path)}
     finally:
         broker.close()
 
@@ -114,15 +129,18 @@ async def _apply(node: StorageNode, device_path: str, server_type: str, partitio
                 server_type == "container" and "container" not in info):
             raise ValueError("sync needs info with account (and container)")
         return await node.run_db(apply_sync, device_path, server_type, partition,  # type: ignore[no-any-return]
-                                 db_hash, info, node.fsync)
+                                 db_hash, info, node.fsync, _sender_id(body))
     if op != "merge_items":
         raise ValueError(f"unknown op {op!r}")
     rows = body.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r
                                              for r in rows):
         raise ValueError("merge_items needs a list of rows with names")
+    sender_id, point = _sender_id(body), body.get("point")
+    incoming = (sender_id, point) if sender_id and isinstance(point, int) \
+        and not isinstance(point, bool) and point >= 0 else None
     answer = await node.run_db(apply_rows, device_path, server_type, partition,
-                               db_hash, rows, node.fsync)
+                               db_hash, rows, node.fsync, incoming)
     if answer is None:
         return error_response(404, "no such database")
     if node.group_commit:
@@ -131,3 +149,13 @@ async def _apply(node: StorageNode, device_path: str, server_type: str, partitio
         # stored until a flush has covered them
         await node.flusher(device_path).barrier()
     return answer  # type: ignore[no-any-return]
+
+
+def _sender_id(body: dict[str, Any]) -> str | None:
+    """The sending database's id (older senders send none)."""
+    value = body.get("sender_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise ValueError("sender_id must be a short string")
+    return value

@@ -271,3 +271,36 @@ async def test_drill7_accounts_learn_the_counts_containers_converged_to(cluster)
                 assert resp.status in (201, 202), resp.status
     assert any("counted 3" in p for p in cluster.verify_databases("d7", set(objects)))
     await heal_and_verify(cluster, "d7", objects, rounds=2)
+
+
+async def test_drill8_a_database_restored_from_an_old_copy_is_refilled(cluster):
+    """A container replica put back to an older copy of itself, in the same file (a
+    backup restored, commits lost): its peers must send it the rows it lost. What a peer
+    remembers having pushed cannot tell; the replica's own file does."""
+    first = payloads("restore-a", 5)
+    assert set((await put_objects(cluster, "d8", first)).values()) == {201}
+    await cluster.heal(rounds=1)
+    name, path = next(iter(cluster.database_paths("containers", "d8").items()))
+    snapshot = os.path.join(os.path.dirname(cluster.nodes[0].device_path), "snapshot.db")
+    source, copy = sqlite3.connect(path), sqlite3.connect(snapshot)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    later = payloads("restore-b", 3)
+    assert set((await put_objects(cluster, "d8", later)).values()) == {201}
+    await cluster.heal(rounds=1)
+    assert not cluster.verify_databases("d8", set(first) | set(later))
+    victim = next(n for n in cluster.nodes if n.name == name)
+    victim.kill()
+    inode = os.stat(path).st_ino
+    with open(snapshot, "rb") as old, open(path, "r+b") as current:
+        current.truncate(0)
+        current.write(old.read())
+    for side in ("-wal", "-shm"):
+        if os.path.exists(path + side):
+            os.unlink(path + side)
+    assert os.stat(path).st_ino == inode  # the same file, older contents
+    victim.start()
+    await cluster.wait_ready()
+    assert any(name in p for p in cluster.verify_databases("d8", set(first) | set(later)))
+    await heal_and_verify(cluster, "d8", {**first, **later}, rounds=2)

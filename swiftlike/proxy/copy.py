@@ -139,17 +139,19 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
             return copied
     # ?symlink=get: the link itself is the source (Swift's API: copies the symlink,
     # not its target); symlink answers it with the public X-Symlink-* headers
-    link_query = {"symlink": "get"} if req.query.get("symlink") == "get" else None
+    copies_link = req.query.get("symlink") == "get"
+    source_query = _version_query(req)
+    if copies_link:
+        source_query["symlink"] = "get"
     source = await app(req.make_subrequest("GET", src_path, headers=get_headers,
-                                           query={**(link_query or {}),
-                                                  **_version_query(req)} or None))
+                                           query=source_query or None))
     if source.status != 200:
         source.close()
         if source.status == 304:
             return error_response(412)
         return source
     headers = _dest_headers(req, source.headers)
-    if link_query is not None and "X-Symlink-Target" in source.headers:
+    if copies_link and "X-Symlink-Target" in source.headers:
         for key in _LINK_HEADERS:
             if source.headers.get(key):
                 headers.setdefault(key, source.headers[key])

@@ -38,6 +38,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from swiftlike.common.buffers import read_buffer
+from swiftlike.common.nodes import host_port
 
 MAX_HEAD = 64 * 1024  # a response's status line and headers together
 READ_SIZE = 256 * 1024  # most bytes one socket read takes into a body piece
@@ -435,7 +436,7 @@ class BackendPool:
 
         ``target`` is the percent-encoded path with its query string, if any.
         """
-        host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        host = host_port(ip, port)
         head = _request_head(method, target, host, headers, body)
         address = (ip, port)
         while True:

@@ -13,3 +13,8 @@ from typing import Any
 def node_key(node: Mapping[str, Any]) -> str:
     """A stable identity of a node device: ``ip:port/device``."""
     return f"{node['ip']}:{node['port']}/{node['device']}"
+
+
+def host_port(ip: str, port: int | str) -> str:
+    """``ip:port`` as an HTTP Host or an update target names it (IPv6 in brackets)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

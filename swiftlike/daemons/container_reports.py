@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
+from swiftlike.common.nodes import host_port
 from swiftlike.daemons.base import DaemonContext, PassStats
 from swiftlike.daemons.db_replicator import list_databases
 from swiftlike.storage.updates import UpdateTarget, account_report_headers, send_updates
@@ -68,7 +69,8 @@ async def report_containers(ctx: DaemonContext, dev: dict[str, Any], device_path
                 return
             account, container = info["account"], info["container"]
             account_part, nodes = ring.get_nodes(account)
-            targets = [UpdateTarget(_host(n), str(account_part), n["device"]) for n in nodes]
+            targets = [UpdateTarget(host_port(n["ip"], n["port"]), str(account_part),
+                                    n["device"]) for n in nodes]
             failed = await send_updates(ctx.client, targets, "PUT", account, container,
                                         None, account_report_headers(info), timeout_s)
             if failed:
@@ -87,7 +89,3 @@ async def report_containers(ctx: DaemonContext, dev: dict[str, Any], device_path
     databases = await ctx.run_io(list_databases, device_path, "containers")
     await asyncio.gather(*(guarded(part, path) for part, _hash, path in databases))
 
-
-def _host(node: dict[str, Any]) -> str:
-    ip = node["ip"]
-    return f"[{ip}]:{node['port']}" if ":" in ip else f"{ip}:{node['port']}"

@@ -15,16 +15,18 @@ from swiftlike.storage.diskfile import gather_ondisk_files, read_metadata
 from tests.daemons.mini_cluster import MiniCluster
 
 
+async def replicate_node(cluster: MiniCluster, node) -> dict:
+    """One replication pass of one node; its per-device stats."""
+    ctx = cluster.context(node)
+    try:
+        return await ObjectReplicator(ctx).run_once()
+    finally:
+        await ctx.close()
+
+
 async def replicate_all(cluster: MiniCluster, rounds: int = 1) -> list[dict]:
-    results = []
-    for _ in range(rounds):
-        for node in cluster.nodes:
-            ctx = cluster.context(node)
-            try:
-                results.append(await ObjectReplicator(ctx).run_once())
-            finally:
-                await ctx.close()
-    return results
+    return [await replicate_node(cluster, node)
+            for _ in range(rounds) for node in cluster.nodes]
 
 
 def holders(cluster: MiniCluster, name: str) -> dict[int, str | None]:
@@ -77,11 +79,7 @@ async def test_handoff_partition_is_pushed_home_and_removed(cluster):
     handoff_dev = next(iter(cluster.ring.get_more_nodes(part)))
     handoff = cluster.node_of(handoff_dev)
     cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 1000)
-    ctx = cluster.context(handoff)
-    try:
-        result = await ObjectReplicator(ctx).run_once()
-    finally:
-        await ctx.close()
+    result = await replicate_node(cluster, handoff)
     counts = result[handoff.device]["counts"]
     assert counts["handoffs_removed"] == 1
     assert set(holders(cluster, "h1")) == primaries(cluster, "h1")
@@ -132,11 +130,7 @@ async def test_corrupt_source_is_not_spread(cluster):
     data = os.path.join(object_dir, gather_ondisk_files(object_dir).data_file)
     with open(data, "r+b") as handle:
         handle.write(b"Z")
-    ctx = cluster.context(source)
-    try:
-        result = await ObjectReplicator(ctx).run_once()
-    finally:
-        await ctx.close()
+    result = await replicate_node(cluster, source)
     assert result[source.device]["counts"]["quarantined_by_peer"] >= 1
     assert holders(cluster, "rot") == {}
 
@@ -163,11 +157,7 @@ async def test_rebuilt_object_keeps_its_meta_in_one_pass(cluster):
             os.unlink(os.path.join(part_dir, name))
     for node in cluster.nodes:  # one pass of every node, the victim's last
         if node is not victim:
-            ctx = cluster.context(node)
-            try:
-                await ObjectReplicator(ctx).run_once()
-            finally:
-                await ctx.close()
+            await replicate_node(cluster, node)
     state = gather_ondisk_files(object_dir)
     assert state.data_file == data_at.internal + ".data"
     assert state.meta_file == meta_at.internal + ".meta"
@@ -188,11 +178,7 @@ async def test_handoff_older_than_the_primaries_is_removed(cluster, newer):
     for dev in nodes:
         cluster.write_local(cluster.node_of(dev), "AUTH_a", "c", "stale",
                             b"new" if newer == ".data" else b"", timestamp=new, ext=newer)
-    ctx = cluster.context(handoff)
-    try:
-        result = await ObjectReplicator(ctx).run_once()
-    finally:
-        await ctx.close()
+    result = await replicate_node(cluster, handoff)
     counts = result[handoff.device]["counts"]
     assert counts.get("handoffs_removed") == 1, counts
     assert not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))

@@ -38,6 +38,7 @@ from swiftlike.storage.routing import Route
 from swiftlike.storage.updates import (
     UpdateTarget,
     account_report_headers,
+    object_row,
     parse_update_targets,
     pending_record,
     send_updates,
@@ -210,22 +211,13 @@ class ContainerServer:
         broker = self.broker(device_path, route)
         if not broker.exists():
             return error_response(404, "No such container")
-        if request.method == "PUT":
-            size = request.headers.get("X-Size", "")
-            if not size.isdigit():
-                return error_response(400, "Missing or invalid X-Size")
-            row = {"name": route.obj, "created_at": timestamp.internal, "size": int(size),
-                   "content_type": request.headers.get("X-Content-Type",
-                                                       "application/octet-stream"),
-                   "etag": request.headers.get("X-Etag", "").strip('"'), "deleted": 0}
-        elif request.method == "POST":
-            content_type = request.headers.get("X-Content-Type", "")
-            if not content_type:
-                return error_response(400, "Missing X-Content-Type")
-            row = content_type_row(route.obj, content_type, timestamp.internal)
-        else:
-            row = {"name": route.obj, "created_at": timestamp.internal, "size": 0,
-                   "content_type": "", "etag": "", "deleted": 1}
+        if request.method == "PUT" and not request.headers.get("X-Size", "").isdigit():
+            return error_response(400, "Missing or invalid X-Size")
+        if request.method == "POST" and not request.headers.get("X-Content-Type"):
+            return error_response(400, "Missing X-Content-Type")
+        assert route.obj is not None
+        # the row the object server would have batched, from the same headers
+        row = object_row(request.method, route.obj, timestamp, request.headers)
         await self._merge_rows(route, device_path, broker, [row])
         return web.Response(status={"PUT": 201, "POST": 202}.get(request.method, 204))
 

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -158,7 +158,7 @@ BATCH_MAX_ROWS = 128
 
 
 def object_row(method: str, obj: str, timestamp: Timestamp,
-               extra: dict[str, str]) -> dict[str, Any]:
+               extra: Mapping[str, str]) -> dict[str, Any]:
     """The container row an object PUT (with X-Size/-Etag/-Content-Type), a POST that set
     a Content-Type (X-Content-Type) or a DELETE makes."""
     if method == "POST":

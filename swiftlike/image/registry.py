@@ -10,12 +10,13 @@ that was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +79,18 @@ class ImageIdTaken(Exception):
 
 class ImageRepository(Protocol):
     """What the API needs from an image database."""
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; anything raised inside rolls it back (so
+        the shared connection is never left inside a transaction)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def add(self, image: ImageRecord) -> None: ...
     async def get(self, image_id: str) -> ImageRecord | None: ...
@@ -189,6 +202,18 @@ class SqliteImageRepository:
         values = dict(zip(_ALL_COLUMNS, cls._image_values(image), strict=True))
         return [values[col] for col in columns]
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; anything raised inside rolls it back (so
+        the shared connection is never left inside a transaction)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     async def add(self, image: ImageRecord) -> None:
         """Store a new image; ImageIdTaken when its id is or was in use.
 
@@ -202,8 +227,7 @@ class SqliteImageRepository:
         values = self._image_values(image)
 
         def insert() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 if self._db.execute("SELECT 1 FROM deleted_ids WHERE id = ?",
                                     (image.id,)).fetchone() is not None:
                     raise ImageIdTaken(image.id)
@@ -211,10 +235,6 @@ class SqliteImageRepository:
                     self._db.execute(sql, values)
                 except sqlite3.IntegrityError as err:
                     raise ImageIdTaken(image.id) from err
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
         await self._run(insert)
 
@@ -259,31 +279,24 @@ class SqliteImageRepository:
         sql = _update_sql(columns)
 
         def run() -> ImageRecord | None:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute(_SELECT_ONE, (image_id,)).fetchone()
                 if row is None:
-                    self._db.execute("ROLLBACK")
                     return None
                 image = self._row_to_image(row)
                 change(image)
                 self._db.execute(sql, [*self._column_values(image, columns), image_id])
-                self._db.execute("COMMIT")
                 return image
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
         return await self._run(run)
 
     async def remove(self, image_id: str) -> None:
         def delete() -> None:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM members WHERE image_id = ?", (image_id,))
-            self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
-            self._db.execute("INSERT OR IGNORE INTO deleted_ids (id, deleted_at) VALUES (?, ?)",
-                             (image_id, utc_now()))
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.execute("DELETE FROM members WHERE image_id = ?", (image_id,))
+                self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+                self._db.execute("INSERT OR IGNORE INTO deleted_ids (id, deleted_at) "
+                                 "VALUES (?, ?)", (image_id, utc_now()))
 
         await self._run(delete)
 

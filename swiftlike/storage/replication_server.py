@@ -245,7 +245,7 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
                 if isinstance(outcome, store.StagedFile):
                     staged.append((header, outcome))
                     if outcome.name.endswith(".data"):
-                        stamp = Timestamp(outcome.name[:-len(".data")])
+                        stamp = outcome.timestamp
                         staged_data[key] = max(stamp, staged_data.get(key, stamp))
                 else:
                     staged.append((header, outcome, ""))

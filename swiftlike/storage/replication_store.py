@@ -302,11 +302,12 @@ class StagedFile:
     """
 
     def __init__(self, object_hash: str, name: str, object_dir: str,
-                 writer: ObjectWriter) -> None:
+                 writer: ObjectWriter, timestamp: Timestamp) -> None:
         self.object_hash = object_hash
         self.name = name
         self.object_dir = object_dir
         self.writer = writer
+        self.timestamp = timestamp  # the file name's
 
 
 def _is_stale(object_dir: str, name: str, coming_data: Timestamp | None = None) -> bool:
@@ -350,10 +351,10 @@ def stage_received(device_path: str, partition: str, object_hash: str, name: str
                               object_hash)
     if _is_stale(object_dir, name, coming_data):
         return "stale"
-    stem, _, ext = name.rpartition(".")
-    writer = stage_whole_object(device_path, object_dir, body, Timestamp(stem), "." + ext,
+    ext = name.rpartition(".")[2]
+    writer = stage_whole_object(device_path, object_dir, body, stamp, "." + ext,
                                 metadata, use_xattr=use_xattr, compute_md5=False)
-    return StagedFile(object_hash, name, object_dir, writer)
+    return StagedFile(object_hash, name, object_dir, writer, stamp)
 
 
 def publish_received(staged: StagedFile, invalidate: bool = True) -> str:

@@ -74,6 +74,7 @@ class ContainerBroker(DatabaseBroker):
     stat_table = "container_stat"
     item_table = "object"
     item_columns = OBJECT_COLUMNS
+    parks_rows = True
 
     def schema(self) -> str:
         return CONTAINER_SCHEMA
@@ -90,7 +91,7 @@ class ContainerBroker(DatabaseBroker):
         add_column(conn, "object", "ctype_timestamp", "TEXT NOT NULL DEFAULT '0'")
 
     def merge_items(self, rows: list[dict[str, Any]], deferred_sync: bool = False,
-                    incoming: tuple[str, int] | None = None) -> int:
+                    incoming: tuple[str, int] | None = None, full_sync: bool = False) -> int:
         """Apply object rows field by field; returns how many changed the database.
 
         Each row: name, created_at, size, content_type, etag, deleted (0/1) and
@@ -98,7 +99,7 @@ class ContainerBroker(DatabaseBroker):
         replication peer's (database id, last ROWID), recorded in the same transaction.
         """
         changed = 0
-        with self.transaction(deferred_sync) as conn:
+        with self.transaction(deferred_sync, full_sync) as conn:
             count_delta = 0
             bytes_delta = 0
             for row in rows:
@@ -138,6 +139,9 @@ class ContainerBroker(DatabaseBroker):
                              "bytes_used = bytes_used + ?", (count_delta, bytes_delta))
             self.record_incoming(conn, incoming)
         return changed
+
+    def merge_parked(self, rows: list[dict[str, Any]]) -> None:
+        self.merge_items(rows, full_sync=True)
 
     def put_object(self, name: str, timestamp: str, size: int, content_type: str,
                    etag: str) -> int:
@@ -180,6 +184,7 @@ class ContainerBroker(DatabaseBroker):
                           info["object_count"], info["bytes_used"]))
 
     def is_empty(self) -> bool:
+        self.fold_pending()
         with self.lock:
             row = self.connection().execute(
                 "SELECT 1 FROM object WHERE deleted = 0 LIMIT 1").fetchone()

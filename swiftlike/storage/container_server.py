@@ -57,7 +57,7 @@ class ContainerServer:
     def __init__(self, node: StorageNode) -> None:
         self.node = node
         self.brokers = make_broker_cache(node, ContainerBroker)
-        self.batcher = RowBatcher(node)
+        self.batcher = RowBatcher(node, park_rows=True)
         self._report_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.durable_io import fsync_dir, move_to_quarantine
+from swiftlike.storage.pending_rows import ParkedRows, parked_bytes, pending_path
 
 LISTING_LIMIT = 10000
 
@@ -120,6 +121,8 @@ class DatabaseBroker:
     stat_table = ""
     item_table = ""
     item_columns: tuple[str, ...] = ()
+    #: whether rows may be parked beside the database (:mod:`pending_rows`)
+    parks_rows = False
 
     def __init__(self, db_path: str, fsync: bool = True) -> None:
         self.db_path = db_path
@@ -245,7 +248,8 @@ class DatabaseBroker:
                 self._conn = None
 
     @contextlib.contextmanager
-    def transaction(self, deferred_sync: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, deferred_sync: bool = False, full_sync: bool = False
+                    ) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT under this database's lock.
 
         ``deferred_sync``: the commit is written to the WAL but not fsynced
@@ -253,12 +257,15 @@ class DatabaseBroker:
         flush of the device (group commit) before it acknowledges anything. SQLite
         still fsyncs at checkpoints, so the file stays consistent through a crash; only
         the commits no flush has covered yet can be lost, and none was acknowledged.
+        ``full_sync``: fsynced even by a broker opened without fsync (a daemon's reader
+        folding parked rows, which are dropped from their file right after).
         """
         with self.lock:
             conn = self.connection()
-            relaxed = deferred_sync and self.fsync
-            if relaxed:
-                conn.execute("PRAGMA synchronous=NORMAL")
+            mode = ("NORMAL" if deferred_sync and self.fsync else
+                    "FULL" if full_sync and not self.fsync else None)
+            if mode is not None:
+                conn.execute(f"PRAGMA synchronous={mode}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -268,8 +275,8 @@ class DatabaseBroker:
                     raise
                 conn.execute("COMMIT")
             finally:
-                if relaxed:
-                    self._restore_full_sync(conn)
+                if mode is not None:
+                    self._restore_sync(conn)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file and empty it, with SQLite's fsyncs."""
@@ -279,19 +286,46 @@ class DatabaseBroker:
             if busy:
                 raise sqlite3.OperationalError(f"checkpoint of {self.db_path} was blocked")
 
-    def _restore_full_sync(self, conn: sqlite3.Connection) -> None:
-        """Back to ``synchronous=FULL`` after a deferred-sync transaction, whatever happened
-        to it; a connection that cannot be reset is dropped (reopened at FULL)."""
+    def _restore_sync(self, conn: sqlite3.Connection) -> None:
+        """Back to the broker's own ``synchronous`` after a transaction that changed it,
+        whatever happened to it; a connection that cannot be reset is dropped (reopened
+        with the broker's setting)."""
         try:
             if conn.in_transaction:  # a COMMIT that failed leaves it open
                 conn.execute("ROLLBACK")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
         except sqlite3.Error:
             conn.close()
             self._conn = None
 
+    # ---- parked rows (see pending_rows) ------------------------------------------------
+    def fold_pending(self) -> int:
+        """Merge the rows parked beside this database and empty their file; how many.
+
+        Every read of rows or counts calls it first. The merge commits with its own
+        fsync before the file is emptied, so a crash in between only folds the rows
+        again, which changes nothing. Skipped inside a transaction of this thread.
+        """
+        if not self.parks_rows:
+            return 0
+        path = pending_path(self.db_path)
+        if parked_bytes(path) == 0:
+            return 0
+        with self.lock:
+            if self._conn is not None and self._conn.in_transaction:
+                return 0
+            with ParkedRows(path) as parked:
+                if parked.rows:
+                    self.merge_parked(parked.rows)
+                parked.clear()
+                return len(parked.rows)
+
+    def merge_parked(self, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
     # ---- stat row, timestamps, metadata -----------------------------------------------
     def get_info(self) -> dict[str, Any]:
+        self.fold_pending()
         with self.lock:
             row = self.connection().execute(f"SELECT * FROM {self.stat_table}").fetchone()
         info = dict(row)
@@ -358,6 +392,7 @@ class DatabaseBroker:
         (3.40 answers ``rowid``), so the alias pins it.
         """
         columns = ", ".join(("ROWID AS ROWID", *self.item_columns))
+        self.fold_pending()
         with self.lock:
             rows = self.connection().execute(
                 f"SELECT {columns} FROM {self.item_table} WHERE ROWID > ? "
@@ -372,6 +407,7 @@ class DatabaseBroker:
         Forward: names > marker and < end_marker; reverse: names < marker and
         > end_marker. Rows sharing ``prefix + ... + delimiter`` collapse into one subdir.
         """
+        self.fold_pending()
         results: list[sqlite3.Row | tuple[str]] = []
         prefix_high = prefix_upper_bound(prefix) if prefix else None
         # bounds as (value, inclusive); None means unbounded

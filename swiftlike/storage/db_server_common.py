@@ -1,9 +1,10 @@
 """What the account and container servers share: broker access, group commits, listings.
 
 Row updates arrive one per object write; committing each alone would cost one fsync per
-row. The RowBatcher coalesces the rows waiting for the same database into one
-transaction and answers every waiter only once that commit is durable (its own fsync,
-or under group commit the device's next shared flush).
+row. The RowBatcher parks container rows beside their database under group commit
+(:mod:`swiftlike.storage.pending_rows`), and otherwise coalesces the rows waiting for
+the same database into one transaction, answering every waiter only once that commit is
+durable (its own fsync, or under group commit the device's next shared flush).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from swiftlike.storage.db import (
     still_damaged,
 )
 from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.pending_rows import FOLD_AT_BYTES, append_records, encode_rows, pending_path
 
 LOG = logging.getLogger(__name__)
 
@@ -152,13 +154,18 @@ class RowBatcher:
     that arrive while a batch waits for its flush join the next, larger batch.
     """
 
-    def __init__(self, node: StorageNode) -> None:
+    def __init__(self, node: StorageNode, park_rows: bool = False) -> None:
         self.node = node
+        #: under group commit, append rows to the database's parking file instead of
+        #: merging them (:mod:`swiftlike.storage.pending_rows`)
+        self.park_rows = park_rows
         self._pending: dict[str, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
         self._draining: set[str] = set()
+        self._folding: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         #: devices whose shared flush failed once: their commits fsync on their own
         self._failed_devices: set[str] = set()
+        self.rows_parked = 0  # observability and tests
 
     async def merge(self, broker: DatabaseBroker, row: dict[str, Any],
                     device_path: str | None = None) -> int:
@@ -175,6 +182,8 @@ class RowBatcher:
         """
         if not rows:
             return 0
+        if await self._park(broker, rows, device_path):
+            return 1  # unknown until folded: report to the account as if changed
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._pending.setdefault(broker.db_path, []).extend((row, future) for row in rows)
@@ -184,6 +193,40 @@ class RowBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await future
+
+    async def _park(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
+                    device_path: str | None) -> bool:
+        """Rows appended to the parking file and durable; False: merge them instead."""
+        if not (self.park_rows and broker.parks_rows and device_path is not None
+                and self.node.group_commit and device_path not in self._failed_devices):
+            return False
+        size = await self.node.run_lookup(append_records, pending_path(broker.db_path),
+                                          encode_rows(rows))
+        if size is None:
+            return False  # a fold holds the file, or the write failed
+        try:
+            await self.node.flusher(device_path).barrier()
+        except Exception:
+            # the parked rows may be lost: the caller reports failure (async_pending),
+            # and this device's rows are committed with their own fsyncs from now on
+            self._failed_devices.add(device_path)
+            raise
+        self.rows_parked += len(rows)
+        if size >= FOLD_AT_BYTES and broker.db_path not in self._folding:
+            self._folding.add(broker.db_path)
+            task = asyncio.get_running_loop().create_task(self._fold(broker))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _fold(self, broker: DatabaseBroker) -> None:
+        """Keep a busy, unread database's parking file short (reads fold it anyway)."""
+        try:
+            await self.node.run_db(broker.fold_pending)
+        except Exception as err:  # the next read meets the same problem and answers it
+            LOG.warning("folding the rows parked for %s failed: %r", broker.db_path, err)
+        finally:
+            self._folding.discard(broker.db_path)
 
     async def _drain(self, broker: DatabaseBroker, device_path: str | None) -> None:
         try:

@@ -129,6 +129,7 @@ async def test_row_commits_share_the_device_flush_and_keep_full_sync_otherwise(l
     containers = running.dispatcher.servers["container"]
     device_path = os.path.join(devices, "sda")
     assert node.group_commit
+    containers.batcher.park_rows = False  # the merging path (parking: test_parked_rows)
     async with aiohttp.ClientSession() as session:
         async with session.put(f"{base}/sda/2/AUTH_t/c",
                                headers={"X-Timestamp": ts()}) as resp:

@@ -1,0 +1,162 @@
+"""Object rows parked in an append-only file beside their container database.
+
+Why: a small PUT sends one row to each container replica, and merging it into SQLite
+cost the nodes a thread hop, a transaction and a commit per one or two rows; measured on
+the all-in-one, with every row acknowledged at once the nodes spent 0.5-1.3 ms less CPU
+per small PUT (3.2-3.8 ms with the rows, 2.1-3.3 without) and PUTs ran 25-60% faster.
+Appending a framed record to ``<db>.pending`` is one page-cache write on the event loop,
+and the row is made durable by the same device flush (group commit) that makes the
+object durable. Whoever reads the database first folds the parked rows into SQLite in
+one transaction with its own fsync, then empties the file: every read of rows or
+counts does, in the node and in the daemons alike (:meth:`DatabaseBroker.fold_pending`),
+so a listing, a HEAD, an account report or a replication pass never misses a row.
+Swift's container broker keeps a ``.pending`` file for the same reason.
+
+Cross-process rule: an append takes the file's ``flock`` without waiting; while a fold
+holds it, the appender gets ``None`` and merges its rows through SQLite instead, so the
+event loop never blocks on a lock. Folds wait for the lock (they run in threads or
+daemons). Merging is by timestamp, so a row folded twice (a crash between the commit
+and the truncation) or in any order changes nothing.
+
+Record: ``MAGIC``, payload length and xxh32 of the payload (little-endian), then the
+row as msgpack. A record torn by a crash was never acknowledged (no flush ended after
+it); the reader skips it and finds the next record by its magic, since appends after a
+restart land behind the torn bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from typing import Any
+
+import msgpack
+import xxhash
+
+PENDING_SUFFIX = ".pending"
+MAGIC = b"SLr1"
+_HEADER = struct.Struct("<4sII")
+
+#: a database whose parked rows pass this many bytes is folded in the background
+FOLD_AT_BYTES = 512 * 1024
+
+
+def pending_path(db_path: str) -> str:
+    return db_path + PENDING_SUFFIX
+
+
+def encode_rows(rows: list[dict[str, Any]]) -> bytes:
+    """The records for ``rows``, ready to append in one write."""
+    records = []
+    for row in rows:
+        payload = msgpack.packb(row, unicode_errors="surrogateescape")
+        records.append(_HEADER.pack(MAGIC, len(payload), xxhash.xxh32_intdigest(payload)))
+        records.append(payload)
+    return b"".join(records)
+
+
+def decode_rows(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The intact rows in ``data`` in order, and how many bytes were skipped as damaged."""
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    offset, end = 0, len(data)
+    while offset < end:
+        row = _record_at(data, offset)
+        if row is None:
+            found = data.find(MAGIC, offset + 1)
+            next_offset = end if found < 0 else found
+            skipped += next_offset - offset
+            offset = next_offset
+            continue
+        payload_end = offset + _HEADER.size + _HEADER.unpack_from(data, offset)[1]
+        rows.append(row)
+        offset = payload_end
+    return rows, skipped
+
+
+def _record_at(data: bytes, offset: int) -> dict[str, Any] | None:
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, length, checksum = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    payload = data[start:start + length]
+    if magic != MAGIC or len(payload) != length or \
+            xxhash.xxh32_intdigest(payload) != checksum:
+        return None
+    try:
+        row = msgpack.unpackb(payload, unicode_errors="surrogateescape")
+    except (ValueError, msgpack.UnpackException):
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("name"), str) else None
+
+
+def append_records(path: str, records: bytes) -> int | None:
+    """Append ``records`` to the parking file at ``path`` (created if missing).
+
+    Returns the file's size after the append, or None when the rows were not parked:
+    a fold holds the lock, or the write failed (the caller merges them through SQLite,
+    which reports a real failure properly). Not durable until the device's next flush.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        view = memoryview(records)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            # a short record is skipped by readers (its checksum fails)
+            return None
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def parked_bytes(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+class ParkedRows:
+    """The parking file of one database, held locked while its rows are folded.
+
+    ``with ParkedRows(path) as parked:`` waits for the lock; ``parked.rows`` are the
+    intact rows; :meth:`clear` empties the file once they are durable elsewhere.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.skipped = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> ParkedRows:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self
+        self._fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        self.rows, self.skipped = decode_rows(b"".join(chunks))
+        return self
+
+    def clear(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

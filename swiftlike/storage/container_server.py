@@ -98,6 +98,27 @@ class ContainerServer:
             return False
         return True
 
+    async def park_unflushed(self, target: UpdateTarget, account: str, container: str,
+                             row: dict[str, Any], device_path: str) -> bool:
+        """Park ``row`` for a database of this node on ``device_path`` without waiting for
+        a flush: the object server's own next flush of that device covers it."""
+        try:
+            if self._device_path(target.device) != device_path:
+                return False  # another file system: the object's flush would not cover it
+            route = Route(target.device, target.partition, account, container)
+            broker = self.broker(device_path, route)
+            if not broker.exists() or \
+                    not await self.batcher.park_unflushed(broker, [row], device_path):
+                return False
+        except DeviceUnavailable:
+            return False
+        except Exception as err:  # the row goes the usual way, which reports failures
+            LOG.warning("parking a row for %s/%s on %s failed: %r", account, container,
+                        target.device, err)
+            return False
+        self._schedule_report(route, device_path, broker)
+        return True
+
     def broker(self, device_path: str, route: Route) -> ContainerBroker:
         assert route.container is not None
         path = db_path(self.node, device_path, "containers", route.partition, route.account,

@@ -25,7 +25,12 @@ from urllib.parse import quote
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.durable_io import fsync_dir, move_to_quarantine
-from swiftlike.storage.pending_rows import ParkedRows, parked_bytes, pending_path
+from swiftlike.storage.pending_rows import (
+    ParkedRows,
+    parked_bytes,
+    pending_path,
+    settle_checked,
+)
 
 LISTING_LIMIT = 10000
 
@@ -315,10 +320,11 @@ class DatabaseBroker:
             if self._conn is not None and self._conn.in_transaction:
                 return 0
             with ParkedRows(path) as parked:
-                if parked.rows:
-                    self.merge_parked(parked.rows)
+                rows = settle_checked(parked.rows)
+                if rows:
+                    self.merge_parked(rows)
                 parked.clear()
-                return len(parked.rows)
+                return len(rows)
 
     def merge_parked(self, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError

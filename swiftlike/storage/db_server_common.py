@@ -194,16 +194,19 @@ class RowBatcher:
             task.add_done_callback(self._tasks.discard)
         return await future
 
+    async def park_unflushed(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
+                             device_path: str) -> bool:
+        """Rows appended to the parking file, not yet durable: the caller acknowledges
+        nothing before the device's next flush (and marks each row with the ``check``
+        file it rides with, see :func:`~swiftlike.storage.pending_rows.settle_checked`).
+        False: nothing parked, send the rows the usual way."""
+        return await self._append(broker, rows, device_path)
+
     async def _park(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
                     device_path: str | None) -> bool:
         """Rows appended to the parking file and durable; False: merge them instead."""
-        if not (self.park_rows and broker.parks_rows and device_path is not None
-                and self.node.group_commit and device_path not in self._failed_devices):
+        if device_path is None or not await self._append(broker, rows, device_path):
             return False
-        size = await self.node.run_lookup(append_records, pending_path(broker.db_path),
-                                          encode_rows(rows))
-        if size is None:
-            return False  # a fold holds the file, or the write failed
         try:
             await self.node.flusher(device_path).barrier()
         except Exception:
@@ -211,6 +214,17 @@ class RowBatcher:
             # and this device's rows are committed with their own fsyncs from now on
             self._failed_devices.add(device_path)
             raise
+        return True
+
+    async def _append(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
+                      device_path: str) -> bool:
+        if not (self.park_rows and broker.parks_rows and self.node.group_commit
+                and device_path not in self._failed_devices):
+            return False
+        size = await self.node.run_lookup(append_records, pending_path(broker.db_path),
+                                          encode_rows(rows))
+        if size is None:
+            return False  # a fold holds the file, or the write failed
         self.rows_parked += len(rows)
         if size >= FOLD_AT_BYTES and broker.db_path not in self._folding:
             self._folding.add(broker.db_path)

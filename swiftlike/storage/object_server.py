@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -42,6 +43,7 @@ from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
     UpdateBatcher,
+    UpdateTarget,
     failed_targets,
     object_row,
     parse_update_targets,
@@ -171,11 +173,21 @@ class ObjectServer:
                 metadata[title_header(key)] = value
         metadata.setdefault("Content-Type", "application/octet-stream")
         expected_etag = request.headers.get("ETag", "").strip('"').lower() or None
+        targets = _update_targets(request)
+        parked: list[UpdateTarget] = []
+
+        async def park_rows(object_file: str) -> None:
+            assert route.container is not None and route.obj is not None
+            row = object_row("PUT", route.obj, timestamp, _row_fields(metadata))
+            parked.extend(await self.updates.park_before_flush(
+                targets, route.account, route.container, row, device_path, object_file))
+
         try:
             if length is not None and length <= self.node.small_object_limit and \
                     FOOTER_HEADER not in request.headers:
                 result = await self._put_small(request, device_path, object_dir, length,
-                                               expected_etag, timestamp, metadata)
+                                               expected_etag, timestamp, metadata,
+                                               park_rows if targets else None)
             else:
                 result = await self._put_streaming(request, device_path, object_dir, length,
                                                    expected_etag, timestamp, metadata)
@@ -184,14 +196,15 @@ class ObjectServer:
         if isinstance(result, web.StreamResponse):
             return result
         await self._queue_expiry(route, device_path, metadata, timestamp)
-        await self.container_update(request, "PUT", route, device_path, timestamp, {
-            "X-Size": _listed_size(metadata), "X-Etag": result,
-            "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]})
+        await self.container_update(request, "PUT", route, device_path, timestamp,
+                                    _row_fields(metadata), skip=parked)
         return web.Response(status=201, headers={"ETag": quote_etag(result)})
 
     async def _put_small(self, request: web.Request, device_path: str, object_dir: str,
                          length: int, expected_etag: str | None, timestamp: Timestamp,
-                         metadata: dict[str, str]) -> str | web.StreamResponse:
+                         metadata: dict[str, str],
+                         before_flush: Callable[[str], Awaitable[None]] | None = None
+                         ) -> str | web.StreamResponse:
         try:
             body = await request.content.readexactly(length) if length else b""
         except Exception:  # client went away or sent fewer bytes than promised
@@ -203,12 +216,20 @@ class ObjectServer:
         metadata["Content-Length"] = str(length)
         # every GET of a small object checks its body: against this, not the md5
         metadata[body_io.BODY_CHECKSUM_KEY] = body_io.body_stamp(body)
-        await self.write_small(device_path, object_dir, body, timestamp, ".data", metadata)
+        await self.write_small(device_path, object_dir, body, timestamp, ".data", metadata,
+                               before_flush)
         return etag
 
     async def write_small(self, device_path: str, object_dir: str, body: bytes,
-                          timestamp: Timestamp, ext: str, metadata: dict[str, str]) -> None:
-        """Write a small .data/.ts/.meta durably: group commit or per-file fsyncs."""
+                          timestamp: Timestamp, ext: str, metadata: dict[str, str],
+                          before_flush: Callable[[str], Awaitable[None]] | None = None
+                          ) -> None:
+        """Write a small .data/.ts/.meta durably: group commit or per-file fsyncs.
+
+        ``before_flush(path)``: under group commit, called once the file is published
+        at ``path`` and before the flush that makes the name durable (what it writes on
+        this device rides that flush).
+        """
         node = self.node
         if not node.group_commit:
             await node.run_io(diskfile.write_whole_object, device_path, object_dir, body,
@@ -227,6 +248,8 @@ class ObjectServer:
             await node.run_io(writer.abort)
             raise
         await node.run_lookup(writer.publish)
+        if before_flush is not None:
+            await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now
 
     async def _put_streaming(self, request: web.Request, device_path: str, object_dir: str,
@@ -537,11 +560,11 @@ class ObjectServer:
 
     async def container_update(self, request: web.Request, method: str, route: Route,
                                device_path: str, timestamp: Timestamp,
-                               extra: dict[str, str]) -> None:
-        """Tell the container servers; queue what fails in async_pending."""
-        targets = parse_update_targets(request.headers.get("X-Container-Host"),
-                                       request.headers.get("X-Container-Partition"),
-                                       request.headers.get("X-Container-Device"))
+                               extra: dict[str, str],
+                               skip: list[UpdateTarget] | None = None) -> None:
+        """Tell the container servers (but those in ``skip``, already told); queue what
+        fails in async_pending."""
+        targets = [t for t in _update_targets(request) if t not in (skip or ())]
         if not targets:
             return
         headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp.internal,
@@ -557,6 +580,18 @@ class ObjectServer:
             await self.node.run_io(write_async_pending, device_path, record,
                                    timestamp.internal, self.node.hash_prefix,
                                    self.node.hash_suffix, self.node.fsync)
+
+
+def _update_targets(request: web.Request) -> list[UpdateTarget]:
+    return parse_update_targets(request.headers.get("X-Container-Host"),
+                                request.headers.get("X-Container-Partition"),
+                                request.headers.get("X-Container-Device"))
+
+
+def _row_fields(metadata: dict[str, str]) -> dict[str, str]:
+    """What a PUT's container row says of the object, from its stored metadata."""
+    return {"X-Size": _listed_size(metadata), "X-Etag": metadata["ETag"],
+            "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]}
 
 
 def _cut_connection(request: web.Request) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 import msgpack
 import xxhash
 
+from swiftlike.storage.group_commit import SYNCFS
+
 PENDING_SUFFIX = ".pending"
 MAGIC = b"SLr1"
 _HEADER = struct.Struct("<4sII")
@@ -117,6 +119,50 @@ def append_records(path: str, records: bytes) -> int | None:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)  # also releases the lock
+
+
+def settle_checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows to merge, once those parked before their object was durable are settled.
+
+    An object server may park a row for a database on its own device before the flush
+    that makes the object's name durable, so both ride one flush; such a row names the
+    file in ``check``. A crash inside that flush can keep the row and lose the name, so
+    a fold keeps a checked row only if its file is there, and flushes the file's file
+    system before merging (the name may still be waiting for that same flush). A file
+    gone since (replaced by a newer write, deleted, moved away by replication) leaves
+    the row to the newer rows and to the other replicas.
+    """
+    kept: list[dict[str, Any]] = []
+    to_flush: dict[int, str] = {}
+    for row in rows:
+        check = row.pop("check", None)
+        if check is None:
+            kept.append(row)
+            continue
+        try:
+            to_flush.setdefault(os.stat(check).st_dev, check)
+        except OSError:
+            continue
+        kept.append(row)
+    for path in to_flush.values():
+        flush_file_system(path)
+    return kept
+
+
+def flush_file_system(path: str) -> None:
+    """``syncfs`` of the file system holding ``path`` (``sync`` where that is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if SYNCFS is None:
+            os.sync()
+        else:
+            SYNCFS(fd)
+    finally:
+        os.close(fd)
 
 
 def parked_bytes(path: str) -> int:

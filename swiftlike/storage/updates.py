@@ -206,6 +206,10 @@ class LocalRows(Protocol):
                     rows: list[dict[str, Any]]) -> bool:
         """What a PATCH of ``rows`` would do; True once durable."""
 
+    async def park_unflushed(self, target: UpdateTarget, account: str, container: str,
+                             row: dict[str, Any], device_path: str) -> bool:
+        """``row`` parked for the next flush of ``device_path``; False: send it."""
+
 
 @dataclass
 class _QueuedRow:
@@ -260,6 +264,28 @@ class UpdateBatcher:
         A local row joins the container server's next shared transaction directly.
         """
         self.local = local
+
+    async def park_before_flush(self, targets: list[UpdateTarget], account: str,
+                                container: str, row: dict[str, Any], device_path: str,
+                                object_file: str) -> list[UpdateTarget]:
+        """The targets whose row now rides the object's own next flush.
+
+        Why: a row for a database on the object's device, parked before the flush that
+        makes the object's name durable, needs no flush of its own; measured on the
+        all-in-one, that third flush wait of a small PUT cost the servers about a tenth
+        of their CPU. The row names ``object_file``: a crash inside the flush may keep
+        the row without the name, and folding drops a row whose file is not there.
+        """
+        local = self.local
+        if local is None:
+            return []
+        parked = []
+        for target in targets:
+            if local.serves(target) and await local.park_unflushed(
+                    target, account, container, {**row, "check": object_file}, device_path):
+                self.rows_local += 1
+                parked.append(target)
+        return parked
 
     async def send(self, target: UpdateTarget, account: str, container: str,
                    row: dict[str, Any], timeout_s: float) -> bool:

@@ -207,7 +207,7 @@ async def test_a_failed_flush_is_not_acknowledged_and_later_rows_fsync_alone(nod
         assert flusher.flushes == flushes  # committed with SQLite's own fsync
         async with session.get(f"{base}/sda/2/AUTH_t/c", params={"format": "json"}) as r:
             assert sorted(row["name"] for row in await r.json()) == ["after", "lost"]
-    assert containers.batcher.rows_parked == 0
+    assert containers.batcher.rows_parked == 1  # "lost", before its flush failed
 
 
 async def test_parked_rows_outlive_the_node(tmp_path, ts):
@@ -234,3 +234,50 @@ async def test_parked_rows_outlive_the_node(tmp_path, ts):
                 assert [row["name"] for row in await r.json()] == ["kept"]
     finally:
         await running.cleanup()
+
+
+def test_a_row_parked_before_its_object_was_durable_needs_the_object(tmp_path):
+    """A crash inside the flush an object row rode may keep the row and lose the name."""
+    broker = _broker(tmp_path)
+    there = tmp_path / "objects" / "1700000001.00000.data"
+    there.parent.mkdir()
+    there.write_bytes(b"x")
+    rows = [{**_row("kept", 2), "check": str(there)},
+            {**_row("phantom", 2), "check": str(there.parent / "1700000002.00000.data")},
+            _row("plain", 2)]
+    append_records(pending_path(broker.db_path), encode_rows(rows))
+    assert [r["name"] for r in broker.list_objects(10)] == ["kept", "plain"]
+    assert "check" not in broker.get_items_since(0, 10)[0]
+
+
+async def test_an_object_row_for_its_own_device_rides_the_object_flush(node, ts):
+    running, devices = node
+    base = f"http://127.0.0.1:{running.port}"
+    nodeobj = running.dispatcher.node
+    device_path = os.path.join(devices, "sda")
+    os.makedirs(os.path.join(devices, "sdb"))
+    own = {"X-Container-Host": f"127.0.0.1:{running.port}", "X-Container-Partition": "2"}
+    updates = running.dispatcher.servers["object"].updates
+    async with aiohttp.ClientSession() as session:
+        await _create_container(session, base, ts)
+        flushes = nodeobj.flusher(device_path).flushes
+        async with session.put(f"{base}/sda/4/AUTH_t/c/same", data=b"abc", headers={
+                "X-Timestamp": ts(), "X-Container-Device": "sda", **own}) as r:
+            assert r.status == 201
+        # the temp file's flush and the name's: none more for the row
+        assert nodeobj.flusher(device_path).flushes - flushes == 2
+        parked = open(pending_path(containers_db(running, device_path)), "rb").read()  # noqa: ASYNC230
+        assert b"check" in parked and b"same" in parked
+        # an object on another device: its row waits for a flush of the database's own
+        async with session.put(f"{base}/sdb/4/AUTH_t/c/other", data=b"abcd", headers={
+                "X-Timestamp": ts(), "X-Container-Device": "sda", **own}) as r:
+            assert r.status == 201
+        async with session.get(f"{base}/sda/2/AUTH_t/c", params={"format": "json"}) as r:
+            assert [(row["name"], row["bytes"]) for row in await r.json()] == [
+                ("other", 4), ("same", 3)]
+    assert updates.rows_local == 2 and updates.rows_sent == 0
+
+
+def containers_db(running: RunningNode, device_path: str) -> str:
+    containers = running.dispatcher.servers["container"]
+    return containers.broker(device_path, Route("sda", "2", "AUTH_t", "c")).db_path

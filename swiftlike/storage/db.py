@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from swiftlike.storage.pending_rows import (
     pending_path,
     settle_checked,
 )
+
+LOG = logging.getLogger(__name__)
 
 LISTING_LIMIT = 10000
 
@@ -320,6 +323,9 @@ class DatabaseBroker:
             if self._conn is not None and self._conn.in_transaction:
                 return 0
             with ParkedRows(path) as parked:
+                if parked.skipped:  # torn by a crash (never acknowledged) or damaged
+                    LOG.warning("%s: skipped %d damaged bytes of parked rows", path,
+                                parked.skipped)
                 rows = settle_checked(parked.rows)
                 if rows:
                     self.merge_parked(rows)

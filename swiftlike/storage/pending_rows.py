@@ -190,11 +190,15 @@ class ParkedRows:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
         self.rows, self.skipped = decode_rows(b"".join(chunks))
         return self
 

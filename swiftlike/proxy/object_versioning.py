@@ -347,16 +347,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if status not in (200, 404):
             return error_response(status if status in (401, 403) else 503)
         if index is None:
-            if version_id == NULL and req.method != "DELETE":
-                resp = await app(internal_subrequest(
-                    req, req.method, object_path(account, container, obj), source=SOURCE,
-                    headers=dict(req.headers)))
-                if resp.is_success and resp.headers.get(VERSION_ID):
-                    discard(resp)
-                    return error_response(404)
-                if resp.is_success:
-                    resp.headers["X-Object-Version-Id"] = NULL
-                return resp
+            if version_id == NULL:
+                return await live_null_version(req, account, container, obj, rows)
             if req.method == "DELETE":
                 return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
             return error_response(404)
@@ -376,6 +368,37 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if index == 0:
             await restore_latest(req, account, container, obj, rows[1:])
         return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
+
+    async def live_null_version(req: SwiftRequest, account: str, container: str, obj: str,
+                                archived: list[dict[str, Any]]) -> SwiftResponse:
+        """GET/HEAD/DELETE of the null version when none is archived: the object in the
+        container itself, if it carries no version id (written while versioning was off,
+        or in a container that never had it). ``swift delete --versions`` deletes every
+        listed object this way, unversioned containers included. Deleting it makes the
+        newest ``archived`` version current, as deleting the newest archived one does."""
+        live = object_path(account, container, obj)
+        probe = "HEAD" if req.method == "DELETE" else req.method
+        resp = await app(internal_subrequest(req, probe, live, source=SOURCE,
+                                             headers=dict(req.headers)))
+        if resp.is_success and resp.headers.get(VERSION_ID):
+            discard(resp)  # the current object is a numbered version: no null one
+            if req.method == "DELETE":
+                return SwiftResponse(204, {"X-Object-Version-Id": NULL}, b"")
+            return error_response(404)
+        if req.method == "DELETE":
+            if not resp.is_success:
+                discard(resp)
+                if resp.status == 404:
+                    return SwiftResponse(204, {"X-Object-Version-Id": NULL}, b"")
+                return error_response(resp.status if resp.status in (401, 403) else 503)
+            discard(resp)
+            resp = await app(internal_subrequest(req, "DELETE", live, source=SOURCE,
+                                                 headers=dict(req.headers)))
+            if resp.is_success and archived:
+                await restore_latest(req, account, container, obj, archived)
+        if resp.is_success:
+            resp.headers["X-Object-Version-Id"] = NULL
+        return resp
 
     async def restore_latest(req: SwiftRequest, account: str, container: str, obj: str,
                              older: list[dict[str, Any]]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from io import BytesIO
 
 import aiohttp
 import pytest
+from swiftclient.service import SwiftError, SwiftService, SwiftUploadObject
 
 from tests.middleware.lo_helpers import api_for
 
@@ -301,3 +303,55 @@ async def test_copy_of_a_version_restores_it(api, unique_name):
     assert status == 201
     _, _, body = await api.request("GET", f"{c}/back")
     assert body == b"one"
+
+
+async def test_deleting_the_null_version_deletes_an_unversioned_object(api, unique_name):
+    """``swift delete --versions`` deletes each listed row with ``?version-id=null``: in
+    a container that never kept versions that is the object itself (it used to answer
+    204 and keep it, so the container could never be emptied)."""
+    c = unique_name
+    await api.request("PUT", c)
+    await api.request("PUT", f"{c}/plain", data=b"abc")
+    rows = await listing(api, c, versions="")
+    assert [(r["name"], r["version_id"]) for r in rows] == [("plain", "null")]
+    status, headers, _ = await api.request("DELETE", f"{c}/plain",
+                                           params={"version-id": "null"})
+    assert status == 204 and headers["X-Object-Version-Id"] == "null"
+    status, _, _ = await api.request("HEAD", f"{c}/plain")
+    assert status == 404
+    status, _, _ = await api.request("DELETE", f"{c}/plain", params={"version-id": "null"})
+    assert status == 204  # gone already: nothing to do
+    status, _, _ = await api.request("DELETE", c)
+    assert status == 204
+
+
+async def test_deleting_the_null_version_keeps_a_numbered_current_object(api, unique_name):
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    await api.request("PUT", f"{c}/o", data=b"A")
+    status, _, _ = await api.request("DELETE", f"{c}/o", params={"version-id": "null"})
+    assert status == 204
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"A"
+    # suspended: B is the null version and current; deleting it brings A back
+    await api.request("POST", c, headers={"X-Versions-Enabled": "false"})
+    await api.request("PUT", f"{c}/o", data=b"B")
+    status, _, _ = await api.request("DELETE", f"{c}/o", params={"version-id": "null"})
+    assert status == 204
+    _, _, body = await api.request("GET", f"{c}/o")
+    assert body == b"A"
+
+
+def test_swiftclient_delete_with_versions_empties_an_unversioned_container(swift_cluster,
+                                                                            unique_name):
+    c = unique_name
+    with SwiftService(options={"auth": swift_cluster.auth_url, "user": swift_cluster.user,
+                               "key": swift_cluster.key, "auth_version": "1.0"}) as svc:
+        uploads = [SwiftUploadObject(BytesIO(b"x" * i), object_name=f"o{i}")
+                   for i in range(1, 6)]
+        assert all(r["success"] for r in svc.upload(c, uploads))
+        results = list(svc.delete(container=c, options={"versions": True}))
+        assert all(r["success"] for r in results), results
+        assert sum(1 for r in results if r["action"] == "delete_object") == 5
+        with pytest.raises(SwiftError, match="not found"):
+            svc.stat(container=c)  # the container went too

@@ -110,7 +110,7 @@ class AccountServer:
         if request.method == "HEAD":
             return web.Response(status=204, headers=headers)
         return await listing_response(request, self.node, "account", route.account,
-                                      broker.list_containers, headers)
+                                      broker, broker.list_containers, self._headers)
 
     async def post(self, request: web.Request, route: Route, device_path: str
                    ) -> web.StreamResponse:

@@ -195,7 +195,7 @@ class ContainerServer:
             return web.Response(status=204, headers=headers)
         assert route.container is not None
         return await listing_response(request, self.node, "container", route.container,
-                                      broker.list_objects, headers)
+                                      broker, broker.list_objects, self._headers)
 
     async def post(self, request: web.Request, route: Route, device_path: str
                    ) -> web.StreamResponse:

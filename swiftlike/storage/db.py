@@ -335,6 +335,19 @@ class DatabaseBroker:
     def merge_parked(self, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
+    def read_together(self, *reads: Callable[[], Any]) -> tuple[Any, ...]:
+        """The results of ``reads`` from one snapshot of the database (after one fold):
+        rows merged or folded meanwhile show in all of them or in none."""
+        self.fold_pending()
+        with self.lock:
+            conn = self.connection()
+            conn.execute("BEGIN")  # a read transaction: folds inside it are skipped
+            try:
+                return tuple(read() for read in reads)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")  # nothing was written
+
     # ---- stat row, timestamps, metadata -----------------------------------------------
     def get_info(self) -> dict[str, Any]:
         self.fold_pending()

@@ -10,6 +10,7 @@ durable (its own fsync, or under group commit the device's next shared flush).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sqlite3
@@ -127,14 +128,22 @@ async def post_metadata(node: StorageNode, request: web.Request, broker: Databas
 
 
 async def listing_response(request: web.Request, node: StorageNode, kind: str, owner: str,
-                           lister: Any, headers: dict[str, str]) -> web.Response:
-    """GET of an account/container: parameters checked, rows listed, body rendered."""
+                           broker: DatabaseBroker, lister: Callable[..., list[Any]],
+                           headers_for: Callable[[dict[str, Any]], dict[str, str]]
+                           ) -> web.Response:
+    """GET of an account/container: parameters checked, rows listed, body rendered.
+
+    The counts in the headers and the rows come from one read of the database, so a
+    listing taken while rows arrive never disagrees with its own object count.
+    """
     try:
         params = listing_params(request.query)
     except ListingParamError as err:
         return error_response(err.status, str(err))
     fmt = listing_format(request.query, request.headers.get("Accept"))
-    entries = await node.run_db(lister, **params)
+    info, entries = await node.run_db(broker.read_together, broker.get_info,
+                                      functools.partial(lister, **params))
+    headers = headers_for(info)
     body, content_type = render_listing(kind, owner, entries, fmt)
     if fmt == "plain" and not entries:
         return web.Response(status=204, headers=headers)

@@ -80,18 +80,6 @@ class ImageIdTaken(Exception):
 class ImageRepository(Protocol):
     """What the API needs from an image database."""
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; anything raised inside rolls it back (so
-        the shared connection is never left inside a transaction)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     async def add(self, image: ImageRecord) -> None: ...
     async def get(self, image_id: str) -> ImageRecord | None: ...
     async def save(self, image: ImageRecord, expect_status: str | None = None,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +42,7 @@ from swiftlike.storage.updates import (
     parse_update_targets,
     pending_record,
     send_updates,
+    targets_in_headers,
     write_async_pending,
 )
 
@@ -83,41 +84,50 @@ class ContainerServer:
     async def merge(self, target: UpdateTarget, account: str, container: str,
                     rows: list[dict[str, Any]]) -> bool:
         """A ``PATCH`` of ``rows`` to a database of this node, without the HTTP."""
-        try:
-            device_path = self._device_path(target.device)
-            route = Route(target.device, target.partition, account, container)
-            broker = self.broker(device_path, route)
-            if not broker.exists():
-                return False  # 404: the row waits in async_pending for the container
+
+        async def apply(route: Route, device_path: str, broker: ContainerBroker) -> bool:
             await self._merge_rows(route, device_path, broker, rows)
-        except DeviceUnavailable:
-            return False  # a PATCH would get 507: the row waits in async_pending
-        except Exception as err:  # as a failed PATCH: the row waits in async_pending
-            LOG.warning("local container update %s/%s on %s failed: %r", account,
-                        container, target.device, err)
-            return False
-        return True
+            return True
+
+        return await self._on_own_database(target, account, container,
+                                           "local container update", apply)
 
     async def park_unflushed(self, target: UpdateTarget, account: str, container: str,
                              row: dict[str, Any], device_path: str) -> bool:
         """Park ``row`` for a database of this node on ``device_path`` without waiting for
         a flush: the object server's own next flush of that device covers it."""
-        try:
-            if self._device_path(target.device) != device_path:
+
+        async def apply(route: Route, own_device_path: str, broker: ContainerBroker
+                        ) -> bool:
+            if own_device_path != device_path:
                 return False  # another file system: the object's flush would not cover it
+            if not await self.batcher.park_unflushed(broker, [row], device_path):
+                return False
+            self._schedule_report(route, device_path, broker)
+            return True
+
+        return await self._on_own_database(target, account, container, "parking a row for",
+                                           apply)
+
+    async def _on_own_database(
+            self, target: UpdateTarget, account: str, container: str, action: str,
+            apply: Callable[[Route, str, ContainerBroker], Awaitable[bool]]) -> bool:
+        """``apply`` to the database ``target`` names on this node; False as a failed
+        ``PATCH`` would be (the caller queues the row in async_pending or sends it the
+        usual way): no such device (507), no such container (404), or an error."""
+        try:
+            device_path = self._device_path(target.device)
             route = Route(target.device, target.partition, account, container)
             broker = self.broker(device_path, route)
-            if not broker.exists() or \
-                    not await self.batcher.park_unflushed(broker, [row], device_path):
+            if not broker.exists():
                 return False
+            return await apply(route, device_path, broker)
         except DeviceUnavailable:
             return False
-        except Exception as err:  # the row goes the usual way, which reports failures
-            LOG.warning("parking a row for %s/%s on %s failed: %r", account, container,
+        except Exception as err:
+            LOG.warning("%s %s/%s on %s failed: %r", action, account, container,
                         target.device, err)
             return False
-        self._schedule_report(route, device_path, broker)
-        return True
 
     def broker(self, device_path: str, route: Route) -> ContainerBroker:
         assert route.container is not None
@@ -171,9 +181,7 @@ class ContainerServer:
             created = was_deleted
         changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
         await self.node.run_db(broker.update_metadata, changes)
-        targets = parse_update_targets(request.headers.get("X-Account-Host"),
-                                       request.headers.get("X-Account-Partition"),
-                                       request.headers.get("X-Account-Device"))
+        targets = targets_in_headers(request.headers, "Account")
         if targets:
             first = targets[0]
             await self.node.run_db(broker.set_account_target,
@@ -216,9 +224,7 @@ class ContainerServer:
             return error_response(409, "The container was created after this DELETE",
                                   backend_headers(info))
         await self.node.run_db(broker.delete_db, timestamp.internal)
-        targets = parse_update_targets(request.headers.get("X-Account-Host"),
-                                       request.headers.get("X-Account-Partition"),
-                                       request.headers.get("X-Account-Device"))
+        targets = targets_in_headers(request.headers, "Account")
         await self.account_update(route, device_path, broker, targets)
         return web.Response(status=204)
 

@@ -203,18 +203,10 @@ class RowBatcher:
             task.add_done_callback(self._tasks.discard)
         return await future
 
-    async def park_unflushed(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
-                             device_path: str) -> bool:
-        """Rows appended to the parking file, not yet durable: the caller acknowledges
-        nothing before the device's next flush (and marks each row with the ``check``
-        file it rides with, see :func:`~swiftlike.storage.pending_rows.settle_checked`).
-        False: nothing parked, send the rows the usual way."""
-        return await self._append(broker, rows, device_path)
-
     async def _park(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
                     device_path: str | None) -> bool:
         """Rows appended to the parking file and durable; False: merge them instead."""
-        if device_path is None or not await self._append(broker, rows, device_path):
+        if device_path is None or not await self.park_unflushed(broker, rows, device_path):
             return False
         try:
             await self.node.flusher(device_path).barrier()
@@ -225,8 +217,13 @@ class RowBatcher:
             raise
         return True
 
-    async def _append(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
-                      device_path: str) -> bool:
+    async def park_unflushed(self, broker: DatabaseBroker, rows: list[dict[str, Any]],
+                             device_path: str) -> bool:
+        """Rows appended to the parking file, not yet durable: the caller acknowledges
+        nothing before the device's next flush (an object server marks each row with the
+        ``check`` file it rides with, see
+        :func:`~swiftlike.storage.pending_rows.settle_checked`). False: nothing parked,
+        send the rows the usual way."""
         if not (self.park_rows and broker.parks_rows and self.node.group_commit
                 and device_path not in self._failed_devices):
             return False

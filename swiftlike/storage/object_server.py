@@ -46,8 +46,8 @@ from swiftlike.storage.updates import (
     UpdateTarget,
     failed_targets,
     object_row,
-    parse_update_targets,
     pending_record,
+    targets_in_headers,
     write_async_pending,
 )
 
@@ -173,7 +173,7 @@ class ObjectServer:
                 metadata[title_header(key)] = value
         metadata.setdefault("Content-Type", "application/octet-stream")
         expected_etag = request.headers.get("ETag", "").strip('"').lower() or None
-        targets = _update_targets(request)
+        targets = targets_in_headers(request.headers, "Container")
         parked: list[UpdateTarget] = []
 
         async def park_rows(object_file: str) -> None:
@@ -564,7 +564,8 @@ class ObjectServer:
                                skip: list[UpdateTarget] | None = None) -> None:
         """Tell the container servers (but those in ``skip``, already told); queue what
         fails in async_pending."""
-        targets = [t for t in _update_targets(request) if t not in (skip or ())]
+        targets = [target for target in targets_in_headers(request.headers, "Container")
+                   if target not in (skip or ())]
         if not targets:
             return
         headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp.internal,
@@ -580,12 +581,6 @@ class ObjectServer:
             await self.node.run_io(write_async_pending, device_path, record,
                                    timestamp.internal, self.node.hash_prefix,
                                    self.node.hash_suffix, self.node.fsync)
-
-
-def _update_targets(request: web.Request) -> list[UpdateTarget]:
-    return parse_update_targets(request.headers.get("X-Container-Host"),
-                                request.headers.get("X-Container-Partition"),
-                                request.headers.get("X-Container-Device"))
 
 
 def _row_fields(metadata: dict[str, str]) -> dict[str, str]:

@@ -69,6 +69,14 @@ def parse_update_targets(hosts: str | None, partition: str | None,
     return targets
 
 
+def targets_in_headers(headers: Mapping[str, str], server: str) -> list[UpdateTarget]:
+    """The update targets a backend request names for ``server`` ("Container" or
+    "Account"): its ``X-<server>-Host`` / ``-Partition`` / ``-Device`` headers."""
+    return parse_update_targets(headers.get(f"X-{server}-Host"),
+                                headers.get(f"X-{server}-Partition"),
+                                headers.get(f"X-{server}-Device"))
+
+
 def write_async_pending(device_path: str, record: dict, timestamp: str, hash_prefix: bytes,
                         hash_suffix: bytes, fsync: bool = True) -> str:
     """Queue a failed update durably under ``async_pending/<suffix>/<hash>-<timestamp>``."""

@@ -305,6 +305,13 @@ async def test_copy_of_a_version_restores_it(api, unique_name):
     assert body == b"one"
 
 
+async def delete_null_version(api, path: str) -> dict:
+    """DELETE ``path?version-id=null``, which must answer 204; its headers."""
+    status, headers, _ = await api.request("DELETE", path, params={"version-id": "null"})
+    assert status == 204
+    return headers
+
+
 async def test_deleting_the_null_version_deletes_an_unversioned_object(api, unique_name):
     """``swift delete --versions`` deletes each listed row with ``?version-id=null``: in
     a container that never kept versions that is the object itself (it used to answer
@@ -314,13 +321,10 @@ async def test_deleting_the_null_version_deletes_an_unversioned_object(api, uniq
     await api.request("PUT", f"{c}/plain", data=b"abc")
     rows = await listing(api, c, versions="")
     assert [(r["name"], r["version_id"]) for r in rows] == [("plain", "null")]
-    status, headers, _ = await api.request("DELETE", f"{c}/plain",
-                                           params={"version-id": "null"})
-    assert status == 204 and headers["X-Object-Version-Id"] == "null"
+    assert (await delete_null_version(api, f"{c}/plain"))["X-Object-Version-Id"] == "null"
     status, _, _ = await api.request("HEAD", f"{c}/plain")
     assert status == 404
-    status, _, _ = await api.request("DELETE", f"{c}/plain", params={"version-id": "null"})
-    assert status == 204  # gone already: nothing to do
+    await delete_null_version(api, f"{c}/plain")  # gone already: nothing to do, 204
     status, _, _ = await api.request("DELETE", c)
     assert status == 204
 
@@ -329,15 +333,13 @@ async def test_deleting_the_null_version_keeps_a_numbered_current_object(api, un
     c = unique_name
     await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
     await api.request("PUT", f"{c}/o", data=b"A")
-    status, _, _ = await api.request("DELETE", f"{c}/o", params={"version-id": "null"})
-    assert status == 204
+    await delete_null_version(api, f"{c}/o")
     _, _, body = await api.request("GET", f"{c}/o")
     assert body == b"A"
     # suspended: B is the null version and current; deleting it brings A back
     await api.request("POST", c, headers={"X-Versions-Enabled": "false"})
     await api.request("PUT", f"{c}/o", data=b"B")
-    status, _, _ = await api.request("DELETE", f"{c}/o", params={"version-id": "null"})
-    assert status == 204
+    await delete_null_version(api, f"{c}/o")
     _, _, body = await api.request("GET", f"{c}/o")
     assert body == b"A"
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 
 from swiftlike.daemons.db_replicator import read_db
 from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.container_server import ContainerServer
+from swiftlike.storage.group_commit import DeviceFlusher
 from swiftlike.storage.pending_rows import (
     append_records,
     decode_rows,
@@ -107,15 +110,43 @@ def test_an_append_never_waits_for_a_fold(tmp_path):
     assert [r["name"] for r in broker.list_objects(10)] == ["a"]
 
 
+@dataclass
+class OneNode:
+    """A node server with device sda, where container AUTH_t/c lives in partition 2."""
+
+    running: RunningNode
+    devices: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.running.port}"
+
+    @property
+    def sda(self) -> str:
+        return os.path.join(self.devices, "sda")
+
+    @property
+    def flusher(self) -> DeviceFlusher:
+        return self.running.dispatcher.node.flusher(self.sda)
+
+    @property
+    def containers(self) -> ContainerServer:
+        return self.running.dispatcher.servers["container"]
+
+    @property
+    def db_path(self) -> str:
+        return self.containers.broker(self.sda, Route("sda", "2", "AUTH_t", "c")).db_path
+
+
 @pytest.fixture
-async def node(tmp_path) -> AsyncIterator[tuple[RunningNode, str]]:
+async def node(tmp_path) -> AsyncIterator[OneNode]:
     devices = str(tmp_path / "node")
     os.makedirs(os.path.join(devices, "sda"))
     # no account reports during the test: they read (and so fold) the database
     running = await start_node_server(make_conf(devices, account_update_interval=600),
                                       "127.0.0.1", 0)
     try:
-        yield running, devices
+        yield OneNode(running, devices)
     finally:
         await running.cleanup()
 
@@ -137,58 +168,43 @@ def _sqlite_names(db_path: str) -> list[str]:
 
 
 async def test_a_row_is_parked_flushed_and_listed(node, ts):
-    running, devices = node
-    base = f"http://127.0.0.1:{running.port}"
-    nodeobj = running.dispatcher.node
-    containers = running.dispatcher.servers["container"]
-    device_path = os.path.join(devices, "sda")
-    broker = containers.broker(device_path, Route("sda", "2", "AUTH_t", "c"))
+    base = node.base
     async with aiohttp.ClientSession() as session:
         await _create_container(session, base, ts)
-        flushes = nodeobj.flusher(device_path).flushes
+        flushes = node.flusher.flushes
         for name in ("x", "y"):
             async with session.put(f"{base}/sda/2/AUTH_t/c/{name}",
                                    headers={"X-Timestamp": ts(), **ROW}) as r:
                 assert r.status == 201
-        assert nodeobj.flusher(device_path).flushes > flushes  # acknowledged after a flush
-        assert containers.batcher.rows_parked == 2
-        assert os.path.getsize(pending_path(broker.db_path)) > 0  # noqa: ASYNC240
-        assert _sqlite_names(broker.db_path) == []  # not merged yet
+        assert node.flusher.flushes > flushes  # acknowledged after a flush
+        assert node.containers.batcher.rows_parked == 2
+        assert os.path.getsize(pending_path(node.db_path)) > 0  # noqa: ASYNC240
+        assert _sqlite_names(node.db_path) == []  # not merged yet
         async with session.head(f"{base}/sda/2/AUTH_t/c") as r:
             assert r.headers["X-Container-Object-Count"] == "2"
         async with session.get(f"{base}/sda/2/AUTH_t/c", params={"format": "json"}) as r:
             assert [row["name"] for row in await r.json()] == ["x", "y"]
-    assert _sqlite_names(broker.db_path) == ["x", "y"]
-    assert os.path.getsize(pending_path(broker.db_path)) == 0  # noqa: ASYNC240
+    assert _sqlite_names(node.db_path) == ["x", "y"]
+    assert os.path.getsize(pending_path(node.db_path)) == 0  # noqa: ASYNC240
 
 
 async def test_a_held_parking_file_sends_the_row_through_sqlite(node, ts):
-    running, devices = node
-    base = f"http://127.0.0.1:{running.port}"
-    containers = running.dispatcher.servers["container"]
-    broker = containers.broker(os.path.join(devices, "sda"),
-                               Route("sda", "2", "AUTH_t", "c"))
     async with aiohttp.ClientSession() as session:
-        await _create_container(session, base, ts)
-        fd = os.open(pending_path(broker.db_path), os.O_RDWR | os.O_CREAT)
+        await _create_container(session, node.base, ts)
+        fd = os.open(pending_path(node.db_path), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            async with session.put(f"{base}/sda/2/AUTH_t/c/held",
+            async with session.put(f"{node.base}/sda/2/AUTH_t/c/held",
                                    headers={"X-Timestamp": ts(), **ROW}) as r:
                 assert r.status == 201
         finally:
             os.close(fd)
-    assert containers.batcher.rows_parked == 0
-    assert _sqlite_names(broker.db_path) == ["held"]
+    assert node.containers.batcher.rows_parked == 0
+    assert _sqlite_names(node.db_path) == ["held"]
 
 
 async def test_a_failed_flush_is_not_acknowledged_and_later_rows_fsync_alone(node, ts):
-    running, devices = node
-    base = f"http://127.0.0.1:{running.port}"
-    nodeobj = running.dispatcher.node
-    containers = running.dispatcher.servers["container"]
-    device_path = os.path.join(devices, "sda")
-    flusher = nodeobj.flusher(device_path)
+    base, flusher = node.base, node.flusher
     async with aiohttp.ClientSession() as session:
         await _create_container(session, base, ts)
 
@@ -207,33 +223,31 @@ async def test_a_failed_flush_is_not_acknowledged_and_later_rows_fsync_alone(nod
         assert flusher.flushes == flushes  # committed with SQLite's own fsync
         async with session.get(f"{base}/sda/2/AUTH_t/c", params={"format": "json"}) as r:
             assert sorted(row["name"] for row in await r.json()) == ["after", "lost"]
-    assert containers.batcher.rows_parked == 1  # "lost", before its flush failed
+    assert node.containers.batcher.rows_parked == 1  # "lost", before its flush failed
 
 
 async def test_parked_rows_outlive_the_node(tmp_path, ts):
     devices = str(tmp_path / "node")
     os.makedirs(os.path.join(devices, "sda"))
     conf = make_conf(devices, account_update_interval=600)
-    running = await start_node_server(conf, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{running.port}"
+    first = OneNode(await start_node_server(conf, "127.0.0.1", 0), devices)
     try:
         async with aiohttp.ClientSession() as session:
-            await _create_container(session, base, ts)
-            async with session.put(f"{base}/sda/2/AUTH_t/c/kept",
+            await _create_container(session, first.base, ts)
+            async with session.put(f"{first.base}/sda/2/AUTH_t/c/kept",
                                    headers={"X-Timestamp": ts(), **ROW}) as r:
                 assert r.status == 201
-        assert running.dispatcher.servers["container"].batcher.rows_parked == 1
+        assert first.containers.batcher.rows_parked == 1
     finally:
-        await running.cleanup()
-    running = await start_node_server(conf, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{running.port}"
+        await first.running.cleanup()
+    again = OneNode(await start_node_server(conf, "127.0.0.1", 0), devices)
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{base}/sda/2/AUTH_t/c",
+            async with session.get(f"{again.base}/sda/2/AUTH_t/c",
                                    params={"format": "json"}) as r:
                 assert [row["name"] for row in await r.json()] == ["kept"]
     finally:
-        await running.cleanup()
+        await again.running.cleanup()
 
 
 def test_a_row_parked_before_its_object_was_durable_needs_the_object(tmp_path):
@@ -251,22 +265,20 @@ def test_a_row_parked_before_its_object_was_durable_needs_the_object(tmp_path):
 
 
 async def test_an_object_row_for_its_own_device_rides_the_object_flush(node, ts):
-    running, devices = node
-    base = f"http://127.0.0.1:{running.port}"
-    nodeobj = running.dispatcher.node
-    device_path = os.path.join(devices, "sda")
-    os.makedirs(os.path.join(devices, "sdb"))
-    own = {"X-Container-Host": f"127.0.0.1:{running.port}", "X-Container-Partition": "2"}
-    updates = running.dispatcher.servers["object"].updates
+    base = node.base
+    os.makedirs(os.path.join(node.devices, "sdb"))
+    own = {"X-Container-Host": f"127.0.0.1:{node.running.port}",
+           "X-Container-Partition": "2"}
+    updates = node.running.dispatcher.servers["object"].updates
     async with aiohttp.ClientSession() as session:
         await _create_container(session, base, ts)
-        flushes = nodeobj.flusher(device_path).flushes
+        flushes = node.flusher.flushes
         async with session.put(f"{base}/sda/4/AUTH_t/c/same", data=b"abc", headers={
                 "X-Timestamp": ts(), "X-Container-Device": "sda", **own}) as r:
             assert r.status == 201
         # the temp file's flush and the name's: none more for the row
-        assert nodeobj.flusher(device_path).flushes - flushes == 2
-        parked = open(pending_path(containers_db(running, device_path)), "rb").read()  # noqa: ASYNC230
+        assert node.flusher.flushes - flushes == 2
+        parked = open(pending_path(node.db_path), "rb").read()  # noqa: ASYNC230
         assert b"check" in parked and b"same" in parked
         # an object on another device: its row waits for a flush of the database's own
         async with session.put(f"{base}/sdb/4/AUTH_t/c/other", data=b"abcd", headers={
@@ -276,11 +288,6 @@ async def test_an_object_row_for_its_own_device_rides_the_object_flush(node, ts)
             assert [(row["name"], row["bytes"]) for row in await r.json()] == [
                 ("other", 4), ("same", 3)]
     assert updates.rows_local == 2 and updates.rows_sent == 0
-
-
-def containers_db(running: RunningNode, device_path: str) -> str:
-    containers = running.dispatcher.servers["container"]
-    return containers.broker(device_path, Route("sda", "2", "AUTH_t", "c")).db_path
 
 
 def test_a_listing_and_its_counts_come_from_one_read(tmp_path):

@@ -104,23 +104,34 @@ def start_served_cluster(
     cluster = ServedCluster(data_dir=data_dir, port=port, process=proc)
     deadline = time.monotonic() + ready_within
     assert proc.stdout is not None
+    # read the pipe itself, not through proc.stdout: a readline there may take several
+    # lines into its buffer, where select() no longer sees them, and the ready line could
+    # wait in it unread until the deadline
+    fd = proc.stdout.fileno()
+    partial = b""
+    seen_ready = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            rest = proc.stdout.read()
+            rest = partial.decode(errors="replace") + proc.stdout.read()
             raise RuntimeError(
                 f"swiftlike serve exited with {proc.returncode}:\n"
                 + "".join(cluster.output) + rest
             )
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            cluster.output.append(line)
-            if line.startswith("swiftlike ready"):
-                # The ready message's second line is the swift command to try; the
-                # server prints both in one write, so this read does not block.
-                cluster.output.append(proc.stdout.readline())
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        partial += os.read(fd, 65536)
+        *lines, partial = partial.split(b"\n")
+        for line in lines:
+            cluster.output.append(line.decode(errors="replace") + "\n")
+            if seen_ready:
+                # the line after the ready line: the swift command to try (the server
+                # writes both at once)
+                if partial:
+                    cluster.output.append(partial.decode(errors="replace"))
                 _drain_in_background(proc, cluster.output)
                 return cluster
+            seen_ready = line.startswith(b"swiftlike ready")
     cluster.stop()
     raise RuntimeError("swiftlike serve did not become ready:\n" + "".join(cluster.output))
 

@@ -23,6 +23,8 @@ def test_free_port_is_below_the_ephemeral_range_and_bindable():
 
 def test_port_is_free_sees_a_listener():
     with socket.socket() as sock:
+        # free_port vouches for a bind with SO_REUSEADDR, as ours are (see above)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", free_port()))
         sock.listen()
         assert not port_is_free("127.0.0.1", sock.getsockname()[1])

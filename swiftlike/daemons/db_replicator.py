@@ -10,7 +10,15 @@ peer. (With a peer of an older release, which keeps no record, the per-peer poin
 ``<db>.sync`` next to the database is used, reset when the peer's file changes.)
 A database on a handoff is deleted once every primary has taken all of its rows.
 
-Config ``[db_replicator]``: interval (30), concurrency (8), per_diff (1000).
+Before it ships anything, a pass reclaims: a database deleted (and emptied, and its
+last state reported to its account) more than ``reclaim_age`` ago is removed, and deleted
+rows older than that are dropped, at most once per ``reclaim_interval`` per database
+(the scan reads the whole table). Every removal re-checks its reason under the locks
+that keep writers out (``DatabaseBroker.remove_if``), so a row or a re-creation that
+lands meanwhile is never acknowledged and then lost.
+
+Config ``[db_replicator]``: interval (30), concurrency (8), per_diff (1000), reclaim_age
+(604800 s, Swift's week), reclaim_interval (3600 s).
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import contextlib
 import json
 import logging
 import os
-import shutil
+import time
 from typing import Any
 
 from swiftlike.common.nodes import node_key
+from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.replication_wire import VERB_HEADER
@@ -89,6 +98,58 @@ def read_db(server_type: str, path: str, start: int, count: int
         broker.close()
 
 
+def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -> bool:
+    """Deleted before ``cutoff``, empty, and (a container) with its deletion reported
+    to its account, which would otherwise list it for ever."""
+    put, delete = Timestamp(info["put_timestamp"] or 0), Timestamp(info["delete_timestamp"] or 0)
+    if not put < delete < cutoff:
+        return False
+    if server_type == "account":
+        return not info.get("container_count")
+    return not info.get("object_count") and \
+        Timestamp(info.get("reported_delete_timestamp") or 0) >= delete
+
+
+def reclaim_db(server_type: str, path: str, now: float, reclaim_age: float,
+               reclaim_interval: float) -> tuple[bool, int]:
+    """(whether the whole database was removed, how many deleted rows were dropped)."""
+    from swiftlike.storage.db_replication_server import open_broker
+
+    cutoff = Timestamp(now - reclaim_age)
+    broker = open_broker(server_type, path, fsync=False)
+    try:
+        if _reclaimable_db(server_type, broker.get_info(), cutoff) and broker.remove_if(
+                lambda conn: _reclaimable_db(server_type, broker.info_in(conn), cutoff)):
+            return True, 0
+        if now - broker.last_reclaim() < reclaim_interval:
+            return False, 0
+        return False, broker.reclaim(cutoff.internal, Timestamp(now).internal)
+    finally:
+        broker.close()
+
+
+def remove_delivered(server_type: str, path: str, shipped: dict[str, Any],
+                     point: int) -> bool:
+    """Remove a handoff database whose rows up to ``point`` and whose timestamps and
+    metadata (as in ``shipped``) every primary has taken, unless it changed since."""
+    from swiftlike.storage.db_replication_server import open_broker
+
+    broker = open_broker(server_type, path, fsync=False)
+
+    def unchanged(conn: Any) -> bool:
+        info = broker.info_in(conn)
+        if any(info.get(key) != shipped.get(key)
+               for key in ("put_timestamp", "delete_timestamp", "metadata")):
+            return False
+        return conn.execute(f"SELECT 1 FROM {broker.item_table} WHERE ROWID > ? LIMIT 1",
+                            (point,)).fetchone() is None
+
+    try:
+        return broker.remove_if(unchanged)
+    finally:
+        broker.close()
+
+
 class DatabaseReplicator(Daemon):
     """One pass over every local account and container database: :meth:`run_once`."""
 
@@ -100,6 +161,8 @@ class DatabaseReplicator(Daemon):
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, conf)
         self.per_diff = max(1, int(self.conf.get("per_diff", 1000)))
+        self.reclaim_age = float(self.conf.get("reclaim_age", 7 * 24 * 3600))
+        self.reclaim_interval = float(self.conf.get("reclaim_interval", 3600))
 
     async def run_once(self, stats_by_device: dict[str, PassStats] | None = None
                        ) -> dict[str, Any]:
@@ -141,6 +204,15 @@ class DatabaseReplicator(Daemon):
         is_primary = any(n["id"] == dev["id"] for n in primaries)
         peers = [n for n in primaries if n["id"] != dev["id"]]
         stats.add(f"{server_type}_dbs")
+        removed, reclaimed = await self.ctx.run_io(
+            reclaim_db, server_type, path, time.time(), self.reclaim_age,
+            self.reclaim_interval)
+        if reclaimed:
+            stats.add(f"{server_type}_rows_reclaimed", reclaimed)
+        if removed:
+            stats.add(f"{server_type}_dbs_reclaimed")
+            return
+        shipped, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         points = await self.ctx.run_io(_load_points, path)
         results = await asyncio.gather(*(
             self._sync_peer(server_type, part, db_hash, path, peer, points, stats)
@@ -150,11 +222,10 @@ class DatabaseReplicator(Daemon):
         for failure in failures:
             stats.error(f"{server_type} db {db_hash}: {failure}")
         if not is_primary and not failures:
-            # every primary has all our rows: the handoff copy has done its job
-            _, newer = await self.ctx.run_io(read_db, server_type, path,
-                                             min(p.get("row", 0) for p in points.values()), 1)
-            if not newer:
-                await self.ctx.run_io(shutil.rmtree, os.path.dirname(path), True)
+            # every primary has all our rows: the handoff copy has done its job, unless
+            # something arrived since (checked again under the writers' locks)
+            point = min(int(p.get("row", 0)) for p in points.values())
+            if await self.ctx.run_io(remove_delivered, server_type, path, shipped, point):
                 stats.add(f"{server_type}_handoffs_removed")
 
     async def _request(self, peer: dict[str, Any], server_type: str, part: str,

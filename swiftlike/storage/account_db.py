@@ -51,6 +51,7 @@ class AccountBroker(DatabaseBroker):
     stat_table = "account_stat"
     item_table = "container"
     item_columns = CONTAINER_COLUMNS
+    reclaimable = "deleted = 1 AND delete_timestamp < :cutoff"
 
     def schema(self) -> str:
         return ACCOUNT_SCHEMA

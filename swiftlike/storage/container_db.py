@@ -75,6 +75,9 @@ class ContainerBroker(DatabaseBroker):
     item_table = "object"
     item_columns = OBJECT_COLUMNS
     parks_rows = True
+    # a row that only carries a content type (created_at 0) waits for its object's row
+    # until its own stamp is old too
+    reclaimable = "deleted = 1 AND created_at < :cutoff AND ctype_timestamp < :cutoff"
 
     def schema(self) -> str:
         return CONTAINER_SCHEMA

@@ -13,9 +13,11 @@ empty value is a deletion that still carries its timestamp (so it replicates).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -276,6 +278,12 @@ class DatabaseBroker:
                 conn.execute(f"PRAGMA synchronous={mode}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if self._file != _file_id(self.db_path):
+                    # removed (or replaced) while this waited for the write lock, which
+                    # remove_if holds across its check and the removal: a write now
+                    # would land in a deleted file and be acknowledged all the same
+                    conn.execute("ROLLBACK")
+                    raise DatabaseNotFound(self.db_path)
                 try:
                     yield conn
                 except BaseException:
@@ -352,8 +360,12 @@ class DatabaseBroker:
     def get_info(self) -> dict[str, Any]:
         self.fold_pending()
         with self.lock:
-            row = self.connection().execute(f"SELECT * FROM {self.stat_table}").fetchone()
-        info = dict(row)
+            return self.info_in(self.connection())
+
+    def info_in(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        """The stat row as :meth:`get_info` gives it, read through ``conn`` (inside a
+        transaction of the caller's)."""
+        info = dict(conn.execute(f"SELECT * FROM {self.stat_table}").fetchone())
         info["metadata"] = json.loads(info.get("metadata") or "{}")
         return info
 
@@ -407,6 +419,66 @@ class DatabaseBroker:
         info = self.get_info()
         self.update_metadata({key: ("", timestamp) for key in info["metadata"]})
         self.merge_timestamps(None, timestamp)
+
+    # ---- reclaiming and removing ------------------------------------------------------
+    def reclaim(self, cutoff: str, now: str) -> int:
+        """Drop deleted rows older than ``cutoff`` (an internal timestamp); how many.
+
+        Why: a deleted row stays as a tombstone so replication carries the deletion to
+        every replica; after ``reclaim_age`` all of them have had it, and a table that
+        only grows would keep every name ever deleted. Remembers ``now`` as when it
+        last ran (:meth:`last_reclaim`): the scan reads the whole table.
+        """
+        with self.transaction() as conn:
+            gone = conn.execute(f"DELETE FROM {self.item_table} WHERE {self.reclaimable}",
+                                {"cutoff": cutoff}).rowcount
+            conn.execute("INSERT OR REPLACE INTO sync_state (key, value) "
+                         "VALUES ('reclaimed_at', ?)", (now,))
+        return gone
+
+    #: SQL condition of a row :meth:`reclaim` may drop, against ``:cutoff``
+    reclaimable = "0"
+
+    def last_reclaim(self) -> float:
+        with self.lock:
+            row = self.connection().execute(
+                "SELECT value FROM sync_state WHERE key = 'reclaimed_at'").fetchone()
+        return float(Timestamp(row[0])) if row else 0.0
+
+    def remove_if(self, still_removable: Callable[[sqlite3.Connection], bool]) -> bool:
+        """Remove this database's directory if ``still_removable`` holds while nothing
+        can be added to it; whether it was removed.
+
+        Why the locks: the replicator decides that a handoff copy has been delivered,
+        or that a deleted database is old enough to go, and then removes it. A row
+        merged or parked in between would be acknowledged and then lost with the file.
+        So the check runs inside a write transaction (SQLite writers wait, and find the
+        file gone when they get their turn, see :meth:`transaction`) and under the
+        parking file's lock (appenders merge instead, see
+        :func:`~swiftlike.storage.pending_rows.append_records`). ``still_removable``
+        gets the connection of that transaction and must read through it alone.
+        """
+        self.fold_pending()
+        with self.lock, contextlib.ExitStack() as held:
+            if self.parks_rows:
+                # created if missing: an appender opening it later must find this file,
+                # the one locked here
+                fd = os.open(pending_path(self.db_path),
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                held.callback(os.close, fd)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size:
+                    return False  # rows parked since the fold: the next pass ships them
+            try:
+                with self.transaction() as conn:
+                    if not still_removable(conn):
+                        return False
+                    shutil.rmtree(os.path.dirname(self.db_path))
+            except DatabaseNotFound:
+                return False
+            finally:
+                self.close()
+        return True
 
     # ---- rows -------------------------------------------------------------------------
     def get_items_since(self, start_rowid: int, count: int) -> list[dict[str, Any]]:

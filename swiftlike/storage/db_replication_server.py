@@ -25,7 +25,7 @@ from aiohttp import web
 from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.account_db import AccountBroker
 from swiftlike.storage.container_db import ContainerBroker
-from swiftlike.storage.db import DatabaseBroker
+from swiftlike.storage.db import DatabaseBroker, DatabaseNotFound
 from swiftlike.storage.db_server_common import quarantining_damage
 from swiftlike.storage.node import StorageNode, error_response
 
@@ -90,7 +90,10 @@ def apply_rows(device_path: str, server_type: str, partition: str, db_hash: str,
     try:
         for row in rows:
             row.pop("ROWID", None)
-        changed = broker.merge_items(rows, incoming=incoming)  # type: ignore[attr-defined]
+        try:
+            changed = broker.merge_items(rows, incoming=incoming)  # type: ignore[attr-defined]
+        except DatabaseNotFound:  # removed by this node's replicator meanwhile
+            return None
         return {"changed": changed, "file_id": file_id(path)}
     finally:
         broker.close()

@@ -17,7 +17,9 @@ Cross-process rule: an append takes the file's ``flock`` without waiting; while 
 holds it, the appender gets ``None`` and merges its rows through SQLite instead, so the
 event loop never blocks on a lock. Folds wait for the lock (they run in threads or
 daemons). Merging is by timestamp, so a row folded twice (a crash between the commit
-and the truncation) or in any order changes nothing.
+and the truncation) or in any order changes nothing. The replicator removing a database
+holds the same lock across its last check and the removal; an appender that gets the
+lock on a file removed meanwhile parks nothing in it.
 
 Record: ``MAGIC``, payload length and xxh32 of the payload (little-endian), then the
 row as msgpack. A record torn by a crash was never acknowledged (no flush ended after
@@ -100,8 +102,9 @@ def append_records(path: str, records: bytes) -> int | None:
     """Append ``records`` to the parking file at ``path`` (created if missing).
 
     Returns the file's size after the append, or None when the rows were not parked:
-    a fold holds the lock, or the write failed (the caller merges them through SQLite,
-    which reports a real failure properly). Not durable until the device's next flush.
+    a fold or a removal holds the lock, the file was removed, or the write failed (the
+    caller merges them through SQLite, which reports a real failure properly). Not
+    durable until the device's next flush.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -111,6 +114,10 @@ def append_records(path: str, records: bytes) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            return None
+        if os.fstat(fd).st_nlink == 0:
+            # the database was removed between the open and the lock (see
+            # DatabaseBroker.remove_if): rows parked here would be lost with it
             return None
         view = memoryview(records)
         try:

@@ -21,6 +21,7 @@ from aiohttp import web
 from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.storage.account_server import AccountServer
 from swiftlike.storage.container_server import ContainerServer
+from swiftlike.storage.db import DatabaseNotFound
 from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
 from swiftlike.storage.node_http import BODY_STALL_SECONDS, IDLE_SECONDS, NodeHTTPServer
 from swiftlike.storage.object_server import ObjectServer
@@ -89,7 +90,12 @@ class NodeDispatcher:
             device_path = self.device_path(route.device)
         except DeviceUnavailable:
             return error_response(507, f"{route.device} is not mounted")
-        return await self.servers[server_type].handle(request, route, device_path)
+        try:
+            return await self.servers[server_type].handle(request, route, device_path)
+        except DatabaseNotFound:
+            # the replicator removed the database while this request waited to write
+            # to it (DatabaseBroker.remove_if): not here, as for any missing database
+            return error_response(404, "No such database here")
 
 
 # read_bufsize: a streamed object body arrives in pieces of up to ~1 MiB, not 64 KiB, so

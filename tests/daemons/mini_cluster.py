@@ -2,8 +2,9 @@
 
 Each node is an aiohttp app serving the real object verbs (ObjectServer), the
 replication verbs and recon, over its own device directory; the ring names their ports.
-The daemons under test talk to them over HTTP exactly as in production. (The full node
-process, with account/container servers, is exercised by the drills.)
+The daemons under test talk to them over HTTP exactly as in production. With
+``full_nodes`` each is the whole node server instead (account and container servers
+too, on the node's own HTTP server), for the database replicator.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from swiftlike.storage.object_server import ObjectServer
 from swiftlike.storage.recon import handle_recon
 from swiftlike.storage.replication_server import handle_replication, replication_verb
 from swiftlike.storage.routing import BadPath, parse_route
+from swiftlike.storage.server import RunningNode, start_node_server
 from tests.cluster_harness import free_ports
 
 PREFIX, SUFFIX = "pre", "suf"
@@ -61,7 +63,8 @@ class MiniNode:
     port: int
     devices: str
     conf: dict[str, Any]
-    runner: web.AppRunner | None = None
+    full: bool = False
+    runner: web.AppRunner | RunningNode | None = None
     storage: StorageNode | None = None
 
     @property
@@ -73,6 +76,9 @@ class MiniNode:
         return os.path.join(self.devices, self.device)
 
     async def start(self) -> None:
+        if self.full:
+            self.runner = await start_node_server(self.conf, "127.0.0.1", self.port)
+            return
         self.storage = StorageNode(self.conf)
         self.runner = web.AppRunner(make_node_app(self.storage), access_log=None)
         await self.runner.setup()
@@ -130,7 +136,8 @@ class MiniCluster:
 
 async def start_mini_cluster(root: str, count: int = 4, replicas: int = 3,
                              part_power: int = 4, daemon_conf: dict | None = None,
-                             node_conf: dict | None = None) -> MiniCluster:
+                             node_conf: dict | None = None, full_nodes: bool = False
+                             ) -> MiniCluster:
     """``node_conf`` adds to each node's [node] section (e.g. fsync on, for the
     group-commit write paths; the default is fsync off)."""
     builder = RingBuilder(part_power=part_power, replicas=replicas, min_part_hours=0)
@@ -150,7 +157,7 @@ async def start_mini_cluster(root: str, count: int = 4, replicas: int = 3,
                 "node": {"bind_ip": "127.0.0.1", "bind_port": port, "devices": devices,
                          "fsync": False, **(node_conf or {})},
                 **(daemon_conf or {})}
-        node = MiniNode(i, port, devices, conf)
+        node = MiniNode(i, port, devices, conf, full_nodes)
         await node.start()
         cluster.nodes.append(node)
     return cluster

@@ -1,0 +1,324 @@
+"""The database replicator reclaims: old deleted rows, old deleted databases, delivered
+handoffs; and a removal never takes a row or a re-creation that arrived after its check.
+
+Four whole node servers on 127.0.0.1 (account and container servers included), driven
+over HTTP the way proxies and object servers drive them; the replicator runs its real
+passes against them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+import aiohttp
+import pytest
+
+from ring.hashing import hash_path_hex
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.daemons.db_replicator import DatabaseReplicator
+from swiftlike.storage.container_db import ContainerBroker
+from swiftlike.storage.db import DatabaseNotFound
+from swiftlike.storage.db_replication_server import db_file_path
+from swiftlike.storage.pending_rows import append_records, encode_rows, pending_path
+from tests.daemons.mini_cluster import PREFIX, SUFFIX, MiniCluster, start_mini_cluster
+
+ACCOUNT, CONTAINER = "AUTH_r", "box"
+RECLAIM_AGE = 100.0
+
+
+def stamp(offset: float) -> str:
+    return Timestamp(time.time() + offset).internal
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    mini = await start_mini_cluster(str(tmp_path), full_nodes=True)
+    try:
+        yield mini
+    finally:
+        for node in mini.nodes:
+            await node.stop()
+
+
+def _url(dev: dict, part: int, *names: str) -> str:
+    return f"http://127.0.0.1:{dev['port']}/{dev['device']}/{part}/" + "/".join(names)
+
+
+def _account_headers(cluster: MiniCluster) -> dict[str, str]:
+    part, nodes = cluster.ring.get_nodes(ACCOUNT)
+    return {"X-Account-Host": ",".join(f"127.0.0.1:{n['port']}" for n in nodes),
+            "X-Account-Partition": str(part),
+            "X-Account-Device": ",".join(n["device"] for n in nodes)}
+
+
+async def _send(session: aiohttp.ClientSession, method: str, url: str,
+                headers: dict[str, str], ok: tuple[int, ...]) -> None:
+    async with session.request(method, url, headers=headers) as resp:
+        assert resp.status in ok, (method, url, resp.status, await resp.text())
+
+
+async def make_account_and_container(cluster: MiniCluster, session: aiohttp.ClientSession,
+                                     created: str) -> None:
+    apart, anodes = cluster.ring.get_nodes(ACCOUNT)
+    for dev in anodes:
+        await _send(session, "PUT", _url(dev, apart, ACCOUNT), {"X-Timestamp": created},
+                    (201, 202))
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    # each primary gets the account headers (only one would from a proxy: the same here)
+    for dev in nodes:
+        await _send(session, "PUT", _url(dev, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": created, **_account_headers(cluster)}, (201, 202))
+
+
+async def send_row(cluster: MiniCluster, session: aiohttp.ClientSession, method: str,
+                   name: str, timestamp: str, **headers: str) -> None:
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    for dev in nodes:
+        await _send(session, method, _url(dev, part, ACCOUNT, CONTAINER, name),
+                    {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp,
+                     **headers}, (201, 202, 204))
+
+
+def container_db(cluster: MiniCluster, dev: dict) -> str:
+    part, _ = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    db_hash = hash_path_hex(ACCOUNT, CONTAINER, prefix=PREFIX.encode(), suffix=SUFFIX.encode())
+    return db_file_path(cluster.node_of(dev).device_path, "container", str(part), db_hash)
+
+
+def present(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def rows_of(path: str) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT name, deleted FROM object"))
+    finally:
+        conn.close()
+
+
+async def replicate_all(cluster: MiniCluster, **conf: float) -> dict[str, dict]:
+    """One database replication pass on every node; device -> its counts."""
+    counts = {}
+    for node in cluster.nodes:
+        ctx = cluster.context(node)
+        try:
+            result = await DatabaseReplicator(ctx, {"reclaim_age": RECLAIM_AGE, **conf}
+                                              ).run_once()
+        finally:
+            await ctx.close()
+        counts[node.device] = result[node.device]["counts"]
+    return counts
+
+
+async def test_old_deleted_rows_go_and_everything_newer_stays(cluster):
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        row = {"X-Size": "3", "X-Content-Type": "text/plain", "X-Etag": "e" * 32}
+        await send_row(cluster, session, "PUT", "old-gone", stamp(-1000), **row)
+        await send_row(cluster, session, "DELETE", "old-gone", stamp(-900))
+        await send_row(cluster, session, "PUT", "new-gone", stamp(-1000), **row)
+        await send_row(cluster, session, "DELETE", "new-gone", stamp(-10))
+        await send_row(cluster, session, "PUT", "live", stamp(-1000), **row)
+        # a content type whose object row has not arrived: deleted, created_at 0
+        await send_row(cluster, session, "POST", "waiting", stamp(-5),
+                       **{"X-Content-Type": "image/png"})
+    counts = await replicate_all(cluster)
+    _, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    for dev in nodes:
+        assert counts[dev["device"]].get("container_rows_reclaimed") == 1, counts
+        assert rows_of(container_db(cluster, dev)) == {"new-gone": 1, "live": 0,
+                                                       "waiting": 1}
+    # the scan runs at most once per reclaim_interval (default an hour)
+    counts = await replicate_all(cluster)
+    assert not any(c.get("container_rows_reclaimed") for c in counts.values()), counts
+
+
+async def test_an_old_deleted_container_is_removed_from_every_replica(cluster):
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        for dev in nodes:
+            await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
+                        {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+    paths = [container_db(cluster, dev) for dev in nodes]
+    assert all(present(p) for p in paths)
+    counts = await replicate_all(cluster)
+    assert sum(c.get("container_dbs_reclaimed", 0) for c in counts.values()) == 3, counts
+    assert not any(present(os.path.dirname(p)) for p in paths)
+    # and no replica brought it back to the others
+    counts = await replicate_all(cluster)
+    assert not any(present(p) for p in paths)
+
+
+async def test_a_recent_or_unreported_deletion_is_kept(cluster):
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        recent, unreported = nodes[0], nodes[1]
+        await _send(session, "DELETE", _url(recent, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-10), **_account_headers(cluster)}, (204,))
+        # no account headers and none stored: the account never hears of this one
+        broker = ContainerBroker(container_db(cluster, unreported), fsync=False)
+        broker.set_account_target("", "", "")
+        broker.close()
+        await _send(session, "DELETE", _url(unreported, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-1000)}, (204,))
+    for node in cluster.nodes:  # only these two replicas: no pushes between them
+        if node.port not in (recent["port"], unreported["port"]):
+            await node.stop()
+    ctx_nodes = [cluster.node_of(recent), cluster.node_of(unreported)]
+    for node in ctx_nodes:
+        ctx = cluster.context(node)
+        try:
+            result = await DatabaseReplicator(ctx, {"reclaim_age": RECLAIM_AGE}).run_once()
+        finally:
+            await ctx.close()
+        assert not result[node.device]["counts"].get("container_dbs_reclaimed"), result
+    assert present(container_db(cluster, recent))
+    assert present(container_db(cluster, unreported))
+
+
+def _deleted_container(tmp_path) -> ContainerBroker:
+    path = str(tmp_path / "d" / "x.db")
+    broker = ContainerBroker(path, fsync=False)
+    broker.create(str(tmp_path / "tmp"), ACCOUNT, CONTAINER, stamp(-2000))
+    broker.delete_db(stamp(-1000))
+    return broker
+
+
+def test_a_write_waiting_on_a_removal_finds_the_database_gone(tmp_path):
+    remover = _deleted_container(tmp_path)
+    writer = ContainerBroker(remover.db_path, fsync=False)
+    writer.get_info()  # its connection is open on the file before the removal starts
+    outcome: list[object] = []
+    checking = threading.Event()
+
+    def write() -> None:
+        checking.wait(10)
+        try:
+            outcome.append(writer.merge_items([{  # a row that must not be acknowledged
+                "name": "late", "created_at": stamp(0), "size": 1, "content_type": "a/b",
+                "etag": "e", "deleted": 0}]))
+        except DatabaseNotFound as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+
+    def check(conn: sqlite3.Connection) -> bool:
+        checking.set()
+        time.sleep(0.3)  # the writer is now waiting for the write lock held here
+        return True
+
+    assert remover.remove_if(check)
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], DatabaseNotFound), outcome
+    assert not os.path.exists(os.path.dirname(remover.db_path))
+
+
+def test_a_write_before_the_check_keeps_the_database(tmp_path):
+    broker = _deleted_container(tmp_path)
+    other = ContainerBroker(broker.db_path, fsync=False)
+    other.merge_timestamps(stamp(0))  # re-created before the removal looked
+    assert not broker.remove_if(lambda conn: broker.is_deleted_info(broker.info_in(conn)))
+    assert os.path.exists(broker.db_path)
+    assert not other.is_deleted()
+
+
+def test_rows_parked_after_the_fold_keep_the_database(tmp_path):
+    broker = _deleted_container(tmp_path)
+    row = {"name": "late", "created_at": stamp(0), "size": 1, "content_type": "a/b",
+           "etag": "e", "deleted": 0}
+    calls = []
+
+    def check(conn: sqlite3.Connection) -> bool:
+        calls.append(1)
+        return True
+
+    original_fold = broker.fold_pending
+
+    def fold_then_park() -> int:
+        folded = original_fold()
+        assert append_records(pending_path(broker.db_path), encode_rows([row]))
+        return folded
+
+    broker.fold_pending = fold_then_park  # type: ignore[method-assign]
+    assert not broker.remove_if(check)
+    assert not calls  # the parked bytes decided it before any check
+    assert os.path.exists(broker.db_path)
+    broker.fold_pending = original_fold  # type: ignore[method-assign]
+    assert [r["name"] for r in broker.list_objects(10)] == ["late"]
+
+
+def test_an_append_that_gets_the_lock_after_a_removal_parks_nothing(tmp_path, monkeypatch):
+    broker = _deleted_container(tmp_path)
+    path = pending_path(broker.db_path)
+    import fcntl as real_fcntl
+
+    from swiftlike.storage import pending_rows
+
+    real_flock = real_fcntl.flock
+    armed = [True]
+
+    def flock_after_removal(fd: int, op: int) -> None:
+        if armed.pop() if armed else False:
+            # the removal runs between this appender's open and its lock
+            assert broker.remove_if(lambda conn: True)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(pending_rows.fcntl, "flock", flock_after_removal)
+    open(path, "ab").close()
+    assert append_records(path, encode_rows([{"name": "lost?", "created_at": stamp(0)}])) \
+        is None
+
+
+async def test_a_delivered_handoff_database_is_removed_and_its_rows_are_home(cluster):
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    handoff = next(iter(cluster.ring.get_more_nodes(part)))
+    row = {"X-Backend-Server-Type": "container", "X-Size": "3",
+           "X-Content-Type": "text/plain", "X-Etag": "e" * 32}
+    async with aiohttp.ClientSession() as session:
+        # the primaries were down when the container was made: only the handoff has it
+        await _send(session, "PUT", _url(handoff, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-50)}, (201,))
+        await _send(session, "PUT", _url(handoff, part, ACCOUNT, CONTAINER, "o1"),
+                    {"X-Timestamp": stamp(-40), **row}, (201,))
+        await _send(session, "POST", _url(handoff, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-30), "X-Container-Meta-Colour": "blue"}, (204,))
+    node = cluster.node_of(handoff)
+    ctx = cluster.context(node)
+    try:
+        result = await DatabaseReplicator(ctx).run_once()
+    finally:
+        await ctx.close()
+    assert result[node.device]["counts"].get("container_handoffs_removed") == 1, result
+    assert not present(container_db(cluster, handoff))
+    for dev in nodes:
+        broker = ContainerBroker(container_db(cluster, dev), fsync=False)
+        try:
+            assert [r["name"] for r in broker.list_objects(10)] == ["o1"]
+            assert broker.get_info()["metadata"]["X-Container-Meta-Colour"][0] == "blue"
+        finally:
+            broker.close()
+
+
+def test_a_handoff_changed_after_its_push_is_kept(tmp_path):
+    from swiftlike.daemons.db_replicator import read_db, remove_delivered
+
+    broker = ContainerBroker(str(tmp_path / "h" / "x.db"), fsync=False)
+    broker.create(str(tmp_path / "tmp"), ACCOUNT, CONTAINER, stamp(-50))
+    broker.put_object("o1", stamp(-40), 1, "a/b", "e")
+    shipped, rows = read_db("container", broker.db_path, 0, 10)
+    point = rows[-1]["ROWID"]
+    broker.update_metadata({"X-Container-Meta-Colour": ("red", stamp(0))})
+    assert not remove_delivered("container", broker.db_path, shipped, point)
+    shipped, _ = read_db("container", broker.db_path, 0, 10)
+    broker.put_object("o2", stamp(0), 1, "a/b", "e")
+    assert not remove_delivered("container", broker.db_path, shipped, point)
+    assert remove_delivered("container", broker.db_path, shipped, point + 1)
+    assert not present(broker.db_path)
+

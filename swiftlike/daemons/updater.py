@@ -9,7 +9,11 @@ merge by timestamp, so replaying late or out of order converges. Each pass then 
 the container reports the accounts have not heard (see
 :mod:`swiftlike.daemons.container_reports`).
 
-Config ``[updater]``: interval (s, 30), concurrency (16), update_timeout (s, 5).
+A record every one of whose failing targets answers 404, older than ``reclaim_age``, is
+dropped: its database was deleted and reclaimed (see :meth:`ObjectUpdater._database_gone`).
+
+Config ``[updater]``: interval (s, 30), concurrency (16), update_timeout (s, 5),
+reclaim_age (s, 604800).
 """
 
 from __future__ import annotations
@@ -18,14 +22,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import msgpack
 
+from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.daemons.container_reports import report_containers
 from swiftlike.storage.durable_io import write_sidecar
-from swiftlike.storage.updates import UpdateTarget, send_updates
+from swiftlike.storage.updates import (
+    UpdateTarget,
+    backend_path,
+    failed_targets,
+    update_status,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +85,24 @@ class ObjectUpdater(Daemon):
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, conf)
         self.update_timeout = float(self.conf.get("update_timeout", 5))
+        self.reclaim_age = float(self.conf.get("reclaim_age", 7 * 24 * 3600))
+
+    def _database_gone(self, headers: dict[str, str], statuses: dict[str, int | None]
+                       ) -> bool:
+        """Whether a record that keeps failing is for a database that no longer exists:
+        every target that failed answered 404, and the update is older than
+        ``reclaim_age``. Within that age a primary missing the database gets it by
+        replication (a new ring, a rebuilt disk); past it, a deleted container or
+        account has been reclaimed (see db_replicator), and the row has nowhere to go.
+        Retrying it every pass for ever would only grow the queue."""
+        failed = [s for s in statuses.values() if s is None or not 200 <= s < 300]
+        if not failed or any(s != 404 for s in failed):
+            return False
+        try:
+            stamp = float(Timestamp(headers.get("X-Timestamp") or ""))
+        except ValueError:
+            return False
+        return stamp < time.time() - self.reclaim_age
 
     async def run_once(self) -> dict[str, Any]:
         results = {}
@@ -115,11 +144,25 @@ class ObjectUpdater(Daemon):
             stats.add("unreadable")
             return
         headers.setdefault("X-Backend-Server-Type", record.get("server_type", "container"))
-        failed = await send_updates(self.ctx.client, targets, method, account,
-                                    container, obj, headers, self.update_timeout)
+        statuses: dict[str, int | None] = {}
+
+        async def send(target: UpdateTarget) -> bool:
+            status = await update_status(
+                self.ctx.client, target, method,
+                backend_path(target, account, container, obj), headers, self.update_timeout)
+            statuses[target.host + "/" + target.device] = status
+            return status is not None and 200 <= status < 300
+
+        failed = await failed_targets(targets, send)
         if not failed:
             await self.ctx.run_io(remove_pending, path)
             stats.add("successes")
+            return
+        if self._database_gone(headers, statuses):
+            LOG.info("dropping %s: every database it updates has been gone for longer "
+                     "than reclaim_age", path)
+            await self.ctx.run_io(remove_pending, path)
+            stats.add("dropped_gone")
             return
         stats.add("failures")
         if len(failed) < len(targets):

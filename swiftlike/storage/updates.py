@@ -107,17 +107,24 @@ UPDATE_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, UnsafeHeader)
 async def send_one_update(client: NodeClient, target: UpdateTarget, method: str,
                           path: str, headers: dict[str, str], timeout_s: float) -> bool:
     """One backend update; True on 2xx. 404 counts as failure (retry later)."""
+    status = await update_status(client, target, method, path, headers, timeout_s)
+    return status is not None and 200 <= status < 300
+
+
+async def update_status(client: NodeClient, target: UpdateTarget, method: str,
+                        path: str, headers: dict[str, str], timeout_s: float) -> int | None:
+    """One backend update's status; None when the node did not answer. Anything but
+    2xx is logged."""
     try:
         async with asyncio.timeout(timeout_s):
             async with client.request(target.node, method, path, headers=headers) as resp:
                 await resp.read()
-        if 200 <= resp.status < 300:
-            return True
-        LOG.warning("update %s %s%s answered %s", method, target.host, path, resp.status)
-        return False
     except UPDATE_ERRORS as err:
         LOG.warning("update %s %s%s failed: %r", method, target.host, path, err)
-        return False
+        return None
+    if not 200 <= resp.status < 300:
+        LOG.warning("update %s %s%s answered %s", method, target.host, path, resp.status)
+    return resp.status
 
 
 async def failed_targets(targets: list[UpdateTarget],

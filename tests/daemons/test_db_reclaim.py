@@ -322,3 +322,38 @@ def test_a_handoff_changed_after_its_push_is_kept(tmp_path):
     assert remove_delivered("container", broker.db_path, shipped, point + 1)
     assert not present(broker.db_path)
 
+
+@pytest.mark.parametrize("age, down, kept", [
+    (-1000, False, False),  # every target 404, for longer than reclaim_age: dropped
+    (-10, False, True),     # 404, but recent: the database may still be on its way
+    (-1000, True, True),    # one target did not answer: it may still have the database
+])
+async def test_an_old_update_for_a_reclaimed_container_is_dropped(cluster, age, down, kept):
+    from swiftlike.daemons.updater import ObjectUpdater, list_pending
+    from swiftlike.storage.updates import (
+        UpdateTarget,
+        pending_record,
+        write_async_pending,
+    )
+
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)  # no container anywhere
+    targets = [UpdateTarget(f"127.0.0.1:{n['port']}", str(part), n["device"])
+               for n in nodes[:2]]
+    if down:
+        await cluster.node_of(nodes[1]).stop()
+    writer = next(n for n in cluster.nodes if n.runner is not None)
+    timestamp = stamp(age)
+    record = pending_record("PUT", ACCOUNT, CONTAINER, "o", "container",
+                            {"X-Timestamp": timestamp, "X-Size": "1", "X-Etag": "e",
+                             "X-Content-Type": "a/b"}, targets)
+    write_async_pending(writer.device_path, record, timestamp, PREFIX.encode(),
+                        SUFFIX.encode(), fsync=False)
+    ctx = cluster.context(writer)
+    try:
+        result = await ObjectUpdater(ctx, {"reclaim_age": RECLAIM_AGE,
+                                           "update_timeout": 1}).run_once()
+    finally:
+        await ctx.close()
+    counts = result[writer.device]["counts"]
+    assert bool(list_pending(writer.device_path)) == kept, counts
+    assert counts.get("dropped_gone", 0) == (0 if kept else 1), counts

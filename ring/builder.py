@@ -217,6 +217,33 @@ class RingBuilder:
         self.devs[dev_id]["weight"] = _check_number("weight", weight, minimum=0)
         self.dirty = True
 
+    def set_dev_info(self, dev_id: int, *, ip: str | None = None, port: int | None = None,
+                     device: str | None = None, meta: str | None = None) -> dict:
+        """Change where a device is reached, or its meta, without moving a partition
+        (a server renumbered, disks moved to another host); returns the device as it is
+        now. The ring file must be written again (:meth:`save_ring`) for nodes and
+        proxies to see it; the builder's version moves on so they know it changed."""
+        old = self.get_dev(dev_id)
+        changes = {key: value for key, value in
+                   (("ip", ip), ("port", port), ("device", device), ("meta", meta))
+                   if value is not None}
+        new = {**self._checked_dev({**old, **changes}), "id": dev_id}
+        addr = (new["ip"], new["port"], new["device"])
+        for other in self._live_devs():
+            if other["id"] != dev_id and (other["ip"], other["port"], other["device"]) == addr:
+                raise RingBuilderError(f"duplicate device {new['ip']}:{new['port']}/"
+                                       f"{new['device']} (already id {other['id']})")
+        if new != old:
+            self.devs[dev_id] = new
+            self.version += 1
+        return dict(new)
+
+    def pretend_min_part_hours_passed(self) -> None:
+        """Let the next rebalance move any partition, however recently it moved (for an
+        operator who knows the replicas have settled, or has to drain a device now)."""
+        if self._last_moved is not None:
+            self._last_moved[:] = 0
+
     def set_overload(self, overload: float) -> None:
         """Set how much more than its weighted share a device may take for dispersion."""
         self.overload = _check_number("overload", overload, minimum=0)

@@ -10,6 +10,11 @@
     swiftlike-ring object.builder rebalance [--seed N] [--ring PATH]
     swiftlike-ring object.builder show               # also: swiftlike-ring object.builder
     swiftlike-ring object.builder validate [--ring PATH]
+    swiftlike-ring object.builder set-info 127.0.0.1 --ip 10.0.0.9 --yes   # no moves
+    swiftlike-ring object.builder write-ring [--ring PATH]
+    swiftlike-ring object.builder search z2
+    swiftlike-ring object.builder list-parts d3 d4
+    swiftlike-ring object.builder pretend-min-part-hours-passed
 
 Exit status: 0 success, 2 error. The builder file is written only when a command succeeds.
 """
@@ -173,6 +178,66 @@ def cmd_set_min_part_hours(args: argparse.Namespace) -> str:
     return f"min_part_hours set to {args.hours:g}"
 
 
+def cmd_set_info(args: argparse.Namespace) -> str:
+    b = _load(args.builder)
+    if all(getattr(args, key) is None for key in ("ip", "port", "device", "meta")):
+        raise CliError("set-info needs at least one of --ip, --port, --device, --meta")
+    devs = _find(b, args.search)
+    if len(devs) > 1 and not args.yes:
+        raise CliError(f"{args.search!r} matches {len(devs)} devices; add --yes to change all")
+    lines = []
+    for d in devs:
+        now = b.set_dev_info(d["id"], ip=args.ip, port=args.port, device=args.device,
+                             meta=args.meta)
+        lines.append(f"{_fmt_dev(d)} -> {_fmt_dev(now)}" + (f" meta {now['meta']!r}"
+                                                             if args.meta is not None else ""))
+    b.save(args.builder)
+    lines.append("no partition moved; write the ring file for the cluster to see it: "
+                 f"swiftlike-ring {args.builder} write-ring")
+    return "\n".join(lines)
+
+
+def cmd_pretend_min_part_hours_passed(args: argparse.Namespace) -> str:
+    b = _load(args.builder)
+    b.pretend_min_part_hours_passed()
+    b.save(args.builder)
+    return "every partition may move at the next rebalance"
+
+
+def cmd_write_ring(args: argparse.Namespace) -> str:
+    b = _load(args.builder)
+    if b.replica2part2dev is None:
+        raise CliError("never rebalanced: no assignment to write (run rebalance)")
+    ring_path = args.ring or default_ring_path(args.builder)
+    b.save_ring(ring_path)
+    note = " (pending changes are not in it: rebalance to place them)" if b.dirty else ""
+    return f"wrote {ring_path}, build version {b.version}{note}"
+
+
+def cmd_search(args: argparse.Namespace) -> str:
+    b = _load(args.builder)
+    counts = b.dev_part_counts()
+    return "\n".join(f"{_fmt_dev(d)} weight {d['weight']:g} partitions {counts.get(d['id'], 0)}"
+                     + (f" meta {d['meta']!r}" if d["meta"] else "")
+                     for d in _find(b, args.search))
+
+
+def cmd_list_parts(args: argparse.Namespace) -> str:
+    """Partitions with a replica on the matched devices, the most matches first (which
+    partitions a failing disk or server holds)."""
+    b = _load(args.builder)
+    arr = b.replica2part2dev
+    if arr is None:
+        raise CliError("never rebalanced: no partitions assigned")
+    ids = sorted({d["id"] for search in args.search for d in _find(b, search)})
+    matches = np.isin(arr, np.array(ids, dtype=arr.dtype)).sum(axis=0)
+    parts = np.flatnonzero(matches)
+    order = np.lexsort((parts, -matches[parts]))
+    rows = [f"{'partition':>9}  matches"]
+    rows += [f"{int(parts[i]):>9}  {int(matches[parts[i]])}" for i in order]
+    return "\n".join(rows)
+
+
 def cmd_rebalance(args: argparse.Namespace) -> str:
     b = _load(args.builder)
     ring_path = args.ring or default_ring_path(args.builder)
@@ -229,6 +294,11 @@ def cmd_show(args: argparse.Namespace) -> str:
     return "\n".join([*head, "Devices:", *table])
 
 
+def _addresses(devs: list[dict | None]) -> list[tuple | None]:
+    return [None if d is None else (d["id"], d["ip"], d["port"], d["device"], d["meta"])
+            for d in devs]
+
+
 def cmd_validate(args: argparse.Namespace) -> str:
     """Check the builder's assignment, and the ring file against it."""
     b = _load(args.builder)
@@ -253,6 +323,9 @@ def cmd_validate(args: argparse.Namespace) -> str:
         elif not np.array_equal(read_ring_file(ring_path).replica2part2dev, arr):
             problems.append(f"{ring_path}: assignment differs from the builder "
                             f"(rebalance or write the ring again)")
+        elif _addresses(ring.devs) != _addresses(b.devs):
+            problems.append(f"{ring_path}: device addresses differ from the builder "
+                            f"(write the ring again)")
     else:
         problems.append(f"{ring_path}: no ring file")
     if problems:
@@ -299,6 +372,27 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("set-min-part-hours", help="set-min-part-hours <hours>")
     m.add_argument("hours", type=float)
     m.set_defaults(func=cmd_set_min_part_hours)
+    si = sub.add_parser("set-info", help="set-info <id|search> [--ip] [--port] [--device] "
+                                         "[--meta]: move a device, no partition moves")
+    si.add_argument("search")
+    si.add_argument("--ip")
+    si.add_argument("--port", type=int)
+    si.add_argument("--device")
+    si.add_argument("--meta")
+    si.add_argument("--yes", action="store_true", help="allow matching several devices")
+    si.set_defaults(func=cmd_set_info)
+    pm = sub.add_parser("pretend-min-part-hours-passed",
+                        help="let the next rebalance move recently moved partitions")
+    pm.set_defaults(func=cmd_pretend_min_part_hours_passed)
+    wr = sub.add_parser("write-ring", help="write the ring file from the builder, no rebalance")
+    wr.add_argument("--ring", help="ring file to write (default: next to the builder)")
+    wr.set_defaults(func=cmd_write_ring)
+    se = sub.add_parser("search", help="search <id|search>: the matching devices")
+    se.add_argument("search")
+    se.set_defaults(func=cmd_search)
+    lp = sub.add_parser("list-parts", help="list-parts <id|search> ...: partitions on them")
+    lp.add_argument("search", nargs="+")
+    lp.set_defaults(func=cmd_list_parts)
     rb = sub.add_parser("rebalance", help="rebalance and write the ring file")
     rb.add_argument("--seed", type=int)
     rb.add_argument("--ring", help="ring file to write (default: next to the builder)")

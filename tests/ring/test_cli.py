@@ -158,3 +158,57 @@ def test_help_of_the_tool_and_every_command(tmp_path):
                     "set-min-part-hours", "rebalance", "show", "validate"):
         out = cli("x.builder", command, "--help", cwd=tmp_path)
         assert out.returncode == 0, (command, out.stderr)
+
+
+def test_set_info_moves_a_device_without_moving_partitions(built):
+    assert cli("o.builder", "rebalance", "--seed", "4", cwd=built).returncode == 0
+    before = Ring(built / "o.ring")
+    parts_before = [before.get_part_nodes(p) for p in range(64)]
+    # a server renumbered: every device on 127.0.0.2 moves to 10.0.0.2
+    r = cli("o.builder", "set-info", "127.0.0.2", "--ip", "10.0.0.2", cwd=built)
+    assert r.returncode == 0, r.stderr
+    assert "-> d1r1z2-10.0.0.2:6200/d1" in r.stdout and "write-ring" in r.stdout
+    v = cli("o.builder", "validate", cwd=built)  # the ring file is stale until written
+    assert v.returncode == 2 and "device addresses differ" in v.stderr
+    r = cli("o.builder", "write-ring", cwd=built)
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    after = Ring(built / "o.ring")
+    for part, nodes in enumerate(parts_before):
+        moved = after.get_part_nodes(part)
+        assert [n["id"] for n in moved] == [n["id"] for n in nodes]
+        assert [n["ip"] for n in moved] == [
+            "10.0.0.2" if n["ip"] == "127.0.0.2" else n["ip"] for n in nodes]
+    assert cli("o.builder", "validate", cwd=built).returncode == 0
+    # another device's address is refused, and so is several devices without --yes
+    r = cli("o.builder", "set-info", "d0", "--ip", "10.0.0.2", cwd=built)
+    assert r.returncode == 2 and "duplicate device" in r.stderr
+    r = cli("o.builder", "set-info", "r1", "--meta", "x", cwd=built)
+    assert r.returncode == 2 and "--yes" in r.stderr
+    assert RingBuilder.load(built / "o.builder").get_dev(0)["ip"] == "127.0.0.1"
+
+
+def test_search_list_parts_and_pretend_min_part_hours(built):
+    assert cli("o.builder", "rebalance", "--seed", "4", cwd=built).returncode == 0
+    r = cli("o.builder", "search", "z3", cwd=built)
+    assert r.returncode == 0 and r.stdout.startswith("d2r1z3-127.0.0.3:6200/d1 weight 100")
+    assert "meta 'ssd'" in r.stdout
+    ring = Ring(built / "o.ring")
+    r = cli("o.builder", "list-parts", "d0", "d1", cwd=built)
+    assert r.returncode == 0, r.stderr
+    listed = {int(line.split()[0]): int(line.split()[1])
+              for line in r.stdout.splitlines()[1:]}
+    expected = {p: sum(n["id"] in (0, 1) for n in ring.get_part_nodes(p))
+                for p in range(64)}
+    assert listed == {p: n for p, n in expected.items() if n}
+    counts = [listed[p] for p in map(int, (ln.split()[0] for ln in r.stdout.splitlines()[1:]))]
+    assert counts == sorted(counts, reverse=True)
+    # min_part_hours 1: the partitions a new device just took stay there for an hour,
+    # so draining it again at once moves nothing, until the operator says otherwise
+    assert cli("o.builder", "add", "r1z5-127.0.0.9:6200/d1", "100", cwd=built).returncode == 0
+    assert "moved 0 replicas" not in cli("o.builder", "rebalance", cwd=built).stdout
+    assert cli("o.builder", "set-weight", "d4", "0", cwd=built).returncode == 0
+    held = cli("o.builder", "rebalance", cwd=built)
+    assert "moved 0 replicas" in held.stdout, held.stdout
+    assert cli("o.builder", "pretend-min-part-hours-passed", cwd=built).returncode == 0
+    moved = cli("o.builder", "rebalance", cwd=built)
+    assert "moved 0 replicas" not in moved.stdout, moved.stdout

@@ -10,9 +10,9 @@ peer. (With a peer of an older release, which keeps no record, the per-peer poin
 ``<db>.sync`` next to the database is used, reset when the peer's file changes.)
 A database on a handoff is deleted once every primary has taken all of its rows.
 
-Before it ships anything, a pass reclaims: a database deleted (and emptied, and its
-last state reported to its account) more than ``reclaim_age`` ago is removed, and deleted
-rows older than that are dropped, at most once per ``reclaim_interval`` per database
+Before it ships anything, a pass reclaims: a container database deleted (and emptied,
+and its last state reported to its account) more than ``reclaim_age`` ago is removed,
+and deleted rows older than that are dropped, at most once per ``reclaim_interval`` per database
 (the scan reads the whole table). Every removal re-checks its reason under the locks
 that keep writers out (``DatabaseBroker.remove_if``), so a row or a re-creation that
 lands meanwhile is never acknowledged and then lost.
@@ -99,14 +99,19 @@ def read_db(server_type: str, path: str, start: int, count: int
 
 
 def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -> bool:
-    """Deleted before ``cutoff``, empty, and (a container) with its deletion reported
-    to its account, which would otherwise list it for ever."""
-    put, delete = Timestamp(info["put_timestamp"] or 0), Timestamp(info["delete_timestamp"] or 0)
-    if not put < delete < cutoff:
+    """A container deleted before ``cutoff``, empty, with its deletion reported to its
+    account (which would otherwise list it for ever).
+
+    Never an account: an account server makes a missing account's database when a
+    container report arrives (a new primary must take reports before replication
+    brings it the database), so a reclaimed account would come back to life, live, at
+    the first late report. A deleted account's database stays, answering 404 to them;
+    its container rows are still reclaimed.
+    """
+    if server_type != "container":
         return False
-    if server_type == "account":
-        return not info.get("container_count")
-    return not info.get("object_count") and \
+    put, delete = Timestamp(info["put_timestamp"] or 0), Timestamp(info["delete_timestamp"] or 0)
+    return put < delete < cutoff and not info.get("object_count") and \
         Timestamp(info.get("reported_delete_timestamp") or 0) >= delete
 
 

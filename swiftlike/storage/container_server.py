@@ -19,6 +19,7 @@ from aiohttp import web
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.container_db import ZERO, ContainerBroker, content_type_row
+from swiftlike.storage.db import DatabaseNotFound
 from swiftlike.storage.db_server_common import (
     RowBatcher,
     backend_headers,
@@ -167,18 +168,15 @@ class ContainerServer:
             return error_response(400, "Missing or invalid X-Timestamp")
         broker = self.broker(device_path, route)
         assert route.container is not None
-        created = False
-        if not broker.exists():
-            created = await self.node.run_db(broker.create, os.path.join(device_path, "tmp"),
-                                             route.account, route.container,
-                                             timestamp.internal)
-        if not created:
-            was_deleted = await self.node.run_db(broker.is_deleted)
-            info = await self.node.run_db(broker.merge_timestamps, timestamp.internal)
-            if broker.is_deleted_info(info):
-                return error_response(409, "Container was deleted more recently",
-                                      backend_headers(info))
-            created = was_deleted
+        try:
+            opened = await self._create_or_revive(broker, route, device_path, timestamp)
+        except DatabaseNotFound:
+            # the replicator reclaimed the old, deleted database while this waited to
+            # write to it: this PUT makes a new one
+            opened = await self._create_or_revive(broker, route, device_path, timestamp)
+        if isinstance(opened, web.Response):
+            return opened
+        created = opened
         changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
         await self.node.run_db(broker.update_metadata, changes)
         targets = targets_in_headers(request.headers, "Account")
@@ -189,6 +187,23 @@ class ContainerServer:
                                    ",".join(t.device for t in targets))
         await self.account_update(route, device_path, broker, targets)
         return web.Response(status=201 if created else 202)
+
+    async def _create_or_revive(self, broker: ContainerBroker, route: Route,
+                                device_path: str, timestamp: Timestamp
+                                ) -> bool | web.Response:
+        """Whether this PUT created the container (or revived a deleted one), or the
+        409 for a deletion newer than it."""
+        assert route.container is not None
+        if not broker.exists() and await self.node.run_db(
+                broker.create, os.path.join(device_path, "tmp"), route.account,
+                route.container, timestamp.internal):
+            return True
+        was_deleted = await self.node.run_db(broker.is_deleted)
+        info = await self.node.run_db(broker.merge_timestamps, timestamp.internal)
+        if broker.is_deleted_info(info):
+            return error_response(409, "Container was deleted more recently",
+                                  backend_headers(info))
+        return bool(was_deleted)
 
     async def get_or_head(self, request: web.Request, route: Route, device_path: str
                           ) -> web.StreamResponse:

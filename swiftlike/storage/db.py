@@ -17,17 +17,16 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.durable_io import fsync_dir, move_to_quarantine
+from swiftlike.storage.db_files import remove_directory
+from swiftlike.storage.durable_io import fsync_dir
 from swiftlike.storage.pending_rows import (
     ParkedRows,
     parked_bytes,
@@ -42,47 +41,6 @@ LISTING_LIMIT = 10000
 
 class DatabaseNotFound(Exception):
     """No database file at this path."""
-
-
-#: SQLite's words for a file that is not (or no longer) a usable database. Busy, locked
-#: or full are other DatabaseErrors, and are not damage.
-_DAMAGE_MESSAGES = ("file is not a database", "database disk image is malformed",
-                    "malformed database schema", "no such table")
-
-
-def is_damaged(err: BaseException) -> bool:
-    """True when ``err`` says the database file itself is broken."""
-    return isinstance(err, sqlite3.DatabaseError) and any(
-        text in str(err).lower() for text in _DAMAGE_MESSAGES)
-
-
-def still_damaged(db_path: str) -> bool:
-    """Whether the file now at ``db_path`` fails SQLite's quick check (False if absent)."""
-    try:  # mode=rw: never create a file where there is none
-        conn = sqlite3.connect(f"file:{quote(db_path)}?mode=rw", uri=True)
-    except sqlite3.Error:
-        return False
-    try:
-        result = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as err:
-        return is_damaged(err)
-    finally:
-        conn.close()
-    return result != [("ok",)]
-
-
-def quarantine_database(db_path: str) -> str | None:
-    """Move a damaged database's hash directory to ``<device>/quarantined/<kind>/<hash>``.
-
-    Why move rather than repair: a replica that answers 500 for ever serves nobody, and
-    a fresh one is rebuilt from the other replicas (replication recreates it and ships
-    every row); the damaged file is kept for an operator to look at. Returns the new
-    place, or None when it was already gone.
-    """
-    hash_dir = os.path.dirname(db_path)
-    kind_dir = os.path.dirname(os.path.dirname(os.path.dirname(hash_dir)))
-    device_path, kind = os.path.split(kind_dir)
-    return move_to_quarantine(device_path, kind, hash_dir)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -430,8 +388,13 @@ class DatabaseBroker:
         last ran (:meth:`last_reclaim`): the scan reads the whole table.
         """
         with self.transaction() as conn:
-            gone = conn.execute(f"DELETE FROM {self.item_table} WHERE {self.reclaimable}",
-                                {"cutoff": cutoff}).rowcount
+            # the newest row stays whatever it is: the tables have no AUTOINCREMENT, so
+            # with it gone SQLite would give the next row a ROWID at or below a point
+            # replication peers already hold, and that row would never ship
+            gone = conn.execute(
+                f"DELETE FROM {self.item_table} WHERE {self.reclaimable} AND "
+                f"ROWID < (SELECT MAX(ROWID) FROM {self.item_table})",
+                {"cutoff": cutoff}).rowcount
             conn.execute("INSERT OR REPLACE INTO sync_state (key, value) "
                          "VALUES ('reclaimed_at', ?)", (now,))
         return gone
@@ -473,7 +436,7 @@ class DatabaseBroker:
                 with self.transaction() as conn:
                     if not still_removable(conn):
                         return False
-                    shutil.rmtree(os.path.dirname(self.db_path))
+                    remove_directory(os.path.dirname(self.db_path))
             except DatabaseNotFound:
                 return False
             finally:

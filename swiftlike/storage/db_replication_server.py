@@ -92,9 +92,9 @@ def apply_rows(device_path: str, server_type: str, partition: str, db_hash: str,
             row.pop("ROWID", None)
         try:
             changed = broker.merge_items(rows, incoming=incoming)  # type: ignore[attr-defined]
-        except DatabaseNotFound:  # removed by this node's replicator meanwhile
+            return {"changed": changed, "file_id": file_id(path)}
+        except (DatabaseNotFound, FileNotFoundError):  # removed by this node's replicator
             return None
-        return {"changed": changed, "file_id": file_id(path)}
     finally:
         broker.close()
 
@@ -119,6 +119,8 @@ async def handle_db_replicate(request: web.Request, node: StorageNode, device_pa
             return answer
     except (ValueError, KeyError, TypeError) as err:
         return error_response(400, f"bad database REPLICATE: {err}")
+    except DatabaseNotFound:  # removed by this node's replicator meanwhile: next pass
+        return error_response(404, "no such database")
     return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
 
 

@@ -27,13 +27,8 @@ from swiftlike.common.listing import (
     render_listing,
 )
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.db import (
-    BrokerCache,
-    DatabaseBroker,
-    is_damaged,
-    quarantine_database,
-    still_damaged,
-)
+from swiftlike.storage.db import BrokerCache, DatabaseBroker
+from swiftlike.storage.db_files import is_damaged, quarantine_database, still_damaged
 from swiftlike.storage.node import StorageNode, error_response
 from swiftlike.storage.pending_rows import FOLD_AT_BYTES, append_records, encode_rows, pending_path
 

@@ -182,10 +182,14 @@ async def test_a_recent_or_unreported_deletion_is_kept(cluster):
     assert present(container_db(cluster, unreported))
 
 
+def _db_path(tmp_path) -> str:
+    """Where a device keeps a container database (removals use the device's tmp/)."""
+    return db_file_path(str(tmp_path / "dev"), "container", "7", "0" * 29 + "abc")
+
+
 def _deleted_container(tmp_path) -> ContainerBroker:
-    path = str(tmp_path / "d" / "x.db")
-    broker = ContainerBroker(path, fsync=False)
-    broker.create(str(tmp_path / "tmp"), ACCOUNT, CONTAINER, stamp(-2000))
+    broker = ContainerBroker(_db_path(tmp_path), fsync=False)
+    broker.create(str(tmp_path / "dev" / "tmp"), ACCOUNT, CONTAINER, stamp(-2000))
     broker.delete_db(stamp(-1000))
     return broker
 
@@ -309,8 +313,8 @@ async def test_a_delivered_handoff_database_is_removed_and_its_rows_are_home(clu
 def test_a_handoff_changed_after_its_push_is_kept(tmp_path):
     from swiftlike.daemons.db_replicator import read_db, remove_delivered
 
-    broker = ContainerBroker(str(tmp_path / "h" / "x.db"), fsync=False)
-    broker.create(str(tmp_path / "tmp"), ACCOUNT, CONTAINER, stamp(-50))
+    broker = ContainerBroker(_db_path(tmp_path), fsync=False)
+    broker.create(str(tmp_path / "dev" / "tmp"), ACCOUNT, CONTAINER, stamp(-50))
     broker.put_object("o1", stamp(-40), 1, "a/b", "e")
     shipped, rows = read_db("container", broker.db_path, 0, 10)
     point = rows[-1]["ROWID"]
@@ -357,3 +361,109 @@ async def test_an_old_update_for_a_reclaimed_container_is_dropped(cluster, age, 
     counts = result[writer.device]["counts"]
     assert bool(list_pending(writer.device_path)) == kept, counts
     assert counts.get("dropped_gone", 0) == (0 if kept else 1), counts
+
+
+def test_an_append_between_the_unlinks_and_the_rmdir_finds_no_directory(tmp_path,
+                                                                       monkeypatch):
+    """rmtree in place unlinks the files, then removes the directory: an appender
+    creating .pending in between would park acknowledged rows in a file no lock
+    covers. The directory is renamed away first, so the path is simply gone."""
+    import shutil
+
+    from swiftlike.storage import db_files
+
+    broker = _deleted_container(tmp_path)
+    path = pending_path(broker.db_path)
+    appended: list[object] = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree_with_an_appender(target: str, *args: object, **kwargs: object) -> None:
+        for name in os.listdir(target):
+            os.unlink(os.path.join(target, name))
+        appended.append(append_records(path, encode_rows([{"name": "late",
+                                                           "created_at": stamp(0)}])))
+        real_rmtree(target, *args, **kwargs)
+
+    monkeypatch.setattr(db_files.shutil, "rmtree", rmtree_with_an_appender)
+    assert broker.remove_if(lambda conn: True)
+    assert appended == [None]
+    assert not present(os.path.dirname(broker.db_path))
+    assert os.listdir(tmp_path / "dev" / "tmp") == []  # nothing left in the trash
+
+
+async def test_a_row_after_a_reclaim_still_replicates(cluster):
+    """Reclaiming the row with the highest ROWID would let SQLite give the next row a
+    ROWID the peers' points already cover: it would never ship."""
+    row = {"X-Size": "3", "X-Content-Type": "text/plain", "X-Etag": "e" * 32}
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        await send_row(cluster, session, "PUT", "o1", stamp(-1000), **row)
+        await send_row(cluster, session, "PUT", "o2", stamp(-1000), **row)
+        await send_row(cluster, session, "DELETE", "o2", stamp(-900))
+        await replicate_all(cluster, reclaim_age=10**6)  # points set, nothing reclaimed
+        await replicate_all(cluster, reclaim_interval=0)  # o2's tombstone is the top row
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        for dev in nodes[:2]:  # the third replica misses this update
+            await _send(session, "PUT", _url(dev, part, ACCOUNT, CONTAINER, "new"),
+                        {"X-Backend-Server-Type": "container", "X-Timestamp": stamp(0),
+                         **row}, (201,))
+    await replicate_all(cluster)
+    for dev in nodes:
+        assert rows_of(container_db(cluster, dev)).get("new") == 0, dev
+
+
+async def test_a_deleted_account_stays_deleted_through_reclaim_and_late_reports(cluster):
+    """A reclaimed account database would be made again, live, by the next container
+    report; so deleted accounts keep their database (and answer those reports 404)."""
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        for dev in nodes:
+            await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
+                        {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+        apart, anodes = cluster.ring.get_nodes(ACCOUNT)
+        for dev in anodes:
+            await _send(session, "DELETE", _url(dev, apart, ACCOUNT),
+                        {"X-Timestamp": stamp(-900)}, (204,))
+        counts = await replicate_all(cluster, reclaim_interval=0)
+        assert not any(c.get("account_dbs_reclaimed") for c in counts.values()), counts
+        assert sum(c.get("container_dbs_reclaimed", 0) for c in counts.values()) == 3
+        # a late report (a container replica that had missed the deletion) is refused
+        await _send(session, "PUT", _url(anodes[0], apart, ACCOUNT, CONTAINER),
+                    {"X-Put-Timestamp": stamp(-2000), "X-Delete-Timestamp": "0",
+                     "X-Object-Count": "0", "X-Bytes-Used": "0",
+                     "X-Timestamp": stamp(0), "X-Backend-Server-Type": "account"}, (404,))
+        for dev in anodes:
+            async with session.head(_url(dev, apart, ACCOUNT)) as resp:
+                assert resp.status == 404
+
+
+async def test_a_container_put_racing_its_reclaim_creates_it(cluster, monkeypatch):
+    from swiftlike.storage.container_server import ContainerServer
+
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        dev = nodes[0]
+        await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+        path = container_db(cluster, dev)
+        real = ContainerServer._create_or_revive
+        calls = []
+
+        async def reclaimed_meanwhile(self, broker, *args):  # type: ignore[no-untyped-def]
+            if not calls:  # the replicator wins the race once, after the exists() check
+                calls.append(1)
+                ContainerBroker(path, fsync=False).remove_if(lambda conn: True)
+                broker.exists = lambda: True  # as seen before the removal
+                try:
+                    return await real(self, broker, *args)
+                finally:
+                    del broker.exists
+            return await real(self, broker, *args)
+
+        monkeypatch.setattr(ContainerServer, "_create_or_revive", reclaimed_meanwhile)
+        async with session.put(_url(dev, part, ACCOUNT, CONTAINER),
+                               headers={"X-Timestamp": stamp(0)}) as resp:
+            assert resp.status == 201, await resp.text()
+    assert present(path) and calls == [1]

@@ -15,7 +15,7 @@ import msgpack
 
 from ring.hashing import hash_path_hex
 from swiftlike.storage import replication_wire as wire
-from swiftlike.storage.db import is_damaged, still_damaged
+from swiftlike.storage.db_files import is_damaged, still_damaged
 from swiftlike.storage.replication_wire import VERB_HEADER
 from tests.storage.test_db_servers import listing, make_container, put_row
 

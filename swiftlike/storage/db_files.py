@@ -1,0 +1,70 @@
+"""Database files as files: telling damage from other SQLite errors, moving a damaged
+database aside, and taking a database's directory away (see DatabaseBroker.remove_if).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from urllib.parse import quote
+
+from swiftlike.storage.durable_io import move_to_quarantine
+
+#: SQLite's words for a file that is not (or no longer) a usable database. Busy, locked
+#: or full are other DatabaseErrors, and are not damage.
+_DAMAGE_MESSAGES = ("file is not a database", "database disk image is malformed",
+                    "malformed database schema", "no such table")
+
+
+def is_damaged(err: BaseException) -> bool:
+    """True when ``err`` says the database file itself is broken."""
+    return isinstance(err, sqlite3.DatabaseError) and any(
+        text in str(err).lower() for text in _DAMAGE_MESSAGES)
+
+
+def still_damaged(db_path: str) -> bool:
+    """Whether the file now at ``db_path`` fails SQLite's quick check (False if absent)."""
+    try:  # mode=rw: never create a file where there is none
+        conn = sqlite3.connect(f"file:{quote(db_path)}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as err:
+        return is_damaged(err)
+    finally:
+        conn.close()
+    return result != [("ok",)]
+
+
+def quarantine_database(db_path: str) -> str | None:
+    """Move a damaged database's hash directory to ``<device>/quarantined/<kind>/<hash>``.
+
+    Why move rather than repair: a replica that answers 500 for ever serves nobody, and
+    a fresh one is rebuilt from the other replicas (replication recreates it and ships
+    every row); the damaged file is kept for an operator to look at. Returns the new
+    place, or None when it was already gone.
+    """
+    hash_dir = os.path.dirname(db_path)
+    kind_dir = os.path.dirname(os.path.dirname(os.path.dirname(hash_dir)))
+    device_path, kind = os.path.split(kind_dir)
+    return move_to_quarantine(device_path, kind, hash_dir)
+
+
+def remove_directory(hash_dir: str) -> None:
+    """Take a database's directory away in one step, then delete it.
+
+    Why not rmtree in place: it unlinks the files before it removes the directory, and an
+    appender opening ``.pending`` (O_CREAT) in between would make a new file there, one
+    no lock of the remover covers, and park acknowledged rows in a directory about to go.
+    Once renamed, the path is simply gone. Called with the writers' locks held, so that
+    every file is unlinked (``st_nlink`` 0) before a waiting appender gets its lock.
+    """
+    device_path = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        hash_dir))))
+    trash = os.path.join(device_path, "tmp", f"removed-{uuid.uuid4().hex}")
+    os.makedirs(os.path.dirname(trash), exist_ok=True)
+    os.rename(hash_dir, trash)
+    shutil.rmtree(trash)

@@ -73,6 +73,18 @@ async def make_account_and_container(cluster: MiniCluster, session: aiohttp.Clie
                     {"X-Timestamp": created, **_account_headers(cluster)}, (201, 202))
 
 
+async def make_and_delete_container(cluster: MiniCluster, session: aiohttp.ClientSession
+                                    ) -> list[dict]:
+    """A container made long ago and deleted on every replica, its account told; returns
+    the replicas' devices."""
+    await make_account_and_container(cluster, session, stamp(-2000))
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    for dev in nodes:
+        await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
+                    {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+    return nodes
+
+
 async def send_row(cluster: MiniCluster, session: aiohttp.ClientSession, method: str,
                    name: str, timestamp: str, **headers: str) -> None:
     part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
@@ -139,11 +151,7 @@ async def test_old_deleted_rows_go_and_everything_newer_stays(cluster):
 
 async def test_an_old_deleted_container_is_removed_from_every_replica(cluster):
     async with aiohttp.ClientSession() as session:
-        await make_account_and_container(cluster, session, stamp(-2000))
-        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
-        for dev in nodes:
-            await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
-                        {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+        nodes = await make_and_delete_container(cluster, session)
     paths = [container_db(cluster, dev) for dev in nodes]
     assert all(present(p) for p in paths)
     counts = await replicate_all(cluster)
@@ -416,11 +424,7 @@ async def test_a_deleted_account_stays_deleted_through_reclaim_and_late_reports(
     """A reclaimed account database would be made again, live, by the next container
     report; so deleted accounts keep their database (and answer those reports 404)."""
     async with aiohttp.ClientSession() as session:
-        await make_account_and_container(cluster, session, stamp(-2000))
-        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
-        for dev in nodes:
-            await _send(session, "DELETE", _url(dev, part, ACCOUNT, CONTAINER),
-                        {"X-Timestamp": stamp(-1000), **_account_headers(cluster)}, (204,))
+        await make_and_delete_container(cluster, session)
         apart, anodes = cluster.ring.get_nodes(ACCOUNT)
         for dev in anodes:
             await _send(session, "DELETE", _url(dev, apart, ACCOUNT),

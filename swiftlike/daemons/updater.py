@@ -2,7 +2,8 @@
 
 The object server writes a failed update to ``<device>/async_pending/<suffix>/<hash>-<ts>``
 (see :mod:`swiftlike.storage.updates`). Each pass sends every pending record to the
-targets that had failed; a record whose targets all answered 2xx is deleted, one that
+targets that had failed (or, after a rebalance, to the current primaries, see
+:func:`current_targets`); a record whose targets all answered 2xx is deleted, one that
 partly succeeded is rewritten (atomically) with only the targets still failing, so no
 update is ever sent twice to a server that took it and none is dropped. Container rows
 merge by timestamp, so replaying late or out of order converges. Each pass then sends
@@ -27,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from swiftlike.common.nodes import host_port
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.daemons.container_reports import report_containers
@@ -73,6 +75,30 @@ def remove_pending(path: str) -> None:
         os.unlink(path)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(path))
+
+
+def current_targets(ring: Any, server_type: str, account: str, container: str,
+                    targets: list[UpdateTarget]) -> list[UpdateTarget]:
+    """Where a queued update goes now: its targets, unless the ring has changed since.
+
+    A record names the database replicas that were primaries when the update failed.
+    After a rebalance some of them may hold that database no longer (replication moved
+    it), and would refuse the update for ever. Then the update goes to the targets that
+    are still primaries and to every other current primary (rows merge by timestamp, so
+    a replica that already has the row changes nothing), as Swift's updater, which looks
+    the ring up at every replay.
+    """
+    try:
+        part, nodes = ring.get_nodes(account, container if server_type == "container" else None)
+    except Exception as err:  # a ring that cannot answer: keep the record's own targets
+        LOG.warning("ring lookup for %s/%s failed: %r", account, container, err)
+        return targets
+    primaries = [UpdateTarget(host_port(n["ip"], n["port"]), str(part), n["device"])
+                 for n in nodes]
+    kept = [t for t in targets if t in primaries]
+    if len(kept) == len(targets):
+        return targets
+    return kept + [p for p in primaries if p not in kept]
 
 
 class ObjectUpdater(Daemon):
@@ -144,6 +170,8 @@ class ObjectUpdater(Daemon):
             stats.add("unreadable")
             return
         headers.setdefault("X-Backend-Server-Type", record.get("server_type", "container"))
+        targets = current_targets(self.ctx.ring, headers["X-Backend-Server-Type"], account,
+                                  container, targets)
         statuses: dict[str, int | None] = {}
 
         async def send(target: UpdateTarget) -> bool:

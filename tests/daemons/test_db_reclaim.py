@@ -471,3 +471,34 @@ async def test_a_container_put_racing_its_reclaim_creates_it(cluster, monkeypatc
                                headers={"X-Timestamp": stamp(0)}) as resp:
             assert resp.status == 201, await resp.text()
     assert present(path) and calls == [1]
+
+
+async def test_a_queued_update_follows_the_ring_to_the_current_primaries(cluster):
+    """A record names the replicas that were primaries when it was queued; after a
+    rebalance one of them may not hold the database any more. The update then goes to
+    the current primaries, as Swift's updater looks the ring up at every replay."""
+    from swiftlike.daemons.updater import ObjectUpdater, list_pending
+    from swiftlike.storage.updates import UpdateTarget, pending_record, write_async_pending
+
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+    part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+    # queued for a node that is not (or no longer) a primary of this container
+    elsewhere = next(iter(cluster.ring.get_more_nodes(part)))
+    stale = UpdateTarget(f"127.0.0.1:{elsewhere['port']}", str(part), elsewhere["device"])
+    writer = cluster.node_of(nodes[0])
+    timestamp = stamp(-5)
+    record = pending_record("PUT", ACCOUNT, CONTAINER, "moved", "container",
+                            {"X-Timestamp": timestamp, "X-Size": "4", "X-Etag": "e" * 32,
+                             "X-Content-Type": "a/b"}, [stale])
+    write_async_pending(writer.device_path, record, timestamp, PREFIX.encode(),
+                        SUFFIX.encode(), fsync=False)
+    ctx = cluster.context(writer)
+    try:
+        result = await ObjectUpdater(ctx, {"update_timeout": 2}).run_once()
+    finally:
+        await ctx.close()
+    assert result[writer.device]["counts"].get("successes") == 1, result
+    assert not list_pending(writer.device_path)
+    for dev in nodes:
+        assert rows_of(container_db(cluster, dev)) == {"moved": 0}

@@ -281,8 +281,8 @@ class Controller:
     ) -> BackendResponse | None:
         """The first authoritative answer: a 2xx/3xx/4xx other than 404 wins at once.
 
-        404s are collected; when every primary said 404 the newest one is returned
-        (handoffs are only asked when some primary could not answer).
+        404s are collected, and the newest one is returned when the read gives up (see
+        :class:`PrimaryNotFound`: a 404 that knows of no deletion also asks handoffs).
         """
         if headers.get("X-Newest", "").lower() in ("true", "1", "yes", "on"):
             return await self._get_newest(part, primaries, method, path_for, headers, query)
@@ -296,7 +296,7 @@ class Controller:
             if resp.status == 404:
                 if not_found is None or _newer(resp, not_found):
                     not_found = resp
-                if primary_404s.record(node):
+                if primary_404s.record(node, "X-Backend-Timestamp" in resp.headers):
                     break
                 continue
             return resp

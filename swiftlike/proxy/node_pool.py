@@ -112,19 +112,31 @@ def iter_nodes(
 
 
 class PrimaryNotFound:
-    """Counts the primaries that answered 404 during a one-replica-at-a-time read.
+    """When a one-replica-at-a-time read that keeps meeting 404s may stop.
 
-    Once every primary has said 404 the object (or container) is gone, and asking the
-    handoffs too would only fan a miss out over the cluster; while some primary could
-    not answer, a handoff may hold the only copy and is still asked.
+    Once every primary has said 404 and one of the answers knew of a deletion (an
+    object's tombstone, a deleted database: ``X-Backend-Timestamp``), that is the
+    answer. A plain 404 from every primary is not enough: after a rebalance has moved
+    all of a partition's primaries, the data waits on the old ones, now handoffs, until
+    replication brings it over, and Swift's proxy asks handoffs too. A miss then asks as
+    many handoffs as there are primaries (Swift's ``request_node_count``, 2 x replicas)
+    before it gives up; while some node could not answer at all, the read goes on down
+    ``iter_nodes``' longer handoff list, where the only copy may be.
     """
 
     def __init__(self, primaries: list[dict]) -> None:
         self._primaries = primaries
-        self._count = 0
+        self._from_primaries = 0
+        self._all = 0
+        self._deletion_known = False
 
-    def record(self, node: dict) -> bool:
-        """Note a 404 from ``node``; True when every primary has now said 404."""
+    def record(self, node: dict, deletion_known: bool) -> bool:
+        """Note a 404 from ``node`` (``deletion_known``: it carried a deletion's
+        timestamp); True when the read should stop with the 404."""
+        self._all += 1
         if any(node is primary for primary in self._primaries):
-            self._count += 1
-        return self._count >= len(self._primaries)
+            self._from_primaries += 1
+        self._deletion_known = self._deletion_known or deletion_known
+        if self._from_primaries >= len(self._primaries) and self._deletion_known:
+            return True
+        return self._all >= 2 * len(self._primaries)

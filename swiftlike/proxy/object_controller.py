@@ -109,7 +109,7 @@ class ObjectController(Controller):
                 saw_404 = True
                 if ts is not None and (newest_404 is None or ts > newest_404):
                     newest_404 = ts
-                if primary_404s.record(node):
+                if primary_404s.record(node, ts is not None):
                     break
                 continue
             if status // 100 == 2 and newest_404 is not None:

@@ -254,7 +254,9 @@ def cmd_rebalance(args: argparse.Namespace) -> str:
            f"dispersion {report.dispersion:.2f}", f"wrote {ring_path}"]
     if report.quota_gap:
         out.append(f"note: {report.quota_gap} replicas could not reach their device yet "
-                   f"(min_part_hours {b.min_part_hours:g} or topology); rebalance again later")
+                   f"(a rebalance moves at most one replica of a partition, none moved "
+                   f"within min_part_hours {b.min_part_hours:g}; or the topology): "
+                   f"rebalance again later")
     return "\n".join(out)
 
 

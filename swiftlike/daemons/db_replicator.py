@@ -222,14 +222,19 @@ class DatabaseReplicator(Daemon):
         results = await asyncio.gather(*(
             self._sync_peer(server_type, part, db_hash, path, peer, points, stats)
             for peer in peers), return_exceptions=True)
+        current = {node_key(peer) for peer in peers}
+        for stale in [key for key in points if key not in current]:
+            del points[stale]  # a peer the ring no longer names: its point means nothing
         await self.ctx.run_io(_save_points, path, points)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
             stats.error(f"{server_type} db {db_hash}: {failure}")
         if not is_primary and not failures:
             # every primary has all our rows: the handoff copy has done its job, unless
-            # something arrived since (checked again under the writers' locks)
-            point = min(int(p.get("row", 0)) for p in points.values())
+            # something arrived since (checked again under the writers' locks). The
+            # current primaries' points only: a node a rebalance took away kept its last
+            # point in the file, and held the handoff here for ever.
+            point = min(int(points.get(node_key(peer), {}).get("row", 0)) for peer in peers)
             if await self.ctx.run_io(remove_delivered, server_type, path, shipped, point):
                 stats.add(f"{server_type}_handoffs_removed")
 

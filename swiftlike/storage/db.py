@@ -128,11 +128,19 @@ class DatabaseBroker:
                     os.fsync(handle.fileno())
             directory = os.path.dirname(self.db_path)
             created = not os.path.isdir(directory)
-            os.makedirs(directory, exist_ok=True)
-            if os.path.exists(self.db_path):  # another worker won the race
-                os.unlink(tmp_path)
-                return False
-            os.rename(tmp_path, self.db_path)
+            for attempt in range(3):
+                os.makedirs(directory, exist_ok=True)
+                if os.path.exists(self.db_path):  # another worker won the race
+                    os.unlink(tmp_path)
+                    return False
+                try:
+                    os.rename(tmp_path, self.db_path)
+                    break
+                except FileNotFoundError:
+                    # the replicator removed the emptied parents meanwhile (see
+                    # db_files.remove_directory): make them again
+                    if attempt == 2:
+                        raise
             if self.fsync:
                 fsync_dir(directory)
                 if created:

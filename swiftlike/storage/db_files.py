@@ -68,3 +68,12 @@ def remove_directory(hash_dir: str) -> None:
     os.makedirs(os.path.dirname(trash), exist_ok=True)
     os.rename(hash_dir, trash)
     shutil.rmtree(trash)
+    # and the suffix and partition directories it leaves empty, so a device drained of
+    # a partition's databases holds no trace of it (an operator's sign that a rebalance
+    # is done); one that has something else in it stays
+    suffix_dir = os.path.dirname(hash_dir)
+    for parent in (suffix_dir, os.path.dirname(suffix_dir)):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break

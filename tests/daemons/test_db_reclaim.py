@@ -8,6 +8,7 @@ passes against them.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -302,6 +303,9 @@ async def test_a_delivered_handoff_database_is_removed_and_its_rows_are_home(clu
         await _send(session, "POST", _url(handoff, part, ACCOUNT, CONTAINER),
                     {"X-Timestamp": stamp(-30), "X-Container-Meta-Colour": "blue"}, (204,))
     node = cluster.node_of(handoff)
+    # a former primary, which a rebalance took away, left its point in the sync file
+    with open(container_db(cluster, handoff) + ".sync", "w") as handle:  # noqa: ASYNC230
+        json.dump({"127.0.0.1:9/gone": {"file_id": "0:0", "row": 0}}, handle)
     ctx = cluster.context(node)
     try:
         result = await DatabaseReplicator(ctx).run_once()
@@ -309,6 +313,8 @@ async def test_a_delivered_handoff_database_is_removed_and_its_rows_are_home(clu
         await ctx.close()
     assert result[node.device]["counts"].get("container_handoffs_removed") == 1, result
     assert not present(container_db(cluster, handoff))
+    # nor the partition directory it lived in (nothing else was in it)
+    assert not present(os.path.join(node.device_path, "containers", str(part)))
     for dev in nodes:
         broker = ContainerBroker(container_db(cluster, dev), fsync=False)
         try:

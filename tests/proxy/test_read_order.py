@@ -16,7 +16,7 @@ import pytest
 
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.proxy.node_pool import ReadOrder
+from swiftlike.proxy.node_pool import PrimaryNotFound, ReadOrder
 from swiftlike.proxy.server import CONTEXT_KEY, build_context
 from tests.proxy.test_swift_gaps import auth, call, direct_object
 
@@ -30,6 +30,22 @@ def test_shuffle_starts_reads_at_every_primary():
     assert firsts == {0, 1, 2}
     assert sorted(n["id"] for n in order(primaries)) == [0, 1, 2]
     assert [n["id"] for n in primaries] == [0, 1, 2]  # the caller's list is not reordered
+
+
+def test_a_miss_stops_at_the_primaries_only_when_one_knows_of_a_deletion():
+    primaries = [{"id": i} for i in range(3)]
+    handoffs = [{"id": i} for i in range(3, 9)]
+    plain = PrimaryNotFound(primaries)
+    assert [plain.record(n, False) for n in primaries] == [False, False, False]
+    # then handoffs, up to 2 x replicas nodes in all (Swift's request_node_count)
+    assert [plain.record(n, False) for n in handoffs[:3]] == [False, False, True]
+    deleted = PrimaryNotFound(primaries)
+    assert [deleted.record(n, known) for n, known in
+            zip(primaries, (False, True, False), strict=True)] == [False, False, True]
+    # a handoff's 404s count toward the bound, not toward "every primary said 404"
+    mixed = PrimaryNotFound(primaries)
+    assert [mixed.record(n, True) for n in (handoffs[0], *primaries[:2])] == [False] * 3
+    assert mixed.record(primaries[2], False)
 
 
 def test_ring_order_keeps_the_ring_order():

@@ -102,11 +102,10 @@ def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -
     """A container deleted before ``cutoff``, empty, with its deletion reported to its
     account (which would otherwise list it for ever).
 
-    Never an account: an account server makes a missing account's database when a
-    container report arrives (a new primary must take reports before replication
-    brings it the database), so a reclaimed account would come back to life, live, at
-    the first late report. A deleted account's database stays, answering 404 to them;
-    its container rows are still reclaimed.
+    Never an account: one reclaimed came back to life at the first late container
+    report while account servers made missing accounts' databases on reports. They
+    answer 404 now, but deleted accounts are left for a reaper (not built) to finish;
+    their deleted container rows are still reclaimed.
     """
     if server_type != "container":
         return False

@@ -148,7 +148,12 @@ class AccountServer:
         if not count.isdigit() or not used.isdigit():
             return error_response(400, "Invalid X-Object-Count or X-Bytes-Used")
         broker = self.broker(device_path, route)
-        await self._ensure(broker, device_path, route.account, put if put > delete else stamp)
+        if not broker.exists():
+            # as Swift's account server: the report waits (async_pending) until this
+            # replica has the account, made by its PUT or brought by replication. One
+            # made here would hold this container alone, answer listings and counts
+            # with it after a rebalance, and bring a reclaimed account back to life.
+            return error_response(404, "No such account")
         info = await self.node.run_db(broker.get_info)
         if broker.is_deleted_info(info):
             return error_response(404, "Account is deleted", backend_headers(info))

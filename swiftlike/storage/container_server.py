@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from swiftlike.common.nodes import host_port
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.container_db import ZERO, ContainerBroker, content_type_row
 from swiftlike.storage.db import DatabaseNotFound
@@ -310,8 +311,11 @@ class ContainerServer:
         """Report this container's timestamps and counts to its account servers."""
         info = await self.node.run_db(broker.get_info)
         if targets is None:
-            targets = parse_update_targets(info["account_host"], info["account_partition"],
-                                           info["account_device"])
+            # the ring's account servers: the ones the container's PUT named may have
+            # moved since (a rebalance, a device's new address); the stored ones only
+            # for a node that has no ring
+            targets = self._account_targets(route.account) or parse_update_targets(
+                info["account_host"], info["account_partition"], info["account_device"])
         if not targets:
             return
         assert route.container is not None
@@ -326,6 +330,18 @@ class ContainerServer:
                                    self.node.hash_suffix, self.node.fsync)
         else:
             await self.node.run_db(broker.mark_reported, info)
+
+    def _account_targets(self, account: str) -> list[UpdateTarget]:
+        ring = self.node.ring
+        if ring is None:
+            return []
+        try:
+            part, nodes = ring.get_nodes(account)
+        except Exception as err:  # a ring that cannot answer: the stored targets
+            LOG.warning("ring lookup for account %s failed: %r", account, err)
+            return []
+        return [UpdateTarget(host_port(n["ip"], n["port"]), str(part), n["device"])
+                for n in nodes]
 
     async def close(self) -> None:
         for timer in self._report_timers.values():

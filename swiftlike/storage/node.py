@@ -75,6 +75,19 @@ class StorageNode:
                                              thread_name_prefix="node-flush")
         self._flushers: dict[str, DeviceFlusher] = {}
         self._client: NodeClient | None = None
+        self.ring_path = cluster.get("ring") or None
+        self._ring: Any = None
+
+    @property
+    def ring(self) -> Any | None:
+        """The cluster's ring when the config names one that exists (loaded on first use;
+        it reloads itself when the file changes), else None."""
+        if self._ring is None and self.ring_path and os.path.exists(self.ring_path):
+            from ring import Ring
+
+            self._ring = Ring(self.ring_path, hash_prefix=self.hash_prefix,
+                              hash_suffix=self.hash_suffix)
+        return self._ring
 
     def device_path(self, device: str) -> str:
         """Directory of a device, or DeviceUnavailable (507) when it is not here."""

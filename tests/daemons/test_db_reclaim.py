@@ -8,6 +8,7 @@ passes against them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -508,3 +509,47 @@ async def test_a_queued_update_follows_the_ring_to_the_current_primaries(cluster
     assert not list_pending(writer.device_path)
     for dev in nodes:
         assert rows_of(container_db(cluster, dev)) == {"moved": 0}
+
+
+async def test_a_container_report_for_an_account_a_replica_lacks_is_refused(cluster):
+    """An account database made by a report would hold that one container and answer
+    listings and counts with it (after a rebalance moved an account primary); the
+    report waits instead, as in Swift, until the replica has the account."""
+    apart, anodes = cluster.ring.get_nodes(ACCOUNT)
+    async with aiohttp.ClientSession() as session:
+        await _send(session, "PUT", _url(anodes[0], apart, ACCOUNT, CONTAINER),
+                    {"X-Put-Timestamp": stamp(0), "X-Delete-Timestamp": "0",
+                     "X-Object-Count": "1", "X-Bytes-Used": "3", "X-Timestamp": stamp(0),
+                     "X-Backend-Server-Type": "account"}, (404,))
+        async with session.head(_url(anodes[0], apart, ACCOUNT)) as resp:
+            assert resp.status == 404
+
+
+async def test_a_container_reports_to_the_account_servers_the_ring_names_now(cluster):
+    """The account servers a container's PUT named may have moved since (a rebalance, a
+    new port): its later reports go where the ring says."""
+    async with aiohttp.ClientSession() as session:
+        apart, anodes = cluster.ring.get_nodes(ACCOUNT)
+        for dev in anodes:
+            await _send(session, "PUT", _url(dev, apart, ACCOUNT), {"X-Timestamp": stamp(-9)},
+                        (201, 202))
+        part, nodes = cluster.ring.get_nodes(ACCOUNT, CONTAINER)
+        stale = {"X-Account-Host": "127.0.0.1:9", "X-Account-Partition": str(apart),
+                 "X-Account-Device": "gone"}
+        for dev in nodes:
+            await _send(session, "PUT", _url(dev, part, ACCOUNT, CONTAINER),
+                        {"X-Timestamp": stamp(-8), **stale}, (201, 202))
+        await send_row(cluster, session, "PUT", "o1", stamp(-1), **{
+            "X-Size": "5", "X-Content-Type": "a/b", "X-Etag": "e" * 32})
+        deadline = time.monotonic() + 20  # the report follows the row within ~1 s
+        while True:
+            counts = []
+            for dev in anodes:
+                async with session.get(_url(dev, apart, ACCOUNT),
+                                       params={"format": "json"}) as resp:
+                    rows = await resp.json() if resp.status == 200 else []
+                counts.append([(r["name"], r["count"]) for r in rows])
+            if all(c == [(CONTAINER, 1)] for c in counts) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert all(c == [(CONTAINER, 1)] for c in counts), counts

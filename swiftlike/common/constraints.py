@@ -161,7 +161,7 @@ def check_delete_headers(
         seconds = int(after)
         if seconds <= 0:
             return "X-Delete-After in past", None
-        delete_at = str(int(now + seconds))
+        delete_at = str(min(int(now) + seconds, MAX_DELETE_AT))
     at = headers.get("X-Delete-At")
     if delete_at is None and at is not None:
         at = at.strip()
@@ -171,8 +171,13 @@ def check_delete_headers(
             return "Non-integer X-Delete-At", None
         if value <= now:
             return "X-Delete-At in past", None
-        delete_at = str(value)
+        delete_at = str(min(value, MAX_DELETE_AT))
     return None, delete_at
+
+
+#: The latest X-Delete-At kept (Swift clamps to the same ten digits): later ones mean
+#: "never" just as well, and the expirer's queue and its metadata stay within range.
+MAX_DELETE_AT = 9999999999
 
 
 def check_listing_params(query: Mapping[str, str], max_limit: int) -> tuple[str | None, int]:

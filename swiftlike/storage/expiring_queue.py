@@ -58,7 +58,9 @@ def due_entries(device_path: str, now: float) -> Iterator[tuple[str, dict[str, A
     """(path, record) of every entry whose delete_at has passed, oldest first."""
     root = os.path.join(device_path, QUEUE_DIR)
     try:
-        buckets = sorted(b for b in os.listdir(root) if b.isdigit())
+        # by number: a bucket with more digits (an older release stored any X-Delete-At)
+        # would sort first as a string and, being in the future, end every pass
+        buckets = sorted((b for b in os.listdir(root) if b.isdigit()), key=int)
     except FileNotFoundError:
         return
     for bucket in buckets:

@@ -152,3 +152,17 @@ async def test_proxy_side_cluster_recon_aggregates_every_node(cluster):
     assert len(body["nodes"]) == 3
     assert body["unreachable"] == [f"127.0.0.1:{cluster.nodes[3].port}"]
     assert all(n["daemon"] == "updater" for n in body["nodes"].values())
+
+
+def test_due_entries_take_buckets_in_numeric_order(tmp_path):
+    """A bucket with more digits than now's (an older release queued any X-Delete-At)
+    sorts first as a string: taken as the earliest and in the future, it ended every
+    pass before the due buckets after it."""
+    from swiftlike.storage.expiring_queue import QUEUE_DIR, due_entries
+
+    root = tmp_path / QUEUE_DIR
+    for bucket, name in (("10000000000", "far"), ("1700000000", "due")):
+        (root / bucket).mkdir(parents=True)
+        (root / bucket / f"h-{name}").write_bytes(msgpack.packb(
+            {"account": "a", "container": "c", "obj": name, "delete_at": int(bucket)}))
+    assert [r["obj"] for _, r in due_entries(str(tmp_path), now=1800000000.0)] == ["due"]

@@ -4,7 +4,10 @@ It pops due entries from each local device's expiring queue
 (:mod:`swiftlike.storage.expiring_queue`) and sends ``DELETE`` to all primaries of the
 object with ``X-Timestamp`` = the delete-at time (so a newer overwrite wins) and
 ``X-If-Delete-At`` (so an object whose expiry was changed or removed is left alone), plus
-the container-update headers so listings drop the row. A node answering 2xx, 404, 409
+the container-update headers so listings drop the row. First it asks the primaries
+(HEAD): an entry some replica has moved past (an overwrite, a POST that changed or
+removed the expiry) is dropped without a DELETE, and with fewer than a quorum of answers
+it waits (see :meth:`ObjectExpirer._current_state`). A node answering 2xx, 404, 409
 or 412 is settled; the entry is removed once every primary is settled, otherwise it
 stays for the next pass (the queue survives restarts).
 
@@ -65,6 +68,13 @@ class ObjectExpirer(Daemon):
         part, nodes = ring.get_nodes(account, container, obj)
         cpart, cnodes = ring.get_nodes(account, container)
         stats.add("attempted")
+        verdict = await self._current_state(part, nodes, account, container, obj, delete_at)
+        if verdict == "superseded":
+            stats.add("superseded")
+            return True
+        if verdict == "unsure":
+            stats.add("retries")
+            return False
 
         async def one(index: int, node: dict[str, Any]) -> bool:
             cnode = cnodes[index % len(cnodes)] if cnodes else None
@@ -94,4 +104,39 @@ class ObjectExpirer(Daemon):
             return True
         stats.add("retries")
         return False
+
+    async def _current_state(self, part: int, nodes: list[dict[str, Any]], account: str,
+                             container: str, obj: str, delete_at: int) -> str:
+        """"due", "superseded" (some replica holds a later state: an overwrite, or a
+        POST that moved or removed the expiry) or "unsure" (fewer than a quorum of the
+        primaries answered).
+
+        Why ask first: a replica that missed the overwrite or the POST still holds the
+        old version with this X-Delete-At, so it takes the DELETE, whose tombstone is
+        stamped with the delete-at time, later than the overwrite; replication would
+        then spread it and delete the newer version everywhere. Swift avoids that by
+        removing the queue entry when the object changes; this queue lives with each
+        object replica, so the entry is checked against the replicas instead.
+        """
+        headers = {"X-Backend-Server-Type": "object"}
+
+        async def head(node: dict[str, Any]) -> tuple[int, str | None] | None:
+            try:
+                async with self.ctx.client.request(
+                        node, "HEAD", node_path(node, part, account, container, obj),
+                        headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("X-Delete-At")
+            except NODE_ERRORS as err:
+                LOG.info("expirer HEAD to %s:%s failed: %r", node["ip"], node["port"], err)
+                return None
+
+        answers = [a for a in await asyncio.gather(*(head(n) for n in nodes))
+                   if a is not None and (200 <= a[0] < 300 or a[0] == 404)]
+        if any(200 <= status < 300 and (at or "").strip() != str(delete_at)
+               for status, at in answers):
+            return "superseded"
+        if len(answers) < len(nodes) // 2 + 1:
+            return "unsure"
+        return "due"
 

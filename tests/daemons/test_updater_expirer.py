@@ -70,7 +70,8 @@ async def test_expirer_leaves_an_object_whose_expiry_changed(cluster):
         result = await ObjectExpirer(ctx).run_once(now=delete_at + 5)
     finally:
         await ctx.close()
-    assert result[holder.device]["counts"]["objects_expired"] == 1  # settled: 412 everywhere
+    # settled without a DELETE: every replica holds a state without that expiry
+    assert result[holder.device]["counts"]["superseded"] == 1
     assert result[holder.device]["counts"].get("deletes", 0) == 0
     for dev in nodes:
         node = cluster.node_of(dev)
@@ -166,3 +167,33 @@ def test_due_entries_take_buckets_in_numeric_order(tmp_path):
         (root / bucket / f"h-{name}").write_bytes(msgpack.packb(
             {"account": "a", "container": "c", "obj": name, "delete_at": int(bucket)}))
     assert [r["obj"] for _, r in due_entries(str(tmp_path), now=1800000000.0)] == ["due"]
+
+
+async def test_expirer_leaves_a_version_a_stale_replica_missed_the_overwrite_of(cluster):
+    """The replica that missed an overwrite still has the old version with its
+    X-Delete-At: a DELETE stamped with the delete-at time would take it there, and that
+    tombstone, later than the overwrite, would then replicate over the newer version
+    everywhere. The expirer sees the newer state on the other replicas and drops the
+    entry instead."""
+    delete_at = int(time.time()) + 2
+    nodes = await put(cluster, "ow", b"old", {"X-Delete-At": str(delete_at)})
+    part = cluster.ring.get_part("AUTH_a", "c", "ow")
+    async with aiohttp.ClientSession() as session:
+        for node in nodes[:2]:  # the third replica is down for the overwrite
+            url = f"http://127.0.0.1:{node['port']}{node_path(node, part, 'AUTH_a', 'c', 'ow')}"
+            async with session.put(url, data=b"newer", headers={
+                    "X-Timestamp": Timestamp.now().internal}) as resp:
+                assert resp.status == 201
+    stale = cluster.node_of(nodes[2])  # its queue entry came with the first PUT
+    ctx = cluster.context(stale)
+    try:
+        result = await ObjectExpirer(ctx).run_once(now=delete_at + 1)
+    finally:
+        await ctx.close()
+    counts = result[stale.device]["counts"]
+    assert counts.get("superseded") == 1 and counts.get("deletes", 0) == 0, counts
+    assert pending_count(stale.device_path) == 0
+    for dev in nodes:
+        state = gather_ondisk_files(cluster.object_dir(cluster.node_of(dev), "AUTH_a", "c",
+                                                       "ow"))
+        assert state.ts_file is None and state.data_file, dev

@@ -16,7 +16,6 @@ import asyncio
 import logging
 from typing import Any
 
-from swiftlike.common.nodes import host_port
 from swiftlike.daemons.base import DaemonContext, PassStats
 from swiftlike.daemons.db_replicator import list_databases
 from swiftlike.storage.updates import UpdateTarget, account_report_headers, send_updates
@@ -69,8 +68,7 @@ async def report_containers(ctx: DaemonContext, dev: dict[str, Any], device_path
                 return
             account, container = info["account"], info["container"]
             account_part, nodes = ring.get_nodes(account)
-            targets = [UpdateTarget(host_port(n["ip"], n["port"]), str(account_part),
-                                    n["device"]) for n in nodes]
+            targets = UpdateTarget.of_nodes(account_part, nodes)
             failed = await send_updates(ctx.client, targets, "PUT", account, container,
                                         None, account_report_headers(info), timeout_s)
             if failed:

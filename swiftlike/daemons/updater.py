@@ -28,7 +28,6 @@ from typing import Any
 
 import msgpack
 
-from swiftlike.common.nodes import host_port
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats
 from swiftlike.daemons.container_reports import report_containers
@@ -93,8 +92,7 @@ def current_targets(ring: Any, server_type: str, account: str, container: str,
     except Exception as err:  # a ring that cannot answer: keep the record's own targets
         LOG.warning("ring lookup for %s/%s failed: %r", account, container, err)
         return targets
-    primaries = [UpdateTarget(host_port(n["ip"], n["port"]), str(part), n["device"])
-                 for n in nodes]
+    primaries = UpdateTarget.of_nodes(part, nodes)
     kept = [t for t in targets if t in primaries]
     if len(kept) == len(targets):
         return targets
@@ -113,8 +111,8 @@ class ObjectUpdater(Daemon):
         self.update_timeout = float(self.conf.get("update_timeout", 5))
         self.reclaim_age = float(self.conf.get("reclaim_age", 7 * 24 * 3600))
 
-    def _database_gone(self, headers: dict[str, str], statuses: dict[str, int | None]
-                       ) -> bool:
+    def _database_gone(self, headers: dict[str, str],
+                       statuses: dict[UpdateTarget, int | None]) -> bool:
         """Whether a record that keeps failing is for a database that no longer exists:
         every target that failed answered 404, and the update is older than
         ``reclaim_age``. Within that age a primary missing the database gets it by
@@ -172,13 +170,13 @@ class ObjectUpdater(Daemon):
         headers.setdefault("X-Backend-Server-Type", record.get("server_type", "container"))
         targets = current_targets(self.ctx.ring, headers["X-Backend-Server-Type"], account,
                                   container, targets)
-        statuses: dict[str, int | None] = {}
+        statuses: dict[UpdateTarget, int | None] = {}
 
         async def send(target: UpdateTarget) -> bool:
             status = await update_status(
                 self.ctx.client, target, method,
                 backend_path(target, account, container, obj), headers, self.update_timeout)
-            statuses[target.host + "/" + target.device] = status
+            statuses[target] = status
             return status is not None and 200 <= status < 300
 
         failed = await failed_targets(targets, send)

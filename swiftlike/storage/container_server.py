@@ -17,7 +17,6 @@ from typing import Any
 
 from aiohttp import web
 
-from swiftlike.common.nodes import host_port
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.container_db import ZERO, ContainerBroker, content_type_row
 from swiftlike.storage.db import DatabaseNotFound
@@ -340,8 +339,7 @@ class ContainerServer:
         except Exception as err:  # a ring that cannot answer: the stored targets
             LOG.warning("ring lookup for account %s failed: %r", account, err)
             return []
-        return [UpdateTarget(host_port(n["ip"], n["port"]), str(part), n["device"])
-                for n in nodes]
+        return UpdateTarget.of_nodes(part, nodes)
 
     async def close(self) -> None:
         for timer in self._report_timers.values():

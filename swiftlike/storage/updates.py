@@ -33,6 +33,7 @@ import aiohttp
 from ring.hashing import hash_path_hex, suffix_of
 from swiftlike.common.backend_http import UnsafeHeader
 from swiftlike.common.node_client import NodeClient
+from swiftlike.common.nodes import host_port
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.container_db import content_type_row
 from swiftlike.storage.durable_io import makedirs_durable, write_record_atomic
@@ -45,6 +46,13 @@ class UpdateTarget:
     host: str
     partition: str
     device: str
+
+    @classmethod
+    def of_nodes(cls, partition: int | str, nodes: list[dict[str, Any]]
+                 ) -> list[UpdateTarget]:
+        """The targets of a partition's ring nodes (``ring.get_nodes``' answer)."""
+        return [cls(host_port(n["ip"], n["port"]), str(partition), n["device"])
+                for n in nodes]
 
     @property
     def node(self) -> dict[str, Any]:

@@ -219,7 +219,7 @@ class DatabaseReplicator(Daemon):
         shipped, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         points = await self.ctx.run_io(_load_points, path)
         results = await asyncio.gather(*(
-            self._sync_peer(server_type, part, db_hash, path, peer, points, stats)
+            self._sync_peer(server_type, part, db_hash, path, peer, shipped, points, stats)
             for peer in peers), return_exceptions=True)
         current = {node_key(peer) for peer in peers}
         for stale in [key for key in points if key not in current]:
@@ -256,10 +256,11 @@ class DatabaseReplicator(Daemon):
         return wire.unpack(raw)
 
     async def _sync_peer(self, server_type: str, part: str, db_hash: str, path: str,
-                         peer: dict[str, Any], points: dict[str, Any],
+                         peer: dict[str, Any], info: dict[str, Any], points: dict[str, Any],
                          stats: PassStats) -> None:
+        """Push ``info`` (the stat row read once for every peer: what a handoff's removal
+        is checked against) and the rows past the peer's point."""
         key = node_key(peer)
-        info, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         sync_info = {k: info.get(k) for k in ("account", "container", "put_timestamp",
                                                "delete_timestamp", "metadata")
                      if k in info}

@@ -48,9 +48,13 @@ def quarantine_database(db_path: str) -> str | None:
     place, or None when it was already gone.
     """
     hash_dir = os.path.dirname(db_path)
-    kind_dir = os.path.dirname(os.path.dirname(os.path.dirname(hash_dir)))
-    device_path, kind = os.path.split(kind_dir)
+    device_path, kind = _device_and_kind(hash_dir)
     return move_to_quarantine(device_path, kind, hash_dir)
+
+
+def _device_and_kind(hash_dir: str) -> tuple[str, str]:
+    """(device path, "accounts"|"containers") of ``<device>/<kind>/<part>/<suffix>/<hash>``."""
+    return os.path.split(os.path.dirname(os.path.dirname(os.path.dirname(hash_dir))))
 
 
 def remove_directory(hash_dir: str) -> None:
@@ -62,8 +66,7 @@ def remove_directory(hash_dir: str) -> None:
     Once renamed, the path is simply gone. Called with the writers' locks held, so that
     every file is unlinked (``st_nlink`` 0) before a waiting appender gets its lock.
     """
-    device_path = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-        hash_dir))))
+    device_path, _ = _device_and_kind(hash_dir)
     trash = os.path.join(device_path, "tmp", f"removed-{uuid.uuid4().hex}")
     os.makedirs(os.path.dirname(trash), exist_ok=True)
     os.rename(hash_dir, trash)

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--nodes", type=int, default=4)
     serve.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
     serve.add_argument("--no-daemons", action="store_true",
-                       help="do not run replicator/auditor/updater/expirer in the nodes")
+                       help="do not run replicator/auditor/updater/expirer/reaper in the nodes")
     serve.add_argument("--image-segment-size", type=int, default=None, metavar="BYTES",
                        help="images larger than this are stored as segments plus an SLO "
                             "manifest (kept in cluster.toml [image] segment_size)")
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "binding [node] bind_ip:bind_port (swiftlike serve's)")
         p.set_defaults(func=func)
 
-    for name in ("replicate", "audit", "update", "expire"):
+    for name in ("replicate", "audit", "update", "expire", "reap"):
         p = sub.add_parser(name, help=f"run the {name} daemon of a storage node")
         p.add_argument("--config", required=True)
         p.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -182,7 +182,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[str, Any]]:
     """One config per process kind: each node's, and the proxy workers' shared one."""
     shared = {k: v for k, v in conf.items() if k in ("cluster", "auth", "image")}
-    node_tables = ("node", "daemons", "replicator", "auditor", "updater", "expirer")
+    node_tables = ("node", "daemons", "replicator", "db_replicator", "auditor", "updater",
+                   "expirer", "reaper")
     out: dict[str, dict[str, Any]] = {}
     for name, node in conf.get("nodes", {}).items():
         node_conf = dict(shared)

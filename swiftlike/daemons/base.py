@@ -96,10 +96,51 @@ class DaemonContext:
     def device_path(self, device: str) -> str:
         return os.path.join(self.devices, device)
 
+    async def node_status(self, node: dict[str, Any], method: str, path: str,
+                          headers: dict[str, str]) -> int | None:
+        """``method path`` on one node: its status (the body read and dropped), or None
+        when the node could not be reached or did not answer in time."""
+        from swiftlike.common.node_client import NODE_ERRORS
+
+        try:
+            async with self.client.request(node, method, path, headers=headers) as resp:
+                await resp.read()
+                return int(resp.status)
+        except NODE_ERRORS as err:
+            LOG.info("%s %s to %s:%s failed: %r", method, path, node["ip"], node["port"], err)
+            return None
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def delete_object_everywhere(ctx: DaemonContext, account: str, container: str,
+                                   obj: str, headers: dict[str, str]) -> list[int | None]:
+    """``DELETE`` of an object on each of its primaries, with ``headers`` and the
+    container-update headers, at once; the statuses (None: no answer)."""
+    from swiftlike.common.node_client import node_path
+
+    part, nodes = ctx.ring.get_nodes(account, container, obj)
+    cpart, cnodes = ctx.ring.get_nodes(account, container)
+    path_names = (account, container, obj)
+    return list(await asyncio.gather(*(
+        ctx.node_status(node, "DELETE", node_path(node, part, *path_names),
+                        {"X-Backend-Server-Type": "object", **headers,
+                         **container_update_headers(index, cpart, cnodes)})
+        for index, node in enumerate(nodes))))
+
+
+def container_update_headers(index: int, cpart: int, cnodes: list[dict[str, Any]]
+                             ) -> dict[str, str]:
+    """The ``X-Container-*`` headers of an object write sent to the ``index``-th object
+    primary: each primary tells a different container replica, as the proxy's do."""
+    if not cnodes:
+        return {}
+    cnode = cnodes[index % len(cnodes)]
+    return {"X-Container-Host": f"{cnode['ip']}:{cnode['port']}",
+            "X-Container-Partition": str(cpart), "X-Container-Device": cnode["device"]}
 
 
 class Daemon:

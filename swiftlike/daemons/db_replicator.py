@@ -12,6 +12,7 @@ A database on a handoff is deleted once every primary has taken all of its rows.
 
 Before it ships anything, a pass reclaims: a container database deleted (and emptied,
 and its last state reported to its account) more than ``reclaim_age`` ago is removed,
+as is a deleted account database the reaper has emptied,
 and deleted rows older than that are dropped, at most once per ``reclaim_interval`` per database
 (the scan reads the whole table). Every removal re-checks its reason under the locks
 that keep writers out (``DatabaseBroker.remove_if``), so a row or a re-creation that
@@ -99,18 +100,19 @@ def read_db(server_type: str, path: str, start: int, count: int
 
 
 def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -> bool:
-    """A container deleted before ``cutoff``, empty, with its deletion reported to its
-    account (which would otherwise list it for ever).
+    """Deleted before ``cutoff`` and empty: a container with its deletion reported to its
+    account (which would otherwise list it for ever); an account that lists no live
+    container (the reaper has emptied it, :mod:`swiftlike.daemons.reaper`).
 
-    Never an account: one reclaimed came back to life at the first late container
-    report while account servers made missing accounts' databases on reports. They
-    answer 404 now, but deleted accounts are left for a reaper (not built) to finish;
-    their deleted container rows are still reclaimed.
+    Account servers answer 404 to a report for an account they do not hold, so a late
+    report cannot bring a removed account back to life.
     """
-    if server_type != "container":
-        return False
     put, delete = Timestamp(info["put_timestamp"] or 0), Timestamp(info["delete_timestamp"] or 0)
-    return put < delete < cutoff and not info.get("object_count") and \
+    if not put < delete < cutoff:
+        return False
+    if server_type == "account":
+        return not info.get("container_count")
+    return server_type == "container" and not info.get("object_count") and \
         Timestamp(info.get("reported_delete_timestamp") or 0) >= delete
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from swiftlike.common.node_client import NODE_ERRORS, node_path
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.daemons.base import Daemon, PassStats
+from swiftlike.daemons.base import Daemon, PassStats, delete_object_everywhere
 from swiftlike.storage.expiring_queue import due_entries, remove_entry
 
 LOG = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ class ObjectExpirer(Daemon):
         delete_at = int(record["delete_at"])
         ring = self.ctx.ring
         part, nodes = ring.get_nodes(account, container, obj)
-        cpart, cnodes = ring.get_nodes(account, container)
         stats.add("attempted")
         verdict = await self._current_state(part, nodes, account, container, obj, delete_at)
         if verdict == "superseded":
@@ -76,29 +75,10 @@ class ObjectExpirer(Daemon):
             stats.add("retries")
             return False
 
-        async def one(index: int, node: dict[str, Any]) -> bool:
-            cnode = cnodes[index % len(cnodes)] if cnodes else None
-            headers = {"X-Backend-Server-Type": "object",
-                       "X-Timestamp": Timestamp(delete_at).internal,
-                       "X-If-Delete-At": str(delete_at)}
-            if cnode is not None:
-                headers.update({"X-Container-Host": f"{cnode['ip']}:{cnode['port']}",
-                                "X-Container-Partition": str(cpart),
-                                "X-Container-Device": cnode["device"]})
-            try:
-                async with self.ctx.client.request(
-                        node, "DELETE", node_path(node, part, account, container, obj),
-                        headers=headers) as resp:
-                    await resp.read()
-                    if 200 <= resp.status < 300:
-                        stats.add("deletes")
-                        return True
-                    return resp.status in SETTLED
-            except NODE_ERRORS as err:
-                LOG.info("expirer DELETE to %s:%s failed: %r", node["ip"], node["port"], err)
-                return False
-
-        results = await asyncio.gather(*(one(i, n) for i, n in enumerate(nodes)))
+        statuses = await delete_object_everywhere(self.ctx, account, container, obj, {
+            "X-Timestamp": Timestamp(delete_at).internal, "X-If-Delete-At": str(delete_at)})
+        stats.add("deletes", sum(1 for s in statuses if s is not None and 200 <= s < 300))
+        results = [s is not None and (200 <= s < 300 or s in SETTLED) for s in statuses]
         if all(results):
             stats.add("objects_expired")
             return True

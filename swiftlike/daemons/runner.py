@@ -1,6 +1,6 @@
 """Running the daemons: one pass (``--once``), forever in their own process, or inside a node.
 
-``swiftlike replicate|audit|update|expire --config X [--once]`` calls :func:`run_daemon`;
+``swiftlike replicate|audit|update|expire|reap --config X [--once]`` calls :func:`run_daemon`;
 a storage node with ``[daemons] enabled = true`` runs :func:`run_daemons` beside its
 HTTP server, so every daemon loops on its own interval in the node's event loop.
 ``[daemons]`` may switch single daemons off: ``replicator = false`` etc.
@@ -25,6 +25,7 @@ ALIASES = {
     "audit": "auditor", "auditor": "auditor",
     "update": "updater", "updater": "updater",
     "expire": "expirer", "expirer": "expirer",
+    "reap": "reaper", "reaper": "reaper",
 }
 
 
@@ -50,6 +51,10 @@ async def run_pass(name: str, ctx: DaemonContext, audit_mode: str = "full") -> d
         from swiftlike.daemons.expirer import ObjectExpirer
 
         return await ObjectExpirer(ctx).run_once()
+    if canonical == "reaper":
+        from swiftlike.daemons.reaper import AccountReaper
+
+        return await AccountReaper(ctx).run_once()
     raise ValueError(f"unknown daemon {name!r}")
 
 
@@ -66,9 +71,11 @@ def _forever(canonical: str, ctx: DaemonContext) -> Any:
         return _replicate_forever(ctx)
     from swiftlike.daemons.auditor import ObjectAuditor
     from swiftlike.daemons.expirer import ObjectExpirer
+    from swiftlike.daemons.reaper import AccountReaper
     from swiftlike.daemons.updater import ObjectUpdater
 
-    cls = {"auditor": ObjectAuditor, "updater": ObjectUpdater, "expirer": ObjectExpirer}
+    cls = {"auditor": ObjectAuditor, "updater": ObjectUpdater, "expirer": ObjectExpirer,
+           "reaper": AccountReaper}
     return cls[canonical](ctx).run_forever()
 
 
@@ -104,7 +111,7 @@ async def run_daemons(conf: dict[str, Any]) -> None:
     ctx = DaemonContext(conf)
     tasks = [
         asyncio.ensure_future(_forever(canonical, ctx))
-        for canonical in ("replicator", "auditor", "updater", "expirer")
+        for canonical in ("replicator", "auditor", "updater", "expirer", "reaper")
         if conf_bool(section.get(canonical), True)
     ]
     try:

@@ -69,6 +69,9 @@ class AccountController(Controller):
         if resp is None:
             return error_response(503)
         if resp.status == 404:
+            if resp.headers.get("X-Account-Status", "").lower() == "deleted":
+                # as Swift: a reseller deleted it; its data goes with the reaper
+                return error_response(410, "This account was deleted")
             if self.ctx.account_autocreate and req.environ.get("swift.owner", True):
                 return self._empty_account(req)
             return error_response(404)

@@ -2,7 +2,7 @@
 
 The proxy asks each storage node of the ring (``GET /recon/<what>`` over HTTP; the proxy
 never reads a node's disk) concurrently, and sums the numeric counters. ``<what>`` is
-replication (default), db_replication, auditor, updater or expirer. Unreachable nodes are
+replication (default), db_replication, auditor, updater, expirer or reaper. Unreachable nodes are
 listed under ``unreachable``, so an operator sees them instead of silently low totals.
 It sits after tempauth in the default pipeline and answers only reseller admins (401
 without a valid token, 403 for anyone else): node addresses and error counts are
@@ -21,7 +21,7 @@ from ring import Ring
 from swiftlike.common.config import hash_salts
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
-WHATS = ("replication", "db_replication", "auditor", "updater", "expirer")
+WHATS = ("replication", "db_replication", "auditor", "updater", "expirer", "reaper")
 
 
 async def gather_cluster_recon(ring: Ring, session: aiohttp.ClientSession, what: str,

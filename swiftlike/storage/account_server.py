@@ -87,12 +87,13 @@ class AccountServer:
         broker = self.broker(device_path, route)
         created = await self._ensure(broker, device_path, route.account, timestamp)
         if not created:
-            was_deleted = await self.node.run_db(broker.is_deleted)
-            info = await self.node.run_db(broker.merge_timestamps, timestamp.internal)
+            info = await self.node.run_db(broker.merge_timestamps, timestamp.internal,
+                                          None, False)
             if broker.is_deleted_info(info):
-                return error_response(409, "Account was deleted more recently",
-                                      backend_headers(info))
-            created = was_deleted
+                # as Swift's: no undelete. The reaper is emptying it; once the
+                # replicator has removed the database, a PUT makes a new account.
+                return error_response(403, "Recently deleted", {
+                    **backend_headers(info), "X-Account-Status": "Deleted"})
         changes = metadata_from_headers(request, META_PREFIXES, META_EXACT, timestamp)
         await self.node.run_db(broker.update_metadata, changes)
         return web.Response(status=201 if created else 202)
@@ -155,7 +156,9 @@ class AccountServer:
             # with it after a rebalance, and bring a reclaimed account back to life.
             return error_response(404, "No such account")
         info = await self.node.run_db(broker.get_info)
-        if broker.is_deleted_info(info):
+        if broker.is_deleted_info(info) and delete <= put:
+            # a deleted account still takes the deletion of a container (the reaper's),
+            # so it empties and can be removed; nothing it takes brings one back
             return error_response(404, "Account is deleted", backend_headers(info))
         await self.batcher.merge(broker, {
             "name": route.container, "put_timestamp": put.internal,

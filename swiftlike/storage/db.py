@@ -344,13 +344,20 @@ class DatabaseBroker:
         return self.is_deleted_info(self.get_info())
 
     def merge_timestamps(self, put_timestamp: str | None = None,
-                         delete_timestamp: str | None = None) -> dict[str, Any]:
-        """Raise put/delete timestamps to the newer of ours and theirs (replication too)."""
+                         delete_timestamp: str | None = None, revive: bool = True
+                         ) -> dict[str, Any]:
+        """Raise put/delete timestamps to the newer of ours and theirs (replication too).
+
+        ``revive=False`` leaves a deleted database deleted (its put timestamp as it was),
+        decided in the same transaction as the write.
+        """
         with self.transaction() as conn:
             row = conn.execute(f"SELECT put_timestamp, delete_timestamp FROM "
                                f"{self.stat_table}").fetchone()
             old_deleted = Timestamp(row[1] or 0) > Timestamp(row[0] or 0)
             new_put = max(Timestamp(row[0] or 0), Timestamp(put_timestamp or 0))
+            if old_deleted and not revive:
+                new_put = Timestamp(row[0] or 0)
             new_delete = max(Timestamp(row[1] or 0), Timestamp(delete_timestamp or 0))
             now_deleted = new_delete > new_put
             updates = {"put_timestamp": new_put.internal,

@@ -3,7 +3,7 @@
 Each daemon writes one small stats file per device after every pass
 (``<device>/.recon/<daemon>.json``, written atomically), so the numbers survive a restart
 and any process on the node (the daemons may run in their own process) can serve them.
-``GET /recon/replication|db_replication|auditor|updater|expirer`` merges the devices' files;
+``GET /recon/replication|db_replication|auditor|updater|expirer|reaper`` merges the devices' files;
 ``GET /recon/diskusage`` reports each device's space.
 """
 
@@ -21,7 +21,7 @@ from swiftlike.storage.recon_files import RECON_DIR, load_device_stats, save_dev
 __all__ = ["RECON_DIR", "handle_recon", "load_device_stats", "node_daemon_stats",
            "save_device_stats"]
 
-DAEMON_NAMES = ("replication", "db_replication", "auditor", "updater", "expirer")
+DAEMON_NAMES = ("replication", "db_replication", "auditor", "updater", "expirer", "reaper")
 
 
 def node_daemon_stats(devices_root: str, daemon: str) -> dict[str, Any]:

@@ -427,9 +427,10 @@ async def test_a_row_after_a_reclaim_still_replicates(cluster):
         assert rows_of(container_db(cluster, dev)).get("new") == 0, dev
 
 
-async def test_a_deleted_account_stays_deleted_through_reclaim_and_late_reports(cluster):
-    """A reclaimed account database would be made again, live, by the next container
-    report; so deleted accounts keep their database (and answer those reports 404)."""
+async def test_an_emptied_deleted_account_is_removed_and_stays_gone(cluster):
+    """A deleted account that lists no live container (the reaper emptied it) goes after
+    reclaim_age; a late container report then finds no account (404) rather than making
+    one again, live."""
     async with aiohttp.ClientSession() as session:
         await make_and_delete_container(cluster, session)
         apart, anodes = cluster.ring.get_nodes(ACCOUNT)
@@ -437,7 +438,7 @@ async def test_a_deleted_account_stays_deleted_through_reclaim_and_late_reports(
             await _send(session, "DELETE", _url(dev, apart, ACCOUNT),
                         {"X-Timestamp": stamp(-900)}, (204,))
         counts = await replicate_all(cluster, reclaim_interval=0)
-        assert not any(c.get("account_dbs_reclaimed") for c in counts.values()), counts
+        assert sum(c.get("account_dbs_reclaimed", 0) for c in counts.values()) == 3, counts
         assert sum(c.get("container_dbs_reclaimed", 0) for c in counts.values()) == 3
         # a late report (a container replica that had missed the deletion) is refused
         await _send(session, "PUT", _url(anodes[0], apart, ACCOUNT, CONTAINER),
@@ -447,6 +448,31 @@ async def test_a_deleted_account_stays_deleted_through_reclaim_and_late_reports(
         for dev in anodes:
             async with session.head(_url(dev, apart, ACCOUNT)) as resp:
                 assert resp.status == 404
+
+
+async def test_a_deleted_account_that_still_lists_containers_is_kept(cluster):
+    """Until the reaper has deleted its containers, a deleted account keeps its database:
+    it is the reaper's only list of what to delete. It refuses reports that would add a
+    container, and takes those that delete one."""
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(cluster, session, stamp(-2000))
+        apart, anodes = cluster.ring.get_nodes(ACCOUNT)
+        for dev in anodes:
+            await _send(session, "DELETE", _url(dev, apart, ACCOUNT),
+                        {"X-Timestamp": stamp(-900)}, (204,))
+        counts = await replicate_all(cluster, reclaim_interval=0)
+        assert not any(c.get("account_dbs_reclaimed") for c in counts.values()), counts
+        report = {"X-Object-Count": "0", "X-Bytes-Used": "0", "X-Timestamp": stamp(0),
+                  "X-Backend-Server-Type": "account"}
+        await _send(session, "PUT", _url(anodes[0], apart, ACCOUNT, "another"),
+                    {**report, "X-Put-Timestamp": stamp(-10), "X-Delete-Timestamp": "0"},
+                    (404,))
+        for dev in anodes:
+            await _send(session, "PUT", _url(dev, apart, ACCOUNT, CONTAINER),
+                        {**report, "X-Put-Timestamp": "0",
+                         "X-Delete-Timestamp": stamp(-800)}, (204,))
+        counts = await replicate_all(cluster, reclaim_interval=0)
+        assert sum(c.get("account_dbs_reclaimed", 0) for c in counts.values()) == 3, counts
 
 
 async def test_a_container_put_racing_its_reclaim_creates_it(cluster, monkeypatch):

@@ -1,0 +1,263 @@
+"""The account reaper on a whole `swiftlike serve` cluster: a reseller deletes an account,
+the reaper empties it on every node, the database replicator then removes its databases,
+and the name can be used again; other accounts are untouched throughout.
+
+Clients are python-swiftclient (as the account's user and as the reseller admin) and raw
+aiohttp requests straight to the storage nodes for what a client cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import swiftclient
+
+from ring import Ring
+from swiftlike.common.config import hash_salts, load_config
+from swiftlike.common.node_client import node_path
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.daemons.base import DaemonContext
+from swiftlike.daemons.db_replicator import DatabaseReplicator, list_databases
+from swiftlike.daemons.reaper import AccountReaper
+from tests.cluster_harness import ServedCluster, start_served_cluster
+from tests.daemons.mini_cluster import MiniCluster, start_mini_cluster
+from tests.daemons.test_db_reclaim import ACCOUNT, CONTAINER, _url, make_account_and_container
+
+DOOMED, KEPT = "AUTH_test2", "AUTH_test"
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    cluster = start_served_cluster(tmp_path / "data", nodes=4, workers=1,
+                                   extra_args=["--no-daemons"])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def connect(cluster: ServedCluster, user: str, key: str) -> swiftclient.Connection:
+    return swiftclient.Connection(cluster.auth_url, user, key, retries=0)
+
+
+def node_configs(cluster: ServedCluster) -> list[dict]:
+    run = cluster.data_dir / "run"
+    return [load_config(path) for path in sorted(run.glob("*.toml"))
+            if path.name != "proxy.toml"]
+
+
+def ring_of(conf: dict) -> Ring:
+    prefix, suffix = hash_salts(conf)
+    return Ring(conf["cluster"]["ring"], hash_prefix=prefix, hash_suffix=suffix)
+
+
+async def run_everywhere(configs: list[dict], make) -> list[dict]:  # type: ignore[no-untyped-def]
+    results = []
+    for conf in configs:
+        ctx = DaemonContext(conf)
+        try:
+            results.append(await make(ctx).run_once())
+        finally:
+            await ctx.close()
+    return results
+
+
+async def statuses(ring: Ring, method: str, *names: str) -> list[int]:
+    """What each primary answers to ``method`` on an account, container or object."""
+    part, nodes = ring.get_nodes(*names)
+    kind = ("account", "container", "object")[len(names) - 1]
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for node in nodes:
+            url = f"http://{node['ip']}:{node['port']}" + node_path(node, part, *names)
+            async with session.request(method, url,
+                                       headers={"X-Backend-Server-Type": kind}) as resp:
+                out.append(resp.status)
+    return out
+
+
+def account_dbs(configs: list[dict]) -> list[str]:
+    found = []
+    for conf in configs:
+        devices = conf["node"]["devices"]
+        for device in os.listdir(devices):
+            found += [path for _, _, path in
+                      list_databases(os.path.join(devices, device), "accounts")]
+    return found
+
+
+def fill_accounts(cluster: ServedCluster) -> dict[str, list[str]]:
+    """Containers and objects in both accounts; the doomed one also keeps old versions
+    (a hidden versions container) and a name that needs quoting."""
+    doomed = connect(cluster, "test2:tester2", "testing2")
+    made: dict[str, list[str]] = {}
+    for container in ("photos", "logs", "empty"):
+        doomed.put_container(container)
+    for i in range(12):
+        name = f"photos/ä {i}/x" if i % 3 == 0 else f"img-{i}"
+        doomed.put_object("photos", name, f"photo {i}".encode())
+        made.setdefault("photos", []).append(name)
+    doomed.put_object("logs", "zero", b"")
+    made["logs"] = ["zero"]
+    doomed.put_container("history", headers={"X-Versions-Enabled": "true"})
+    for body in (b"v1", b"v2", b"v3"):
+        doomed.put_object("history", "doc", body)
+    made["history"] = ["doc"]
+    kept = connect(cluster, "test:tester", "testing")
+    kept.put_container("keep")
+    kept.put_object("keep", "precious", b"still here")
+    return made
+
+
+async def test_a_deleted_account_is_reaped_and_its_databases_removed(served):
+    made = await asyncio.to_thread(fill_accounts, served)
+    admin = connect(served, "admin:admin", "admin")
+    admin_url = admin.get_auth()[0]
+    doomed_url = admin_url.replace("AUTH_admin", DOOMED)
+    configs = node_configs(served)
+    ring = ring_of(configs[0])
+    token = admin.get_auth()[1]
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(doomed_url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 204, await resp.text()
+        # as Swift: the deleted account answers 410, and cannot be made again yet
+        async with session.head(doomed_url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 410
+        async with session.put(doomed_url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 403, await resp.text()
+        async with session.head(doomed_url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 410
+        # nor by its own users' first container PUT (as Swift: the account's autocreate
+        # is refused, 503)
+        user_url, user_token = connect(served, "test2:tester2", "testing2").get_auth()
+        async with session.put(user_url + "/new-box",
+                               headers={"X-Auth-Token": user_token}) as resp:
+            assert resp.status == 503
+        async with session.get(user_url, headers={"X-Auth-Token": user_token}) as resp:
+            assert resp.status == 410
+
+    # a pass that must wait (delay_reaping) leaves everything in place
+    waited = await run_everywhere(
+        configs, lambda ctx: AccountReaper(ctx, {"delay_reaping": 3600}))
+    assert not any(dev["counts"].get("objects_deleted") for r in waited for dev in r.values())
+    assert 200 in await statuses(ring, "HEAD", DOOMED, "photos", made["photos"][0])
+
+    reaped = await run_everywhere(configs, AccountReaper)
+    counts: dict[str, int] = {}
+    for result in reaped:
+        for dev in result.values():
+            assert not dev["counts"].get("errors"), dev
+            for key, value in dev["counts"].items():
+                counts[key] = counts.get(key, 0) + value
+    # photos, logs, empty, history and history's hidden versions container
+    assert counts.get("containers_deleted", 0) == 5, counts
+    assert counts.get("objects_deleted", 0) >= 12 + 1 + 1, counts
+    assert not counts.get("containers_remaining"), counts
+
+    for container, names in made.items():
+        for name in names:
+            assert 200 not in await statuses(ring, "HEAD", DOOMED, container, name), name
+        assert 204 not in await statuses(ring, "HEAD", DOOMED, container), container
+    # the other account kept everything
+    kept = connect(served, "test:tester", "testing")
+    assert (await asyncio.to_thread(kept.get_object, "keep", "precious"))[1] == b"still here"
+
+    # the account is empty now: the replicator removes its databases (reclaim_age 0)
+    before = account_dbs(configs)
+    await run_everywhere(configs, lambda ctx: DatabaseReplicator(ctx, {"reclaim_age": 0}))
+    left = account_dbs(configs)
+    assert len(left) < len(before)
+    kept_part = ring.get_part(KEPT)
+    doomed_part = ring.get_part(DOOMED)
+    assert all(f"/{doomed_part}/" not in path for path in left) or doomed_part == kept_part
+    # ... after which the name is free again, for a new and empty account
+    async with aiohttp.ClientSession() as session:
+        async with session.put(doomed_url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 201, await resp.text()
+        async with session.get(doomed_url + "?format=json",
+                               headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 200 and await resp.json() == []
+
+
+def test_the_reap_command_runs_one_pass(served):
+    run = served.data_dir / "run"
+    conf = next(path for path in sorted(run.glob("*.toml")) if path.name != "proxy.toml")
+    done = subprocess.run([sys.executable, "-m", "swiftlike", "reap", "--once", "--config",
+                           str(conf)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+async def mini(tmp_path):
+    cluster = await start_mini_cluster(str(tmp_path), full_nodes=True)
+    try:
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            await node.stop()
+
+
+async def put_object(mini: MiniCluster, session: aiohttp.ClientSession, name: str) -> None:
+    part, nodes = mini.ring.get_nodes(ACCOUNT, CONTAINER, name)
+    cpart, cnodes = mini.ring.get_nodes(ACCOUNT, CONTAINER)
+    stamp = Timestamp.now().internal
+    for index, dev in enumerate(nodes):
+        cnode = cnodes[index % len(cnodes)]
+        async with session.put(_url(dev, part, ACCOUNT, CONTAINER, name), data=b"body",
+                               headers={"X-Timestamp": stamp, "Content-Type": "text/plain",
+                                        "X-Container-Host": f"127.0.0.1:{cnode['port']}",
+                                        "X-Container-Partition": str(cpart),
+                                        "X-Container-Device": cnode["device"]}) as resp:
+            assert resp.status == 201, await resp.text()
+
+
+async def reap_all(mini: MiniCluster) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in mini.nodes:
+        if node.runner is None:
+            continue  # stopped: its daemons stop with it
+        ctx = mini.context(node)
+        try:
+            result = await AccountReaper(ctx).run_once()
+        finally:
+            await ctx.close()
+        for key, value in result[node.device]["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+    return counts
+
+
+async def test_what_a_down_node_holds_is_reaped_on_a_later_pass(mini):
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(mini, session, Timestamp.now().internal)
+        names = [f"o{i}" for i in range(8)]
+        for name in names:
+            await put_object(mini, session, name)
+        apart, anodes = mini.ring.get_nodes(ACCOUNT)
+        gone = Timestamp.now().internal
+        for dev in anodes:
+            async with session.delete(_url(dev, apart, ACCOUNT),
+                                      headers={"X-Timestamp": gone}) as resp:
+                assert resp.status == 204
+        # one object node is down for the first pass (not the container's only
+        # primaries: one of the account's, so its share of containers waits as well)
+        down = mini.node_of(mini.ring.get_nodes(ACCOUNT, CONTAINER, names[0])[1][0])
+        await down.stop()
+        first = await reap_all(mini)
+        assert first.get("object_failures"), first
+        assert not first.get("accounts_done") or first.get("containers_remaining"), first
+        await down.start()
+        second = await reap_all(mini)
+        assert second.get("containers_deleted") == 1, second
+        assert not second.get("containers_remaining") and not second.get("errors"), second
+        for name in names:
+            part, nodes = mini.ring.get_nodes(ACCOUNT, CONTAINER, name)
+            for dev in nodes:
+                async with session.head(_url(dev, part, ACCOUNT, CONTAINER, name),
+                                        headers={"X-Backend-Server-Type": "object"}) as resp:
+                    assert resp.status == 404, (name, dev["device"])

@@ -443,10 +443,18 @@ class BackendPool:
             conn = await self._acquire(address, conn_timeout)
             response = conn.response = NodeResponse(conn, method == "HEAD",
                                                     read_timeout or self.read_timeout)
-            if body:
-                conn.transport.writelines((head, body))
-            else:
-                conn.transport.write(head)
+            try:
+                # a new connection the node reset at once is closed by now, and writing
+                # to it raises RuntimeError: report it as the node error it is
+                if conn.closed:
+                    raise ConnectionResetError(f"{host} closed the connection")
+                if body:
+                    conn.transport.writelines((head, body))
+                else:
+                    conn.transport.write(head)
+            except (ConnectionResetError, RuntimeError) as err:
+                response.close()
+                raise ConnectionResetError(f"{host} closed the connection: {err}") from err
             try:
                 await response._head_arrived()
             except StaleConnection:

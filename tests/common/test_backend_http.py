@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -187,6 +189,27 @@ async def test_an_idle_connection_the_node_dropped_is_retried_on_a_new_one():
         assert await first.read() == b"ok"
         second = await pool.request("127.0.0.1", port, "GET", "/x", {})
         assert await second.read() == b"ok"
+
+
+async def test_a_new_connection_reset_before_the_request_is_a_connection_error():
+    """The node resets it right after accepting; by the time the request is written the
+    transport is closed (uvloop then raises RuntimeError on write): a node error."""
+
+    async def answer(reader, writer, n):
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async with raw_node(answer) as (pool, port):
+        connect = pool._acquire
+
+        async def connect_then_wait(*args):  # type: ignore[no-untyped-def]
+            conn = await connect(*args)
+            await asyncio.sleep(0.2)  # the reset arrives meanwhile
+            return conn
+
+        pool._acquire = connect_then_wait  # type: ignore[method-assign]
+        with pytest.raises(ConnectionResetError):
+            await pool.request("127.0.0.1", port, "GET", "/x", {})
 
 
 @pytest.mark.parametrize("reply, error", [

@@ -23,6 +23,7 @@ from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import InfoGenerations
 from swiftlike.proxy.node_pool import ErrorLimiter, PrimaryNotFound, ReadOrder, iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
+from swiftlike.proxy.quorum_wait import gather_quorum
 
 #: Client headers never forwarded to storage nodes.
 DROP_REQUEST_HEADERS = frozenset(
@@ -59,6 +60,8 @@ class ProxyContext:
     account_autocreate: bool = True
     info_ttl: float = 3.0
     put_queue_depth: int = 4
+    #: seconds a write waits for its other answers once a quorum agrees (quorum_wait)
+    post_quorum_timeout: float = 0.5
     buffered_put_limit: int = 256 * 1024
     #: the order reads ask the primaries in (node_pool.ReadOrder)
     read_order: ReadOrder = field(default_factory=ReadOrder)
@@ -177,6 +180,10 @@ def update_headers(writers: list[dict], targets: list[dict], partition: int,
     } if group else {} for group in groups]
 
 
+def answer_status(answer: BackendResponse | None) -> int | None:
+    return answer.status if answer is not None else None
+
+
 def quorum_size(replicas: int) -> int:
     return replicas // 2 + 1
 
@@ -248,7 +255,9 @@ class Controller:
                     return resp
             return None
 
-        return list(await asyncio.gather(*(fill_slot(i) for i in range(len(primaries)))))
+        return await gather_quorum([fill_slot(i) for i in range(len(primaries))],
+                                   quorum_size(len(primaries)), self.ctx.post_quorum_timeout,
+                                   answer_status)
 
     def quorum_response(
         self,

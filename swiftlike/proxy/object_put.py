@@ -29,9 +29,15 @@ from multidict import CIMultiDict
 
 from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_LEN, FOOTER_VERSION, make_footer
 from swiftlike.common.node_client import NODE_ERRORS
-from swiftlike.proxy.base_controller import BackendResponse, ProxyContext, quorum_size
+from swiftlike.proxy.base_controller import (
+    BackendResponse,
+    ProxyContext,
+    answer_status,
+    quorum_size,
+)
 from swiftlike.proxy.node_pool import iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
+from swiftlike.proxy.quorum_wait import gather_quorum
 
 LOG = logging.getLogger(__name__)
 FANOUT_CHUNK = 1024 * 1024  # bytes per send to each node in a streamed PUT
@@ -160,7 +166,8 @@ async def stream_put(ctx: ProxyContext, req: SwiftRequest, part: int, primaries:
         return problem
     for p in live:
         p.finish()
-    answers = list(await asyncio.gather(*(p.result() for p in putters)))
+    answers = await gather_quorum([p.result() for p in putters], quorum,
+                                  ctx.post_quorum_timeout, answer_status)
     return [_etag_checked(answer, etag) for answer in answers]
 
 

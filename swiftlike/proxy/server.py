@@ -118,6 +118,7 @@ def build_context(conf: dict, ring: Any | None = None) -> ProxyContext:
         limits=Limits.from_conf(proxy_conf),
         account_autocreate=bool(proxy_conf.get("account_autocreate", True)),
         info_ttl=float(proxy_conf.get("container_info_ttl", 3.0)),
+        post_quorum_timeout=float(proxy_conf.get("post_quorum_timeout", 0.5)),
         read_order=ReadOrder(str(proxy_conf.get("sorting_method", "shuffle"))),
         generations=info_generations(conf),
     )

@@ -25,13 +25,15 @@ class FaultProxy:
     """A TCP relay in front of a node: can refuse connections or cut responses.
 
     ``cut_after`` (bytes of response) makes the next relayed response stop after that
-    many bytes with an abrupt close, once; ``down`` refuses new connections.
+    many bytes with an abrupt close, once; ``down`` refuses new connections; ``stalled``
+    takes new connections and never answers on them (a node stopped with SIGSTOP).
     """
 
     def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
         self.port = port if port is not None else free_port()
         self.down = False
+        self.stalled = False
         self.cut_after: int | None = None
         self.cuts = 0
         self._armed = 0
@@ -70,6 +72,13 @@ class FaultProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.down:
             writer.transport.abort()
+            return
+        if self.stalled:
+            self._writers.add(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(65536):
+                    pass  # take what is sent, answer nothing
+            self._writers.discard(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)

@@ -36,6 +36,9 @@ async def reset_cluster(c: Cluster) -> None:
 
     for fault in c.faults:
         fault.cut_after = None
+        if fault.stalled:
+            fault.stalled = False
+            fault.kill_connections()
         if fault.down:
             await fault.set_down(False)
     ctx = c.proxy_app[CONTEXT_KEY]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 
 import aiohttp
 import pytest
@@ -160,6 +161,44 @@ async def test_node_down_puts_use_handoffs_and_gets_return_right_bytes(cluster):
         for name, data in payloads.items():
             code, body = await status(s, "GET", url + "/ha/" + name, token)
             assert code == 200 and body == data
+
+
+async def test_a_stalled_node_does_not_hold_writes_for_its_timeout(cluster):
+    """One node takes connections and never answers (as when stopped): writes answer
+    once a quorum has (plus post_quorum_timeout), not after the node timeout, and what
+    they wrote reads back. The stalled node is not one of the container's (a read asks
+    one node at a time and waits for it, as Swift's does, until it is error-limited)."""
+    url, token = await auth(cluster, "test:tester", "testing")
+    node_timeout = cluster.conf["proxy"]["node_timeout"]
+    ring = cluster.proxy_app[_context_key()].ring
+    container_ports = {n["port"] for n in ring.get_nodes("AUTH_test", "stall")[1]}
+    fault = next(f for f in cluster.faults if f.port not in container_ports)
+    names = [name for name in (f"obj-{i}" for i in range(100))
+             if fault.port in {n["port"] for n in ring.get_nodes("AUTH_test", "stall", name)[1]}
+             ][:2]
+    async with aiohttp.ClientSession() as s:
+        assert (await status(s, "PUT", url + "/stall", token))[0] in (201, 202)
+        fault.stalled = True
+        fault.kill_connections()  # pooled connections would still answer
+        try:
+            # buffered bodies: a streamed PUT waits for each node to take its body, as
+            # Swift's waits for 100-continue, so a stalled node costs it the timeout
+            for name, data in zip(names, (b"s" * 100, os.urandom(60_000)), strict=True):
+                started = time.monotonic()
+                async with s.put(url + "/stall/" + name, data=data,
+                                 headers={"X-Auth-Token": token}) as r:
+                    assert r.status == 201, await r.text()
+                assert time.monotonic() - started < node_timeout / 2, name
+                code, body = await status(s, "GET", url + "/stall/" + name, token)
+                assert code == 200 and body == data
+            for method, expected in (("POST", 202), ("DELETE", 204)):
+                started = time.monotonic()
+                assert (await status(s, method, url + "/stall/" + names[0], token))[0] \
+                    == expected
+                assert time.monotonic() - started < node_timeout / 2, method
+        finally:
+            fault.stalled = False
+            fault.kill_connections()
 
 
 def _context_key():

@@ -99,7 +99,9 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
         raise
     _record_result(image, loc, result, done_status)
     if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS):
-        await discard(c.store, container, image.id)  # deleted (or reset) while uploading
+        # deleted (or reset) while uploading: its segments by name (a listing may not
+        # show them yet), then whatever the listing has
+        await asyncio.shield(discard(c.store, container, image.id, loc.segments))
         raise http_error(410, "Image was deleted while its data was being uploaded.")
 
 
@@ -183,9 +185,9 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
     try:
         result = await verify_stored(c.store, loc, verifier)
-    except (UploadRefused, StoreError) as exc:
-        LOG.warning("import of image %s failed: %s", image.id, exc)
-        await c.store.delete_location(loc)
+    except Exception as exc:  # any failure (a refusal, the store, a cut connection)
+        LOG.warning("import of image %s failed: %r", image.id, exc)
+        await discard(c.store, loc.container, loc.name, loc.segments)
         await _revert(request, image, "importing")
         return
     _record_result(image, loc, result, "active")
@@ -244,9 +246,13 @@ async def download(request: web.Request) -> web.StreamResponse:
     sent = len(first)
     if first:
         await response.write(first)
-    async for chunk in body:
-        sent += len(chunk)
-        await response.write(chunk)
+    try:
+        async for chunk in body:
+            sent += len(chunk)
+            await response.write(chunk)
+    except StoreError as exc:  # a segment missing, cut or not the bytes recorded
+        LOG.error("image %s data unreadable after %d bytes: %s", image.id, sent, exc)
+        sent = -1
     if sent != end - start:  # never end a short body cleanly: the client must see an error
         LOG.error("image %s: store returned %d of %d bytes", image.id, sent, end - start)
         if request.transport is not None:

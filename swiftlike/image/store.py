@@ -15,6 +15,7 @@ images stay readable even on a cluster without large-object middleware.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -256,9 +257,17 @@ class SwiftStore:
         return True
 
     async def iter_object(
-        self, container: str, name: str, start: int = 0, end: int | None = None
+        self, container: str, name: str, start: int = 0, end: int | None = None,
+        expect: tuple[int, str] | None = None,
     ) -> AsyncIterator[bytes]:
-        """Yield the bytes ``[start, end)`` of one object in chunks."""
+        """Yield the bytes ``[start, end)`` of one object in chunks.
+
+        ``expect`` = (size, md5) of the whole object: the last chunk is held back until
+        the bytes are checked against it, and a mismatch raises StoreError instead, so
+        a reader never sees a complete-looking image made of other bytes (a segment
+        overwritten behind the image service's back, or corrupt on every replica).
+        Without it the number of bytes is still checked.
+        """
         headers = {}
         if start or end is not None:
             last = "" if end is None else str(end - 1)
@@ -269,8 +278,26 @@ class SwiftStore:
                 raise NotFound(f"{container}/{name} not found", 404)
             if resp.status not in (200, 206):
                 raise StoreError(f"GET {container}/{name} failed: {resp.status}", resp.status)
+            wanted = expect[0] if expect is not None else (
+                None if end is None else end - start)
+            digest = hashlib.md5(usedforsecurity=False) if expect is not None else None
+            got = 0
+            held: bytes | None = None
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                yield chunk
+                got += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+            if wanted is not None and got != wanted:
+                raise StoreError(f"GET {container}/{name}: {got} bytes, {wanted} expected")
+            if digest is not None and expect is not None and expect[1] and \
+                    digest.hexdigest() != expect[1].strip('"').lower():
+                raise StoreError(f"GET {container}/{name}: md5 {digest.hexdigest()}, "
+                                 f"{expect[1]} expected")
+            if held is not None:
+                yield held
         finally:
             resp.release()
 
@@ -292,8 +319,10 @@ class SwiftStore:
                 continue
             lo = max(start, seg_start) - seg_start
             hi = min(end, seg_end) - seg_start
-            async for chunk in self.iter_object(seg.container, seg.name, lo,
-                                                hi if hi < seg.size else None):
+            whole = lo == 0 and hi >= seg.size
+            async for chunk in self.iter_object(
+                    seg.container, seg.name, lo, None if whole else hi,
+                    (seg.size, seg.etag) if whole else None):
                 yield chunk
 
     async def delete_location(self, loc: Location) -> None:

@@ -82,8 +82,19 @@ class Verifier:
         self._hash = hashlib.new(hash_algo)
         self._inspector = FormatInspector(disk_format)
         self.size = 0
+        #: the refusal raised inside the stream: the HTTP client sending it wraps it in
+        #: its own error, so store_stream looks here for what really went wrong
+        self.refused: UploadRefused | None = None
 
     async def wrap(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._checked(source):
+                yield chunk
+        except UploadRefused as exc:
+            self.refused = exc
+            raise
+
+    async def _checked(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in source:
             if not chunk:
                 continue
@@ -150,9 +161,11 @@ async def store_stream(
         result = verifier.finish()
         if loc.size != result.size:
             raise StoreError(f"stored {loc.size} bytes but {result.size} passed through")
-    except BaseException:
+    except BaseException as exc:
         # Shielded: a client that hangs up may cancel this handler, but its bytes must go.
         await asyncio.shield(discard(store, container, name, written))
+        if verifier.refused is not None and exc is not verifier.refused:
+            raise verifier.refused from exc  # what the store client wrapped (400/413)
         raise
     return loc, result
 
@@ -166,14 +179,19 @@ async def discard(store: SwiftStore, container: str, name: str,
     any others (e.g. from an earlier upload attempt that crashed).
     """
     seg_container = f"{container}_segments"
+    names = {seg.name for seg in known_segments or ()}
+    targets = [(container, name)]
     try:
-        await store.delete_object(container, name)
-        names = {seg.name for seg in known_segments or ()}
         names.update(await store.list_objects(seg_container, prefix=f"{name}/"))
-        for seg_name in sorted(names):
-            await store.delete_object(seg_container, seg_name)
-    except Exception:  # the caller's error matters more; leave a trace for operators
-        LOG.exception("could not remove the bytes of failed upload %s/%s", container, name)
+    except Exception:  # the known ones are still deleted below
+        LOG.exception("could not list the segments of %s/%s", container, name)
+    targets += [(seg_container, seg_name) for seg_name in sorted(names)]
+    for target_container, target in targets:
+        try:  # one failure must not leave every later segment behind
+            await store.delete_object(target_container, target)
+        except Exception:  # the caller's error matters more; leave a trace for operators
+            LOG.exception("could not remove %s/%s of a failed upload", target_container,
+                          target)
 
 
 async def verify_stored(

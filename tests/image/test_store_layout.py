@@ -202,3 +202,57 @@ def test_refused_segmented_upload_leaves_no_segments(image_service: ImageService
     assert store.objects_of(image_id) == []
     requests.delete(f"{image_service.image_url}/v2/images/{image_id}", timeout=60,
                     headers={"X-Auth-Token": token})
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_refusal_found_mid_stream_is_400_not_500(image_service: ImageService,
+                                                   chunked: bool) -> None:
+    """Bytes that are not the declared disk format, found while they stream into the
+    store: the refusal raised inside the body the store client sends used to come back
+    wrapped in the client's own error, and the upload answered 500."""
+    token = image_service.token()
+    resp = requests.post(f"{image_service.image_url}/v2/images", timeout=30,
+                         headers={"X-Auth-Token": token},
+                         json={"name": "not-qcow2", "disk_format": "qcow2",
+                               "container_format": "bare"})
+    image_id = resp.json()["id"]
+    data = os.urandom(3 * MIB if not chunked else 9 * MIB)
+    body = iter([data[i:i + MIB] for i in range(0, len(data), MIB)]) if chunked else data
+    resp = requests.put(f"{image_service.image_url}/v2/images/{image_id}/file", data=body,
+                        timeout=120, headers={"X-Auth-Token": token,
+                                              "Content-Type": "application/octet-stream"})
+    assert resp.status_code == 400, resp.text
+    assert _show(image_service, token, image_id)["status"] == "queued"
+    assert image_service.store().objects_of(image_id) == []
+
+
+def test_a_segment_changed_behind_the_service_never_downloads_as_complete(
+        image_service: ImageService) -> None:
+    """The stored segment list has each segment's size and md5; a segment overwritten
+    with other bytes (same size, or not) cuts the download instead of ending it cleanly
+    with the wrong bytes under the right Content-Length."""
+    token = image_service.token()
+    image_id = _create(image_service, token, "tampered")
+    data = os.urandom(9 * MIB)
+    assert requests.put(f"{image_service.image_url}/v2/images/{image_id}/file", data=data,
+                        timeout=120, headers={"X-Auth-Token": token,
+                                              "Content-Type": "application/octet-stream"}
+                        ).status_code == 204
+    store = image_service.store()
+    segments = sorted(n for n in store.objects_of(image_id) if "_segments/" in n)
+    container, name = segments[1].split("/", 1)
+    url = f"{store.storage_url}/{container}/{name}"
+    for replacement in (os.urandom(4 * MIB), os.urandom(2 * MIB)):
+        assert requests.put(url, data=replacement, headers=store.headers,
+                            timeout=60).status_code == 201
+        got = b""
+        with pytest.raises(requests.exceptions.RequestException):
+            with requests.get(f"{image_service.image_url}/v2/images/{image_id}/file",
+                              headers={"X-Auth-Token": token}, timeout=60,
+                              stream=True) as resp:
+                assert resp.status_code == 200
+                for chunk in resp.iter_content(MIB):
+                    got += chunk
+        assert len(got) < len(data)
+    requests.delete(f"{image_service.image_url}/v2/images/{image_id}", timeout=60,
+                    headers={"X-Auth-Token": token})

@@ -97,18 +97,25 @@ class DaemonContext:
         return os.path.join(self.devices, device)
 
     async def node_status(self, node: dict[str, Any], method: str, path: str,
-                          headers: dict[str, str]) -> int | None:
+                          headers: dict[str, str], budget: NodeBudget | None = None
+                          ) -> int | None:
         """``method path`` on one node: its status (the body read and dropped), or None
-        when the node could not be reached or did not answer in time."""
+        when the node could not be reached or did not answer in time (or ``budget``
+        says it failed too often already this pass: then nothing is sent)."""
         from swiftlike.common.node_client import NODE_ERRORS
 
+        if budget is not None and budget.exhausted(node):
+            return None
         try:
             async with self.client.request(node, method, path, headers=headers) as resp:
                 await resp.read()
                 return int(resp.status)
         except NODE_ERRORS as err:
             LOG.info("%s %s to %s:%s failed: %r", method, path, node["ip"], node["port"], err)
+            if budget is not None:
+                budget.failed(node)
             return None
+
 
     async def close(self) -> None:
         if self._client is not None:
@@ -116,8 +123,27 @@ class DaemonContext:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class NodeBudget:
+    """How many times each node failed during one daemon pass; past ``limit`` the pass
+    stops asking it. Why: a hung node costs node_timeout per request, and a pass that
+    sends it thousands of deletes would take hours (the proxy's error limiter does the
+    same for client requests). What it was spared is retried on the next pass."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.limit = limit
+        self._failures: dict[tuple[str, int], int] = {}
+
+    def failed(self, node: dict[str, Any]) -> None:
+        key = (str(node["ip"]), int(node["port"]))
+        self._failures[key] = self._failures.get(key, 0) + 1
+
+    def exhausted(self, node: dict[str, Any]) -> bool:
+        return self._failures.get((str(node["ip"]), int(node["port"])), 0) >= self.limit
+
+
 async def delete_object_everywhere(ctx: DaemonContext, account: str, container: str,
-                                   obj: str, headers: dict[str, str]) -> list[int | None]:
+                                   obj: str, headers: dict[str, str],
+                                   budget: NodeBudget | None = None) -> list[int | None]:
     """``DELETE`` of an object on each of its primaries, with ``headers`` and the
     container-update headers, at once; the statuses (None: no answer)."""
     from swiftlike.common.node_client import node_path
@@ -128,7 +154,7 @@ async def delete_object_everywhere(ctx: DaemonContext, account: str, container: 
     return list(await asyncio.gather(*(
         ctx.node_status(node, "DELETE", node_path(node, part, *path_names),
                         {"X-Backend-Server-Type": "object", **headers,
-                         **container_update_headers(index, cpart, cnodes)})
+                         **container_update_headers(index, cpart, cnodes)}, budget)
         for index, node in enumerate(nodes))))
 
 

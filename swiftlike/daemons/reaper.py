@@ -10,24 +10,30 @@ since the DELETE):
 - lists its containers from the local database, and takes its share of them: the
   primaries split an account's containers by a hash of the name, so three account
   servers do not send the same deletes three times;
-- lists each container's objects from a container primary and sends ``DELETE`` to every
-  primary of every object, with the container-update headers, so the container rows go
-  too;
-- then deletes the container on its primaries, with the account-update headers: the
+- lists each container's objects from every container primary, deleted databases
+  included (``X-Backend-Include-Deleted``), and deletes the union: a replica that missed
+  rows, or got them after the container's deletion, must not hide an object;
+- sends ``DELETE`` to every primary of every object, with the container-update headers,
+  so the container rows go too;
+- then deletes the container on all its primaries, with the account-update headers: the
   account servers take that report although the account is deleted, and the account's
-  container count falls.
+  container count falls. A 409 from any replica (rows still arriving) means not done.
 
 Whatever fails (a node down, a container whose object rows have not all arrived, 409)
-is left for the next pass. Once every container is gone the account database holds only
-deleted rows, and the database replicator removes it after ``reclaim_age``
+is left for the next pass; a node that failed ``node_failures_per_pass`` times is not
+asked again in the pass (a hung node would cost every request its timeout). An account
+keeps a container row whose report says deleted but not empty (as Swift's account
+broker), so rows reaching a container after its deletion bring the reaper back. Once
+every container is gone the account database holds only deleted rows, and the database
+replicator removes it after ``reclaim_age``
 (:func:`swiftlike.daemons.db_replicator.reclaim_db`).
 
-Objects written into a deleted account's containers after the DELETE (the proxy checks
-the container, not the account, on an object PUT, as Swift's does) are found by a later
-pass. A primary that is down leaves its share of the containers until it is back.
+The proxy answers 404 for the containers of a deleted account and so refuses object
+writes into them, as Swift's checks the account before the container. A primary that
+is down leaves its share of the containers until it is back.
 
 Config ``[reaper]``: interval (s, 3600), concurrency (16, object deletes in flight),
-delay_reaping (s, 0).
+delay_reaping (s, 0), node_failures_per_pass (10).
 """
 
 from __future__ import annotations
@@ -41,7 +47,13 @@ from typing import Any
 
 from swiftlike.common.node_client import NODE_ERRORS, node_path
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.daemons.base import Daemon, DaemonContext, PassStats, delete_object_everywhere
+from swiftlike.daemons.base import (
+    Daemon,
+    DaemonContext,
+    NodeBudget,
+    PassStats,
+    delete_object_everywhere,
+)
 from swiftlike.daemons.db_replicator import list_databases
 
 LOG = logging.getLogger(__name__)
@@ -106,9 +118,11 @@ class AccountReaper(Daemon):
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, conf)
         self.delay_reaping = float(self.conf.get("delay_reaping", 0))
+        self.budget = NodeBudget(int(self.conf.get("node_failures_per_pass", 10)))
 
     async def run_once(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
+        self.budget = NodeBudget(self.budget.limit)  # a new pass tries every node again
         results = {}
         for dev in self.ctx.local_devices():
             device_path = self.ctx.device_path(dev["device"])
@@ -182,7 +196,8 @@ class AccountReaper(Daemon):
                           ) -> bool:
         """``DELETE`` on every primary of the object; True when all of them settled."""
         statuses = await delete_object_everywhere(self.ctx, account, container, obj,
-                                                  {"X-Timestamp": Timestamp.now().internal})
+                                                  {"X-Timestamp": Timestamp.now().internal},
+                                                  self.budget)
         results = [s is not None and (200 <= s < 300 or s in OBJECT_SETTLED) for s in statuses]
         if all(results):
             stats.add("objects_deleted")
@@ -192,30 +207,41 @@ class AccountReaper(Daemon):
 
     async def _list_objects(self, cpart: int, cnodes: list[dict[str, Any]], account: str,
                             container: str, marker: str) -> list[str] | None:
-        """One page of object names from the first container primary that has the
-        container; [] when every one answered 404; None when one of them could not
-        answer (the objects it may hold wait for the next pass)."""
-        headers = {"X-Backend-Server-Type": "container"}
+        """One page of object names: the union of what every container primary lists
+        (a replica that missed rows, or got them late, must not hide an object), deleted
+        databases included (rows can reach one after its deletion). [] when none holds
+        any; None when a primary could not answer (its rows wait for the next pass)."""
+        headers = {"X-Backend-Server-Type": "container", "X-Backend-Include-Deleted": "true"}
         query = {"format": "json", "limit": str(LISTING_LIMIT)}
         if marker:
             query["marker"] = marker
-        missing = 0
+        names: set[str] = set()
+        cut: str | None = None
         for node in cnodes:
+            if self.budget.exhausted(node):
+                return None
             try:
                 async with self.ctx.client.request(
                         node, "GET", node_path(node, cpart, account, container),
                         headers=headers, query=query) as resp:
                     body = await resp.read()
                     status = resp.status
-            except NODE_ERRORS as err:
+                listed = json.loads(body) if status == 200 else []
+            except (*NODE_ERRORS, ValueError) as err:
                 LOG.info("reaper listing from %s:%s failed: %r", node["ip"], node["port"],
                          err)
-                continue
-            if status == 404:
-                missing += 1
-            elif status == 200:
-                return [entry["name"] for entry in json.loads(body) if "name" in entry]
-        return [] if missing == len(cnodes) else None
+                self.budget.failed(node)
+                return None
+            if status not in (200, 204, 404):
+                return None
+            page = [entry["name"] for entry in listed
+                    if isinstance(entry, dict) and "name" in entry]
+            names.update(page)
+            if len(listed) >= LISTING_LIMIT and page:
+                # a full page: this primary has more past its last name, so the union is
+                # complete only up to the smallest such name
+                cut = page[-1] if cut is None else min(cut, page[-1])
+        return sorted(name for name in names if cut is None or name <= cut)
 
     async def _delete_container(self, account: str, container: str, cpart: int,
                                 cnodes: list[dict[str, Any]], stats: PassStats) -> bool:
@@ -233,11 +259,13 @@ class AccountReaper(Daemon):
 
         statuses = await asyncio.gather(*(
             self.ctx.node_status(node, "DELETE", node_path(node, cpart, account, container),
-                                 headers_for(index))
+                                 headers_for(index), self.budget)
             for index, node in enumerate(cnodes)))
         deleted = sum(1 for status in statuses if status is not None and 200 <= status < 300)
         missing = sum(1 for status in statuses if status == 404)
-        if deleted + missing < len(cnodes) // 2 + 1:
+        if deleted + missing < len(cnodes):
+            # a 409 (rows still arriving) or no answer: a quorum is not enough here, the
+            # replica that still has rows would keep them (and their objects) for ever
             stats.add("container_failures")
             return False
         if not deleted and not await self._report_gone(account, container, apart, anodes,
@@ -258,6 +286,6 @@ class AccountReaper(Daemon):
 
         statuses = await asyncio.gather(*(
             self.ctx.node_status(node, "PUT", node_path(node, apart, account, container),
-                                 headers) for node in anodes))
+                                 headers, self.budget) for node in anodes))
         return all(status is not None and (200 <= status < 300 or status == 404)
                    for status in statuses)

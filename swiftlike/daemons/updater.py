@@ -36,6 +36,7 @@ from swiftlike.storage.updates import (
     UpdateTarget,
     backend_path,
     failed_targets,
+    settled,
     update_status,
 )
 
@@ -177,7 +178,7 @@ class ObjectUpdater(Daemon):
                 self.ctx.client, target, method,
                 backend_path(target, account, container, obj), headers, self.update_timeout)
             statuses[target] = status
-            return status is not None and 200 <= status < 300
+            return settled(status)
 
         failed = await failed_targets(targets, send)
         if not failed:

@@ -71,7 +71,8 @@ class AccountController(Controller):
         if resp.status == 404:
             if resp.headers.get("X-Account-Status", "").lower() == "deleted":
                 # as Swift: a reseller deleted it; its data goes with the reaper
-                return error_response(410, "This account was deleted")
+                return error_response(410, "This account was deleted",
+                                      headers={"X-Account-Status": "Deleted"})
             if self.ctx.account_autocreate and req.environ.get("swift.owner", True):
                 return self._empty_account(req)
             return error_response(404)

@@ -435,7 +435,17 @@ class Controller:
 
         return await self._cached_info(("a", account, None), fetch)
 
+    async def account_deleted(self, account: str) -> bool:
+        """A reseller deleted the account (its servers say so; a missing one is not)."""
+        return bool((await self.account_info(account)).get("deleted"))
+
     async def container_info(self, account: str, container: str) -> dict:
+        if await self.account_deleted(account):
+            # as Swift: nothing in a deleted account is there for the API, so no object
+            # is written into a container the reaper is emptying. Asked on every call
+            # (a cached lookup): the container's own entry may predate the deletion.
+            return {"status": 404}
+
         async def fetch() -> dict:
             part, nodes = self.ctx.ring.get_nodes(account, container)
             resp = await self.get_first(
@@ -514,6 +524,9 @@ def _info_from(resp: BackendResponse | None, kind: str) -> dict:
     headers: CIMultiDictProxy[str] | Mapping[str, str] = resp.headers
     info: dict[str, Any] = {"status": resp.status}
     if resp.status // 100 != 2:
+        if kind == "account" and resp.status == 404 and \
+                resp.headers.get("X-Account-Status", "").lower() == "deleted":
+            info["deleted"] = True
         return info
     prefix = f"x-{kind}-"
     info["meta"] = {}

@@ -67,6 +67,8 @@ class ContainerController(Controller):
 
     async def handle(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
         method = req.method
+        if method != "PUT" and await self.account_deleted(account):
+            return error_response(404)  # as Swift: a deleted account's containers are gone
         if method in ("GET", "HEAD"):
             return await self.get_or_head(req, account, container)
         if method == "PUT":

@@ -94,7 +94,10 @@ class AccountBroker(DatabaseBroker):
                         count, used, reported = old[2], old[3], old_reported
                     put = max(put, Timestamp(old[0]))
                     delete = max(delete, Timestamp(old[1]))
-                deleted = 1 if delete > put else 0
+                # deleted only when empty, as Swift's account broker: a container whose
+                # deleted database still holds rows (replication brought them late) stays
+                # listed, so the reaper comes back for its objects
+                deleted = 1 if delete > put and not count else 0
                 if deleted:
                     count = used = 0
                 if old is not None:

@@ -159,7 +159,8 @@ class AccountServer:
         if broker.is_deleted_info(info) and delete <= put:
             # a deleted account still takes the deletion of a container (the reaper's),
             # so it empties and can be removed; nothing it takes brings one back
-            return error_response(404, "Account is deleted", backend_headers(info))
+            return error_response(404, "Account is deleted", {
+                **backend_headers(info), "X-Account-Status": "Deleted"})
         await self.batcher.merge(broker, {
             "name": route.container, "put_timestamp": put.internal,
             "delete_timestamp": delete.internal, "object_count": int(count),

@@ -212,7 +212,9 @@ class ContainerServer:
         if info is None:
             return web.Response(status=404)
         headers = self._headers(info)
-        if broker.is_deleted_info(info):
+        if broker.is_deleted_info(info) and not (
+                request.method == "GET" and
+                request.headers.get("X-Backend-Include-Deleted", "").lower() == "true"):
             return web.Response(status=404, headers=backend_headers(info))
         if request.method == "HEAD":
             return web.Response(status=204, headers=headers)

@@ -112,17 +112,32 @@ def backend_path(target: UpdateTarget, account: str, container: str,
 UPDATE_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, UnsafeHeader)
 
 
+#: What :func:`update_status` reports for an account server's "this account is deleted"
+#: (404 with ``X-Account-Status: Deleted``).
+ACCOUNT_DELETED = 410
+
+
+def settled(status: int | None) -> bool:
+    """An update that needs no retry: taken (2xx), or a container report the account
+    refused because it is deleted. Such a report must not wait in async_pending: the
+    account's containers go with the reaper (whose deletions it does take), and after
+    the account database is removed a re-created account would take the stale report
+    and list the old container again. The container's own database still reports its
+    current state on the updater's sweeps."""
+    return status is not None and (200 <= status < 300 or status == ACCOUNT_DELETED)
+
+
 async def send_one_update(client: NodeClient, target: UpdateTarget, method: str,
                           path: str, headers: dict[str, str], timeout_s: float) -> bool:
-    """One backend update; True on 2xx. 404 counts as failure (retry later)."""
-    status = await update_status(client, target, method, path, headers, timeout_s)
-    return status is not None and 200 <= status < 300
+    """One backend update; True once settled. 404 counts as failure (retry later)."""
+    return settled(await update_status(client, target, method, path, headers, timeout_s))
 
 
 async def update_status(client: NodeClient, target: UpdateTarget, method: str,
                         path: str, headers: dict[str, str], timeout_s: float) -> int | None:
-    """One backend update's status; None when the node did not answer. Anything but
-    2xx is logged."""
+    """One backend update's status; None when the node did not answer,
+    :data:`ACCOUNT_DELETED` when a deleted account refused it. Anything but 2xx is
+    logged."""
     try:
         async with asyncio.timeout(timeout_s):
             async with client.request(target.node, method, path, headers=headers) as resp:
@@ -132,7 +147,9 @@ async def update_status(client: NodeClient, target: UpdateTarget, method: str,
         return None
     if not 200 <= resp.status < 300:
         LOG.warning("update %s %s%s answered %s", method, target.host, path, resp.status)
-    return resp.status
+    if resp.status == 404 and resp.headers.get("X-Account-Status", "").lower() == "deleted":
+        return ACCOUNT_DELETED
+    return int(resp.status)
 
 
 async def failed_targets(targets: list[UpdateTarget],

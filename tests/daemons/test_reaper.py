@@ -140,7 +140,16 @@ async def test_a_deleted_account_is_reaped_and_its_databases_removed(served):
                                headers={"X-Auth-Token": user_token}) as resp:
             assert resp.status == 503
         async with session.get(user_url, headers={"X-Auth-Token": user_token}) as resp:
-            assert resp.status == 410
+            assert resp.status == 410 and resp.headers["X-Account-Status"] == "Deleted"
+        # and nothing in it is there for the API any more (as Swift: the account is
+        # checked before the container), so no write lands where the reaper works
+        async with session.put(user_url + "/photos/late", data=b"x",
+                               headers={"X-Auth-Token": user_token}) as resp:
+            assert resp.status == 404
+        for method in ("GET", "HEAD", "POST"):
+            async with session.request(method, user_url + "/photos",
+                                       headers={"X-Auth-Token": user_token}) as resp:
+                assert resp.status == 404, method
 
     # a pass that must wait (delay_reaping) leaves everything in place
     waited = await run_everywhere(
@@ -238,26 +247,116 @@ async def test_what_a_down_node_holds_is_reaped_on_a_later_pass(mini):
         names = [f"o{i}" for i in range(8)]
         for name in names:
             await put_object(mini, session, name)
-        apart, anodes = mini.ring.get_nodes(ACCOUNT)
-        gone = Timestamp.now().internal
-        for dev in anodes:
-            async with session.delete(_url(dev, apart, ACCOUNT),
-                                      headers={"X-Timestamp": gone}) as resp:
-                assert resp.status == 204
+        await delete_account(mini, session)
         # one object node is down for the first pass (not the container's only
         # primaries: one of the account's, so its share of containers waits as well)
         down = mini.node_of(mini.ring.get_nodes(ACCOUNT, CONTAINER, names[0])[1][0])
         await down.stop()
         first = await reap_all(mini)
-        assert first.get("object_failures"), first
-        assert not first.get("accounts_done") or first.get("containers_remaining"), first
+        # its listing or its deletes could not be had: the container waits
+        assert first.get("containers_remaining") and not first.get("containers_deleted"), \
+            first
         await down.start()
         second = await reap_all(mini)
         assert second.get("containers_deleted") == 1, second
         assert not second.get("containers_remaining") and not second.get("errors"), second
         for name in names:
+            assert set(await object_statuses(mini, session, name)) == {404}, name
+
+
+async def delete_account(mini: MiniCluster, session: aiohttp.ClientSession) -> None:
+    apart, anodes = mini.ring.get_nodes(ACCOUNT)
+    gone = Timestamp.now().internal
+    for dev in anodes:
+        async with session.delete(_url(dev, apart, ACCOUNT),
+                                  headers={"X-Timestamp": gone}) as resp:
+            assert resp.status == 204
+
+
+async def object_statuses(mini: MiniCluster, session: aiohttp.ClientSession, name: str
+                          ) -> list[int]:
+    part, nodes = mini.ring.get_nodes(ACCOUNT, CONTAINER, name)
+    out = []
+    for dev in nodes:
+        async with session.head(_url(dev, part, ACCOUNT, CONTAINER, name),
+                                headers={"X-Backend-Server-Type": "object"}) as resp:
+            out.append(resp.status)
+    return out
+
+
+async def test_rows_only_a_lagging_container_replica_holds_are_reaped_too(mini):
+    """Objects whose container updates all went to one container replica (the others
+    missed them): listed from every replica, deleted, and the container is not called
+    deleted while a replica still answers 409."""
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(mini, session, Timestamp.now().internal)
+        cpart, cnodes = mini.ring.get_nodes(ACCOUNT, CONTAINER)
+        lagging = [f"lag-{i}" for i in range(5)]
+        for name in lagging:
             part, nodes = mini.ring.get_nodes(ACCOUNT, CONTAINER, name)
+            stamp = Timestamp.now().internal
             for dev in nodes:
-                async with session.head(_url(dev, part, ACCOUNT, CONTAINER, name),
-                                        headers={"X-Backend-Server-Type": "object"}) as resp:
-                    assert resp.status == 404, (name, dev["device"])
+                async with session.put(
+                        _url(dev, part, ACCOUNT, CONTAINER, name), data=b"secret",
+                        headers={"X-Timestamp": stamp, "Content-Type": "text/plain",
+                                 "X-Container-Host": f"127.0.0.1:{cnodes[2]['port']}",
+                                 "X-Container-Partition": str(cpart),
+                                 "X-Container-Device": cnodes[2]["device"]}) as resp:
+                    assert resp.status == 201
+        await delete_account(mini, session)
+        counts = await reap_all(mini)
+        assert counts.get("containers_deleted") == 1, counts
+        for name in lagging:
+            assert 200 not in await object_statuses(mini, session, name), name
+
+
+async def test_rows_that_reach_a_deleted_container_bring_the_reaper_back(mini):
+    """A row that reaches a container replica after the reaper deleted the container
+    (an update that was in flight): the container reports a count, the account keeps it
+    listed (deleted only when empty, as Swift's), and the next pass lists the deleted
+    database and deletes the object."""
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(mini, session, Timestamp.now().internal)
+        await delete_account(mini, session)
+        assert (await reap_all(mini)).get("containers_deleted") == 1
+        name = "late"
+        await put_object(mini, session, name)  # rows reach the deleted databases
+        apart, anodes = mini.ring.get_nodes(ACCOUNT)
+        report = {"X-Backend-Server-Type": "account", "X-Timestamp": Timestamp.now().internal,
+                  "X-Put-Timestamp": Timestamp(1).internal,
+                  "X-Delete-Timestamp": Timestamp.now().internal,
+                  "X-Object-Count": "1", "X-Bytes-Used": "4"}
+        for dev in anodes:  # what each container replica reports once it has the row
+            async with session.put(_url(dev, apart, ACCOUNT, CONTAINER),
+                                   headers=report) as resp:
+                assert resp.status == 204
+        assert 200 in await object_statuses(mini, session, name)
+        again = await reap_all(mini)
+        assert again.get("objects_deleted") == 1 and again.get("containers_deleted") == 1, \
+            again
+        assert 200 not in await object_statuses(mini, session, name)
+
+
+async def test_a_report_a_deleted_account_refuses_does_not_wait_in_async_pending(mini):
+    """Otherwise it outlives the account's database, and a re-created account would
+    list the old container again."""
+    from swiftlike.daemons.updater import ObjectUpdater
+    from swiftlike.storage.updates import UpdateTarget, pending_record, write_async_pending
+
+    async with aiohttp.ClientSession() as session:
+        await make_account_and_container(mini, session, Timestamp.now().internal)
+        await delete_account(mini, session)
+    apart, anodes = mini.ring.get_nodes(ACCOUNT)
+    node = mini.nodes[0]
+    headers = {"X-Put-Timestamp": Timestamp.now().internal, "X-Delete-Timestamp": "0",
+               "X-Object-Count": "3", "X-Bytes-Used": "9", "X-Backend-Server-Type": "account"}
+    record = pending_record("PUT", ACCOUNT, CONTAINER, None, "account", headers,
+                            UpdateTarget.of_nodes(apart, anodes))
+    path = write_async_pending(node.device_path, record, headers["X-Put-Timestamp"],
+                               b"pre", b"suf", False)
+    ctx = mini.context(node)
+    try:
+        result = await ObjectUpdater(ctx).run_once()
+    finally:
+        await ctx.close()
+    assert not await asyncio.to_thread(os.path.exists, path), result

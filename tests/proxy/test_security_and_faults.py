@@ -166,18 +166,25 @@ async def test_node_down_puts_use_handoffs_and_gets_return_right_bytes(cluster):
 async def test_a_stalled_node_does_not_hold_writes_for_its_timeout(cluster):
     """One node takes connections and never answers (as when stopped): writes answer
     once a quorum has (plus post_quorum_timeout), not after the node timeout, and what
-    they wrote reads back. The stalled node is not one of the container's (a read asks
-    one node at a time and waits for it, as Swift's does, until it is error-limited)."""
+    they wrote reads back. The stalled node holds neither the account nor the container:
+    a read asks one node at a time and waits for it, as Swift's does, until the node is
+    error-limited."""
     url, token = await auth(cluster, "test:tester", "testing")
     node_timeout = cluster.conf["proxy"]["node_timeout"]
     ring = cluster.proxy_app[_context_key()].ring
-    container_ports = {n["port"] for n in ring.get_nodes("AUTH_test", "stall")[1]}
-    fault = next(f for f in cluster.faults if f.port not in container_ports)
+
+    def ports(*names: str) -> set[int]:
+        return {n["port"] for n in ring.get_nodes(*names)[1]}
+
+    # a node that holds neither the account nor the container (reads of their info
+    # would wait for it), but some objects
+    container, fault = next(
+        (c, f) for c in (f"stall-{i}" for i in range(100)) for f in cluster.faults
+        if f.port not in ports("AUTH_test") | ports("AUTH_test", c))
     names = [name for name in (f"obj-{i}" for i in range(100))
-             if fault.port in {n["port"] for n in ring.get_nodes("AUTH_test", "stall", name)[1]}
-             ][:2]
+             if fault.port in ports("AUTH_test", container, name)][:2]
     async with aiohttp.ClientSession() as s:
-        assert (await status(s, "PUT", url + "/stall", token))[0] in (201, 202)
+        assert (await status(s, "PUT", f"{url}/{container}", token))[0] in (201, 202)
         fault.stalled = True
         fault.kill_connections()  # pooled connections would still answer
         try:
@@ -185,15 +192,15 @@ async def test_a_stalled_node_does_not_hold_writes_for_its_timeout(cluster):
             # Swift's waits for 100-continue, so a stalled node costs it the timeout
             for name, data in zip(names, (b"s" * 100, os.urandom(60_000)), strict=True):
                 started = time.monotonic()
-                async with s.put(url + "/stall/" + name, data=data,
+                async with s.put(f"{url}/{container}/{name}", data=data,
                                  headers={"X-Auth-Token": token}) as r:
                     assert r.status == 201, await r.text()
                 assert time.monotonic() - started < node_timeout / 2, name
-                code, body = await status(s, "GET", url + "/stall/" + name, token)
+                code, body = await status(s, "GET", f"{url}/{container}/{name}", token)
                 assert code == 200 and body == data
             for method, expected in (("POST", 202), ("DELETE", 204)):
                 started = time.monotonic()
-                assert (await status(s, method, url + "/stall/" + names[0], token))[0] \
+                assert (await status(s, method, f"{url}/{container}/{names[0]}", token))[0] \
                     == expected
                 assert time.monotonic() - started < node_timeout / 2, method
         finally:

@@ -70,11 +70,19 @@ def test_replicas_in_step_stop_shipping_rows(tmp_path):
     assert a.get_items_since(high_a, 100) == [] and b.get_items_since(high_b, 100) == []
 
 
-def test_a_delete_wins_over_a_later_count_and_zeroes_it(tmp_path):
+def test_a_deleted_container_stays_listed_while_it_reports_objects(tmp_path):
+    """As Swift's account broker: a row is deleted only by a report that says deleted and
+    empty. A deleted container whose replicas still report objects (rows that reached a
+    replica late) stays listed, with its count, until a report says it is empty; the
+    account reaper relies on that to come back for those objects."""
     account = make_account(tmp_path, "a")
     account.merge_items([report(5, 1)])
-    gone = {**report(0, 2), "delete_timestamp": Timestamp(1_700_000_100).internal}
+    deleted_at = Timestamp(1_700_000_100).internal
+    gone = {**report(0, 2), "delete_timestamp": deleted_at}
     account.merge_items([gone, report(7, 3)])
+    info = account.get_info()
+    assert (info["container_count"], info["object_count"]) == (1, 7)
+    account.merge_items([{**report(0, 4), "delete_timestamp": deleted_at}])
     info = account.get_info()
     assert (info["container_count"], info["object_count"]) == (0, 0)
     assert account.list_containers(100) == []

@@ -7,6 +7,10 @@ write goes on once a quorum of its answers agree on a class (2xx, 3xx or 4xx) an
 others have had ``grace`` seconds more. Requests still out are not cancelled: they end
 on their own (answer or node timeout) and error-limit their node as usual; their
 answers just do not count. A 2xx still means a quorum of nodes made the write durable.
+
+Not for streamed object bodies (``object_put.stream_put`` waits for every answer): a big
+body left to finish on a slow node lets the client start the next one at once, and the
+slow node's backlog grows until its writes time out and it is error-limited.
 """
 
 from __future__ import annotations

@@ -135,6 +135,8 @@ class AccountController(Controller):
             return error_response(403, "Only account administrators may change account ACLs")
         part, nodes = self.ctx.ring.get_nodes(account)
         info = await self.account_info(account)
+        if info.get("deleted"):
+            return error_response(404)  # as Swift: no autocreate over a deleted account
         base = forward_headers(req)
         base["X-Backend-Server-Type"] = "account"
         base["X-Timestamp"] = Timestamp.now().internal

@@ -150,6 +150,9 @@ async def test_a_deleted_account_is_reaped_and_its_databases_removed(served):
             async with session.request(method, user_url + "/photos",
                                        headers={"X-Auth-Token": user_token}) as resp:
                 assert resp.status == 404, method
+        async with session.post(user_url, headers={"X-Auth-Token": user_token,
+                                                   "X-Account-Meta-Color": "red"}) as resp:
+            assert resp.status == 404
 
     # a pass that must wait (delay_reaping) leaves everything in place
     waited = await run_everywhere(

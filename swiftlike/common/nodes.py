@@ -6,7 +6,7 @@ object replicator speaks its own keep-alive HTTP) share the one spelling.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -18,3 +18,14 @@ def node_key(node: Mapping[str, Any]) -> str:
 def host_port(ip: str, port: int | str) -> str:
     """``ip:port`` as an HTTP Host or an update target names it (IPv6 in brackets)."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def update_target_headers(prefix: str, partition: int | str,
+                          nodes: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``X-<prefix>-Host/-Device/-Partition``: the database replicas (``prefix``
+    "Container" or "Account") a backend write must update after it succeeds."""
+    return {
+        f"X-{prefix}-Host": ",".join(f"{n['ip']}:{n['port']}" for n in nodes),
+        f"X-{prefix}-Device": ",".join(n["device"] for n in nodes),
+        f"X-{prefix}-Partition": str(partition),
+    }

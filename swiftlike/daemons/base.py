@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ring import Ring
 from swiftlike.common.config import conf_bool, hash_salts
+from swiftlike.common.nodes import update_target_headers
 from swiftlike.storage.recon_files import save_device_stats
 
 if TYPE_CHECKING:
@@ -154,19 +155,17 @@ async def delete_object_everywhere(ctx: DaemonContext, account: str, container: 
     return list(await asyncio.gather(*(
         ctx.node_status(node, "DELETE", node_path(node, part, *path_names),
                         {"X-Backend-Server-Type": "object", **headers,
-                         **container_update_headers(index, cpart, cnodes)}, budget)
+                         **update_headers_for("Container", index, cpart, cnodes)}, budget)
         for index, node in enumerate(nodes))))
 
 
-def container_update_headers(index: int, cpart: int, cnodes: list[dict[str, Any]]
-                             ) -> dict[str, str]:
-    """The ``X-Container-*`` headers of an object write sent to the ``index``-th object
-    primary: each primary tells a different container replica, as the proxy's do."""
-    if not cnodes:
+def update_headers_for(prefix: str, index: int, part: int, replicas: list[dict[str, Any]]
+                       ) -> dict[str, str]:
+    """The update headers of a write sent to the ``index``-th of its nodes: each names a
+    different one of the database ``replicas``, as the proxy's writes do."""
+    if not replicas:
         return {}
-    cnode = cnodes[index % len(cnodes)]
-    return {"X-Container-Host": f"{cnode['ip']}:{cnode['port']}",
-            "X-Container-Partition": str(cpart), "X-Container-Device": cnode["device"]}
+    return update_target_headers(prefix, part, [replicas[index % len(replicas)]])
 
 
 class Daemon:

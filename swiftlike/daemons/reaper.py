@@ -53,6 +53,7 @@ from swiftlike.daemons.base import (
     NodeBudget,
     PassStats,
     delete_object_everywhere,
+    update_headers_for,
 )
 from swiftlike.daemons.db_replicator import list_databases
 
@@ -166,8 +167,8 @@ class AccountReaper(Daemon):
             stats.add("accounts_done")
 
     async def reap_container(self, account: str, container: str, stats: PassStats) -> bool:
-        """Delete every object the container lists, then the container; True once the
-        container is deleted on a quorum of its primaries."""
+        """Delete every object the container lists, then the container; True once every
+        container primary has deleted it (or never had it)."""
         ring = self.ctx.ring
         cpart, cnodes = ring.get_nodes(account, container)
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -248,18 +249,11 @@ class AccountReaper(Daemon):
         apart, anodes = self.ctx.ring.get_nodes(account)
         timestamp = Timestamp.now().internal
 
-        def headers_for(index: int) -> dict[str, str]:
-            headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp}
-            if anodes:
-                anode = anodes[index % len(anodes)]
-                headers.update({"X-Account-Host": f"{anode['ip']}:{anode['port']}",
-                                "X-Account-Partition": str(apart),
-                                "X-Account-Device": anode["device"]})
-            return headers
-
         statuses = await asyncio.gather(*(
             self.ctx.node_status(node, "DELETE", node_path(node, cpart, account, container),
-                                 headers_for(index), self.budget)
+                                 {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp,
+                                  **update_headers_for("Account", index, apart, anodes)},
+                                 self.budget)
             for index, node in enumerate(cnodes)))
         deleted = sum(1 for status in statuses if status is not None and 200 <= status < 300)
         missing = sum(1 for status in statuses if status == 404)

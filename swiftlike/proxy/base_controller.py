@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from swiftlike.common.constraints import Limits
 from swiftlike.common.node_client import NODE_ERRORS, NodeClient, node_path
+from swiftlike.common.nodes import update_target_headers
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import InfoGenerations
 from swiftlike.proxy.node_pool import ErrorLimiter, PrimaryNotFound, ReadOrder, iter_nodes
@@ -173,11 +174,8 @@ def update_headers(writers: list[dict], targets: list[dict], partition: int,
             groups[slot].append(target)
     for target in rest:
         groups[min(range(slots), key=lambda slot: len(groups[slot]))].append(target)
-    return [{
-        f"X-{prefix}-Host": ",".join(f"{n['ip']}:{n['port']}" for n in group),
-        f"X-{prefix}-Device": ",".join(n["device"] for n in group),
-        f"X-{prefix}-Partition": str(partition),
-    } if group else {} for group in groups]
+    return [update_target_headers(prefix, partition, group) if group else {}
+            for group in groups]
 
 
 def answer_status(answer: BackendResponse | None) -> int | None:

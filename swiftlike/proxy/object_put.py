@@ -29,11 +29,7 @@ from multidict import CIMultiDict
 
 from swiftlike.common.body_footer import FOOTER_HEADER, FOOTER_LEN, FOOTER_VERSION, make_footer
 from swiftlike.common.node_client import NODE_ERRORS
-from swiftlike.proxy.base_controller import (
-    BackendResponse,
-    ProxyContext,
-    quorum_size,
-)
+from swiftlike.proxy.base_controller import BackendResponse, ProxyContext, quorum_size
 from swiftlike.proxy.node_pool import iter_nodes
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 

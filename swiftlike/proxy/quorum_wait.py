@@ -67,7 +67,7 @@ async def gather_quorum(awaitables: Sequence[Awaitable[T]], quorum: int, grace: 
             everyone = loop.create_future()
 
             def maybe_all(_task: asyncio.Future[T]) -> None:
-                if not everyone.done() and all(t.done() for t in tasks):
+                if not everyone.done() and left == 0:  # one_done ran first
                     everyone.set_result(None)
 
             for task in tasks:

@@ -19,3 +19,14 @@ async def cluster(tmp_path, request):
     finally:
         for node in mini.nodes:
             await node.stop()
+
+
+@pytest.fixture
+async def full_cluster(tmp_path):
+    """Four whole node servers (account and container servers too), stopped after."""
+    mini = await start_mini_cluster(str(tmp_path), full_nodes=True)
+    try:
+        yield mini
+    finally:
+        for node in mini.nodes:
+            await node.stop()

@@ -25,7 +25,7 @@ from swiftlike.storage.container_db import ContainerBroker
 from swiftlike.storage.db import DatabaseNotFound
 from swiftlike.storage.db_replication_server import db_file_path
 from swiftlike.storage.pending_rows import append_records, encode_rows, pending_path
-from tests.daemons.mini_cluster import PREFIX, SUFFIX, MiniCluster, start_mini_cluster
+from tests.daemons.mini_cluster import PREFIX, SUFFIX, MiniCluster
 
 ACCOUNT, CONTAINER = "AUTH_r", "box"
 RECLAIM_AGE = 100.0
@@ -36,13 +36,8 @@ def stamp(offset: float) -> str:
 
 
 @pytest.fixture
-async def cluster(tmp_path):
-    mini = await start_mini_cluster(str(tmp_path), full_nodes=True)
-    try:
-        yield mini
-    finally:
-        for node in mini.nodes:
-            await node.stop()
+def cluster(full_cluster):
+    return full_cluster
 
 
 def _url(dev: dict, part: int, *names: str) -> str:

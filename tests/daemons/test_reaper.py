@@ -26,7 +26,7 @@ from swiftlike.daemons.base import DaemonContext
 from swiftlike.daemons.db_replicator import DatabaseReplicator, list_databases
 from swiftlike.daemons.reaper import AccountReaper
 from tests.cluster_harness import ServedCluster, start_served_cluster
-from tests.daemons.mini_cluster import MiniCluster, start_mini_cluster
+from tests.daemons.mini_cluster import MiniCluster
 from tests.daemons.test_db_reclaim import ACCOUNT, CONTAINER, _url, make_account_and_container
 
 DOOMED, KEPT = "AUTH_test2", "AUTH_test"
@@ -206,13 +206,8 @@ def test_the_reap_command_runs_one_pass(served):
 
 
 @pytest.fixture
-async def mini(tmp_path):
-    cluster = await start_mini_cluster(str(tmp_path), full_nodes=True)
-    try:
-        yield cluster
-    finally:
-        for node in cluster.nodes:
-            await node.stop()
+def mini(full_cluster):
+    return full_cluster
 
 
 async def put_object(mini: MiniCluster, session: aiohttp.ClientSession, name: str) -> None:

@@ -77,7 +77,6 @@ class ObjectExpirer(Daemon):
 
         statuses = await delete_object_everywhere(self.ctx, account, container, obj, {
             "X-Timestamp": Timestamp(delete_at).internal, "X-If-Delete-At": str(delete_at)})
-        stats.add("deletes", sum(1 for s in statuses if s is not None and 200 <= s < 300))
         results = [s is not None and (200 <= s < 300 or s in SETTLED) for s in statuses]
         if all(results):
             stats.add("objects_expired")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
+from swiftlike.image.sweeper import held_lease
 from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
@@ -79,6 +81,7 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
                               f"{c.settings.image_size_cap} bytes")
     image.status = busy_status
     image.updated_at = utc_now()
+    image.busy_until = time.time() + c.settings.upload_lease
     if not await c.repo.save(image, expect_status=from_status,
                              columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already receiving data.")
@@ -86,8 +89,9 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
     verifier = Verifier(image.disk_format, expected_size=declared, expected_md5=expected_md5,
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
     try:
-        loc, result = await store_stream(c.store, container, image.id, _request_body(request),
-                                         verifier, declared)
+        async with held_lease(c.repo, image.id, busy_status, c.settings.upload_lease):
+            loc, result = await store_stream(c.store, container, image.id,
+                                             _request_body(request), verifier, declared)
     except BaseException as exc:
         await _revert(request, image, busy_status)
         if isinstance(exc, UploadRefused):
@@ -115,6 +119,7 @@ def _record_result(image: ImageRecord, loc: Location, result: UploadResult, stat
     image.location = loc.to_json()
     image.status = status
     image.updated_at = utc_now()
+    image.busy_until = None
 
 
 async def _revert(request: web.Request, image: ImageRecord, busy_status: str) -> None:
@@ -124,6 +129,7 @@ async def _revert(request: web.Request, image: ImageRecord, busy_status: str) ->
     image.virtual_size = None
     image.location = None
     image.updated_at = utc_now()
+    image.busy_until = None
     await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status,
                                                 columns=DATA_COLUMNS))
 
@@ -166,6 +172,7 @@ async def import_image(request: web.Request) -> web.Response:
                               f"(status {image.status}): stage its data first.")
     image.status = "importing"
     image.updated_at = utc_now()
+    image.busy_until = time.time() + c.settings.upload_lease
     if not await c.repo.save(image, expect_status="uploading", columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already being imported.")
     task = asyncio.get_running_loop().create_task(_run_import(request, image))
@@ -184,7 +191,8 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
     verifier = Verifier(image.disk_format, expected_size=image.size, expected_md5=staged_md5,
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
     try:
-        result = await verify_stored(c.store, loc, verifier)
+        async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease):
+            result = await verify_stored(c.store, loc, verifier)
     except Exception as exc:  # any failure (a refusal, the store, a cut connection)
         LOG.warning("import of image %s failed: %r", image.id, exc)
         await discard(c.store, loc.container, loc.name, loc.segments)

@@ -31,6 +31,11 @@ class ImageSettings:
     image_member_quota: int = 128
     image_property_quota: int = 128
     hash_algo: str = "sha512"
+    #: seconds an upload, stage or import holds its image without renewing (it renews
+    #: every third of that); a holder silent for longer is presumed dead
+    upload_lease: float = 300.0
+    #: seconds between two looks for images whose holder died (and once at start)
+    sweep_interval: float = 60.0
 
 
 @dataclass

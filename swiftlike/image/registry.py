@@ -58,6 +58,10 @@ class ImageRecord:
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
     location: str | None = None  # JSON of store.Location, never shown to users
+    #: while an upload, a stage or an import owns the image: until when (epoch seconds)
+    #: its process has promised to renew this; past it, the owner is presumed dead
+    #: (see :mod:`swiftlike.image.sweeper`). Never shown to users.
+    busy_until: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 
@@ -86,6 +90,10 @@ class ImageRepository(Protocol):
                    columns: tuple[str, ...] | None = None) -> bool: ...
     async def update(self, image_id: str, change: Callable[[ImageRecord], None],
                      columns: tuple[str, ...]) -> ImageRecord | None: ...
+    async def renew(self, image_id: str, status: str, until: float) -> bool: ...
+    async def stale(self, now: float) -> list[ImageRecord]: ...
+    async def take_over(self, image_id: str, status: str, now: float,
+                        until: float) -> bool: ...
     async def remove(self, image_id: str) -> None: ...
     async def all_images(self) -> list[ImageRecord]: ...
     async def members(self, image_id: str) -> list[MemberRecord]: ...
@@ -102,7 +110,7 @@ CREATE TABLE IF NOT EXISTS images (
     checksum TEXT, os_hash_algo TEXT, os_hash_value TEXT, disk_format TEXT,
     container_format TEXT, min_disk INTEGER NOT NULL, min_ram INTEGER NOT NULL,
     os_hidden INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    location TEXT, extra TEXT NOT NULL, tags TEXT NOT NULL
+    location TEXT, extra TEXT NOT NULL, tags TEXT NOT NULL, busy_until REAL
 );
 CREATE TABLE IF NOT EXISTS members (
     image_id TEXT NOT NULL, member_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -113,16 +121,19 @@ CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 CREATE TABLE IF NOT EXISTS deleted_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);
 """
 
-_ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags")
+_ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags", "busy_until")
 _BOOL_COLUMNS = ("protected", "os_hidden")
 #: What an upload, a stage or an import writes: the data and its status. A PATCH made
 #: while a long upload runs must survive the upload's final write.
 DATA_COLUMNS = ("status", "size", "virtual_size", "checksum", "os_hash_algo",
-                "os_hash_value", "location", "updated_at")
+                "os_hash_value", "location", "updated_at", "busy_until")
 #: What a PATCH or a tag call writes: never the status or the data, which an upload
 #: running at the same time owns.
 USER_COLUMNS = (*(c for c in _ALL_COLUMNS
                   if c not in DATA_COLUMNS and c not in ("id", "created_at")), "updated_at")
+#: The states a live upload, stage or import holds with a lease (``busy_until``), and
+#: ``killed``, which the sweeper holds while it removes a dead one's bytes.
+LEASED_STATUSES = ("saving", "uploading", "importing", "killed")
 #: What deactivate / reactivate write.
 STATUS_COLUMNS = ("status", "updated_at")
 
@@ -150,6 +161,10 @@ class SqliteImageRepository:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        if "busy_until" not in columns:  # a registry from before upload leases
+            with contextlib.suppress(sqlite3.OperationalError):  # another worker won
+                self._db.execute("ALTER TABLE images ADD COLUMN busy_until REAL")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -277,6 +292,45 @@ class SqliteImageRepository:
                 return image
 
         return await self._run(run)
+
+    async def renew(self, image_id: str, status: str, until: float) -> bool:
+        """Extend the lease of the upload or import that holds ``image_id`` in ``status``;
+        False when it no longer does (deleted, finished, or taken over)."""
+        def extend() -> bool:
+            return self._db.execute(
+                "UPDATE images SET busy_until = ? WHERE id = ? AND status = ? "
+                "AND busy_until IS NOT NULL", (until, image_id, status)).rowcount == 1
+
+        return await self._run(extend)
+
+    async def stale(self, now: float) -> list[ImageRecord]:
+        """Images whose upload, stage or import lease ran out before ``now``.
+
+        ``saving`` and ``importing`` without any lease are stale too: only a registry
+        from before leases has them, and those states never last without an owner.
+        An ``uploading`` image without a lease is a finished stage waiting for import.
+        """
+        def fetch() -> list[ImageRecord]:
+            cur = self._db.execute(
+                f"SELECT {','.join(_ALL_COLUMNS)} FROM images WHERE status IN "
+                f"({','.join('?' * len(LEASED_STATUSES))}) AND (busy_until < ? OR "
+                "(busy_until IS NULL AND status IN ('saving', 'importing')))",
+                (*LEASED_STATUSES, now))
+            return [self._row_to_image(row) for row in cur.fetchall()]
+
+        return await self._run(fetch)
+
+    async def take_over(self, image_id: str, status: str, now: float, until: float) -> bool:
+        """Move a stale image to ``killed`` with a lease of the caller's, if it is still
+        in ``status`` with its lease run out: of several sweepers, one wins."""
+        def claim() -> bool:
+            return self._db.execute(
+                "UPDATE images SET status = 'killed', busy_until = ?, updated_at = ? "
+                "WHERE id = ? AND status = ? AND (busy_until < ? OR (busy_until IS NULL "
+                "AND status IN ('saving', 'importing')))",
+                (until, utc_now(), image_id, status, now)).rowcount == 1
+
+        return await self._run(claim)
 
     async def remove(self, image_id: str) -> None:
         def delete() -> None:

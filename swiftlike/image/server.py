@@ -29,6 +29,7 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import SqliteImageRepository
 from swiftlike.image.store import DEFAULT_SEGMENT_SIZE, SwiftStore
+from swiftlike.image.sweeper import run_sweeper
 
 LOG = logging.getLogger("swiftlike.image")
 API_VERSIONS = ("2.16", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7",
@@ -141,9 +142,13 @@ def make_app(conf: dict[str, Any], *, validator: Any = None) -> web.Application:
         app[CTX_KEY] = ImageContext(settings, repo, store, token_validator)
         tasks: set[asyncio.Task[None]] = set()
         app[api_data.TASKS_KEY] = tasks
+        sweeper = asyncio.get_running_loop().create_task(run_sweeper(app[CTX_KEY]))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             for task in list(tasks):  # imports still running: let them finish briefly
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), 30)

@@ -1,0 +1,105 @@
+"""Leases for uploads and imports, and the sweep that recovers images whose holder died.
+
+Why: an upload (``saving``), a stage (``uploading`` without data yet) or an import
+(``importing``) moves its image out of ``queued`` for as long as it runs, and only that
+request or task ever moves it on. If its process dies (``serve`` stopped, a worker
+killed) the image stayed in that state for ever, with whatever bytes it had written:
+no new upload is accepted in it. Several API worker processes share one registry, so
+a process cannot simply reset what it finds at start; another worker may be running
+that upload right now.
+
+So the holder keeps a lease in the registry (``busy_until``) and renews it every third
+of ``[image] upload_lease`` while it runs, and every API process looks, every
+``sweep_interval``, for images whose lease ran out. A sweeper first takes the image
+over (``killed``, with a lease of its own, in one conditional write, so one sweeper
+wins), then deletes every object the dead holder may have written, and only then puts
+the image back to ``queued`` with no data, as a failed upload does. Deleting before
+requeueing matters: the bytes of a new upload to the same image would have the same
+object names. A sweeper that dies halfway leaves ``killed`` with a lease that runs
+out, and the next sweep finishes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from swiftlike.image.context import ImageContext, container_for
+from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, ImageRepository, utc_now
+from swiftlike.image.store import Location
+from swiftlike.image.upload import discard
+
+LOG = logging.getLogger("swiftlike.image.sweeper")
+
+
+@contextlib.asynccontextmanager
+async def held_lease(repo: ImageRepository, image_id: str, status: str,
+                     lease: float) -> AsyncIterator[None]:
+    """Renew the lease on ``image_id`` in ``status`` every ``lease / 3`` s while the body
+    runs (the claim that moved it to ``status`` set the first one)."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                if not await repo.renew(image_id, status, time.time() + lease):
+                    return  # deleted or taken over: the holder finds out when it saves
+            except Exception:  # a busy registry: the next renewal may get through
+                LOG.exception("renewing the lease on image %s failed", image_id)
+
+    task = asyncio.get_running_loop().create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
+    """Recover every image whose lease ran out; returns their ids."""
+    now = time.time() if now is None else now
+    recovered = []
+    for image in await c.repo.stale(now):
+        if not await c.repo.take_over(image.id, image.status, now,
+                                      time.time() + c.settings.upload_lease):
+            continue  # another sweeper has it, or it was deleted meanwhile
+        LOG.warning("image %s was left %s by a holder that stopped renewing its lease: "
+                    "removing its bytes and returning it to queued", image.id, image.status)
+        await _remove_bytes(c, image)
+        image.status = "queued"
+        image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
+        image.virtual_size = None
+        image.location = None
+        image.busy_until = None
+        image.updated_at = utc_now()
+        if await c.repo.save(image, expect_status="killed", columns=DATA_COLUMNS):
+            recovered.append(image.id)
+    return recovered
+
+
+async def _remove_bytes(c: ImageContext, image: ImageRecord) -> None:
+    """Every object the holder may have written: by its recorded location (a staged
+    import's), then by name and segment listing (an upload records none until done)."""
+    container = container_for(c.settings, image.owner)
+    segments = []
+    if image.location:
+        loc = Location.from_json(image.location)
+        segments = list(loc.segments)
+        if (loc.container, loc.name) != (container, image.id):
+            await discard(c.store, loc.container, loc.name, segments)
+            segments = []
+    await discard(c.store, container, image.id, segments)
+
+
+async def run_sweeper(c: ImageContext) -> None:
+    """Sweep at start, then every ``sweep_interval`` seconds, until cancelled."""
+    while True:
+        try:
+            await sweep_stale(c)
+        except Exception:  # the store or registry may be down for now: try again later
+            LOG.exception("sweeping images with stale leases failed")
+        await asyncio.sleep(c.settings.sweep_interval)

@@ -1,0 +1,272 @@
+"""An upload, stage or import whose process died no longer leaves its image stuck.
+
+The image service runs here as its own process (``swiftlike image --config``) in front
+of the real all-in-one cluster, with a short lease and sweep interval, so a test can
+SIGKILL it in the middle of an upload and start another one on the same registry, as
+an operator restarting a crashed worker would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from swiftlike.image.context import ImageSettings, container_for
+from swiftlike.image.registry import ImageRecord, SqliteImageRepository
+from tests.cluster_harness import ServedCluster, free_port
+from tests.image.conftest import ImageService, cluster_image_conf
+
+SEGMENT = 256 * 1024
+
+
+class ImageProcess:
+    """``swiftlike image`` on a free port, killed or stopped by the test."""
+
+    def __init__(self, conf_path: Path, port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}/image"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "swiftlike", "image", "--config", str(conf_path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/versions", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            assert self.proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        raise AssertionError(f"image service did not start: {log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def service_conf(swift_cluster: ServedCluster, tmp_path: Path) -> Iterator[Path]:
+    """A config for stand-alone image services sharing one registry: 1.5 s leases,
+    sweeps every 0.3 s, 256 KiB segments."""
+    image = dict(cluster_image_conf(swift_cluster)["image"])
+    image.update(registry=str(tmp_path / "images.sqlite"), segment_size=SEGMENT,
+                 upload_lease=1.5, sweep_interval=0.3,
+                 object_store_url=swift_cluster.proxy_url)
+    lines = ["[image]"]
+    for key, value in image.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str)
+                     else f'{key} = "{value}"')
+    conf = tmp_path / "image.toml"
+    conf.write_text("\n".join(lines) + "\n")
+    yield conf
+
+
+def _start(conf: Path, tmp_path: Path, name: str) -> ImageProcess:
+    text = conf.read_text().replace("[image]\n", "")
+    port = free_port()
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"[image]\nbind_port = {port}\n{text}")
+    return ImageProcess(path, port, tmp_path / f"{name}.log")
+
+
+def _headers(token: str, **extra: str) -> dict[str, str]:
+    return {"X-Auth-Token": token, **extra}
+
+
+def _new_image(url: str, token: str) -> str:
+    return _create(url, token)["id"]
+
+
+def _create(url: str, token: str) -> dict:
+    resp = requests.post(f"{url}/v2/images", headers=_headers(token), timeout=30,
+                         json={"name": "lease", "disk_format": "raw",
+                               "container_format": "bare"})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def _status(url: str, token: str, image_id: str) -> str:
+    resp = requests.get(f"{url}/v2/images/{image_id}", headers=_headers(token), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["status"]
+
+
+def _wait_status(url: str, token: str, image_id: str, wanted: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    status = _status(url, token, image_id)
+    while status != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = _status(url, token, image_id)
+    assert status == wanted
+
+
+def _slow_body(chunks: list[bytes], pause: float) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+        time.sleep(pause)
+
+
+def _data_headers(token: str) -> dict[str, str]:
+    return _headers(token, **{"Content-Type": "application/octet-stream"})
+
+
+def test_an_upload_whose_process_died_is_swept_back_to_queued(
+        service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
+    token = image_service.token()
+    store = image_service.store()
+    first = _start(service_conf, tmp_path, "first")
+    try:
+        image_id = _new_image(first.url, token)
+        body = _slow_body([bytes([n]) * 64 * 1024 for n in range(60)], 0.1)  # 6 s, 3.75 MiB
+
+        def upload() -> None:
+            try:
+                requests.put(f"{first.url}/v2/images/{image_id}/file", data=body,
+                             timeout=60, headers=_data_headers(token))
+            except requests.RequestException:
+                pass  # the service is killed under it
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        deadline = time.monotonic() + 20
+        while not store.objects_of(image_id) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a segment of it has reached the store
+        assert store.objects_of(image_id)
+        assert _status(first.url, token, image_id) == "saving"
+        first.kill()
+        uploader.join(30)
+    finally:
+        first.kill()
+
+    second = _start(service_conf, tmp_path, "second")
+    try:
+        _wait_status(second.url, token, image_id, "queued", 20)
+        assert store.objects_of(image_id) == []
+        data = os.urandom(300 * 1024)
+        resp = requests.put(f"{second.url}/v2/images/{image_id}/file", data=data,
+                            timeout=60, headers=_data_headers(token))
+        assert resp.status_code == 204, resp.text
+        got = requests.get(f"{second.url}/v2/images/{image_id}/file",
+                           headers=_headers(token), timeout=60)
+        assert got.status_code == 200 and got.content == data
+    finally:
+        second.stop()
+
+
+def test_a_live_slow_upload_keeps_its_image_through_many_sweeps(
+        service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
+    """Two services share the registry and sweep every 0.3 s; an upload that takes
+    three times the lease is left alone, because its holder renews the lease."""
+    token = image_service.token()
+    one = _start(service_conf, tmp_path, "one")
+    other = _start(service_conf, tmp_path, "other")
+    try:
+        image_id = _new_image(one.url, token)
+        chunks = [bytes([n]) * 32 * 1024 for n in range(45)]
+        expected = hashlib.md5(b"".join(chunks)).hexdigest()
+        resp = requests.put(f"{one.url}/v2/images/{image_id}/file", timeout=60,
+                            data=_slow_body(chunks, 0.1),  # 4.5 s in all
+                            headers=_data_headers(token))
+        assert resp.status_code == 204, resp.text
+        image = requests.get(f"{other.url}/v2/images/{image_id}", headers=_headers(token),
+                             timeout=30).json()
+        assert image["status"] == "active" and image["checksum"] == expected
+    finally:
+        one.stop()
+        other.stop()
+
+
+def test_an_import_and_a_stage_whose_holder_died_are_swept(
+        service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
+    """Staged bytes of an import that died go with it; a stage that died mid-way too."""
+    token = image_service.token()
+    store = image_service.store()
+    service = _start(service_conf, tmp_path, "service")
+    try:
+        importing = _new_image(service.url, token)
+        resp = requests.put(f"{service.url}/v2/images/{importing}/stage",
+                            data=os.urandom(600 * 1024), timeout=60, headers=_data_headers(token))
+        assert resp.status_code == 204, resp.text
+        assert store.objects_of(importing)
+        created = _create(service.url, token)
+        staging = created["id"]
+        service.stop()
+
+        # what a process killed inside the import, and one killed mid-stage, leave
+        registry = sqlite3.connect(tmp_path / "images.sqlite")
+        with registry:
+            registry.execute("UPDATE images SET status = 'importing', busy_until = ? "
+                             "WHERE id = ?", (time.time() - 1, importing))
+            registry.execute("UPDATE images SET status = 'uploading', busy_until = ? "
+                             "WHERE id = ?", (time.time() - 1, staging))
+        registry.close()
+        container = container_for(ImageSettings(), created["owner"])
+        requests.put(f"{store.storage_url}/{container}_segments", headers=store.headers,
+                     timeout=30)
+        resp = requests.put(f"{store.storage_url}/{container}_segments/{staging}/00000001",
+                            data=b"x" * 1000, headers=store.headers, timeout=30)
+        assert resp.status_code == 201
+
+        service = _start(service_conf, tmp_path, "again")
+        _wait_status(service.url, token, importing, "queued", 20)
+        _wait_status(service.url, token, staging, "queued", 20)
+        assert store.objects_of(importing) == [] and store.objects_of(staging) == []
+    finally:
+        service.stop()
+
+
+async def test_a_registry_from_before_leases_gains_them_and_old_stuck_images_are_stale(
+        tmp_path: Path) -> None:
+    path = tmp_path / "images.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE images (
+            id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, visibility TEXT NOT NULL,
+            protected INTEGER NOT NULL, owner TEXT NOT NULL, size INTEGER,
+            virtual_size INTEGER, checksum TEXT, os_hash_algo TEXT, os_hash_value TEXT,
+            disk_format TEXT, container_format TEXT, min_disk INTEGER NOT NULL,
+            min_ram INTEGER NOT NULL, os_hidden INTEGER NOT NULL, created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL, location TEXT, extra TEXT NOT NULL,
+            tags TEXT NOT NULL);
+        INSERT INTO images VALUES ('stuck', NULL, 'saving', 'shared', 0, 'p', NULL, NULL,
+            NULL, NULL, NULL, 'raw', 'bare', 0, 0, 0, 'x', 'x', NULL, '{}', '[]');
+        INSERT INTO images VALUES ('staged', NULL, 'uploading', 'shared', 0, 'p', 3, NULL,
+            NULL, NULL, NULL, 'raw', 'bare', 0, 0, 0, 'x', 'x', '{}', '{}', '[]');
+    """)
+    old.close()
+    repo = SqliteImageRepository(path)
+    try:
+        assert [image.id for image in await repo.stale(time.time())] == ["stuck"]
+        assert await repo.take_over("stuck", "saving", time.time(), time.time() + 60)
+        assert not await repo.take_over("stuck", "saving", time.time(), time.time() + 60)
+        assert await repo.stale(time.time()) == []  # killed, under the sweeper's lease
+        await repo.add(ImageRecord(id="live", owner="p", status="saving",
+                                   busy_until=time.time() + 60))
+        assert await repo.renew("live", "saving", time.time() + 120)
+        assert not await repo.renew("live", "importing", time.time() + 120)
+        assert await repo.stale(time.time() + 30) == []
+        # a sweeper that died while it held "stuck" as killed: its lease runs out too
+        assert [i.id for i in await repo.stale(time.time() + 90)] == ["stuck"]
+        assert [i.id for i in await repo.stale(time.time() + 200)] == ["stuck", "live"]
+    finally:
+        repo.close()

@@ -15,8 +15,8 @@ over (``killed``, with a lease of its own, in one conditional write, so one swee
 wins), then deletes every object the dead holder may have written, and only then puts
 the image back to ``queued`` with no data, as a failed upload does. Deleting before
 requeueing matters: the bytes of a new upload to the same image would have the same
-object names. A sweeper that dies halfway leaves ``killed`` with a lease that runs
-out, and the next sweep finishes the job.
+object names. A sweeper that dies halfway, or cannot delete everything (the store
+failing), leaves ``killed`` with a lease that runs out, and a later sweep finishes.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
             continue  # another sweeper has it, or it was deleted meanwhile
         LOG.warning("image %s was left %s by a holder that stopped renewing its lease: "
                     "removing its bytes and returning it to queued", image.id, image.status)
-        await _remove_bytes(c, image)
+        if not await _remove_bytes(c, image):
+            continue  # the store is failing: killed until the lease runs out, then again
         image.status = "queued"
         image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
         image.virtual_size = None
@@ -81,18 +82,20 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
     return recovered
 
 
-async def _remove_bytes(c: ImageContext, image: ImageRecord) -> None:
+async def _remove_bytes(c: ImageContext, image: ImageRecord) -> bool:
     """Every object the holder may have written: by its recorded location (a staged
-    import's), then by name and segment listing (an upload records none until done)."""
+    import's), then by name and segment listing (an upload records none until done).
+    True when all of it is gone."""
     container = container_for(c.settings, image.owner)
     segments = []
+    complete = True
     if image.location:
         loc = Location.from_json(image.location)
         segments = list(loc.segments)
         if (loc.container, loc.name) != (container, image.id):
-            await discard(c.store, loc.container, loc.name, segments)
+            complete = await discard(c.store, loc.container, loc.name, segments)
             segments = []
-    await discard(c.store, container, image.id, segments)
+    return await discard(c.store, container, image.id, segments) and complete
 
 
 async def run_sweeper(c: ImageContext) -> None:

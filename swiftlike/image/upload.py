@@ -171,8 +171,9 @@ async def store_stream(
 
 
 async def discard(store: SwiftStore, container: str, name: str,
-                  known_segments: list[Segment] | None = None) -> None:
-    """Delete every object an upload of ``name`` may have written (best effort, logged).
+                  known_segments: list[Segment] | None = None) -> bool:
+    """Delete every object an upload of ``name`` may have written (best effort, logged);
+    True when every delete and the listing got through.
 
     Segments this process knows it wrote are deleted by name, so an orphan cannot hide
     behind a container listing that has not caught up yet; the listing then sweeps up
@@ -181,10 +182,12 @@ async def discard(store: SwiftStore, container: str, name: str,
     seg_container = f"{container}_segments"
     names = {seg.name for seg in known_segments or ()}
     targets = [(container, name)]
+    complete = True
     try:
         names.update(await store.list_objects(seg_container, prefix=f"{name}/"))
     except Exception:  # the known ones are still deleted below
         LOG.exception("could not list the segments of %s/%s", container, name)
+        complete = False
     targets += [(seg_container, seg_name) for seg_name in sorted(names)]
     for target_container, target in targets:
         try:  # one failure must not leave every later segment behind
@@ -192,6 +195,8 @@ async def discard(store: SwiftStore, container: str, name: str,
         except Exception:  # the caller's error matters more; leave a trace for operators
             LOG.exception("could not remove %s/%s of a failed upload", target_container,
                           target)
+            complete = False
+    return complete
 
 
 async def verify_stored(

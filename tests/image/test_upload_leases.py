@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from swiftlike.image.context import ImageSettings, container_for
+from swiftlike.image.context import ImageContext, ImageSettings, container_for
 from swiftlike.image.registry import ImageRecord, SqliteImageRepository
+from swiftlike.image.store import StoreError
+from swiftlike.image.sweeper import sweep_stale
 from tests.cluster_harness import ServedCluster, free_port
 from tests.image.conftest import ImageService, cluster_image_conf
 
@@ -268,5 +270,48 @@ async def test_a_registry_from_before_leases_gains_them_and_old_stuck_images_are
         # a sweeper that died while it held "stuck" as killed: its lease runs out too
         assert [i.id for i in await repo.stale(time.time() + 90)] == ["stuck"]
         assert [i.id for i in await repo.stale(time.time() + 200)] == ["stuck", "live"]
+    finally:
+        repo.close()
+
+
+class FlakyStore:
+    """A store whose deletes fail until ``healthy`` is set: the sweeper must not requeue
+    an image whose bytes it could not remove. (A store double: the real store's failure
+    modes are covered by the served tests above; this pins the sweeper's decision.)"""
+
+    def __init__(self) -> None:
+        self.healthy = False
+        self.objects = {("glance_p", "stuck"), ("glance_p_segments", "stuck/00000001")}
+
+    async def list_objects(self, container: str, prefix: str = "") -> list[str]:
+        return [name for cont, name in self.objects
+                if cont == container and name.startswith(prefix)]
+
+    async def delete_object(self, container: str, name: str) -> bool:
+        if not self.healthy:
+            raise StoreError("503 from the proxy", 503)
+        existed = (container, name) in self.objects
+        self.objects.discard((container, name))
+        return existed
+
+
+async def test_the_sweeper_requeues_only_once_the_bytes_are_gone(tmp_path: Path) -> None:
+    repo = SqliteImageRepository(tmp_path / "images.sqlite")
+    store = FlakyStore()
+    settings = ImageSettings(upload_lease=60.0)
+    c = ImageContext(settings, repo, store, validator=None)  # type: ignore[arg-type]
+    try:
+        await repo.add(ImageRecord(id="stuck", owner="p", status="saving",
+                                   busy_until=time.time() - 1))
+        assert await sweep_stale(c) == []
+        image = await repo.get("stuck")
+        assert image is not None and image.status == "killed"
+        assert store.objects  # nothing requeued over bytes still there
+        assert await sweep_stale(c) == []  # its sweeper's lease still runs
+        store.healthy = True
+        assert await sweep_stale(c, now=time.time() + 61) == ["stuck"]
+        image = await repo.get("stuck")
+        assert image is not None and image.status == "queued" and image.busy_until is None
+        assert not store.objects
     finally:
         repo.close()

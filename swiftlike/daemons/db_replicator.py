@@ -9,6 +9,9 @@ in batches of ``per_diff`` through ``merge_items``, each recording its last ROWI
 peer. (With a peer of an older release, which keeps no record, the per-peer point in
 ``<db>.sync`` next to the database is used, reset when the peer's file changes.)
 A database on a handoff is deleted once every primary has taken all of its rows.
+A peer that has no copy at all of a database with more than ``ship_min_rows`` rows gets
+the whole file instead (:mod:`swiftlike.storage.db_ship`, as Swift rsyncs it), then
+the rows written since the snapshot.
 
 Before it ships anything, a pass reclaims: a container database deleted (and emptied,
 and its last state reported to its account) more than ``reclaim_age`` ago is removed,
@@ -18,8 +21,8 @@ and deleted rows older than that are dropped, at most once per ``reclaim_interva
 that keep writers out (``DatabaseBroker.remove_if``), so a row or a re-creation that
 lands meanwhile is never acknowledged and then lost.
 
-Config ``[db_replicator]``: interval (30), concurrency (8), per_diff (1000), reclaim_age
-(604800 s, Swift's week), reclaim_interval (3600 s).
+Config ``[db_replicator]``: interval (30), concurrency (8), per_diff (1000),
+ship_min_rows (10000), reclaim_age (604800 s, Swift's week), reclaim_interval (3600 s).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from swiftlike.common.nodes import node_key
@@ -42,6 +46,7 @@ from swiftlike.storage.replication_wire import VERB_HEADER
 # imported only when a device holds databases: a ``replicate --once`` process on an
 # object-only device then starts without them.
 KIND_DIR_NAMES = ("accounts", "containers")
+SHIP_CHUNK = 1024 * 1024  # bytes of a shipped database read per thread hop
 
 LOG = logging.getLogger(__name__)
 
@@ -86,17 +91,38 @@ def _holds_databases(device_path: str) -> bool:
 
 def read_db(server_type: str, path: str, start: int, count: int
             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The stat row (with ``sync_id``, the file's own id) and up to ``count`` rows past
-    ``start``."""
+    """The stat row (with ``sync_id``, the file's own id, ``max_row``, its highest item
+    ROWID, and ``clone_of``, see :func:`~swiftlike.storage.db_ship.clone_of`) and up to
+    ``count`` rows past ``start``."""
     from swiftlike.storage.db_replication_server import open_broker
+    from swiftlike.storage.db_ship import clone_of, max_row
 
     broker = open_broker(server_type, path, fsync=False)
     try:
         info = broker.get_info()
         info["sync_id"] = broker.sync_id()
+        info["max_row"] = max_row(broker)
+        info["clone_of"] = clone_of(broker)
         return info, broker.get_items_since(start, count)
     finally:
         broker.close()
+
+
+def snapshot_db(server_type: str, path: str, tmp_dir: str) -> tuple[str, int]:
+    """A consistent copy of the database to ship, and its highest item ROWID."""
+    from swiftlike.storage.db_replication_server import open_broker
+    from swiftlike.storage.db_ship import snapshot
+
+    broker = open_broker(server_type, path, fsync=False)
+    try:
+        return snapshot(broker, tmp_dir)
+    finally:
+        broker.close()
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -> bool:
@@ -167,6 +193,7 @@ class DatabaseReplicator(Daemon):
     def __init__(self, ctx: DaemonContext, conf: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, conf)
         self.per_diff = max(1, int(self.conf.get("per_diff", 1000)))
+        self.ship_min_rows = int(self.conf.get("ship_min_rows", 10000))
         self.reclaim_age = float(self.conf.get("reclaim_age", 7 * 24 * 3600))
         self.reclaim_interval = float(self.conf.get("reclaim_interval", 3600))
 
@@ -221,7 +248,8 @@ class DatabaseReplicator(Daemon):
         shipped, _ = await self.ctx.run_io(read_db, server_type, path, 0, 0)
         points = await self.ctx.run_io(_load_points, path)
         results = await asyncio.gather(*(
-            self._sync_peer(server_type, part, db_hash, path, peer, shipped, points, stats)
+            self._sync_peer(server_type, part, db_hash, path, peer, shipped, points, stats,
+                            self.ctx.device_path(dev["device"]))
             for peer in peers), return_exceptions=True)
         current = {node_key(peer) for peer in peers}
         for stale in [key for key in points if key not in current]:
@@ -241,35 +269,52 @@ class DatabaseReplicator(Daemon):
 
     async def _request(self, peer: dict[str, Any], server_type: str, part: str,
                        db_hash: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._post(peer, server_type, part, db_hash, body["op"],
+                                wire.pack(body), {"Content-Type": wire.MSGPACK_TYPE})
+
+    async def _post(self, peer: dict[str, Any], server_type: str, part: str, db_hash: str,
+                    what: str, body: bytes | AsyncIterator[bytes], headers: dict[str, str]
+                    ) -> dict[str, Any]:
+        """One REPLICATE to ``peer``; its msgpack answer (RuntimeError unless 200)."""
         from swiftlike.common.node_client import NODE_ERRORS
 
         try:
             async with self.ctx.client.request(
-                    peer, "POST", f"/{peer['device']}/{part}/{db_hash}",
-                    body=wire.pack(body),
+                    peer, "POST", f"/{peer['device']}/{part}/{db_hash}", body=body,
                     headers={"X-Backend-Server-Type": server_type, VERB_HEADER: "REPLICATE",
-                             "Content-Type": wire.MSGPACK_TYPE}) as resp:
+                             **headers}) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise RuntimeError(f"{body['op']} to {node_key(peer)}: {resp.status} "
+                    raise RuntimeError(f"{what} to {node_key(peer)}: {resp.status} "
                                        f"{raw[:200]!r}")
         except NODE_ERRORS as err:
-            raise RuntimeError(f"{body['op']} to {node_key(peer)}: {err!r}") from err
+            raise RuntimeError(f"{what} to {node_key(peer)}: {err!r}") from err
         return wire.unpack(raw)
 
     async def _sync_peer(self, server_type: str, part: str, db_hash: str, path: str,
                          peer: dict[str, Any], info: dict[str, Any], points: dict[str, Any],
-                         stats: PassStats) -> None:
+                         stats: PassStats, device_path: str) -> None:
         """Push ``info`` (the stat row read once for every peer: what a handoff's removal
-        is checked against) and the rows past the peer's point."""
+        is checked against), the whole file to a peer without one when it is big, and
+        the rows past the peer's point."""
         key = node_key(peer)
         sync_info = {k: info.get(k) for k in ("account", "container", "put_timestamp",
                                                "delete_timestamp", "metadata")
                      if k in info}
         sender_id = info["sync_id"]
+        sync = {"op": "sync", "info": sync_info, "sender_id": sender_id}
+        if info.get("clone_of"):
+            sync["clone_of"] = list(info["clone_of"])
+        big = int(info.get("max_row") or 0) > self.ship_min_rows
         answer = await self._request(peer, server_type, part, db_hash,
-                                     {"op": "sync", "info": sync_info,
-                                      "sender_id": sender_id})
+                                     {**sync, "create": not big})
+        if answer.get("missing"):
+            answer = await self._ship(peer, server_type, part, db_hash, path, sender_id,
+                                      device_path)
+            if answer.get("installed"):
+                stats.add(f"{server_type}_dbs_shipped")
+            else:  # it got a database meanwhile: merge into that one, row by row
+                answer = await self._request(peer, server_type, part, db_hash, sync)
         if answer.get("created"):
             stats.add(f"{server_type}_dbs_created_on_peer")
         point = points.get(key, {})
@@ -295,4 +340,30 @@ class DatabaseReplicator(Daemon):
             if len(rows) < self.per_diff:
                 break
         points[key] = point
+
+    async def _ship(self, peer: dict[str, Any], server_type: str, part: str, db_hash: str,
+                    path: str, sender_id: str, device_path: str) -> dict[str, Any]:
+        """Send a snapshot of the whole database; the peer's answer (``installed``)."""
+        from swiftlike.storage.db_replication_server import SHIP_HEADER
+
+        snapshot, point = await self.ctx.run_io(snapshot_db, server_type, path,
+                                                os.path.join(device_path, "tmp"))
+        try:
+            size = await self.ctx.run_io(os.path.getsize, snapshot)
+            handle = await self.ctx.run_io(open, snapshot, "rb")
+        except BaseException:
+            await self.ctx.run_io(_remove_file, snapshot)
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            while chunk := await self.ctx.run_io(handle.read, SHIP_CHUNK):
+                yield chunk
+
+        try:
+            return await self._post(peer, server_type, part, db_hash, "ship", body(), {
+                SHIP_HEADER: f"{sender_id} {point}", "Content-Length": str(size),
+                "Content-Type": "application/octet-stream"})
+        finally:
+            await self.ctx.run_io(handle.close)
+            await self.ctx.run_io(_remove_file, snapshot)
 

@@ -10,14 +10,25 @@ a msgpack body ``{"op": ..., ...}``:
   ``point`` is the highest ROWID of the sender's database merged here, as this file
   records it, so a file restored from a backup or short of commits is refilled from
   where it really is. (``file_id`` serves senders of older releases.)
+  With ``"create": false`` a node that has no such database creates none and answers
+  ``{"missing": true}``: the sender, whose database is big, ships the file instead.
+  ``"clone_of": [id, row]`` from a sender whose file was shipped in: see
+  :func:`apply_sync`.
 * ``merge_items``: ``{"rows": [...], "sender_id", "point"}`` -> rows applied by timestamp
   (``merge_items``) and ``point`` recorded in the same transaction; answers
   ``{"changed": n}`` after the SQLite commit (synchronous=FULL).
+* a whole database file (:mod:`swiftlike.storage.db_ship`): the body is the file,
+  ``X-Backend-Db-Ship: <sender_id> <point>`` says whose snapshot it is and its highest
+  ROWID. Answers ``{"installed", "file_id", "point"}``; ``installed`` is false when a
+  database appeared at the path meanwhile (the sender then ships rows). 400 for a file
+  that is not a sound database of the name in the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -27,9 +38,12 @@ from swiftlike.storage.account_db import AccountBroker
 from swiftlike.storage.container_db import ContainerBroker
 from swiftlike.storage.db import DatabaseBroker, DatabaseNotFound
 from swiftlike.storage.db_server_common import quarantining_damage
+from swiftlike.storage.db_ship import ShipRefused, install_shipped
 from swiftlike.storage.node import StorageNode, error_response
 
 KIND_DIRS = {"account": "accounts", "container": "containers"}
+SHIP_HEADER = "X-Backend-Db-Ship"
+SHIP_WRITE = 1024 * 1024  # bytes of a shipped file written per thread hop
 
 
 def db_file_path(device_path: str, server_type: str, partition: str, db_hash: str) -> str:
@@ -37,8 +51,12 @@ def db_file_path(device_path: str, server_type: str, partition: str, db_hash: st
                         f"{db_hash}.db")
 
 
+def broker_class(server_type: str) -> type[DatabaseBroker]:
+    return AccountBroker if server_type == "account" else ContainerBroker
+
+
 def open_broker(server_type: str, path: str, fsync: bool) -> DatabaseBroker:
-    return (AccountBroker if server_type == "account" else ContainerBroker)(path, fsync=fsync)
+    return broker_class(server_type)(path, fsync=fsync)
 
 
 def file_id(path: str) -> str:
@@ -47,18 +65,24 @@ def file_id(path: str) -> str:
 
 
 def apply_sync(device_path: str, server_type: str, partition: str, db_hash: str,
-               info: dict[str, Any], fsync: bool, sender_id: str | None = None
+               info: dict[str, Any], fsync: bool, sender_id: str | None = None,
+               create: bool = True, clone: tuple[str, int] | None = None
                ) -> dict[str, Any]:
     """Create the database if missing, then merge timestamps and metadata (blocking).
 
     With ``sender_id`` the answer carries ``point``: how far that sender's rows are
     merged here, by this file's own record (see ``DatabaseBroker.record_incoming``).
+    ``create=False``: a missing database stays missing (``{"missing": True}``).
+    ``clone``: the sender's file is a shipped copy of database ``clone[0]`` up to ROWID
+    ``clone[1]``, so rows of that one merged here count for it too.
     """
     path = db_file_path(device_path, server_type, partition, db_hash)
     broker = open_broker(server_type, path, fsync)
     try:
         created = False
         if not broker.exists():
+            if not create:
+                return {"missing": True}
             tmp_dir = os.path.join(device_path, "tmp")
             put = str(info.get("put_timestamp") or "0")
             if server_type == "account":
@@ -72,7 +96,13 @@ def apply_sync(device_path: str, server_type: str, partition: str, db_hash: str,
                                 if isinstance(value, (list, tuple)) and len(value) == 2})
         answer = {"created": created, "file_id": file_id(path)}
         if sender_id:
-            answer["point"] = broker.incoming_point(sender_id)
+            point = broker.incoming_point(sender_id)
+            if clone is not None:
+                # the origin itself holds all of its own rows
+                held = clone[1] if clone[0] == broker.sync_id() else \
+                    broker.incoming_point(clone[0])
+                point = max(point, min(held, clone[1]))
+            answer["point"] = point
         return answer
     finally:
         broker.close()
@@ -107,6 +137,9 @@ async def handle_db_replicate(request: web.Request, node: StorageNode, device_pa
     if len(rest) != 1 or not rest[0] or not all(c in "0123456789abcdef" for c in rest[0]):
         return error_response(400, "database REPLICATE path is /<device>/<partition>/<hash>")
     db_hash = rest[0]
+    if SHIP_HEADER in request.headers:
+        return await _receive_ship(request, node, device_path, server_type, partition,
+                                   db_hash)
     try:
         body = wire.unpack(await request.read())
         if not isinstance(body, dict):
@@ -134,7 +167,8 @@ async def _apply(node: StorageNode, device_path: str, server_type: str, partitio
                 server_type == "container" and "container" not in info):
             raise ValueError("sync needs info with account (and container)")
         return await node.run_db(apply_sync, device_path, server_type, partition,  # type: ignore[no-any-return]
-                                 db_hash, info, node.fsync, _sender_id(body))
+                                 db_hash, info, node.fsync, _sender_id(body),
+                                 body.get("create", True) is not False, _clone(body))
     if op != "merge_items":
         raise ValueError(f"unknown op {op!r}")
     rows = body.get("rows")
@@ -156,6 +190,19 @@ async def _apply(node: StorageNode, device_path: str, server_type: str, partitio
     return answer  # type: ignore[no-any-return]
 
 
+def _clone(body: dict[str, Any]) -> tuple[str, int] | None:
+    """What the sender's file is a shipped copy of: (database id, ROWID), or None."""
+    value = body.get("clone_of")
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError("clone_of must be [database id, row]")
+    origin, point = _sender_id({"sender_id": value[0]}), value[1]
+    if origin is None or not isinstance(point, int) or isinstance(point, bool) or point < 0:
+        raise ValueError("clone_of must be [database id, row]")
+    return origin, point
+
+
 def _sender_id(body: dict[str, Any]) -> str | None:
     """The sending database's id (older senders send none)."""
     value = body.get("sender_id")
@@ -164,3 +211,64 @@ def _sender_id(body: dict[str, Any]) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 64:
         raise ValueError("sender_id must be a short string")
     return value
+
+
+async def _receive_ship(request: web.Request, node: StorageNode, device_path: str,
+                        server_type: str, partition: str, db_hash: str) -> web.Response:
+    """A whole database file: to the device's tmp/, checked, then linked into place."""
+    try:
+        sender, _, point_text = request.headers[SHIP_HEADER].partition(" ")
+        sender_id = _sender_id({"sender_id": sender})
+        point = int(point_text)
+        if sender_id is None or point < 0:
+            raise ValueError("needs a sender id and a point")
+    except ValueError as err:
+        return error_response(400, f"bad {SHIP_HEADER}: {err}")
+    length = request.content_length
+    if length is None:
+        return error_response(411, "a shipped database needs a Content-Length")
+    if not node.has_space_for(device_path, 2 * length):  # the file, then its WAL
+        return error_response(507, "Not enough free space on device")
+    tmp_dir = os.path.join(device_path, "tmp")
+    tmp_path = os.path.join(tmp_dir, f"shipped-{uuid.uuid4().hex}.db")
+    await node.run_io(os.makedirs, tmp_dir, exist_ok=True)
+    handle = await node.run_io(open, tmp_path, "wb")
+    received = 0
+    try:
+        pending: list[bytes] = []
+        size = 0
+        while True:
+            piece = bytes(await request.content.readany())
+            if piece:
+                pending.append(piece)
+                size += len(piece)
+                received += len(piece)
+            if size >= SHIP_WRITE or (not piece and pending):
+                await node.run_io(handle.write, b"".join(pending))
+                pending, size = [], 0
+            if not piece:
+                break
+    except BaseException:
+        await node.run_io(handle.close)
+        await node.run_io(_remove, tmp_path)
+        raise
+    await node.run_io(handle.close)
+    if received != length:
+        await node.run_io(_remove, tmp_path)
+        return error_response(499, f"got {received} of {length} bytes of the database")
+    target = db_file_path(device_path, server_type, partition, db_hash)
+    try:
+        answer = await node.run_db(
+            install_shipped, tmp_path, target, server_type, db_hash,
+            broker_class(server_type), node.hash_prefix, node.hash_suffix, sender_id, point,
+            node.fsync)
+    except ShipRefused as err:
+        return error_response(400, str(err))
+    if answer["installed"]:
+        answer["file_id"] = await node.run_io(file_id, target)
+    return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

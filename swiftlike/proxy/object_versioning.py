@@ -7,7 +7,9 @@ in the archive and then copies them over the live object, so the user container
 always holds a plain copy of the latest version (listings, ranges and large objects
 work unchanged); DELETE writes a delete marker. The version id is the PUT's
 timestamp, kept in sysmeta and returned as ``X-Object-Version-Id``; ``?version-id=``
-reads, HEADs or deletes one version (deleting the latest restores the one before) and
+reads, HEADs or deletes one version, and an empty ``PUT`` with it makes that version
+current again. As in Swift, deleting the current version (or a delete marker) never
+brings an older one back: the object then has no current version until a ``PUT``.
 ``GET <container>?versions`` lists them all with ``version_id`` and ``is_latest``.
 Objects stored before versioning was enabled are the ``null`` version.
 """
@@ -122,9 +124,17 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if version_id is not None:
             if not valid_version_id(version_id):
                 return error_response(400, "Invalid version-id")
-            if req.method not in ("GET", "HEAD", "DELETE"):
-                return error_response(400, "version-id is only allowed with GET, HEAD "
-                                      "and DELETE")
+            if req.method not in ("GET", "HEAD", "DELETE", "PUT"):
+                return error_response(400, f"{req.method} to a specific version is not "
+                                      "allowed")
+            if version_id != NULL:
+                info = await container_info.container(req, account, container)
+                if info["status"] // 100 == 2 and info["sysmeta"].get(
+                        "versions-enabled") is None:
+                    return error_response(400, "version-aware operations require that "
+                                          "the container is versioned")
+            if req.method == "PUT":
+                return await make_version_current(req, account, container, obj, version_id)
             return await version_request(req, account, container, obj, version_id)
         if req.method in ("PUT", "DELETE"):
             info = await container_info.container(req, account, container)
@@ -236,9 +246,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             entries.append((obj, stamp, entry))
             if obj not in newest or stamp < newest[obj][0]:
                 newest[obj] = (stamp, entry)
+        live = set()
         for row in current:
             if "name" not in row:
                 continue
+            live.add(row["name"])
             latest = newest.get(row["name"])
             if latest is None:  # written before versioning was ever on
                 entries.append((row["name"], MAX_TS, {**row, "version_id": NULL}))
@@ -250,7 +262,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         entries.sort(key=lambda e: (e[0], e[1]))
         last = None
         for name, _stamp, entry in entries:
-            entry["is_latest"] = name != last
+            # the newest entry of a name is current if the container holds the object,
+            # or if it is a delete marker; with neither (its current version deleted by
+            # id) none is, as in Swift
+            entry["is_latest"] = name != last and (
+                name in live or entry.get("content_type") == DELETE_MARKER_TYPE)
             last = name
         rows = _select_versions(entries, req.query, version_marker, limit)
         body, ctype = render_rows("container", container, rows,
@@ -348,10 +364,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return error_response(status if status in (401, 403) else 503)
         if index is None:
             if version_id == NULL:
-                return await live_null_version(req, account, container, obj, rows)
-            if req.method == "DELETE":
-                return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
-            return error_response(404)
+                return await live_null_version(req, account, container, obj)
+            return error_response(404, headers={"X-Object-Version-Id": version_id})
         row = rows[index]
         path = object_path(account, archive_container(container), row["name"])
         if req.method in ("GET", "HEAD"):
@@ -362,20 +376,61 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             if resp.status // 100 in (2, 3, 4) and resp.status != 404:
                 resp.headers["X-Object-Version-Id"] = version_id
             return resp
+        # the current version goes with its live copy (Swift deletes the link first):
+        # the object then has no current version, and the older ones stay as they are
+        live = object_path(account, container, obj)
+        head = await app(internal_subrequest(req, "HEAD", live, source=SOURCE))
+        discard(head)
+        current = head.headers.get(VERSION_ID) if head.is_success else None
+        if current == version_id:
+            status = await delete_object(app, req, live, source=SOURCE)
+            if status // 100 != 2 and status != 404:
+                return error_response(503)
+            current = None
         status = await delete_object(app, req, path, source=SOURCE)
         if status // 100 != 2 and status != 404:
             return error_response(503)
-        if index == 0:
-            await restore_latest(req, account, container, obj, rows[1:])
-        return SwiftResponse(204, {"X-Object-Version-Id": version_id}, b"")
+        return SwiftResponse(204, {"X-Object-Version-Id": version_id,
+                                   "X-Object-Current-Version-Id": current or NULL}, b"")
 
-    async def live_null_version(req: SwiftRequest, account: str, container: str, obj: str,
-                                archived: list[dict[str, Any]]) -> SwiftResponse:
+    async def make_version_current(req: SwiftRequest, account: str, container: str,
+                                   obj: str, version_id: str) -> SwiftResponse:
+        """``PUT ?version-id=`` with an empty body: that version becomes the object's
+        current one again (a copy of it over the live object, as Swift's link to it)."""
+        if version_id == NULL:
+            return error_response(400, "Invalid version-id: the null version cannot be "
+                                  "made current")
+        if req.content_length is None and \
+                "chunked" not in req.headers.get("Transfer-Encoding", "").lower():
+            return error_response(411, "Missing Content-Length")
+        try:
+            body = await req.read_body(limit=0)
+        except ValueError:
+            body = b"x"
+        if body:
+            return error_response(400, "PUT version-id requests require a zero byte body")
+        status, rows, index = await find_version(req, account, container, obj, version_id)
+        if status not in (200, 404):
+            return error_response(status if status in (401, 403) else 503)
+        if index is None or rows[index].get("content_type") == DELETE_MARKER_TYPE:
+            return error_response(404, "The specified version does not exist")
+        source_path = object_path(account, archive_container(container), rows[index]["name"])
+        status, put = await copy_object(app, req, source_path,
+                                        object_path(account, container, obj), source=SOURCE)
+        if status // 100 != 2:
+            return error_response(status if status in (401, 403, 412, 413) else 503)
+        headers = {"X-Object-Version-Id": version_id}
+        if put is not None and put.headers.get("ETag"):
+            headers["ETag"] = put.headers["ETag"]
+        return SwiftResponse(201, headers, b"")
+
+    async def live_null_version(req: SwiftRequest, account: str, container: str, obj: str
+                                ) -> SwiftResponse:
         """GET/HEAD/DELETE of the null version when none is archived: the object in the
         container itself, if it carries no version id (written while versioning was off,
         or in a container that never had it). ``swift delete --versions`` deletes every
-        listed object this way, unversioned containers included. Deleting it makes the
-        newest ``archived`` version current, as deleting the newest archived one does."""
+        listed object this way, unversioned containers included. As in Swift, deleting
+        it leaves the object with no current version."""
         live = object_path(account, container, obj)
         probe = "HEAD" if req.method == "DELETE" else req.method
         resp = await app(internal_subrequest(req, probe, live, source=SOURCE,
@@ -394,22 +449,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             discard(resp)
             resp = await app(internal_subrequest(req, "DELETE", live, source=SOURCE,
                                                  headers=dict(req.headers)))
-            if resp.is_success and archived:
-                await restore_latest(req, account, container, obj, archived)
         if resp.is_success:
             resp.headers["X-Object-Version-Id"] = NULL
         return resp
-
-    async def restore_latest(req: SwiftRequest, account: str, container: str, obj: str,
-                             older: list[dict[str, Any]]) -> None:
-        """After the newest version went away, make the next one current (or none)."""
-        live = object_path(account, container, obj)
-        if older and not older[0].get("content_type", "").startswith("application/x-deleted"):
-            source_path = object_path(account, archive_container(container), older[0]["name"])
-            status, _ = await copy_object(app, req, source_path, live, source=SOURCE)
-            if status // 100 == 2:
-                return
-        await delete_object(app, req, live, source=SOURCE)
 
     return object_versioning
 

@@ -211,12 +211,25 @@ async def test_object_versioning(stack):
     rows = json.loads(data)
     assert rows[0]["version_id"] == marker and rows[0]["is_latest"]
     assert rows[0]["content_type"].startswith("application/x-deleted")
-    await call(app, "DELETE", "/v1/a/c/obj", query={"version-id": marker})
+    # as in Swift: deleting the delete marker by id does not bring v3 back ...
+    resp, _ = await call(app, "DELETE", "/v1/a/c/obj", query={"version-id": marker})
+    assert resp.headers["X-Object-Current-Version-Id"] == "null"
+    resp, _ = await call(app, "GET", "/v1/a/c/obj")
+    assert resp.status == 404
+    # ... an empty PUT with its id does
+    resp, _ = await call(app, "PUT", "/v1/a/c/obj", b"", query={"version-id": ids[2]})
+    assert resp.status == 201 and resp.headers["X-Object-Version-Id"] == ids[2]
     _, data = await call(app, "GET", "/v1/a/c/obj")
     assert data == b"v3"
-    await call(app, "DELETE", "/v1/a/c/obj", query={"version-id": ids[2]})
-    _, data = await call(app, "GET", "/v1/a/c/obj")
-    assert data == b"v2"
+    # deleting the current version leaves none current; deleting another keeps it
+    resp, _ = await call(app, "DELETE", "/v1/a/c/obj", query={"version-id": ids[0]})
+    assert resp.headers["X-Object-Current-Version-Id"] == ids[2]
+    resp, _ = await call(app, "DELETE", "/v1/a/c/obj", query={"version-id": ids[2]})
+    assert resp.headers["X-Object-Current-Version-Id"] == "null"
+    resp, _ = await call(app, "GET", "/v1/a/c/obj")
+    assert resp.status == 404
+    _, data = await call(app, "GET", "/v1/a/c", query={"versions": "", "format": "json"})
+    assert [(r["version_id"], r["is_latest"]) for r in json.loads(data)] == [(ids[1], False)]
     resp, _ = await call(app, "GET", "/v1/a/c/obj", query={"version-id": "bogus"})
     assert resp.status == 400
     resp, _ = await call(app, "POST", "/v1/a/c", headers={"X-Versions-Location": "x"})

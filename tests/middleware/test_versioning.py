@@ -130,13 +130,26 @@ async def test_versions_enabled(api, unique_name):
     assert rows[0]["content_type"].startswith("application/x-deleted")
     _, _, body = await api.request("GET", f"{c}/o", params={"version-id": ids[1]})
     assert body == b"two"
-    # deleting the marker and then the latest version restores the one before
-    await api.request("DELETE", f"{c}/o", params={"version-id": marker})
-    _, _, body = await api.request("GET", f"{c}/o")
-    assert body == b"three"
-    await api.request("DELETE", f"{c}/o", params={"version-id": ids[2]})
+    # as in Swift, deleting the marker by id brings nothing back: no version is current
+    status, headers, _ = await api.request("DELETE", f"{c}/o", params={"version-id": marker})
+    assert status == 204 and headers["X-Object-Current-Version-Id"] == "null"
+    status, _, _ = await api.request("GET", f"{c}/o")
+    assert status == 404
+    assert [r["is_latest"] for r in await listing(api, c, versions="")] == [False] * 3
+    # an empty PUT with a version id makes that version current
+    status, headers, _ = await api.request("PUT", f"{c}/o", params={"version-id": ids[1]},
+                                           data=b"")
+    assert status == 201 and headers["X-Object-Version-Id"] == ids[1]
     _, headers, body = await api.request("GET", f"{c}/o")
     assert body == b"two" and headers["X-Object-Version-Id"] == ids[1]
+    status, _, _ = await api.request("PUT", f"{c}/o", params={"version-id": ids[1]},
+                                     data=b"x")
+    assert status == 400
+    # deleting the current version by id leaves none current
+    await api.request("DELETE", f"{c}/o", params={"version-id": ids[1]})
+    status, _, _ = await api.request("GET", f"{c}/o")
+    assert status == 404
+    await api.request("PUT", f"{c}/o", params={"version-id": ids[2]}, data=b"")
     # a versioned container with versions left cannot be deleted
     status, _, _ = await api.request("DELETE", c)
     assert status == 409
@@ -336,12 +349,15 @@ async def test_deleting_the_null_version_keeps_a_numbered_current_object(api, un
     await delete_null_version(api, f"{c}/o")
     _, _, body = await api.request("GET", f"{c}/o")
     assert body == b"A"
-    # suspended: B is the null version and current; deleting it brings A back
+    # suspended: B is the null version and current; deleting it leaves no current
+    # version (as in Swift), and A stays
     await api.request("POST", c, headers={"X-Versions-Enabled": "false"})
     await api.request("PUT", f"{c}/o", data=b"B")
     await delete_null_version(api, f"{c}/o")
-    _, _, body = await api.request("GET", f"{c}/o")
-    assert body == b"A"
+    status, _, _ = await api.request("GET", f"{c}/o")
+    assert status == 404
+    rows = await listing(api, c, versions="")
+    assert [(r["version_id"] != "null", r["is_latest"]) for r in rows] == [(True, False)]
 
 
 def test_swiftclient_delete_with_versions_empties_an_unversioned_container(swift_cluster,

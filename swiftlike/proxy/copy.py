@@ -3,7 +3,10 @@
 Implemented as a subrequest pair: a GET of the source (authorized as the caller, so
 copying needs read access to the source) whose body streams straight into a PUT of
 the destination. Unless ``X-Fresh-Metadata: true``, the source's user metadata and
-content headers travel along; headers in the request override them. With
+content headers and its ``X-Delete-At`` travel along (so a copy of an object that
+expires expires with it, as in Swift); headers in the request override them. A
+``Range`` (and any ``If-*``) in the request applies to the source, as in Swift: ``PUT``
+with ``X-Copy-From`` and ``Range`` makes a partial copy. With
 ``?multipart-manifest=get`` a large object's manifest is copied instead of its data.
 """
 
@@ -31,7 +34,7 @@ def _source_metadata(headers) -> dict[str, str]:
     for key, value in headers.items():
         lower = key.lower()
         if lower.startswith("x-object-meta-") or key.title() in COPIED_HEADERS or \
-                lower in (h.lower() for h in COPIED_HEADERS):
+                lower in (h.lower() for h in COPIED_HEADERS) or lower == "x-delete-at":
             out[key] = value
     return out
 
@@ -84,7 +87,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
     return copy
 
 
-_CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
+               "range")
 _NOT_COPIED = ("x-copy-from", "x-copy-from-account", "destination", "destination-account",
                "content-length", "transfer-encoding", "x-fresh-metadata", *_CONDITIONS,
                "x-auth-token")
@@ -112,14 +116,22 @@ def _dest_headers(req: SwiftRequest, source_headers) -> dict[str, str]:
         headers.update(_source_metadata(source_headers))
     elif "Content-Type" in source_headers:
         headers["Content-Type"] = source_headers["Content-Type"]
+    if "X-Delete-After" in req.headers or "X-Delete-At" in req.headers:
+        headers.pop("X-Delete-At", None)  # the request's own expiry, whichever it names
     for key, value in req.headers.items():
         if key.lower() not in _NOT_COPIED:
             headers[key] = value
     return headers
 
 
-def _copied(resp: SwiftResponse, src: tuple[str, str, str], source_headers) -> SwiftResponse:
+def _copied(resp: SwiftResponse, src: tuple[str, str, str], source_headers,
+            sent: dict[str, str]) -> SwiftResponse:
+    """The destination PUT's answer, with where it came from and, as Swift's, the
+    metadata and expiry the copy was given (``sent``)."""
     if resp.is_success:
+        for key, value in sent.items():
+            if key.lower().startswith("x-object-meta-") or key.lower() == "x-delete-at":
+                resp.headers[key] = value
         resp.headers["X-Copied-From"] = quote(f"{src[1]}/{src[2]}".encode(
             "utf-8", "surrogateescape"))
         resp.headers["X-Copied-From-Account"] = quote(src[0].encode("utf-8",
@@ -145,7 +157,7 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
         source_query["symlink"] = "get"
     source = await app(req.make_subrequest("GET", src_path, headers=get_headers,
                                            query=source_query or None))
-    if source.status != 200:
+    if source.status not in (200, 206):
         source.close()
         if source.status == 304:
             return error_response(412)
@@ -161,14 +173,14 @@ async def _do_copy(app: Handler, req: SwiftRequest, src: tuple[str, str, str],
     else:
         headers["Content-Length"] = str(length)
     etag = source.headers.get("ETag", "").strip('"')
-    if etag and "X-Object-Manifest" not in source.headers and \
+    if etag and source.status == 200 and "X-Object-Manifest" not in source.headers and \
             "X-Static-Large-Object" not in source.headers:
-        headers["ETag"] = etag
+        headers["ETag"] = etag  # not for a part of it (206), nor a large object's
     put = req.make_subrequest("PUT", "/v1/" + "/".join(dest), headers=headers,
                               body=source.iter_body())
     resp = await app(put)
     source.close()
-    return _copied(resp, src, source.headers)
+    return _copied(resp, src, source.headers, headers)
 
 
 async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
@@ -183,8 +195,9 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
     HEAD gives the metadata (a manifest GET answers as JSON). None for a plain object,
     whose manifest is itself: the caller copies it as any other.
     """
-    head = await app(req.make_subrequest("HEAD", src_path, headers=get_headers,
-                                         query=_version_query(req) or None))
+    head = await app(req.make_subrequest(
+        "HEAD", src_path, query=_version_query(req) or None,
+        headers={k: v for k, v in get_headers.items() if k.lower() != "range"}))
     head.close()
     if head.status != 200:
         return error_response(412) if head.status == 304 else error_response(head.status)
@@ -212,4 +225,4 @@ async def _copy_manifest(app: Handler, req: SwiftRequest, src_path: str,
 
     put = req.make_subrequest("PUT", "/v1/" + "/".join(dest), headers=headers, body=body(),
                               query=query)
-    return _copied(await app(put), src, head.headers)
+    return _copied(await app(put), src, head.headers, headers)

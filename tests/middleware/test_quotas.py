@@ -120,3 +120,52 @@ async def test_account_quota_set_only_by_reseller_and_enforced(
     finally:
         admin.post_account(headers={"X-Remove-Account-Meta-Quota-Bytes": "x"})
     owner.put_object(unique_name, "second", b"z" * 30)
+
+
+async def wait_for_count(conn: swiftclient.Connection, at_least: int) -> int:
+    deadline = time.monotonic() + 15
+    while True:
+        count = int(conn.head_account()["x-account-object-count"])
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
+async def test_account_quota_headers_of_current_swift(
+        reseller: Account, other_account: Account, unique_name: str) -> None:
+    """X-Account-Quota-Bytes / -Count (Swift 2.38's names): set by a reseller only, kept
+    where no user header reaches, shown on the account, and enforced."""
+    owner = other_account.conn()
+    for header in ("X-Account-Quota-Bytes", "X-Account-Quota-Count",
+                   "X-Remove-Account-Quota-Count"):
+        with pytest.raises(ClientException) as err:
+            owner.post_account(headers={header: "10"})
+        assert err.value.http_status == 403
+    admin = swiftclient.Connection(preauthurl=other_account.url, preauthtoken=reseller.token,
+                                   retries=0)
+    with pytest.raises(ClientException) as err:
+        admin.post_account(headers={"X-Account-Quota-Count": "-1"})
+    assert err.value.http_status == 400
+    owner.put_container(unique_name)
+    count = await wait_for_count(owner, 0)
+    used = await wait_for_bytes(owner, 0)
+    admin.post_account(headers={"X-Account-Quota-Count": str(count + 1),
+                                "X-Account-Quota-Bytes": str(used + 1000)})
+    try:
+        headers = owner.head_account()
+        assert headers["x-account-quota-count"] == str(count + 1)
+        assert headers["x-account-quota-bytes"] == str(used + 1000)
+        assert not any("sysmeta" in name for name in headers)
+        owner.put_object(unique_name, "one", b"z")
+        await wait_for_count(owner, count + 1)
+        with pytest.raises(ClientException) as err:
+            owner.put_object(unique_name, "two", b"z")
+        assert err.value.http_status == 413
+        with pytest.raises(ClientException) as err:
+            owner.put_object(unique_name, "one", b"z" * 2000)  # over the bytes as well
+        assert err.value.http_status == 413
+    finally:
+        admin.post_account(headers={"X-Remove-Account-Quota-Count": "x",
+                                    "X-Remove-Account-Quota-Bytes": "x"})
+    assert "x-account-quota-count" not in owner.head_account()
+    owner.put_object(unique_name, "two", b"z")

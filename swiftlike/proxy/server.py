@@ -181,13 +181,19 @@ def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> Swif
             query.setdefault(key, value)
     body = _timed_body(request, client_timeout) if request.body_exists else None
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return SwiftRequest(
+    req = SwiftRequest(
         request.method, path, query=query, headers=request.headers, body=body,
         host=request.host, scheme=request.scheme,
         remote=peer[0] if peer else None,
         # when the client's request arrived: shared HEADs started later may answer it
         environ={"swift.arrival": time.monotonic()},
     )
+    if req.method == "HEAD" and "Range" in req.headers:
+        # as Swift's: a HEAD describes the whole object (a client sizing it with a
+        # ranged HEAD must not get the range's length)
+        req.headers.popall("Range", None)
+        req.headers.popall("If-Range", None)
+    return req
 
 
 async def _aiohttp_entry(request: web.Request) -> web.StreamResponse:

@@ -54,3 +54,24 @@ async def test_a_ranged_copy_copies_the_range(http, account, unique_name):
     assert status == 201
     status, _, body = await _req(http, account, "GET", f"{c}/part")
     assert (status, body) == (200, b"cd")
+
+
+async def test_head_ignores_range_and_egregious_ranges_are_refused(http, account,
+                                                                    unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/o", bytes(range(100)))
+    for spec in ("bytes=0-9", "bytes=100-", "bytes=-0", "bytes=0-1,5-6"):
+        status, headers, _ = await _req(http, account, "HEAD", f"{c}/o", Range=spec)
+        assert (status, headers["Content-Length"]) == (200, "100"), spec
+        assert "Content-Range" not in headers
+    many = "bytes=" + ",".join(f"{i}-{i}" for i in range(60))
+    assert (await _req(http, account, "GET", f"{c}/o", Range=many))[0] == 416
+    fifty = "bytes=" + ",".join(f"{i}-{i}" for i in range(50))
+    assert (await _req(http, account, "GET", f"{c}/o", Range=fifty))[0] == 206
+    overlapping = "bytes=0-50,10-60,20-70,30-80"
+    assert (await _req(http, account, "GET", f"{c}/o", Range=overlapping))[0] == 416
+    backwards = "bytes=" + ",".join(f"{i}-{i}" for i in range(80, 0, -10))
+    assert (await _req(http, account, "GET", f"{c}/o", Range=backwards))[0] == 416
+    status, _, body = await _req(http, account, "GET", f"{c}/o", Range="bytes=0-9,")
+    assert (status, len(body)) == (200, 100)  # malformed: ignored, as Swift does

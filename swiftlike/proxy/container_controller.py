@@ -35,7 +35,7 @@ CONTAINER_OWNER_HEADERS = ("X-Container-Read", "X-Container-Write", "X-Container
 def _drop_owner_settings(req: SwiftRequest) -> None:
     """A user allowed to write a container but not its owner (an account read-write
     ACL) sets its other settings, never the owner's: those are dropped unheard, as in
-    Swift (the ACLs themselves tempauth already refuses with 403)."""
+    Swift."""
     if not req.environ.get("swift.owner", True):
         for key in CONTAINER_OWNER_HEADERS:
             req.headers.popall(key, None)

@@ -178,11 +178,12 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                                   f"Unable to check the symlink target ({head.status})")
         if head.headers.get(TARGET):
             return error_response(409, "X-Symlink-Target-Etag cannot point at a symlink")
+        # as Swift's: the ETag of what is stored at the target, so for a large object
+        # its manifest's (X-Manifest-Etag, or the ETag of ?multipart-manifest=get)
+        etag = strip_etag(head.headers.get("ETag"))
         if true_value(head.headers.get("X-Static-Large-Object")):
-            etag = strip_etag(head.headers.get("X-Object-Sysmeta-Slo-Etag"))
             size = head.headers.get("X-Object-Sysmeta-Slo-Size", "0")
         else:
-            etag = strip_etag(head.headers.get("ETag"))
             size = str(head.content_length if head.content_length is not None
                        else head.headers.get("Content-Length", "0"))
         if etag != wanted:
@@ -222,10 +223,10 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 resp.headers["Content-Location"] = location
                 return resp
             if pinned is not None and resp.is_success:
-                if true_value(resp.headers.get("X-Static-Large-Object")):
-                    actual = strip_etag(resp.headers.get("X-Object-Sysmeta-Slo-Etag"))
-                else:
-                    actual = strip_etag(resp.headers.get("ETag"))
+                actual = strip_etag(resp.headers.get("ETag"))
+                if true_value(resp.headers.get("X-Static-Large-Object")) and pinned == \
+                        strip_etag(resp.headers.get("X-Object-Sysmeta-Slo-Etag")):
+                    actual = pinned  # pinned to the content's ETag by an older release
                 if actual != pinned:
                     discard(resp)
                     return error_response(409, f'Object Etag "{actual}" does not match '

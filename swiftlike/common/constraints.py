@@ -65,8 +65,12 @@ def check_utf8(text: str) -> bool:
     return True
 
 
+# Name lengths count characters, as Swift's proxy does (a name of 600 "é" is 1,200
+# bytes, and Swift takes it as an object name); names are valid UTF-8 by then.
+
+
 def check_account_name(name: str, limits: Limits) -> str | None:
-    if len(name.encode("utf-8", "surrogateescape")) > limits.max_account_name_length:
+    if len(name) > limits.max_account_name_length:
         return (
             f"Account name length of {len(name)} longer than "
             f"{limits.max_account_name_length}"
@@ -77,7 +81,7 @@ def check_account_name(name: str, limits: Limits) -> str | None:
 
 
 def check_container_name(name: str, limits: Limits) -> str | None:
-    length = len(name.encode("utf-8", "surrogateescape"))
+    length = len(name)
     if length > limits.max_container_name_length:
         return (
             f"Container name length of {length} longer than "
@@ -91,7 +95,7 @@ def check_container_name(name: str, limits: Limits) -> str | None:
 
 
 def check_object_name(name: str, limits: Limits) -> str | None:
-    length = len(name.encode("utf-8", "surrogateescape"))
+    length = len(name)
     if length > limits.max_object_name_length:
         return f"Object name length of {length} longer than {limits.max_object_name_length}"
     return None

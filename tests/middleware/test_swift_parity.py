@@ -75,3 +75,22 @@ async def test_head_ignores_range_and_egregious_ranges_are_refused(http, account
     assert (await _req(http, account, "GET", f"{c}/o", Range=backwards))[0] == 416
     status, _, body = await _req(http, account, "GET", f"{c}/o", Range="bytes=0-9,")
     assert (status, len(body)) == (200, 100)  # malformed: ignored, as Swift does
+
+
+async def test_name_limits_count_characters_as_swift_does(http, account, unique_name):
+    """600 "é" is 1,200 bytes: Swift takes it as an object name (its limit, 1,024,
+    counts characters), and so does everything behind our proxy, listings included."""
+    from urllib.parse import quote
+
+    container = unique_name + "é" * 200  # over 256 bytes, under 256 characters
+    c = "/" + quote(container)
+    assert (await _req(http, account, "PUT", c))[0] in (201, 202)
+    long_name = "é" * 1024
+    assert (await _req(http, account, "PUT", f"{c}/{quote(long_name)}", b"data"))[0] == 201
+    status, _, body = await _req(http, account, "GET", f"{c}/{quote(long_name)}")
+    assert (status, body) == (200, b"data")
+    async with http.get(account.url + c, params={"format": "json"},
+                        headers=account.headers()) as resp:
+        assert [row["name"] for row in await resp.json()] == [long_name]
+    assert (await _req(http, account, "PUT", f"{c}/{quote(long_name + 'x')}", b"x"))[0] == 400
+    assert (await _req(http, account, "PUT", "/" + quote("é" * 257)))[0] == 400

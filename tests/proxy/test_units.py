@@ -117,7 +117,9 @@ def test_name_checks():
     assert check_container_name(".", LIMITS)
     assert check_object_name("o" * 1024, LIMITS) is None
     assert check_object_name("o" * 1025, LIMITS)
-    assert check_object_name("\u00e9" * 513, LIMITS)  # 1026 bytes in UTF-8
+    # characters, as Swift's proxy counts them: 1,024 "é" are 2,048 bytes
+    assert check_object_name("\u00e9" * 1024, LIMITS) is None
+    assert check_object_name("\u00e9" * 1025, LIMITS)
     assert not check_utf8("a\x00b")
     assert not check_utf8(b"\xff".decode("utf-8", "surrogateescape"))
     assert check_utf8("caf\u00e9")

@@ -187,16 +187,14 @@ MAX_DELETE_AT = 9999999999
 def check_listing_params(query: Mapping[str, str], max_limit: int) -> tuple[str | None, int]:
     """Validate listing query parameters; return ``(error_message, http_status)``."""
     limit = query.get("limit")
-    if limit is not None:
-        if not limit.isdigit():
-            return "Value of limit must be a positive integer", 412
-        if int(limit) > max_limit:
-            return f"Maximum limit is {max_limit}", 412
-    for key in ("marker", "end_marker", "prefix", "delimiter"):
+    if limit and limit.isdigit() and int(limit) > max_limit:  # other values: ignored
+        return f"Maximum limit is {max_limit}", 412
+    for key in ("marker", "end_marker", "prefix", "delimiter", "path"):
         value = query.get(key)
-        if value is not None and not check_utf8(value):
+        if value is None:
+            continue
+        if "\x00" in value:
             return f"Invalid UTF8 or contains NULL in {key}", 412
-    delimiter = query.get("delimiter")
-    if delimiter is not None and len(delimiter) > 1:
-        return "Bad delimiter", 412
+        if not check_utf8(value):
+            return f'"{key}" parameter not valid UTF-8', 400
     return None, 200

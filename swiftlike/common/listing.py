@@ -45,13 +45,12 @@ def listing_format(query: Mapping[str, str], accept: str | None) -> str:
     return "plain"
 
 
-def listing_params(query: Mapping[str, str]) -> dict[str, Any]:
-    """limit, marker, end_marker, prefix, delimiter, reverse from a query string."""
+def listing_params(query: Mapping[str, str], with_path: bool = False) -> dict[str, Any]:
+    """limit, marker, end_marker, prefix, delimiter, reverse (and path) from a query
+    string. A delimiter may be several characters, as in Swift."""
     raw_limit = query.get("limit")
     limit = LISTING_LIMIT
-    if raw_limit is not None and raw_limit != "":
-        if not raw_limit.isdigit():
-            raise ListingParamError(412, "Value of limit must be a positive integer")
+    if raw_limit and raw_limit.isdigit():  # anything else is ignored, as Swift does
         limit = int(raw_limit)
         if limit > LISTING_LIMIT:
             raise ListingParamError(412, f"Maximum limit is {LISTING_LIMIT}")
@@ -63,8 +62,14 @@ def listing_params(query: Mapping[str, str]) -> dict[str, Any]:
         if len(value.encode("utf-8", "surrogateescape")) > MAX_MARKER_LENGTH:
             raise ListingParamError(400, f"{key} too long")
         params[key] = value
-    if len(params["delimiter"]) > 1:
-        raise ListingParamError(412, "Bad delimiter")
+    path = query.get("path") if with_path else None  # containers only, as in Swift
+    if path is not None:
+        # Swift's path=: the objects directly in that pseudo-directory, none deeper
+        if "\x00" in path or len(path.encode("utf-8", "surrogateescape")) > MAX_MARKER_LENGTH:
+            raise ListingParamError(400, "bad path")
+        params["prefix"] = path.rstrip("/") + "/" if path else ""
+        params["delimiter"] = "/"
+        params["path"] = True
     params["reverse"] = query.get("reverse", "").strip().lower() in ("1", "true", "yes", "on",
                                                                      "t", "y")
     return params

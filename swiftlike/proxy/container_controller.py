@@ -58,6 +58,8 @@ def listing_query(req: SwiftRequest) -> dict[str, str]:
     query = {k: v for k, v in req.query.items()
              if k in ("prefix", "delimiter", "marker", "end_marker", "limit", "reverse",
                       "path")}
+    if not query.get("limit", "").isdigit():
+        query.pop("limit", None)  # Swift ignores a limit that is not a number
     query["format"] = listing_format(req)
     return query
 

@@ -216,11 +216,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return error_response(400, "version_marker param requires marker")
         if version_marker and not valid_version_id(version_marker):
             return error_response(400, "invalid version_marker param")
-        try:
-            limit = int(req.query.get("limit", "10000") or 10000)
-        except ValueError:
-            return error_response(412, "Value of limit must be an integer")
-        if not 0 <= limit <= 10000:
+        raw_limit = req.query.get("limit", "")
+        limit = int(raw_limit) if raw_limit.isdigit() else 10000  # else ignored, as Swift
+        if limit > 10000:
             return error_response(412, "Maximum limit is 10000")
         head = await container_headers(app, req, account, container, source=SOURCE)
         if not head.is_success:

@@ -156,11 +156,14 @@ class ContainerBroker(DatabaseBroker):
                                   "content_type": "", "etag": "", "deleted": 1}])
 
     def list_objects(self, limit: int, marker: str = "", end_marker: str = "",
-                     prefix: str = "", delimiter: str = "", reverse: bool = False
-                     ) -> list[dict[str, Any]]:
-        """Listing entries: object dicts, or ``{"subdir": ...}`` roll-ups."""
+                     prefix: str = "", delimiter: str = "", reverse: bool = False,
+                     path: bool = False) -> list[dict[str, Any]]:
+        """Listing entries: object dicts, or ``{"subdir": ...}`` roll-ups (none with
+        ``path``, Swift's listing of one pseudo-directory's own objects, which also
+        leaves out the directory's marker object, named ``prefix`` itself)."""
         rows = self.list_rows("name, created_at, size, content_type, etag", limit, marker,
-                              end_marker, prefix, delimiter, reverse)
+                              end_marker, prefix, delimiter, reverse, rollups=not path,
+                              skip=prefix if path else None)
         entries: list[dict[str, Any]] = []
         for row in rows:
             if isinstance(row, tuple):

@@ -159,7 +159,9 @@ class ContainerServer:
     def _headers(self, info: dict[str, Any]) -> dict[str, str]:
         return {**backend_headers(info), **metadata_headers(info),
                 "X-Container-Object-Count": str(info["object_count"]),
-                "X-Container-Bytes-Used": str(info["bytes_used"])}
+                "X-Container-Bytes-Used": str(info["bytes_used"]),
+                # as Swift's: when the container was last PUT
+                "Last-Modified": Timestamp(info["put_timestamp"]).http_date}
 
     async def put(self, request: web.Request, route: Route, device_path: str
                   ) -> web.StreamResponse:

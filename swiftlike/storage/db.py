@@ -475,12 +475,14 @@ class DatabaseBroker:
         return [dict(row) for row in rows]
 
     def list_rows(self, columns: str, limit: int, marker: str = "", end_marker: str = "",
-                  prefix: str = "", delimiter: str = "", reverse: bool = False
+                  prefix: str = "", delimiter: str = "", reverse: bool = False,
+                  rollups: bool = True, skip: str | None = None
                   ) -> list[sqlite3.Row | tuple[str]]:
         """Live rows by name, Swift listing rules; a ``(subdir,)`` tuple per roll-up.
 
         Forward: names > marker and < end_marker; reverse: names < marker and
-        > end_marker. Rows sharing ``prefix + ... + delimiter`` collapse into one subdir.
+        > end_marker. Rows sharing ``prefix + ... + delimiter`` collapse into one subdir
+        (left out altogether with ``rollups=False``); a row named ``skip`` is left out.
         """
         self.fold_pending()
         results: list[sqlite3.Row | tuple[str]] = []
@@ -529,7 +531,7 @@ class DatabaseBroker:
                             subdir = name[:cut + len(delimiter)]
                             # a client paging on with this subdir as its marker must not
                             # get it again: it would ask for the same page for ever
-                            if subdir != marker:
+                            if subdir != marker and rollups:
                                 results.append((subdir,))
                             if reverse:
                                 high = subdir
@@ -540,7 +542,8 @@ class DatabaseBroker:
                                 low = (skip_to, True)
                             rolled_up = True
                             break
-                    results.append(row)
+                    if name != skip:
+                        results.append(row)
                     if reverse:
                         high = name
                     else:

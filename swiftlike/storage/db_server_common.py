@@ -132,7 +132,7 @@ async def listing_response(request: web.Request, node: StorageNode, kind: str, o
     listing taken while rows arrive never disagrees with its own object count.
     """
     try:
-        params = listing_params(request.query)
+        params = listing_params(request.query, with_path=kind == "container")
     except ListingParamError as err:
         return error_response(err.status, str(err))
     fmt = listing_format(request.query, request.headers.get("Accept"))

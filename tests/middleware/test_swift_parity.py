@@ -94,3 +94,28 @@ async def test_name_limits_count_characters_as_swift_does(http, account, unique_
         assert [row["name"] for row in await resp.json()] == [long_name]
     assert (await _req(http, account, "PUT", f"{c}/{quote(long_name + 'x')}", b"x"))[0] == 400
     assert (await _req(http, account, "PUT", "/" + quote("é" * 257)))[0] == 400
+
+
+async def test_listing_parameters_as_swift_reads_them(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    for name in ("a/b", "a/b/c", "a/c", "d"):
+        await _req(http, account, "PUT", f"{c}/{name}", b"x")
+
+    async def names(**params: str) -> tuple[int, list[str]]:
+        async with http.get(account.url + c, params={"format": "json", **params},
+                            headers=account.headers()) as resp:
+            if resp.status != 200:
+                return resp.status, []
+            return 200, [row.get("name") or row["subdir"] for row in await resp.json()]
+
+    assert await names(delimiter="a/") == (200, ["a/", "d"])  # several characters
+    assert await names(delimiter="/b") == (200, ["a/b", "a/c", "d"])
+    assert await names(path="a") == (200, ["a/b", "a/c"])  # one pseudo-directory
+    assert await names(limit="-1") == (200, ["a/b", "a/b/c", "a/c", "d"])  # ignored
+    assert await names(limit="abc") == (200, ["a/b", "a/b/c", "a/c", "d"])
+    assert (await names(limit="10001"))[0] == 412
+    async with http.get(account.url + c + "?prefix=%FF", headers=account.headers()) as resp:
+        assert resp.status == 400
+    status, headers, _ = await _req(http, account, "HEAD", c)
+    assert status == 204 and headers["Last-Modified"].endswith(" GMT")

@@ -215,7 +215,10 @@ async def test_versions_listing_pages_with_version_marker(api, unique_name):
                    {"marker": "a", "version_marker": "junk"}):
         status, _, _ = await api.request("GET", c, params={"versions": "", **params})
         assert status == 400, params
+    # a limit that is not a number is ignored, one over the maximum is not (as Swift)
     status, _, _ = await api.request("GET", c, params={"versions": "", "limit": "x"})
+    assert status == 200
+    status, _, _ = await api.request("GET", c, params={"versions": "", "limit": "10001"})
     assert status == 412
 
 

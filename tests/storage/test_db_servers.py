@@ -35,8 +35,8 @@ async def put_row(node, ts, name: str, size: int = 10, etag: str = "e" * 32,
         return resp.status
 
 
-async def listing(node, path: str = CONTAINER, **query) -> tuple[int, object]:
-    async with node.session.get(node.url(path), params={"format": "json", **query}) as resp:
+async def listing(node, target: str = CONTAINER, **query) -> tuple[int, object]:
+    async with node.session.get(node.url(target), params={"format": "json", **query}) as resp:
         if resp.status != 200:
             return resp.status, None
         return resp.status, await resp.json()
@@ -103,7 +103,13 @@ async def test_listing_parameters_and_formats(node, ts):
     assert [r["name"] for r in (await listing(node, reverse="true", limit="2"))[1]] == [
         "c", "b/x/y"]
     assert (await listing(node, limit="10001"))[0] == 412
-    assert (await listing(node, limit="-1"))[0] == 412
+    # a limit that is not a number is ignored, as Swift does
+    assert [r["name"] for r in (await listing(node, limit="-1"))[1]] == names
+    # several characters make a delimiter too; path= lists one pseudo-directory
+    assert [r.get("name") or r.get("subdir")
+            for r in (await listing(node, delimiter="/x"))[1]] == [*names[:-2], "b/x", "c"]
+    assert [r["name"] for r in (await listing(node, path="a"))[1]] == ["a/b", "a/c"]
+    assert (await listing(node, path="b/"))[1] == []  # nothing directly in b/
     row = (await listing(node, prefix="c"))[1][0]
     assert set(row) == {"name", "hash", "bytes", "content_type", "last_modified"}
     assert len(row["last_modified"]) == len("2024-01-02T03:04:05.123450")

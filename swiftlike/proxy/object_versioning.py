@@ -267,9 +267,14 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 name in live or entry.get("content_type") == DELETE_MARKER_TYPE)
             last = name
         rows = _select_versions(entries, req.query, version_marker, limit)
-        body, ctype = render_rows("container", container, rows,
-                                  listing_format(req.query, req.headers.get("Accept")))
-        resp = SwiftResponse(200 if rows else 204, dict(head.headers), body if rows else b"")
+        # JSON unless another format is asked for by name: Swift lists versions in
+        # JSON only, whatever the Accept header
+        fmt = listing_format(req.query, req.headers.get("Accept")) \
+            if req.query.get("format") or "xml" in req.headers.get("Accept", "") \
+            or "text/plain" in req.headers.get("Accept", "") else "json"
+        body, ctype = render_rows("container", container, rows, fmt)
+        empty = not rows and fmt == "plain"  # an empty JSON or XML listing is 200, as Swift
+        resp = SwiftResponse(204 if empty else 200, dict(head.headers), b"" if empty else body)
         resp.headers["Content-Type"] = ctype
         resp.headers.popall("Content-Length", None)
         resp.headers["X-Versions-Enabled"] = str(true_value(head.headers.get(ENABLED)))

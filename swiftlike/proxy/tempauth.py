@@ -222,7 +222,10 @@ class TempAuth:
         user = self.users.get(name or "")
         if user is None or key is None or not hmac.compare_digest(
                 user.key.encode(), key.encode()):
-            return error_response(401, "Invalid user or key")
+            # as Swift's: the realm is the account part of the user name
+            realm = (name or "").partition(":")[0] if name and ":" in name else "unknown"
+            return error_response(401, "Invalid user or key",
+                                  headers={"Www-Authenticate": f'Swift realm="{realm}"'})
         expires = time.time() + self.token_life
         token = self.signer.make(user, expires)
         return self._auth_answer(req, user, token, expires)

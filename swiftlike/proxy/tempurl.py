@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from swiftlike.common.timestamp import http_date
 from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import (
     InfoCache,
@@ -233,7 +234,8 @@ class TempURL:
                 if name in req.headers:
                     return error_response(400, f"The header {name!r} is not allowed in "
                                                "this tempurl")
-        return await self._forward(req, account, container if scope == "container" else None)
+        return await self._forward(req, account, container if scope == "container" else None,
+                                   expires)
 
     async def _match(self, req: SwiftRequest, account: str, container: str, digest: str,
                      hex_sig: str, expires: str, path: str, ip_range: str | None
@@ -262,8 +264,8 @@ class TempURL:
                     found = scope
         return found
 
-    async def _forward(self, req: SwiftRequest, account: str, container: str | None
-                       ) -> SwiftResponse:
+    async def _forward(self, req: SwiftRequest, account: str, container: str | None,
+                       expires: int) -> SwiftResponse:
         for name in list(req.headers.keys()):
             if self._in_remove(name) and not self._in_allow(name):
                 req.headers.popall(name, None)
@@ -287,9 +289,11 @@ class TempURL:
         for name in list(resp.headers.keys()):
             if self._out_remove(name) and not self._out_allow(name):
                 resp.headers.popall(name, None)
-        if req.method == "GET" and resp.is_success:
+        if req.method in ("GET", "HEAD") and resp.is_success:
             resp.headers["Content-Disposition"] = disposition(
                 filename, inline, resp.headers.get("Content-Disposition"), req.path)
+            # as Swift's: caches keep what a temp URL served no longer than it is valid
+            resp.headers["Expires"] = http_date(expires)
         return resp
 
     @staticmethod

@@ -119,3 +119,17 @@ async def test_listing_parameters_as_swift_reads_them(http, account, unique_name
         assert resp.status == 400
     status, headers, _ = await _req(http, account, "HEAD", c)
     assert status == 204 and headers["Last-Modified"].endswith(" GMT")
+
+
+async def test_a_versions_listing_is_json_unless_asked_otherwise(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c, **{"X-Versions-Enabled": "true"})
+    status, headers, body = await _req(http, account, "GET", c + "?versions")
+    assert (status, body) == (200, b"[]")
+    assert headers["Content-Type"].startswith("application/json")
+    await _req(http, account, "PUT", f"{c}/o", b"one")
+    status, headers, body = await _req(http, account, "GET", c + "?versions")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert b'"is_latest": true' in body or b'"is_latest":true' in body
+    status, headers, body = await _req(http, account, "GET", c + "?versions&format=plain")
+    assert (status, body) == (200, b"o\n")

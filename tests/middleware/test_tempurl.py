@@ -56,6 +56,11 @@ async def test_account_key_set_by_swift_post(swift_cluster, account: Account,
         assert resp.status == 200
         assert await resp.read() == b"account-key"
         assert resp.headers["Content-Disposition"].startswith('attachment; filename="o"')
+        assert resp.headers["Expires"].endswith(" GMT")  # as Swift: when the URL ends
+    head_signed = generate_temp_url(path, 60, key, "HEAD")
+    async with http.head(url_for(swift_cluster, head_signed)) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Disposition"].startswith('attachment; filename="o"')
     # the same signature does not open another object of the account
     other = signed.replace("/o?", "/other?")
     async with http.get(url_for(swift_cluster, other)) as resp:

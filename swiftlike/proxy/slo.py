@@ -12,6 +12,7 @@ the manifest and ``?multipart-manifest=delete`` removes the segments and manifes
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import mimetypes
@@ -288,8 +289,6 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return error_response(400, "Manifest must be valid JSON.")
         if not isinstance(data, list):
             return error_response(400, "Manifest must be a list.")
-        if not data:
-            return error_response(400, "Manifest must have at least one segment.")
         if len(data) > settings["max_manifest_segments"]:
             return error_response(
                 413, f"Number of segments must be <= {settings['max_manifest_segments']}")
@@ -363,7 +362,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             row: dict[str, Any] = {
                 "name": name, "bytes": size, "hash": etag,
                 "content_type": head.headers.get("Content-Type", ""),
-                "last_modified": head.headers.get("Last-Modified", ""),
+                "last_modified": _iso_date(head.headers.get("Last-Modified", "")),
             }
             if sub_slo:
                 row["sub_slo"] = True
@@ -501,3 +500,13 @@ def _client_headers(resp: SwiftResponse) -> CIMultiDict[str]:
     headers["Accept-Ranges"] = "bytes"
     return headers
 
+
+
+def _iso_date(http_date: str) -> str:
+    """A segment's Last-Modified as Swift's manifests record it:
+    ``2026-12-07T19:12:38.000000`` (the HTTP date's second, in ISO 8601)."""
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return http_date
+    return when.strftime("%Y-%m-%dT%H:%M:%S.000000")

@@ -133,3 +133,31 @@ async def test_a_versions_listing_is_json_unless_asked_otherwise(http, account, 
     assert b'"is_latest": true' in body or b'"is_latest":true' in body
     status, headers, body = await _req(http, account, "GET", c + "?versions&format=plain")
     assert (status, body) == (200, b"o\n")
+
+
+async def test_slo_manifests_as_swift_writes_them(http, account, unique_name):
+    import hashlib
+    import json
+    import re
+
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/seg", b"0123456789")
+    manifest = [{"path": f"{unique_name}/seg", "etag": hashlib.md5(b"0123456789").hexdigest(),
+                 "size_bytes": 10}]
+    status, _, _ = await _req(http, account, "PUT", f"{c}/slo?multipart-manifest=put",
+                              json.dumps(manifest).encode())
+    assert status == 201
+    status, _, body = await _req(http, account, "GET", f"{c}/slo?multipart-manifest=get")
+    assert status == 200
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000000",
+                        json.loads(body)[0]["last_modified"])
+    # an empty manifest is a large object of no bytes, as in Swift
+    status, _, _ = await _req(http, account, "PUT", f"{c}/empty?multipart-manifest=put", b"[]")
+    assert status == 201
+    status, headers, body = await _req(http, account, "GET", f"{c}/empty")
+    assert (status, body, headers["Content-Length"]) == (200, b"", "0")
+    assert headers.get("X-Static-Large-Object") == "True"
+    status, headers, _ = await _req(http, account, "HEAD", f"{c}/empty")
+    assert (status, headers["Content-Length"]) == (200, "0")
+    assert (await _req(http, account, "GET", f"{c}/empty", Range="bytes=0-1"))[0] == 416

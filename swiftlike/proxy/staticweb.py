@@ -77,6 +77,10 @@ class _Site:
         self.index = meta.get("web-index", "").strip()
         self.error = meta.get("web-error", "").strip()
         self.listings = conf_bool(meta.get("web-listings"), False)
+        # as Swift's: a container with Web-Listings set at all, even to false, is a web
+        # site (an anonymous read of it gets "listing disabled" and the error page,
+        # not the plain listing)
+        self.is_site = bool(self.index or meta.get("web-listings", "").strip())
         self.listings_css = meta.get("web-listings-css", "").strip()
         # shown in place of /v1/<account>/<container>, so a listing need not name the
         # account (Swift's X-Container-Meta-Web-Listings-Label)
@@ -134,7 +138,7 @@ class StaticWeb:
 
     async def _container(self, req: SwiftRequest, site: _Site, base: str, web_mode: bool
                          ) -> SwiftResponse:
-        if not site.listings and not site.index:
+        if not site.is_site:
             if web_mode:
                 return error_response(404)
             return await self.app(req)
@@ -161,7 +165,7 @@ class StaticWeb:
         elif resp.status != 404:
             site.error = ""
             return await self._error(req, site, base, resp)
-        if not site.listings and not site.index:
+        if not site.is_site:
             return resp
         await resp.read()
         status = 404

@@ -161,3 +161,17 @@ async def test_slo_manifests_as_swift_writes_them(http, account, unique_name):
     status, headers, _ = await _req(http, account, "HEAD", f"{c}/empty")
     assert (status, headers["Content-Length"]) == (200, "0")
     assert (await _req(http, account, "GET", f"{c}/empty", Range="bytes=0-1"))[0] == 416
+
+
+async def test_a_site_with_listings_turned_off_shows_its_error_page(http, account,
+                                                                      unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c, **{
+        "X-Container-Read": ".r:*,.rlistings", "X-Container-Meta-Web-Error": "error.html",
+        "X-Container-Meta-Web-Listings": "false"})
+    await _req(http, account, "PUT", f"{c}/404error.html", b"<p>lost</p>",
+               **{"Content-Type": "text/html"})
+    await _req(http, account, "PUT", f"{c}/sub/page.html", b"page")
+    for path in (f"{c}/", f"{c}/sub/"):
+        async with http.get(account.url + path) as resp:  # anonymous, as a browser
+            assert (resp.status, await resp.read()) == (404, b"<p>lost</p>"), path

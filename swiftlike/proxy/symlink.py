@@ -104,6 +104,9 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             return error_response(412, "Account name cannot contain slashes")
         if req.content_length not in (None, 0):
             return error_response(400, "Symlink requests require a zero byte body")
+        if req.content_length is None and not req.environ.get("swift.source") and \
+                "chunked" not in req.headers.get("Transfer-Encoding", "").lower():
+            return error_response(411)  # as any PUT from a client, as in Swift
         if req.content_length is None and req.body is not None:
             try:
                 data = await req.read_body(limit=0)

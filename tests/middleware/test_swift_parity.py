@@ -175,3 +175,24 @@ async def test_a_site_with_listings_turned_off_shows_its_error_page(http, accoun
     for path in (f"{c}/", f"{c}/sub/"):
         async with http.get(account.url + path) as resp:  # anonymous, as a browser
             assert (resp.status, await resp.read()) == (404, b"<p>lost</p>"), path
+
+
+async def test_a_symlink_put_needs_a_length(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    url = account.url + f"{c}/link"
+    async with http.put(url, skip_auto_headers=("Content-Type",), headers=account.headers(
+            **{"X-Symlink-Target": f"{unique_name}/target"})) as resp:
+        assert resp.status == 201  # aiohttp sends Content-Length: 0
+    # a raw request with neither Content-Length nor Transfer-Encoding
+    import asyncio
+    from urllib.parse import urlsplit
+    parts = urlsplit(account.url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write((f"PUT {parts.path}{c}/link2 HTTP/1.1\r\nHost: x\r\n"
+                  f"X-Auth-Token: {account.token}\r\nX-Symlink-Target: {unique_name}/t\r\n"
+                  "Connection: close\r\n\r\n").encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"411"

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 #: Header prefixes whose headers count as user metadata of each server type.
+#: The one storage policy: every container is in it (3 replicas by the ring).
+DEFAULT_POLICY = "Policy-0"
+
 META_PREFIXES = {
     "account": "x-account-meta-",
     "container": "x-container-meta-",

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from swiftlike.common.constraints import DEFAULT_POLICY
 from swiftlike.common.timestamp import Timestamp
 
 LISTING_LIMIT = 10000
@@ -102,7 +103,8 @@ def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _container_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {"name": entry["name"], "count": entry["count"], "bytes": entry["bytes"],
-            "last_modified": iso_last_modified(entry["created_at"])}
+            "last_modified": iso_last_modified(entry["created_at"]),
+            "storage_policy": DEFAULT_POLICY}  # as Swift's account listings name it
 
 
 def render_listing(kind: str, owner: str, entries: list[dict[str, Any]], fmt: str

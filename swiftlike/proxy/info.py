@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 
 from swiftlike import __version__
-from swiftlike.common.constraints import Limits
+from swiftlike.common.constraints import DEFAULT_POLICY, Limits
 from swiftlike.proxy.pipeline import InfoRegistry, SwiftRequest, SwiftResponse, error_response
-
-#: The one storage policy: every container is in it (3 replicas by the ring).
-DEFAULT_POLICY = "Policy-0"
 
 
 def register_core_info(registry: InfoRegistry, limits: Limits, account_autocreate: bool,

@@ -148,7 +148,7 @@ async def test_account_stats_and_listing_follow_containers(node, ts):
     assert resp.headers["X-Account-Meta-Quota"] == "big"
     _, rows = await listing(node, ACCOUNT)
     assert [(r["name"], r["count"], r["bytes"]) for r in rows] == [("c1", 2, 12), ("c2", 0, 0)]
-    assert set(rows[0]) == {"name", "count", "bytes", "last_modified"}
+    assert set(rows[0]) == {"name", "count", "bytes", "last_modified", "storage_policy"}
     async with node.session.get(node.url(ACCOUNT), params={"format": "xml"}) as resp:
         root = ET.fromstring(await resp.read())
         assert root.tag == "account" and root[0].find("name").text == "c1"

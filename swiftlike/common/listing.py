@@ -25,6 +25,75 @@ CONTENT_TYPES = {
 }
 
 
+#: What a listing can be, in the order that breaks ties in Accept (Swift's offers)
+LISTING_OFFERS = (("text/plain", "plain"), ("application/json", "json"),
+                  ("application/xml", "xml"), ("text/xml", "xml"))
+_FORMAT_TYPES = {"plain": "text/plain", "json": "application/json", "xml": "application/xml"}
+
+
+def negotiate_listing(query: Mapping[str, str], accept: str | None
+                      ) -> tuple[str, str] | None:
+    """(format, Content-Type) of a listing, as Swift picks it: ``format=`` names one
+    (an unknown name means plain), else the offer the Accept header rates highest
+    (q-values, then specificity); None when it accepts none of them (406). A missing
+    Accept header, or ``*/*``, means plain text.
+
+    ValueError for an Accept header that cannot be read (Swift answers 400).
+    """
+    named = (query.get("format") or "").strip().lower()
+    if named:
+        mime = _FORMAT_TYPES.get(named, "text/plain")
+        return ("plain" if named not in _FORMAT_TYPES else named), f"{mime}; charset=utf-8"
+    ranges = _accept_ranges(accept or "*/*")
+    best: tuple[float, str, str] | None = None
+    for mime, fmt in LISTING_OFFERS:
+        quality = _quality(ranges, mime)
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, mime, fmt)
+    if best is None:
+        return None
+    return best[2], f"{best[1]}; charset=utf-8"
+
+
+def _accept_ranges(accept: str) -> list[tuple[str, str, float]]:
+    ranges = []
+    for item in accept.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        mime, *params = (part.strip() for part in item.split(";"))
+        kind, sep, sub = mime.lower().partition("/")
+        if not sep or not kind or not sub:
+            raise ValueError(f"bad media range {mime!r}")
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                quality = float(value)  # ValueError for a q that is no number
+                if not 0 <= quality <= 1:
+                    raise ValueError(f"q out of range in {item!r}")
+        ranges.append((kind, sub, quality))
+    return ranges
+
+
+def _quality(ranges: list[tuple[str, str, float]], mime: str) -> float:
+    """The q of the most specific range that covers ``mime`` (0 when none does)."""
+    kind, _, sub = mime.partition("/")
+    best_rank, quality = -1, 0.0
+    for range_kind, range_sub, q in ranges:
+        if (range_kind, range_sub) == (kind, sub):
+            rank = 2
+        elif range_kind == kind and range_sub == "*":
+            rank = 1
+        elif (range_kind, range_sub) == ("*", "*"):
+            rank = 0
+        else:
+            continue
+        if rank > best_rank:
+            best_rank, quality = rank, q
+    return quality
+
+
 class ListingParamError(ValueError):
     """A listing parameter Swift refuses; carries the status it answers with."""
 
@@ -34,16 +103,13 @@ class ListingParamError(ValueError):
 
 
 def listing_format(query: Mapping[str, str], accept: str | None) -> str:
-    """plain, json or xml: ``format=`` wins, then the Accept header, else plain."""
-    fmt = (query.get("format") or "").strip().lower()
-    if fmt:
-        return fmt if fmt in CONTENT_TYPES else "plain"
-    accept = (accept or "").lower()
-    if "application/json" in accept:
-        return "json"
-    if "application/xml" in accept or "text/xml" in accept:
-        return "xml"
-    return "plain"
+    """plain, json or xml: ``format=`` wins, then the Accept header (see
+    :func:`negotiate_listing`), else plain."""
+    try:
+        found = negotiate_listing(query, accept)
+    except ValueError:
+        return "plain"
+    return found[0] if found else "plain"
 
 
 def listing_params(query: Mapping[str, str], with_path: bool = False) -> dict[str, Any]:

@@ -19,7 +19,11 @@ from swiftlike.proxy.base_controller import (
     parse_account_acl,
     translate_remove_headers,
 )
-from swiftlike.proxy.container_controller import listing_format, listing_query
+from swiftlike.proxy.container_controller import (
+    listing_answer_headers,
+    listing_query,
+    negotiated_listing,
+)
 from swiftlike.proxy.info import DEFAULT_POLICY
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
 
@@ -48,13 +52,16 @@ class AccountController(Controller):
         denial = await self.authorize(req)
         if denial is not None:
             return denial
+        listing = negotiated_listing(req)
+        if isinstance(listing, SwiftResponse):
+            return listing
         query = None
         if req.method == "GET":
             message, status = check_listing_params(
                 req.query, self.ctx.limits.account_listing_limit)
             if message:
                 return error_response(status, message)
-            query = listing_query(req)
+            query = listing_query(req, listing[0])
         part, nodes = self.ctx.ring.get_nodes(account)
         headers = forward_headers(req)
         headers["X-Backend-Server-Type"] = "account"
@@ -74,9 +81,11 @@ class AccountController(Controller):
                 return error_response(410, "This account was deleted",
                                       headers={"X-Account-Status": "Deleted"})
             if self.ctx.account_autocreate and req.environ.get("swift.owner", True):
-                return self._empty_account(req)
+                return self._empty_account(req, listing)
             return error_response(404)
         out = client_headers(resp.headers)
+        if resp.status // 100 == 2:
+            listing_answer_headers(out, listing)
         if out.get("X-Account-Container-Count", "0") != "0":
             # one policy holds everything: its per-policy counts are the account's
             prefix = f"X-Account-Storage-Policy-{DEFAULT_POLICY}-"
@@ -91,7 +100,7 @@ class AccountController(Controller):
             return SwiftResponse(resp.status, out, None, content_length=length)
         return SwiftResponse(resp.status, out, resp.body)
 
-    def _empty_account(self, req: SwiftRequest) -> SwiftResponse:
+    def _empty_account(self, req: SwiftRequest, listing: tuple[str, str]) -> SwiftResponse:
         """What a never-written account looks like (Swift fakes the same answer)."""
         now = Timestamp.now()
         headers = {
@@ -101,19 +110,16 @@ class AccountController(Controller):
             "X-Timestamp": now.normal,
             "X-PUT-Timestamp": now.normal,
         }
+        fmt, headers["Content-Type"] = listing
+        headers["Vary"] = "Accept"
         if req.method == "HEAD":
-            headers["Content-Type"] = "text/plain; charset=utf-8"
             return SwiftResponse(204, headers, None, content_length=0)
-        fmt = listing_format(req)
         if fmt == "json":
-            headers["Content-Type"] = "application/json; charset=utf-8"
             return SwiftResponse(200, headers, json.dumps([]).encode())
         if fmt == "xml":
-            headers["Content-Type"] = "application/xml; charset=utf-8"
             body = (f'<?xml version="1.0" encoding="UTF-8"?>\n'
                     f'<account name="{_xml_escape(req.split_path()[1] or "")}"></account>')
             return SwiftResponse(200, headers, body.encode())
-        headers["Content-Type"] = "text/plain; charset=utf-8"
         return SwiftResponse(204, headers, b"")
 
     async def post(self, req: SwiftRequest, account: str) -> SwiftResponse:

@@ -8,7 +8,11 @@ account listing.
 
 from __future__ import annotations
 
+from multidict import CIMultiDict
+
 from swiftlike.common.constraints import check_container_name, check_listing_params, check_metadata
+from swiftlike.common.listing import listing_format as common_listing_format
+from swiftlike.common.listing import negotiate_listing
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.acl import clean_acl
@@ -21,9 +25,6 @@ from swiftlike.proxy.base_controller import (
 )
 from swiftlike.proxy.info import DEFAULT_POLICY
 from swiftlike.proxy.pipeline import SwiftRequest, SwiftResponse, error_response
-
-LISTING_FORMATS = {"json": "json", "xml": "xml", "plain": "plain"}
-
 
 #: Container settings only its owner may see or set (Swift's swift_owner_headers): who
 #: may read and write, where it syncs to and with which key, and the temp URL keys.
@@ -42,25 +43,36 @@ def _drop_owner_settings(req: SwiftRequest) -> None:
 
 
 def listing_format(req: SwiftRequest) -> str:
-    """``format=`` if given, else from Accept, else plain (like Swift)."""
-    fmt = req.query.get("format", "").lower()
-    if fmt in LISTING_FORMATS:
-        return fmt
-    accept = req.headers.get("Accept", "")
-    if "application/json" in accept:
-        return "json"
-    if "application/xml" in accept or "text/xml" in accept:
-        return "xml"
-    return "plain"
+    """The listing format a request asks for (plain when it accepts none)."""
+    return common_listing_format(req.query, req.headers.get("Accept"))
 
 
-def listing_query(req: SwiftRequest) -> dict[str, str]:
+def negotiated_listing(req: SwiftRequest) -> tuple[str, str] | SwiftResponse:
+    """(format, Content-Type) of an account or container GET/HEAD, as Swift negotiates
+    it; 406 when the Accept header takes none of them, 400 when it cannot be read."""
+    try:
+        found = negotiate_listing(req.query, req.headers.get("Accept"))
+    except ValueError:
+        return error_response(400, "Invalid Accept header")
+    if found is None:
+        return error_response(406)
+    return found
+
+
+def listing_answer_headers(out: CIMultiDict[str], listing: tuple[str, str]) -> None:
+    """What every listing answer says about its format: its type, and that it depends
+    on Accept (so a cache does not hand one client's JSON to another's plain request)."""
+    out["Content-Type"] = listing[1]
+    out["Vary"] = "Accept"
+
+
+def listing_query(req: SwiftRequest, fmt: str | None = None) -> dict[str, str]:
     query = {k: v for k, v in req.query.items()
              if k in ("prefix", "delimiter", "marker", "end_marker", "limit", "reverse",
                       "path")}
     if not query.get("limit", "").isdigit():
         query.pop("limit", None)  # Swift ignores a limit that is not a number
-    query["format"] = listing_format(req)
+    query["format"] = fmt or listing_format(req)
     return query
 
 
@@ -92,13 +104,16 @@ class ContainerController(Controller):
         denial = await self.authorize(req, lambda: self._acl(account, container))
         if denial is not None:
             return denial
+        listing = negotiated_listing(req)
+        if isinstance(listing, SwiftResponse):
+            return listing
         query = None
         if req.method == "GET":
             message, status = check_listing_params(
                 req.query, self.ctx.limits.container_listing_limit)
             if message:
                 return error_response(status, message)
-            query = listing_query(req)
+            query = listing_query(req, listing[0])
         part, nodes = self.ctx.ring.get_nodes(account, container)
         headers = forward_headers(req)
         headers["X-Backend-Server-Type"] = "container"
@@ -118,6 +133,8 @@ class ContainerController(Controller):
             return error_response(404)
         out = client_headers(resp.headers)
         out["X-Storage-Policy"] = DEFAULT_POLICY  # swift list --long shows it
+        if resp.status // 100 == 2:
+            listing_answer_headers(out, listing)
         if not req.environ.get("swift.owner", True):
             for key in CONTAINER_OWNER_HEADERS:
                 out.popall(key, None)

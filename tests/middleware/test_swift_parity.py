@@ -196,3 +196,17 @@ async def test_a_symlink_put_needs_a_length(http, account, unique_name):
     status_line = await reader.readline()
     writer.close()
     assert status_line.split()[1] == b"411"
+
+
+async def test_listings_negotiate_their_format_on_accept(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/o", b"x")
+    for path in (c, ""):  # a container and the account
+        status, headers, body = await _req(
+            http, account, "GET", path, Accept="application/json;q=0.5, text/xml;q=0.9")
+        assert status == 200 and headers["Content-Type"] == "text/xml; charset=utf-8"
+        assert body.startswith(b"<?xml") and headers["Vary"] == "Accept"
+        for method in ("GET", "HEAD"):
+            assert (await _req(http, account, method, path, Accept="text/html"))[0] == 406
+        assert (await _req(http, account, "GET", path, Accept="json"))[0] == 400

@@ -15,7 +15,7 @@ import json
 from typing import Any
 from urllib.parse import quote, unquote
 
-from swiftlike.common.listing import listing_format, render_rows
+from swiftlike.common.listing import negotiate_listing, render_rows
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
 OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
@@ -59,9 +59,13 @@ def clean_row(row: dict[str, Any], account: str) -> dict[str, Any]:
 async def list_with_links(app: Handler, req: SwiftRequest, account: str,
                           container: str) -> SwiftResponse:
     """A container GET whose JSON or XML rows show links as Swift lists them."""
-    fmt = listing_format(req.query, req.headers.get("Accept"))
-    if req.method != "GET" or fmt == "plain":
-        return await app(req)
+    try:
+        negotiated = negotiate_listing(req.query, req.headers.get("Accept"))
+    except ValueError:
+        negotiated = None
+    if req.method != "GET" or negotiated is None or negotiated[0] == "plain":
+        return await app(req)  # the controller answers 400/406 for an Accept it refuses
+    fmt, negotiated_type = negotiated
     if fmt == "xml":
         req.query = {**req.query, "format": "json"}
     resp = await app(req)
@@ -77,8 +81,8 @@ async def list_with_links(app: Handler, req: SwiftRequest, account: str,
     if not isinstance(rows, list):
         return resp
     rows = [clean_row(row, account) if isinstance(row, dict) else row for row in rows]
-    body, content_type = render_rows("container", container, rows, fmt)
+    body, _ = render_rows("container", container, rows, fmt)
     resp.body = body
     resp.content_length = len(body)
-    resp.headers["Content-Type"] = content_type
+    resp.headers["Content-Type"] = negotiated_type  # text/xml when that was asked for
     return resp

@@ -22,6 +22,8 @@ def register_core_info(registry: InfoRegistry, limits: Limits, account_autocreat
         "allow_account_management": allow_account_management,
         "account_autocreate": account_autocreate,
         "strict_cors_mode": True,
+        # X-Open-Expired (reading an expired object) is not offered, as Swift's default
+        "allow_open_expired": False,
         **limits.as_info(),
     }
     registry.register_info("swift", section)

@@ -210,3 +210,9 @@ async def test_listings_negotiate_their_format_on_accept(http, account, unique_n
         for method in ("GET", "HEAD"):
             assert (await _req(http, account, method, path, Accept="text/html"))[0] == 406
         assert (await _req(http, account, "GET", path, Accept="json"))[0] == 400
+
+
+async def test_info_says_expired_objects_stay_closed(http, account):
+    root = account.url.split("/v1/")[0]
+    async with http.get(f"{root}/info") as resp:
+        assert (await resp.json())["swift"]["allow_open_expired"] is False

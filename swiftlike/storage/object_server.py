@@ -73,6 +73,9 @@ INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
 OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
 #: ... and on the type it shows (symlink lists a link's target there, Swift's way)
 OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
+#: what a 304, 412 or 416 answer carries about the object
+_DESCRIBING = ("ETag", "Last-Modified", "X-Timestamp", "X-Backend-Timestamp",
+               "Content-Type", "Accept-Ranges")
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
@@ -342,12 +345,13 @@ class ObjectServer:
         last_modified = math.ceil(opened.newest_timestamp.timestamp)
         verdict = evaluate_conditions(request.headers, opened.metadata.get("ETag"),
                                       last_modified)
+        # as Swift's: a refusal still describes the object (a cache revalidating, or a
+        # client that asked for the wrong range, learns what is there)
+        described = {k: headers[k] for k in _DESCRIBING if k in headers}
         if verdict == 304:
-            keep = ("ETag", "Last-Modified", "X-Timestamp", "X-Backend-Timestamp")
-            return web.Response(status=304, headers={k: headers[k] for k in keep})
+            return web.Response(status=304, headers=described)
         if verdict == 412:
-            return web.Response(status=412, headers={
-                "X-Backend-Timestamp": headers["X-Backend-Timestamp"]})
+            return web.Response(status=412, headers=described)
         spans = None
         parsed = parse_range_header(request.headers.get("Range"))
         if parsed is not None:
@@ -355,8 +359,7 @@ class ObjectServer:
                 spans = ranges_for_length(parsed, opened.size)
             except RangeNotSatisfiable:
                 return web.Response(status=416, headers={
-                    "Content-Range": f"bytes */{opened.size}",
-                    "X-Backend-Timestamp": headers["X-Backend-Timestamp"]})
+                    **described, "Content-Range": f"bytes */{opened.size}"})
             if opened.corrupt:
                 return error_response(404, "Not found (quarantined)")
         if spans is None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import time
 
 import aiohttp
+from multidict import CIMultiDict
 
 from tests.middleware.helpers import Account
 
 
 async def _req(http: aiohttp.ClientSession, account: Account, method: str, path: str,
-               body: bytes | None = None, **headers: str) -> tuple[int, dict[str, str], bytes]:
+               body: bytes | None = None, **headers: str
+               ) -> tuple[int, CIMultiDict[str], bytes]:
     async with http.request(method, account.url + path, data=body,
                             headers=account.headers(**headers)) as resp:
-        return resp.status, dict(resp.headers), await resp.read()
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
 async def test_a_copy_keeps_the_source_expiry_unless_told_otherwise(http, account,
@@ -216,3 +218,18 @@ async def test_info_says_expired_objects_stay_closed(http, account):
     root = account.url.split("/v1/")[0]
     async with http.get(f"{root}/info") as resp:
         assert (await resp.json())["swift"]["allow_open_expired"] is False
+
+
+async def test_refused_conditions_and_ranges_still_describe_the_object(http, account,
+                                                                       unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/o", b"x" * 100, **{"Content-Type": "text/x-doc"})
+    status, headers, _ = await _req(http, account, "GET", f"{c}/o", **{"If-Match": '"nope"'})
+    assert status == 412
+    for name in ("ETag", "Last-Modified", "X-Timestamp"):
+        assert name in headers, name
+    assert headers["Content-Type"].startswith("text/x-doc")
+    status, headers, _ = await _req(http, account, "GET", f"{c}/o", Range="bytes=200-")
+    assert status == 416 and headers["Content-Range"] == "bytes */100"
+    assert "ETag" in headers and headers["Accept-Ranges"] == "bytes"

@@ -9,6 +9,8 @@ in batches of ``per_diff`` through ``merge_items``, each recording its last ROWI
 peer. (With a peer of an older release, which keeps no record, the per-peer point in
 ``<db>.sync`` next to the database is used, reset when the peer's file changes.)
 A database on a handoff is deleted once every primary has taken all of its rows.
+Each pass also clears the device's ``tmp/`` of what a crash left there longer than
+``reclaim_age`` ago (:func:`~swiftlike.storage.db_files.remove_stale_tmp`).
 A peer that has no copy at all of a database with more than ``ship_min_rows`` rows gets
 the whole file instead (:mod:`swiftlike.storage.db_ship`, as Swift rsyncs it), then
 the rows written since the snapshot.
@@ -211,6 +213,12 @@ class DatabaseReplicator(Daemon):
 
     async def replicate_device(self, dev: dict[str, Any], stats: PassStats) -> None:
         device_path = self.ctx.device_path(dev["device"])
+        from swiftlike.storage.db_files import remove_stale_tmp
+
+        stale = await self.ctx.run_io(remove_stale_tmp, device_path,
+                                      time.time() - self.reclaim_age)
+        if stale:
+            stats.add("tmp_entries_removed", stale)
         if not await self.ctx.run_io(_holds_databases, device_path):
             return
         from swiftlike.storage.db_replication_server import KIND_DIRS

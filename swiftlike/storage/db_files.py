@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import uuid
 from urllib.parse import quote
 
@@ -80,3 +81,34 @@ def remove_directory(hash_dir: str) -> None:
             os.rmdir(parent)
         except OSError:
             break
+
+
+def remove_stale_tmp(device_path: str, older_than: float) -> int:
+    """Remove what a crash left in the device's ``tmp/`` (a database built or shipped
+    in, a directory on its way out) last touched before ``older_than``; how many.
+
+    Why: every such file is renamed or linked out of ``tmp/``, or removed, by the call
+    that made it; one that is still there after ``reclaim_age`` (a week) belongs to a
+    process that died, and would otherwise fill the device for good. Swift's
+    replicator clears its tmp directory the same way.
+    """
+    root = os.path.join(device_path, "tmp")
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+            if st.st_mtime >= older_than:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -188,3 +188,24 @@ def snapshot_bytes(path: str, tmp_path) -> bytes:
         broker.close()
     with open(copy, "rb") as handle:
         return handle.read()
+
+
+async def test_a_pass_clears_what_crashes_left_in_tmp(cluster):
+    """A ship cut off by a crash leaves its file in tmp/; a week on, a pass removes it
+    (and any other leftover), never what is fresh."""
+    node = cluster.nodes[0]
+    tmp = os.path.join(node.device_path, "tmp")
+    os.makedirs(os.path.join(tmp, "removed-old", "db"), exist_ok=True)
+    week_ago = time.time() - 8 * 24 * 3600
+    leave_in_tmp(tmp, week_ago)
+    counts = await replicate(cluster, {"id": 0, "device": node.device, "port": node.port})
+    assert counts.get("tmp_entries_removed") == 2
+    assert sorted(os.listdir(tmp)) == ["fresh.db"]
+
+
+def leave_in_tmp(tmp: str, old: float) -> None:
+    for name in ("shipped-old.db", "fresh.db"):
+        with open(os.path.join(tmp, name), "wb") as handle:
+            handle.write(b"x")
+    for name in ("shipped-old.db", "removed-old"):
+        os.utime(os.path.join(tmp, name), (old, old))

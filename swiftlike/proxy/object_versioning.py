@@ -231,7 +231,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if status != 200:
             return error_response(status if status in (401, 403, 404) else 503)
         entries: list[tuple[str, float, dict[str, Any]]] = []
-        newest: dict[str, tuple[float, dict[str, Any]]] = {}  # newest archived, per name
+        by_name: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # archived, per name
         for row in archived:
             parsed = parse_version_name(row["name"])
             if parsed is None:
@@ -242,29 +242,41 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             entry.update(name=obj, version_id=vid)
             stamp = _inverted(row["name"])
             entries.append((obj, stamp, entry))
-            if obj not in newest or stamp < newest[obj][0]:
-                newest[obj] = (stamp, entry)
-        live = set()
+            by_name.setdefault(obj, []).append((stamp, entry))
+        current_of: dict[str, dict[str, Any]] = {}  # the entry the live object is
         for row in current:
             if "name" not in row:
                 continue
-            live.add(row["name"])
-            latest = newest.get(row["name"])
-            if latest is None:  # written before versioning was ever on
-                entries.append((row["name"], MAX_TS, {**row, "version_id": NULL}))
-            elif latest[1].get("content_type") == DELETE_MARKER_TYPE or \
-                    latest[1].get("hash") != row.get("hash"):
-                # not the copy of its newest version: written while versioning was
-                # suspended, so it is the null version, and the newest of all
-                entries.append((row["name"], -1.0, {**row, "version_id": NULL}))
+            name = row["name"]
+            archived_rows = sorted(by_name.get(name, []), key=lambda pair: pair[0])
+            if not archived_rows:  # written before versioning was ever on
+                current_of[name] = {**row, "version_id": NULL}
+                entries.append((name, MAX_TS, current_of[name]))
+                continue
+            # the live object is a copy of a version: the newest with its bytes (the
+            # newest of all after a PUT, an older one after PUT ?version-id= made it
+            # current again)
+            match = next((entry for _, entry in archived_rows
+                          if entry.get("content_type") != DELETE_MARKER_TYPE
+                          and entry.get("hash") == row.get("hash")
+                          and entry.get("bytes") == row.get("bytes")), None)
+            if match is None:
+                # written while versioning was suspended: the null version, and the
+                # newest of all
+                match = {**row, "version_id": NULL}
+                entries.append((name, -1.0, match))
+            current_of[name] = match
         entries.sort(key=lambda e: (e[0], e[1]))
         last = None
         for name, _stamp, entry in entries:
-            # the newest entry of a name is current if the container holds the object,
-            # or if it is a delete marker; with neither (its current version deleted by
-            # id) none is, as in Swift
-            entry["is_latest"] = name != last and (
-                name in live or entry.get("content_type") == DELETE_MARKER_TYPE)
+            # as Swift's: the version the live object is, or, when there is none, a
+            # delete marker that is the newest entry; with neither (its current version
+            # deleted by id) no entry is latest
+            if name in current_of:
+                entry["is_latest"] = entry is current_of[name]
+            else:
+                entry["is_latest"] = name != last and \
+                    entry.get("content_type") == DELETE_MARKER_TYPE
             last = name
         rows = _select_versions(entries, req.query, version_marker, limit)
         # JSON unless another format is asked for by name: Swift lists versions in

@@ -142,6 +142,9 @@ async def test_versions_enabled(api, unique_name):
     assert status == 201 and headers["X-Object-Version-Id"] == ids[1]
     _, headers, body = await api.request("GET", f"{c}/o")
     assert body == b"two" and headers["X-Object-Version-Id"] == ids[1]
+    rows = await listing(api, c, versions="")
+    assert [(r["version_id"], r["is_latest"]) for r in rows] == [
+        (ids[2], False), (ids[1], True), (ids[0], False)]  # no "null" copy of it
     status, _, _ = await api.request("PUT", f"{c}/o", params={"version-id": ids[1]},
                                      data=b"x")
     assert status == 400

@@ -13,6 +13,7 @@ from swiftlike.common.constraints import check_listing_params, check_metadata
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.base_controller import (
+    BackendResponse,
     Controller,
     client_headers,
     forward_headers,
@@ -179,7 +180,29 @@ class AccountController(Controller):
         responses = await self.make_requests(
             part, nodes, req.method, lambda n: node_path(n, part, account), lambda slot: base)
         self.invalidate_info(account)
-        return self.quorum_response(responses, len(nodes))
+        answer = self.quorum_response(responses, len(nodes))
+        if req.method == "PUT" and answer.status == 403 and any(
+                r is not None and r.status == 403 for r in responses):
+            await self._undo_refused_put(part, account, responses, base["X-Timestamp"])
+        return answer
+
+    async def _undo_refused_put(self, part: int, account: str,
+                                responses: list[BackendResponse | None], put_stamp: str
+                                ) -> None:
+        """A PUT that replicas of a deleted account refused must not revive it where a
+        replica lacked the database and made one: replication would spread that newer
+        put timestamp and bring the account back. So those replicas (and any that had
+        not answered) get a DELETE just after the PUT; merged, every replica is then
+        deleted later than it was put."""
+        refused = {r.node["id"] for r in responses if r is not None and r.status == 403}
+        targets = [node for node in self.ctx.ring.get_part_nodes(part)
+                   if node["id"] not in refused]
+        if not targets:
+            return
+        headers = {"X-Backend-Server-Type": "account",
+                   "X-Timestamp": Timestamp(put_stamp, offset=1).internal}
+        await self.make_requests(part, targets, "DELETE",
+                                 lambda n: node_path(n, part, account), lambda slot: headers)
 
 
 def _xml_escape(text: str) -> str:

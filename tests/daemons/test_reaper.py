@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,39 @@ async def test_a_report_a_deleted_account_refuses_does_not_wait_in_async_pending
     finally:
         await ctx.close()
     assert not await asyncio.to_thread(os.path.exists, path), result
+
+
+async def test_a_refused_put_does_not_revive_a_deleted_account_anywhere(served):
+    """A replica that lacked the deleted account's database makes a new one for the
+    reseller's PUT the others refuse; left alone, replication would spread its newer
+    put timestamp and bring the account back."""
+    admin = connect(served, "admin:admin", "admin")
+    admin_url, token = admin.get_auth()
+    url = admin_url.replace("AUTH_admin", "AUTH_revive")
+    configs = node_configs(served)
+    ring = ring_of(configs[0])
+    async with aiohttp.ClientSession() as session:
+        for method, expected in (("PUT", 201), ("DELETE", 204)):
+            async with session.request(method, url, headers={"X-Auth-Token": token}) as resp:
+                assert resp.status == expected, await resp.text()
+        lost = next(p for p in account_dbs(configs) if open_info(p) == "AUTH_revive")
+        await asyncio.to_thread(shutil.rmtree, os.path.dirname(lost))
+        async with session.put(url, headers={"X-Auth-Token": token}) as resp:
+            assert resp.status == 403, await resp.text()
+    assert 204 not in await statuses(ring, "HEAD", "AUTH_revive")
+    await run_everywhere(configs, DatabaseReplicator)
+    assert set(await statuses(ring, "HEAD", "AUTH_revive")) == {404}
+    async with aiohttp.ClientSession() as session, session.head(
+            url, headers={"X-Auth-Token": token}) as resp:
+        assert resp.status == 410
+
+
+def open_info(path: str) -> str:
+    """The account name in a database's stat row."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("SELECT account FROM account_stat").fetchone()[0])
+    finally:
+        conn.close()

@@ -311,13 +311,17 @@ def ranged_response(
     total: int,
     headers: CIMultiDict[str],
     body_for: Any,
+    one_range_only: bool = False,
 ) -> SwiftResponse:
     """A 200/206/416 response over an entity made of several backend objects.
 
     ``body_for(start, stop)`` returns an async iterator of the entity's bytes in the
     half-open span; with several ranges the parts are framed as multipart/byteranges.
+    ``one_range_only``: a request for several ranges gets the whole entity (Swift's DLO).
     """
     ranges = parse_range_header(req.headers.get("Range"))
+    if one_range_only and ranges is not None and len(ranges) > 1:
+        ranges = None
     try:
         spans = None if ranges is None else ranges_for_length(ranges, total)
     except RangeNotSatisfiable:

@@ -233,3 +233,16 @@ async def test_refused_conditions_and_ranges_still_describe_the_object(http, acc
     status, headers, _ = await _req(http, account, "GET", f"{c}/o", Range="bytes=200-")
     assert status == 416 and headers["Content-Range"] == "bytes */100"
     assert "ETag" in headers and headers["Accept-Ranges"] == "bytes"
+
+
+async def test_a_dlo_asked_for_several_ranges_answers_whole(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    for i, part in enumerate((b"01234", b"56789")):
+        await _req(http, account, "PUT", f"{c}/seg/{i}", part)
+    await _req(http, account, "PUT", f"{c}/dlo", b"",
+               **{"X-Object-Manifest": f"{unique_name}/seg/"})
+    status, _, body = await _req(http, account, "GET", f"{c}/dlo", Range="bytes=0-1,5-6")
+    assert (status, body) == (200, b"0123456789")
+    status, _, body = await _req(http, account, "GET", f"{c}/dlo", Range="bytes=3-6")
+    assert (status, body) == (206, b"3456")

@@ -86,7 +86,7 @@ class AccountController(Controller):
             return error_response(404)
         out = client_headers(resp.headers)
         if resp.status // 100 == 2:
-            listing_answer_headers(out, listing)
+            listing_answer_headers(req, out, listing)
         if out.get("X-Account-Container-Count", "0") != "0":
             # one policy holds everything: its per-policy counts are the account's
             prefix = f"X-Account-Storage-Policy-{DEFAULT_POLICY}-"
@@ -112,7 +112,8 @@ class AccountController(Controller):
             "X-PUT-Timestamp": now.normal,
         }
         fmt, headers["Content-Type"] = listing
-        headers["Vary"] = "Accept"
+        if not req.query.get("format"):
+            headers["Vary"] = "Accept"
         if req.method == "HEAD":
             return SwiftResponse(204, headers, None, content_length=0)
         if fmt == "json":

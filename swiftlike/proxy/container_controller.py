@@ -59,11 +59,14 @@ def negotiated_listing(req: SwiftRequest) -> tuple[str, str] | SwiftResponse:
     return found
 
 
-def listing_answer_headers(out: CIMultiDict[str], listing: tuple[str, str]) -> None:
-    """What every listing answer says about its format: its type, and that it depends
-    on Accept (so a cache does not hand one client's JSON to another's plain request)."""
+def listing_answer_headers(req: SwiftRequest, out: CIMultiDict[str],
+                           listing: tuple[str, str]) -> None:
+    """What every listing answer says about its format: its type and, when no
+    ``format=`` chose it, that it depends on Accept (so a cache does not hand one
+    client's JSON to another's plain request), as Swift's."""
     out["Content-Type"] = listing[1]
-    out["Vary"] = "Accept"
+    if not req.query.get("format"):
+        out["Vary"] = "Accept"
 
 
 def listing_query(req: SwiftRequest, fmt: str | None = None) -> dict[str, str]:
@@ -134,7 +137,7 @@ class ContainerController(Controller):
         out = client_headers(resp.headers)
         out["X-Storage-Policy"] = DEFAULT_POLICY  # swift list --long shows it
         if resp.status // 100 == 2:
-            listing_answer_headers(out, listing)
+            listing_answer_headers(req, out, listing)
         if not req.environ.get("swift.owner", True):
             for key in CONTAINER_OWNER_HEADERS:
                 out.popall(key, None)

@@ -380,7 +380,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         if index is None:
             if version_id == NULL:
                 return await live_null_version(req, account, container, obj)
-            return error_response(404, headers={"X-Object-Version-Id": version_id})
+            return error_response(404)
         row = rows[index]
         path = object_path(account, archive_container(container), row["name"])
         if req.method in ("GET", "HEAD"):

@@ -66,6 +66,7 @@ async def list_with_links(app: Handler, req: SwiftRequest, account: str,
     if req.method != "GET" or negotiated is None or negotiated[0] == "plain":
         return await app(req)  # the controller answers 400/406 for an Accept it refuses
     fmt, negotiated_type = negotiated
+    chosen_by_accept = not req.query.get("format")
     if fmt == "xml":
         req.query = {**req.query, "format": "json"}
     resp = await app(req)
@@ -85,4 +86,6 @@ async def list_with_links(app: Handler, req: SwiftRequest, account: str,
     resp.body = body
     resp.content_length = len(body)
     resp.headers["Content-Type"] = negotiated_type  # text/xml when that was asked for
+    if chosen_by_accept:
+        resp.headers["Vary"] = "Accept"  # the query's format= was ours, not the client's
     return resp

@@ -527,7 +527,9 @@ class DatabaseBroker:
                         continue
                     if delimiter:
                         cut = name.find(delimiter, len(prefix))
-                        if cut >= 0:
+                        # without roll-ups (Swift's path=), a name the delimiter ends
+                        # ("dir/") is an entry of this level; only deeper ones are left out
+                        if cut >= 0 and (rollups or cut + len(delimiter) < len(name)):
                             subdir = name[:cut + len(delimiter)]
                             # a client paging on with this subdir as its marker must not
                             # get it again: it would ask for the same page for ever

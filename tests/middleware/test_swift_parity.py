@@ -212,6 +212,11 @@ async def test_listings_negotiate_their_format_on_accept(http, account, unique_n
         for method in ("GET", "HEAD"):
             assert (await _req(http, account, method, path, Accept="text/html"))[0] == 406
         assert (await _req(http, account, "GET", path, Accept="json"))[0] == 400
+        status, headers, body = await _req(http, account, "GET", path, Accept="text/html")
+        assert b"Not Acceptable" in body
+        # a format named in the query does not depend on Accept: no Vary (as Swift)
+        status, headers, _ = await _req(http, account, "GET", path + "?format=json")
+        assert status == 200 and "Vary" not in headers
 
 
 async def test_info_says_expired_objects_stay_closed(http, account):

@@ -128,6 +128,9 @@ async def test_listing_parameters_and_formats(node, ts):
     assert root.tag == "container" and root.attrib["name"] == "photos"
     assert [child.tag for child in root] == ["object", "subdir", "object", "subdir", "object"]
     assert root[1].attrib["name"] == "a/" and root[0].find("bytes").text == "10"
+    await put_row(node, ts, "b/")  # a directory marker: listed at its own level only
+    assert [r["name"] for r in (await listing(node, path=""))[1]] == ["a", "b", "b/", "c"]
+    assert (await listing(node, path="b"))[1] == []
 
 
 async def test_account_stats_and_listing_follow_containers(node, ts):

@@ -65,6 +65,7 @@ def listing_answer_headers(req: SwiftRequest, out: CIMultiDict[str],
     ``format=`` chose it, that it depends on Accept (so a cache does not hand one
     client's JSON to another's plain request), as Swift's."""
     out["Content-Type"] = listing[1]
+    out["Accept-Ranges"] = "bytes"  # as Swift's account and container answers say
     if not req.query.get("format"):
         out["Vary"] = "Accept"
 

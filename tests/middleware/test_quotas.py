@@ -79,12 +79,16 @@ def other_account(swift_cluster) -> Account:
 
 
 async def wait_for_bytes(conn: swiftclient.Connection, at_least: int) -> int:
+    return await wait_for_stat(conn, "x-account-bytes-used", at_least)
+
+
+async def wait_for_stat(conn: swiftclient.Connection, header: str, at_least: int) -> int:
     """Account stats follow object writes within about a second; wait for them."""
     deadline = time.monotonic() + 15
     while True:
-        used = int(conn.head_account()["x-account-bytes-used"])
-        if used >= at_least or time.monotonic() > deadline:
-            return used
+        value = int(conn.head_account()[header])
+        if value >= at_least or time.monotonic() > deadline:
+            return value
         await asyncio.sleep(0.2)
 
 
@@ -123,12 +127,7 @@ async def test_account_quota_set_only_by_reseller_and_enforced(
 
 
 async def wait_for_count(conn: swiftclient.Connection, at_least: int) -> int:
-    deadline = time.monotonic() + 15
-    while True:
-        count = int(conn.head_account()["x-account-object-count"])
-        if count >= at_least or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.2)
+    return await wait_for_stat(conn, "x-account-object-count", at_least)
 
 
 async def test_account_quota_headers_of_current_swift(

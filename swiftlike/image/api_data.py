@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from swiftlike.image.context import (
+    ImageContext,
     container_for,
     ctx,
     http_error,
@@ -29,7 +30,7 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
-from swiftlike.image.sweeper import held_lease
+from swiftlike.image.sweeper import Lease, held_lease
 from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
@@ -81,19 +82,21 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
                               f"{c.settings.image_size_cap} bytes")
     image.status = busy_status
     image.updated_at = utc_now()
-    image.busy_until = time.time() + c.settings.upload_lease
+    image.busy_until = claimed = time.time() + c.settings.upload_lease
     if not await c.repo.save(image, expect_status=from_status,
                              columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already receiving data.")
     container = container_for(c.settings, image.owner)
     verifier = Verifier(image.disk_format, expected_size=declared, expected_md5=expected_md5,
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
+    lease = Lease(claimed)
     try:
-        async with held_lease(c.repo, image.id, busy_status, c.settings.upload_lease):
+        async with held_lease(c.repo, image.id, busy_status, c.settings.upload_lease,
+                              claimed) as lease:
             loc, result = await store_stream(c.store, container, image.id,
                                              _request_body(request), verifier, declared)
     except BaseException as exc:
-        await _revert(request, image, busy_status)
+        await _revert(request, image, busy_status, lease.until)
         if isinstance(exc, UploadRefused):
             LOG.warning("upload to image %s refused: %s", image.id, exc)
             raise http_error(exc.status, str(exc)) from exc
@@ -102,9 +105,15 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
             raise http_error(503, "The object store failed to store the data.") from exc
         raise
     _record_result(image, loc, result, done_status)
-    if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS):
-        # deleted (or reset) while uploading: its segments by name (a listing may not
-        # show them yet), then whatever the listing has
+    if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS,
+                             expect_lease=lease.until):
+        if await c.repo.get(image.id) is not None:
+            # taken over: this process stalled past its lease and a sweeper (and maybe
+            # a newer upload, writing objects of the same names) has the image now
+            raise http_error(409, f"Image {image.id}: this upload lost its claim on the "
+                                  "image (it stalled past its lease); upload again.")
+        # deleted while uploading: its segments by name (a listing may not show them
+        # yet), then whatever the listing has
         await asyncio.shield(discard(c.store, container, image.id, loc.segments))
         raise http_error(410, "Image was deleted while its data was being uploaded.")
 
@@ -122,8 +131,10 @@ def _record_result(image: ImageRecord, loc: Location, result: UploadResult, stat
     image.busy_until = None
 
 
-async def _revert(request: web.Request, image: ImageRecord, busy_status: str) -> None:
-    """Back to queued, with no data (shielded: runs even if the client vanished)."""
+async def _revert(request: web.Request, image: ImageRecord, busy_status: str,
+                  lease: float | None) -> None:
+    """Back to queued, with no data (shielded: runs even if the client vanished), unless
+    the image is no longer this holder's (``lease`` is the one it last wrote)."""
     image.status = "queued"
     image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
     image.virtual_size = None
@@ -131,7 +142,7 @@ async def _revert(request: web.Request, image: ImageRecord, busy_status: str) ->
     image.updated_at = utc_now()
     image.busy_until = None
     await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status,
-                                                columns=DATA_COLUMNS))
+                                                columns=DATA_COLUMNS, expect_lease=lease))
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -190,17 +201,29 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
     staged_md5 = image.checksum
     verifier = Verifier(image.disk_format, expected_size=image.size, expected_md5=staged_md5,
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
+    claimed = image.busy_until or 0.0
+    lease = Lease(claimed)
     try:
-        async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease):
+        async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease,
+                              claimed) as lease:
             result = await verify_stored(c.store, loc, verifier)
     except Exception as exc:  # any failure (a refusal, the store, a cut connection)
         LOG.warning("import of image %s failed: %r", image.id, exc)
-        await discard(c.store, loc.container, loc.name, loc.segments)
-        await _revert(request, image, "importing")
+        if await _still_held(c, image.id, "importing", lease.until):
+            await discard(c.store, loc.container, loc.name, loc.segments)
+            await _revert(request, image, "importing", lease.until)
         return
     _record_result(image, loc, result, "active")
-    if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS):
-        await c.store.delete_location(loc)
+    if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
+                             expect_lease=lease.until) \
+            and await c.repo.get(image.id) is None:
+        await c.store.delete_location(loc)  # deleted meanwhile (taken over: the sweeper's)
+
+
+async def _still_held(c: ImageContext, image_id: str, status: str, lease: float) -> bool:
+    """Is the image still in ``status`` under the lease its holder last wrote?"""
+    current = await c.repo.get(image_id)
+    return current is not None and current.status == status and current.busy_until == lease
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:
@@ -242,7 +265,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     elif image.checksum:
         headers["Content-MD5"] = image.checksum
-    body = c.store.iter_location(loc, start, end)
+    body = c.store.iter_location(loc, start, end, md5=image.checksum)
     try:
         first = await anext(body, b"")  # fail with a status while one can still be sent
     except StoreError as exc:

@@ -87,10 +87,12 @@ class ImageRepository(Protocol):
     async def add(self, image: ImageRecord) -> None: ...
     async def get(self, image_id: str) -> ImageRecord | None: ...
     async def save(self, image: ImageRecord, expect_status: str | None = None,
-                   columns: tuple[str, ...] | None = None) -> bool: ...
+                   columns: tuple[str, ...] | None = None,
+                   expect_lease: float | None = None) -> bool: ...
     async def update(self, image_id: str, change: Callable[[ImageRecord], None],
                      columns: tuple[str, ...]) -> ImageRecord | None: ...
-    async def renew(self, image_id: str, status: str, until: float) -> bool: ...
+    async def renew(self, image_id: str, status: str, held: float, until: float
+                    ) -> bool: ...
     async def stale(self, now: float) -> list[ImageRecord]: ...
     async def take_over(self, image_id: str, status: str, now: float,
                         until: float) -> bool: ...
@@ -249,7 +251,8 @@ class SqliteImageRepository:
         return await self._run(fetch)
 
     async def save(self, image: ImageRecord, expect_status: str | None = None,
-                   columns: tuple[str, ...] | None = None) -> bool:
+                   columns: tuple[str, ...] | None = None,
+                   expect_lease: float | None = None) -> bool:
         """Write the record; with ``expect_status`` only if the stored status still is that.
 
         The conditional form makes status transitions atomic: two uploads racing for one
@@ -263,6 +266,9 @@ class SqliteImageRepository:
         if expect_status is not None:
             sql += " AND status = ?"
             args.append(expect_status)
+        if expect_lease is not None:  # the holder's own lease: nobody took it over
+            sql += " AND busy_until = ?"
+            args.append(expect_lease)
 
         def update() -> bool:
             return self._db.execute(sql, args).rowcount == 1
@@ -293,13 +299,14 @@ class SqliteImageRepository:
 
         return await self._run(run)
 
-    async def renew(self, image_id: str, status: str, until: float) -> bool:
-        """Extend the lease of the upload or import that holds ``image_id`` in ``status``;
-        False when it no longer does (deleted, finished, or taken over)."""
+    async def renew(self, image_id: str, status: str, held: float, until: float) -> bool:
+        """Extend the lease ``held`` (the value its holder last wrote) of the upload or
+        import that holds ``image_id`` in ``status``; False when it no longer does
+        (deleted, finished, or taken over, even if another upload holds it now)."""
         def extend() -> bool:
             return self._db.execute(
                 "UPDATE images SET busy_until = ? WHERE id = ? AND status = ? "
-                "AND busy_until IS NOT NULL", (until, image_id, status)).rowcount == 1
+                "AND busy_until = ?", (until, image_id, status, held)).rowcount == 1
 
         return await self._run(extend)
 

@@ -285,6 +285,12 @@ class SwiftStore:
             held: bytes | None = None
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 got += len(chunk)
+                if wanted is not None and got > wanted:
+                    # before the held chunk goes out: a reader whose answer has a
+                    # Content-Length would otherwise get that many of these bytes,
+                    # complete-looking, and never see the error
+                    raise StoreError(f"GET {container}/{name}: more than the {wanted} "
+                                     "bytes expected")
                 if digest is not None:
                     digest.update(chunk)
                 if held is not None:
@@ -302,13 +308,21 @@ class SwiftStore:
             resp.release()
 
     async def iter_location(
-        self, loc: Location, start: int = 0, end: int | None = None
+        self, loc: Location, start: int = 0, end: int | None = None,
+        md5: str | None = None,
     ) -> AsyncIterator[bytes]:
-        """Yield bytes ``[start, end)`` of an image, reading its segments in order."""
+        """Yield bytes ``[start, end)`` of an image, reading its segments in order.
+
+        ``md5``: the image's recorded checksum; a whole read of a one-object image is
+        checked against it (and its size) as a segment is against its own.
+        """
         end = loc.size if end is None else min(end, loc.size)
         if not loc.segments:
             if end > start:
-                async for chunk in self.iter_object(loc.container, loc.name, start, end):
+                whole = start == 0 and end == loc.size and md5 is not None
+                async for chunk in self.iter_object(
+                        loc.container, loc.name, start, None if whole else end,
+                        (loc.size, md5) if whole and md5 else None):
                     yield chunk
             return
         offset = 0

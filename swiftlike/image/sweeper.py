@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from swiftlike.image.context import ImageContext, container_for
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, ImageRepository, utc_now
@@ -35,24 +36,36 @@ from swiftlike.image.upload import discard
 LOG = logging.getLogger("swiftlike.image.sweeper")
 
 
+@dataclass
+class Lease:
+    """The lease a holder last wrote (``until``): its final write is conditional on it,
+    so a holder that was taken over (its process stalled past the lease) cannot write
+    over a sweeper's work, or over a newer upload that claimed the image since."""
+
+    until: float
+
+
 @contextlib.asynccontextmanager
 async def held_lease(repo: ImageRepository, image_id: str, status: str,
-                     lease: float) -> AsyncIterator[None]:
+                     lease: float, first: float) -> AsyncIterator[Lease]:
     """Renew the lease on ``image_id`` in ``status`` every ``lease / 3`` s while the body
-    runs (the claim that moved it to ``status`` set the first one)."""
+    runs; ``first`` is the value the claim that moved it to ``status`` wrote."""
+    held = Lease(first)
 
     async def renew() -> None:
         while True:
             await asyncio.sleep(lease / 3)
+            until = time.time() + lease
             try:
-                if not await repo.renew(image_id, status, time.time() + lease):
+                if not await repo.renew(image_id, status, held.until, until):
                     return  # deleted or taken over: the holder finds out when it saves
+                held.until = until
             except Exception:  # a busy registry: the next renewal may get through
                 LOG.exception("renewing the lease on image %s failed", image_id)
 
     task = asyncio.get_running_loop().create_task(renew())
     try:
-        yield
+        yield held
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -30,7 +30,7 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
-from swiftlike.image.sweeper import Lease, held_lease
+from swiftlike.image.sweeper import Lease, held_lease, reset_to_queued
 from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
@@ -135,12 +135,7 @@ async def _revert(request: web.Request, image: ImageRecord, busy_status: str,
                   lease: float | None) -> None:
     """Back to queued, with no data (shielded: runs even if the client vanished), unless
     the image is no longer this holder's (``lease`` is the one it last wrote)."""
-    image.status = "queued"
-    image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
-    image.virtual_size = None
-    image.location = None
-    image.updated_at = utc_now()
-    image.busy_until = None
+    reset_to_queued(image)
     await asyncio.shield(ctx(request).repo.save(image, expect_status=busy_status,
                                                 columns=DATA_COLUMNS, expect_lease=lease))
 

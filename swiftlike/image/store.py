@@ -319,7 +319,7 @@ class SwiftStore:
         end = loc.size if end is None else min(end, loc.size)
         if not loc.segments:
             if end > start:
-                whole = start == 0 and end == loc.size and md5 is not None
+                whole = start == 0 and end == loc.size and bool(md5)
                 async for chunk in self.iter_object(
                         loc.container, loc.name, start, None if whole else end,
                         (loc.size, md5) if whole and md5 else None):

@@ -72,6 +72,17 @@ async def held_lease(repo: ImageRepository, image_id: str, status: str,
             await task
 
 
+def reset_to_queued(image: ImageRecord) -> None:
+    """The record of an image whose data is gone: ``queued``, as if never uploaded (a
+    failed upload and a swept one end the same way)."""
+    image.status = "queued"
+    image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
+    image.virtual_size = None
+    image.location = None
+    image.busy_until = None
+    image.updated_at = utc_now()
+
+
 async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
     """Recover every image whose lease ran out; returns their ids."""
     now = time.time() if now is None else now
@@ -84,12 +95,7 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
                     "removing its bytes and returning it to queued", image.id, image.status)
         if not await _remove_bytes(c, image):
             continue  # the store is failing: killed until the lease runs out, then again
-        image.status = "queued"
-        image.size = image.checksum = image.os_hash_value = image.os_hash_algo = None
-        image.virtual_size = None
-        image.location = None
-        image.busy_until = None
-        image.updated_at = utc_now()
+        reset_to_queued(image)
         if await c.repo.save(image, expect_status="killed", columns=DATA_COLUMNS):
             recovered.append(image.id)
     return recovered

@@ -122,11 +122,6 @@ def snapshot_db(server_type: str, path: str, tmp_dir: str) -> tuple[str, int]:
         broker.close()
 
 
-def _remove_file(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def _reclaimable_db(server_type: str, info: dict[str, Any], cutoff: Timestamp) -> bool:
     """Deleted before ``cutoff`` and empty: a container with its deletion reported to its
     account (which would otherwise list it for ever); an account that lists no live
@@ -352,6 +347,7 @@ class DatabaseReplicator(Daemon):
     async def _ship(self, peer: dict[str, Any], server_type: str, part: str, db_hash: str,
                     path: str, sender_id: str, device_path: str) -> dict[str, Any]:
         """Send a snapshot of the whole database; the peer's answer (``installed``)."""
+        from swiftlike.storage.db_files import remove_if_present
         from swiftlike.storage.db_replication_server import SHIP_HEADER
 
         snapshot, point = await self.ctx.run_io(snapshot_db, server_type, path,
@@ -360,7 +356,7 @@ class DatabaseReplicator(Daemon):
             size = await self.ctx.run_io(os.path.getsize, snapshot)
             handle = await self.ctx.run_io(open, snapshot, "rb")
         except BaseException:
-            await self.ctx.run_io(_remove_file, snapshot)
+            await self.ctx.run_io(remove_if_present, snapshot)
             raise
 
         async def body() -> AsyncIterator[bytes]:
@@ -373,5 +369,5 @@ class DatabaseReplicator(Daemon):
                 "Content-Type": "application/octet-stream"})
         finally:
             await self.ctx.run_io(handle.close)
-            await self.ctx.run_io(_remove_file, snapshot)
+            await self.ctx.run_io(remove_if_present, snapshot)
 

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.storage.db_files import remove_directory
-from swiftlike.storage.durable_io import fsync_dir
+from swiftlike.storage.db_files import place_database, remove_directory, remove_if_present
 from swiftlike.storage.pending_rows import (
     ParkedRows,
     parked_bytes,
@@ -107,7 +106,7 @@ class DatabaseBroker:
         raise NotImplementedError
 
     def initialize(self, tmp_dir: str, stat_row: dict[str, Any]) -> bool:
-        """Create the database (False if it already exists): build in tmp, rename in."""
+        """Create the database (False if it already exists): build in tmp, link in."""
         with self.lock:
             if self.exists():
                 return False
@@ -126,28 +125,10 @@ class DatabaseBroker:
             if self.fsync:
                 with open(tmp_path, "rb") as handle:
                     os.fsync(handle.fileno())
-            directory = os.path.dirname(self.db_path)
-            created = not os.path.isdir(directory)
-            for attempt in range(3):
-                os.makedirs(directory, exist_ok=True)
-                if os.path.exists(self.db_path):  # another worker won the race
-                    os.unlink(tmp_path)
-                    return False
-                try:
-                    os.rename(tmp_path, self.db_path)
-                    break
-                except FileNotFoundError:
-                    # the replicator removed the emptied parents meanwhile (see
-                    # db_files.remove_directory): make them again
-                    if attempt == 2:
-                        raise
-            if self.fsync:
-                fsync_dir(directory)
-                if created:
-                    for parent in (os.path.dirname(directory),
-                                   os.path.dirname(os.path.dirname(directory))):
-                        fsync_dir(parent)
-            return True
+            try:
+                return place_database(tmp_path, self.db_path, self.fsync)
+            finally:
+                remove_if_present(tmp_path)
 
     def connection(self) -> sqlite3.Connection:
         """The open connection, reopened when the file at the path is no longer the one

@@ -4,6 +4,7 @@ database aside, and taking a database's directory away (see DatabaseBroker.remov
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -11,7 +12,7 @@ import stat
 import uuid
 from urllib.parse import quote
 
-from swiftlike.storage.durable_io import move_to_quarantine
+from swiftlike.storage.durable_io import fsync_dir, move_to_quarantine
 
 #: SQLite's words for a file that is not (or no longer) a usable database. Busy, locked
 #: or full are other DatabaseErrors, and are not damage.
@@ -112,3 +113,39 @@ def remove_stale_tmp(device_path: str, older_than: float) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+def place_database(tmp_path: str, db_path: str, fsync: bool) -> bool:
+    """Link a database file made (and fsynced) in ``tmp/`` in at ``db_path``; False,
+    leaving everything as it was, when a database is there already.
+
+    ``link`` never replaces a file, so of two writers racing to create one database
+    (a container PUT, a replicator's sync or ship) exactly one wins, without the window
+    an exists-check before a rename leaves. The caller removes ``tmp_path``.
+    """
+    directory = os.path.dirname(db_path)
+    created = not os.path.isdir(directory)
+    for attempt in range(3):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            os.link(tmp_path, db_path)
+            break
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            # the replicator removed the emptied parents meanwhile (see
+            # remove_directory): make them again
+            if attempt == 2:
+                raise
+    if fsync:
+        fsync_dir(directory)
+        if created:
+            for parent in (os.path.dirname(directory),
+                           os.path.dirname(os.path.dirname(directory))):
+                fsync_dir(parent)
+    return True
+
+
+def remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -26,7 +26,6 @@ a msgpack body ``{"op": ..., ...}``:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from typing import Any
@@ -37,6 +36,7 @@ from swiftlike.storage import replication_wire as wire
 from swiftlike.storage.account_db import AccountBroker
 from swiftlike.storage.container_db import ContainerBroker
 from swiftlike.storage.db import DatabaseBroker, DatabaseNotFound
+from swiftlike.storage.db_files import remove_if_present
 from swiftlike.storage.db_server_common import quarantining_damage
 from swiftlike.storage.db_ship import ShipRefused, install_shipped
 from swiftlike.storage.node import StorageNode, error_response
@@ -250,11 +250,11 @@ async def _receive_ship(request: web.Request, node: StorageNode, device_path: st
                 break
     except BaseException:
         await node.run_io(handle.close)
-        await node.run_io(_remove, tmp_path)
+        await node.run_io(remove_if_present, tmp_path)
         raise
     await node.run_io(handle.close)
     if received != length:
-        await node.run_io(_remove, tmp_path)
+        await node.run_io(remove_if_present, tmp_path)
         return error_response(499, f"got {received} of {length} bytes of the database")
     target = db_file_path(device_path, server_type, partition, db_hash)
     try:
@@ -267,8 +267,3 @@ async def _receive_ship(request: web.Request, node: StorageNode, device_path: st
     if answer["installed"]:
         answer["file_id"] = await node.run_io(file_id, target)
     return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -24,7 +24,6 @@ the ship is refused and the sender falls back to shipping rows.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 
 from ring.hashing import hash_path_hex
 from swiftlike.storage.db import DatabaseBroker
-from swiftlike.storage.durable_io import fsync_dir
+from swiftlike.storage.db_files import place_database, remove_if_present
 
 #: the item table a database of each kind must have
 ITEM_TABLES = {"account": "container", "container": "object"}
@@ -86,11 +85,11 @@ def _check(conn: sqlite3.Connection, server_type: str, db_hash: str, hash_prefix
     stat_table = f"{server_type}_stat"
     if ITEM_TABLES[server_type] not in tables or stat_table not in tables:
         raise ShipRefused(f"the shipped file is not a {server_type} database")
-    rows = conn.execute(f"SELECT * FROM {stat_table}").fetchall()
+    cursor = conn.execute(f"SELECT * FROM {stat_table}")
+    rows = cursor.fetchall()
     if len(rows) != 1:
         raise ShipRefused("the shipped file has no single stat row")
-    stat = dict(zip([col[0] for col in conn.execute(
-        f"SELECT * FROM {stat_table}").description], rows[0], strict=True))
+    stat = dict(zip([col[0] for col in cursor.description], rows[0], strict=True))
     names = [stat.get("account")] + ([stat.get("container")] if server_type == "container"
                                      else [])
     if not all(isinstance(name, str) and name for name in names):
@@ -129,28 +128,9 @@ def install_shipped(tmp_path: str, target: str, server_type: str, db_hash: str,
         if fsync:
             with open(tmp_path, "rb") as handle:
                 os.fsync(handle.fileno())
-        directory = os.path.dirname(target)
-        created = not os.path.isdir(directory)
-        for attempt in range(3):
-            os.makedirs(directory, exist_ok=True)
-            try:
-                os.link(tmp_path, target)
-                break
-            except FileExistsError:
-                return {"installed": False}
-            except FileNotFoundError:
-                # the replicator removed the emptied parents meanwhile (see
-                # db_files.remove_directory): make them again
-                if attempt == 2:
-                    raise
-        if fsync:
-            fsync_dir(directory)
-            if created:
-                for parent in (os.path.dirname(directory),
-                               os.path.dirname(os.path.dirname(directory))):
-                    fsync_dir(parent)
+        if not place_database(tmp_path, target, fsync):
+            return {"installed": False}
         return {"installed": True, "point": point}
     finally:
         for leftover in (tmp_path, tmp_path + "-wal", tmp_path + "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+            remove_if_present(leftover)

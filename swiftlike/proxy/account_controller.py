@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 
+from multidict import CIMultiDict
+
 from swiftlike.common.constraints import check_listing_params, check_metadata
+from swiftlike.common.listing import render_rows
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.base_controller import (
@@ -104,25 +107,20 @@ class AccountController(Controller):
     def _empty_account(self, req: SwiftRequest, listing: tuple[str, str]) -> SwiftResponse:
         """What a never-written account looks like (Swift fakes the same answer)."""
         now = Timestamp.now()
-        headers = {
+        headers: CIMultiDict[str] = CIMultiDict({
             "X-Account-Container-Count": "0",
             "X-Account-Object-Count": "0",
             "X-Account-Bytes-Used": "0",
             "X-Timestamp": now.normal,
             "X-PUT-Timestamp": now.normal,
-        }
-        fmt, headers["Content-Type"] = listing
-        if not req.query.get("format"):
-            headers["Vary"] = "Accept"
+        })
+        listing_answer_headers(req, headers, listing)
         if req.method == "HEAD":
             return SwiftResponse(204, headers, None, content_length=0)
-        if fmt == "json":
-            return SwiftResponse(200, headers, json.dumps([]).encode())
-        if fmt == "xml":
-            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n'
-                    f'<account name="{_xml_escape(req.split_path()[1] or "")}"></account>')
-            return SwiftResponse(200, headers, body.encode())
-        return SwiftResponse(204, headers, b"")
+        if listing[0] == "plain":
+            return SwiftResponse(204, headers, b"")
+        body, _ = render_rows("account", req.split_path()[1] or "", [], listing[0])
+        return SwiftResponse(200, headers, body)
 
     async def post(self, req: SwiftRequest, account: str) -> SwiftResponse:
         translate_remove_headers(req.headers, "account")
@@ -204,8 +202,3 @@ class AccountController(Controller):
                    "X-Timestamp": Timestamp(put_stamp, offset=1).internal}
         await self.make_requests(part, targets, "DELETE",
                                  lambda n: node_path(n, part, account), lambda slot: headers)
-
-
-def _xml_escape(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))

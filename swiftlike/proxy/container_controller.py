@@ -11,7 +11,6 @@ from __future__ import annotations
 from multidict import CIMultiDict
 
 from swiftlike.common.constraints import check_container_name, check_listing_params, check_metadata
-from swiftlike.common.listing import listing_format as common_listing_format
 from swiftlike.common.listing import negotiate_listing
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
@@ -42,11 +41,6 @@ def _drop_owner_settings(req: SwiftRequest) -> None:
             req.headers.popall(key, None)
 
 
-def listing_format(req: SwiftRequest) -> str:
-    """The listing format a request asks for (plain when it accepts none)."""
-    return common_listing_format(req.query, req.headers.get("Accept"))
-
-
 def negotiated_listing(req: SwiftRequest) -> tuple[str, str] | SwiftResponse:
     """(format, Content-Type) of an account or container GET/HEAD, as Swift negotiates
     it; 406 when the Accept header takes none of them, 400 when it cannot be read."""
@@ -70,13 +64,13 @@ def listing_answer_headers(req: SwiftRequest, out: CIMultiDict[str],
         out["Vary"] = "Accept"
 
 
-def listing_query(req: SwiftRequest, fmt: str | None = None) -> dict[str, str]:
+def listing_query(req: SwiftRequest, fmt: str) -> dict[str, str]:
     query = {k: v for k, v in req.query.items()
              if k in ("prefix", "delimiter", "marker", "end_marker", "limit", "reverse",
                       "path")}
     if not query.get("limit", "").isdigit():
         query.pop("limit", None)  # Swift ignores a limit that is not a number
-    query["format"] = fmt or listing_format(req)
+    query["format"] = fmt
     return query
 
 

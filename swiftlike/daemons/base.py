@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -157,6 +157,12 @@ async def delete_object_everywhere(ctx: DaemonContext, account: str, container: 
                         {"X-Backend-Server-Type": "object", **headers,
                          **update_headers_for("Container", index, cpart, cnodes)}, budget)
         for index, node in enumerate(nodes))))
+
+
+def all_settled(statuses: list[int | None], settled: Collection[int]) -> bool:
+    """Has every node answered 2xx or one of the ``settled`` statuses (nothing left for
+    it to do)? A node that did not answer (None) has not."""
+    return all(s is not None and (200 <= s < 300 or s in settled) for s in statuses)
 
 
 def update_headers_for(prefix: str, index: int, part: int, replicas: list[dict[str, Any]]

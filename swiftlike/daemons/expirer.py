@@ -23,7 +23,7 @@ from typing import Any
 
 from swiftlike.common.node_client import NODE_ERRORS, node_path
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.daemons.base import Daemon, PassStats, delete_object_everywhere
+from swiftlike.daemons.base import Daemon, PassStats, all_settled, delete_object_everywhere
 from swiftlike.storage.expiring_queue import due_entries, remove_entry
 
 LOG = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class ObjectExpirer(Daemon):
 
         statuses = await delete_object_everywhere(self.ctx, account, container, obj, {
             "X-Timestamp": Timestamp(delete_at).internal, "X-If-Delete-At": str(delete_at)})
-        results = [s is not None and (200 <= s < 300 or s in SETTLED) for s in statuses]
-        if all(results):
+        if all_settled(statuses, SETTLED):
             stats.add("objects_expired")
             return True
         stats.add("retries")

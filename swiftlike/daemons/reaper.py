@@ -52,6 +52,7 @@ from swiftlike.daemons.base import (
     DaemonContext,
     NodeBudget,
     PassStats,
+    all_settled,
     delete_object_everywhere,
     update_headers_for,
 )
@@ -199,8 +200,7 @@ class AccountReaper(Daemon):
         statuses = await delete_object_everywhere(self.ctx, account, container, obj,
                                                   {"X-Timestamp": Timestamp.now().internal},
                                                   self.budget)
-        results = [s is not None and (200 <= s < 300 or s in OBJECT_SETTLED) for s in statuses]
-        if all(results):
+        if all_settled(statuses, OBJECT_SETTLED):
             stats.add("objects_deleted")
             return True
         stats.add("object_failures")

@@ -128,6 +128,19 @@ def _slow_body(chunks: list[bytes], pause: float) -> Iterator[bytes]:
         time.sleep(pause)
 
 
+def set_holder(tmp_path: Path, image_id: str, status: str, busy_until: float | None
+               ) -> None:
+    """Change an image's status and lease in the shared registry behind the services'
+    backs: what a dead holder, or a sweeper, leaves there."""
+    registry = sqlite3.connect(tmp_path / "images.sqlite")
+    try:
+        with registry:
+            registry.execute("UPDATE images SET status = ?, busy_until = ? WHERE id = ?",
+                             (status, busy_until, image_id))
+    finally:
+        registry.close()
+
+
 def _data_headers(token: str) -> dict[str, str]:
     return _headers(token, **{"Content-Type": "application/octet-stream"})
 
@@ -215,13 +228,8 @@ def test_an_import_and_a_stage_whose_holder_died_are_swept(
         service.stop()
 
         # what a process killed inside the import, and one killed mid-stage, leave
-        registry = sqlite3.connect(tmp_path / "images.sqlite")
-        with registry:
-            registry.execute("UPDATE images SET status = 'importing', busy_until = ? "
-                             "WHERE id = ?", (time.time() - 1, importing))
-            registry.execute("UPDATE images SET status = 'uploading', busy_until = ? "
-                             "WHERE id = ?", (time.time() - 1, staging))
-        registry.close()
+        set_holder(tmp_path, importing, "importing", time.time() - 1)
+        set_holder(tmp_path, staging, "uploading", time.time() - 1)
         container = container_for(ImageSettings(), created["owner"])
         requests.put(f"{store.storage_url}/{container}_segments", headers=store.headers,
                      timeout=30)
@@ -346,11 +354,7 @@ def test_a_holder_taken_over_leaves_the_newer_record_alone(
             time.sleep(0.05)
         # what a sweeper does to a holder silent past its lease (this one is not: the
         # registry is changed under it, as if its process had stalled)
-        registry = sqlite3.connect(tmp_path / "images.sqlite")
-        with registry:
-            registry.execute("UPDATE images SET status = 'queued', busy_until = NULL "
-                             "WHERE id = ?", (image_id,))
-        registry.close()
+        set_holder(tmp_path, image_id, "queued", None)
         newer = os.urandom(100 * 1024)
         resp = requests.put(f"{service.url}/v2/images/{image_id}/file", data=newer,
                             timeout=60, headers=_data_headers(token))

@@ -71,6 +71,12 @@ def reseller(swift_cluster) -> Account:
     return Account(url, token, swift_cluster.auth_url, "admin:admin", "admin")
 
 
+def reseller_on(account: Account, reseller: Account) -> swiftclient.Connection:
+    """The reseller admin, acting on ``account`` (which only it may give a quota)."""
+    return swiftclient.Connection(preauthurl=account.url, preauthtoken=reseller.token,
+                                  retries=0)
+
+
 @pytest.fixture
 def other_account(swift_cluster) -> Account:
     """test2's account, so a quota never gets in the way of other tests in AUTH_test."""
@@ -98,8 +104,7 @@ async def test_account_quota_set_only_by_reseller_and_enforced(
     with pytest.raises(ClientException) as err:
         owner.post_account(headers={"X-Account-Meta-Quota-Bytes": "10"})
     assert err.value.http_status == 403
-    admin = swiftclient.Connection(preauthurl=other_account.url, preauthtoken=reseller.token,
-                                   retries=0)
+    admin = reseller_on(other_account, reseller)
     with pytest.raises(ClientException) as err:
         admin.post_account(headers={"X-Account-Meta-Quota-Bytes": "ten"})
     assert err.value.http_status == 400
@@ -140,8 +145,7 @@ async def test_account_quota_headers_of_current_swift(
         with pytest.raises(ClientException) as err:
             owner.post_account(headers={header: "10"})
         assert err.value.http_status == 403
-    admin = swiftclient.Connection(preauthurl=other_account.url, preauthtoken=reseller.token,
-                                   retries=0)
+    admin = reseller_on(other_account, reseller)
     with pytest.raises(ClientException) as err:
         admin.post_account(headers={"X-Account-Quota-Count": "-1"})
     assert err.value.http_status == 400

@@ -31,8 +31,8 @@ def _read_stat(pid: int) -> tuple[int, int] | None:
     return ppid, ticks
 
 
-def process_tree_ticks(roots: Iterable[int]) -> int:
-    """CPU ticks of the processes ``roots`` and all their living descendants."""
+def _process_tree(roots: Iterable[int]) -> dict[int, int]:
+    """CPU ticks by PID of the processes ``roots`` and all their living descendants."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -43,17 +43,26 @@ def process_tree_ticks(roots: Iterable[int]) -> int:
             continue
         children.setdefault(stat[0], []).append(int(entry))
         ticks[int(entry)] = stat[1]
-    total = 0
-    seen: set[int] = set()
+    tree: dict[int, int] = {}
     stack = [pid for pid in roots if pid in ticks]
     while stack:
         pid = stack.pop()
-        if pid in seen:
+        if pid in tree:
             continue
-        seen.add(pid)
-        total += ticks[pid]
+        tree[pid] = ticks[pid]
         stack.extend(children.get(pid, ()))
-    return total
+    return tree
+
+
+def process_tree_ticks(roots: Iterable[int]) -> int:
+    """CPU ticks of the processes ``roots`` and all their living descendants."""
+    return sum(_process_tree(roots).values())
+
+
+def process_tree_pids(roots: Iterable[int]) -> list[int]:
+    """The processes ``roots`` and all their living descendants (servers started in a
+    session of their own each, as ``swiftlike serve`` starts its nodes, included)."""
+    return list(_process_tree(roots))
 
 
 class ServerCpu:

@@ -46,6 +46,7 @@ from benchmarks.swift_saio import (
     wait_for_auth,
     write_saio,
 )
+from benchmarks.turns import Turns
 
 # The ratios (ours / Swift) the project aims for, per phase.
 TARGETS = {"small-put": 10.0, "small-get": 10.0, "large-put": 2.0, "large-get": 2.0}
@@ -211,6 +212,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-warm-memory", action="store_true",
                         help="skip touching the free memory once before measuring (see "
                              "machine_limits.warm_free_memory)")
+    parser.add_argument("--keep-idle-running", action="store_true",
+                        help="leave the side not being measured running instead of "
+                             "stopping it for the other's turn (see benchmarks/turns.py)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
@@ -243,6 +247,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
         args.swiftlike_cmd.split())
     phases = tuple(p for p in args.phases.split(",") if p)
     rounds: list[dict[str, Any]] = []
+    turns: Turns | None = None
     failures: list[dict[str, Any]] = []
     try:
         swift.start()
@@ -253,10 +258,13 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
         if ours is not None:
             targets.append(("swiftlike", ours.auth_url,
                              lambda: [ours.proc.pid] if ours.proc else []))
+        turns = Turns({side: pids for side, _url, pids in targets},
+                      pause_idle=not args.keep_idle_running)
         for number in range(1, args.rounds + 1):
             this_round: dict[str, Any] = {}
             for side, auth_url, pids in targets:
                 log(f"round {number}/{args.rounds}: {side}")
+                turns.give(side)
                 config = LoadConfig(
                     auth_url=auth_url, procs=args.procs, concurrency=args.concurrency,
                     count=args.count, large_count=args.large_count, duration=args.duration,
@@ -273,9 +281,12 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
         # Measured again after the rounds: a limit is the best the machine did, so a
         # neighbour's burst during one probe does not understate it.
         log("measuring this machine's limits again")
+        turns.give(None)
         again = measure_machine_limits(base)
         limits = {key: max(value, again[key]) for key, value in limits.items()}
     finally:
+        if turns is not None:
+            turns.resume_all()
         if ours is not None:
             ours.stop()
         swift.stop()
@@ -306,6 +317,11 @@ def format_report(result: dict[str, Any]) -> str:
     if warmup and warmup.get("gib"):
         out.append(f"memory warm-up before measuring: {warmup['gib']:.1f} GiB touched in "
                    f"{warmup['seconds']:.1f} s ({warmup['s_per_gib']:.2f} s/GiB)")
+    settings = result.get("settings", {})
+    if "keep_idle_running" in settings:  # runs before turns.py have no such setting
+        out.append("the side not being measured: " + (
+            "left running" if settings["keep_idle_running"]
+            else "stopped (SIGSTOP) during the other's turn; file system synced before each"))
     for number, rnd in enumerate(result["rounds"], 1):
         for side, res in rnd.items():
             out += ["", format_table(res["phases"], title=f"round {number}: {side}")]

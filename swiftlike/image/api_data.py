@@ -35,6 +35,7 @@ from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
     Verifier,
+    attempt_name,
     discard,
     parse_content_md5,
     store_stream,
@@ -87,13 +88,14 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
                              columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already receiving data.")
     container = container_for(c.settings, image.owner)
+    name = attempt_name(image.id)
     verifier = Verifier(image.disk_format, expected_size=declared, expected_md5=expected_md5,
                         hash_algo=c.settings.hash_algo, size_cap=c.settings.image_size_cap)
     lease = Lease(claimed)
     try:
         async with held_lease(c.repo, image.id, busy_status, c.settings.upload_lease,
                               claimed) as lease:
-            loc, result = await store_stream(c.store, container, image.id,
+            loc, result = await store_stream(c.store, container, name,
                                              _request_body(request), verifier, declared)
     except BaseException as exc:
         await _revert(request, image, busy_status, lease.until)
@@ -107,14 +109,14 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
     _record_result(image, loc, result, done_status)
     if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS,
                              expect_lease=lease.until):
+        # Taken over (this process stalled past its lease; a sweeper, and maybe a newer
+        # upload, has the image now) or deleted meanwhile: either way these objects are
+        # this attempt's alone. Its segments by name (a listing may not show them yet),
+        # then whatever the listing has.
+        await asyncio.shield(discard(c.store, container, name, loc.segments))
         if await c.repo.get(image.id) is not None:
-            # taken over: this process stalled past its lease and a sweeper (and maybe
-            # a newer upload, writing objects of the same names) has the image now
             raise http_error(409, f"Image {image.id}: this upload lost its claim on the "
                                   "image (it stalled past its lease); upload again.")
-        # deleted while uploading: its segments by name (a listing may not show them
-        # yet), then whatever the listing has
-        await asyncio.shield(discard(c.store, container, image.id, loc.segments))
         raise http_error(410, "Image was deleted while its data was being uploaded.")
 
 

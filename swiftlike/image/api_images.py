@@ -39,6 +39,7 @@ from swiftlike.image.registry import (
     utc_now,
 )
 from swiftlike.image.store import Location, StoreError
+from swiftlike.image.upload import discard_image
 
 LOG = logging.getLogger("swiftlike.image.api")
 PATCH_TYPES = (
@@ -209,14 +210,13 @@ async def delete_image(request: web.Request) -> web.Response:
         raise http_error(403, f"Image {image.id} is protected and cannot be deleted.")
     c = ctx(request)
     try:
-        if image.location:
+        if image.location:  # by name first: a listing may not show them all yet
             await c.store.delete_location(Location.from_json(image.location))
-        else:  # an upload may have crashed: sweep its object and any segments too
-            container = container_for(c.settings, image.owner)
-            await c.store.delete_object(container, image.id)
-            for seg_name in await c.store.list_objects(f"{container}_segments",
-                                                       prefix=f"{image.id}/"):
-                await c.store.delete_object(f"{container}_segments", seg_name)
+        # then whatever else is under its prefix: a running upload's objects, or those
+        # of an attempt whose process died (stalled, taken over, then killed)
+        if not await discard_image(c.store, container_for(c.settings, image.owner),
+                                   image.id):
+            raise StoreError("some objects of its upload attempts are left")
     except StoreError as exc:
         LOG.error("cannot delete bytes of image %s: %s", image.id, exc)
         raise http_error(503, "The image data could not be deleted; try again.") from exc

@@ -14,9 +14,10 @@ of ``[image] upload_lease`` while it runs, and every API process looks, every
 over (``killed``, with a lease of its own, in one conditional write, so one sweeper
 wins), then deletes every object the dead holder may have written, and only then puts
 the image back to ``queued`` with no data, as a failed upload does. Deleting before
-requeueing matters: the bytes of a new upload to the same image would have the same
-object names. A sweeper that dies halfway, or cannot delete everything (the store
-failing), leaves ``killed`` with a lease that runs out, and a later sweep finishes.
+requeueing matters: it deletes by the image's prefix (every attempt's objects), which
+would then include a new upload's. A sweeper that dies halfway, or cannot delete
+everything (the store failing), leaves ``killed`` with a lease that runs out, and a
+later sweep finishes; one that stalled so long that the image moved on deletes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from swiftlike.image.context import ImageContext, container_for
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, ImageRepository, utc_now
 from swiftlike.image.store import Location
-from swiftlike.image.upload import discard
+from swiftlike.image.upload import discard, discard_image
 
 LOG = logging.getLogger("swiftlike.image.sweeper")
 
@@ -88,33 +89,36 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     recovered = []
     for image in await c.repo.stale(now):
-        if not await c.repo.take_over(image.id, image.status, now,
-                                      time.time() + c.settings.upload_lease):
+        lease = time.time() + c.settings.upload_lease
+        if not await c.repo.take_over(image.id, image.status, now, lease):
             continue  # another sweeper has it, or it was deleted meanwhile
         LOG.warning("image %s was left %s by a holder that stopped renewing its lease: "
                     "removing its bytes and returning it to queued", image.id, image.status)
-        if not await _remove_bytes(c, image):
+        if not await _remove_bytes(c, image, lease):
             continue  # the store is failing: killed until the lease runs out, then again
         reset_to_queued(image)
-        if await c.repo.save(image, expect_status="killed", columns=DATA_COLUMNS):
+        if await c.repo.save(image, expect_status="killed", columns=DATA_COLUMNS,
+                             expect_lease=lease):
             recovered.append(image.id)
     return recovered
 
 
-async def _remove_bytes(c: ImageContext, image: ImageRecord) -> bool:
-    """Every object the holder may have written: by its recorded location (a staged
-    import's), then by name and segment listing (an upload records none until done).
-    True when all of it is gone."""
-    container = container_for(c.settings, image.owner)
-    segments = []
+async def _remove_bytes(c: ImageContext, image: ImageRecord, lease: float) -> bool:
+    """Every object the holder (or any earlier attempt) may have written: the recorded
+    location's by name (a staged import's; a listing may lag), then everything under the
+    image's prefix. True when all of it is gone."""
     complete = True
     if image.location:
         loc = Location.from_json(image.location)
-        segments = list(loc.segments)
-        if (loc.container, loc.name) != (container, image.id):
-            complete = await discard(c.store, loc.container, loc.name, segments)
-            segments = []
-    return await discard(c.store, container, image.id, segments) and complete
+        complete = await discard(c.store, loc.container, loc.name, list(loc.segments))
+
+    async def still_ours() -> bool:
+        current = await c.repo.get(image.id)
+        return current is not None and current.status == "killed" \
+            and current.busy_until == lease
+
+    container = container_for(c.settings, image.owner)
+    return await discard_image(c.store, container, image.id, still_ours) and complete
 
 
 async def run_sweeper(c: ImageContext) -> None:

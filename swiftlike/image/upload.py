@@ -13,7 +13,8 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from swiftlike.image.format_inspector import FormatInspector, ImageFormatError
@@ -170,31 +171,77 @@ async def store_stream(
     return loc, result
 
 
+def attempt_name(image_id: str) -> str:
+    """The object name one upload attempt of ``image_id`` writes under:
+    ``<image id>/<random>``, its segments under ``<image id>/<random>/<n>``.
+
+    Why not the image id itself: an attempt whose holder stalled past its lease (and was
+    taken over) may still be writing when a newer attempt runs. Under one shared name
+    its last writes replaced the newer attempt's bytes, and its cleanup deleted them.
+    Apart, each attempt deletes only its own objects, and everything an image ever
+    wrote is still found under the prefix ``<image id>/`` (images stored before this,
+    as ``<image id>`` and ``<image id>/<n>``, too).
+    """
+    return f"{image_id}/{secrets.token_hex(8)}"
+
+
 async def discard(store: SwiftStore, container: str, name: str,
                   known_segments: list[Segment] | None = None) -> bool:
-    """Delete every object an upload of ``name`` may have written (best effort, logged);
-    True when every delete and the listing got through.
+    """Delete every object one upload attempt (``name``) may have written (best effort,
+    logged); True when every delete and the listing got through.
 
     Segments this process knows it wrote are deleted by name, so an orphan cannot hide
     behind a container listing that has not caught up yet; the listing then sweeps up
-    any others (e.g. from an earlier upload attempt that crashed).
+    any others.
     """
     seg_container = f"{container}_segments"
     names = {seg.name for seg in known_segments or ()}
-    targets = [(container, name)]
-    complete = True
+    listed = await _listed(store, seg_container, f"{name}/", names)
+    targets = [(container, name), *((seg_container, n) for n in sorted(names))]
+    return await _delete_each(store, targets) and listed
+
+
+async def discard_image(store: SwiftStore, container: str, image_id: str,
+                        still_ours: Callable[[], Awaitable[bool]] | None = None) -> bool:
+    """Delete every object any upload attempt of ``image_id`` may have written (for an
+    image no attempt holds any more: swept, or deleted with no recorded data); True when
+    every listing and delete got through.
+
+    ``still_ours`` is asked between listing and deleting; False deletes nothing (a
+    sweeper that stalled so long that the image went on to a newer upload, whose
+    objects the listing may hold, and returns False).
+    """
+    seg_container = f"{container}_segments"
+    prefix = f"{image_id}/"
+    names: set[str] = {image_id}  # where images stored before attempt names live
+    listed = await _listed(store, container, prefix, names)
+    segments: set[str] = set()
+    listed = await _listed(store, seg_container, prefix, segments) and listed
+    targets = [*((container, n) for n in sorted(names)),
+               *((seg_container, n) for n in sorted(segments))]
+    if still_ours is not None and not await still_ours():
+        return False
+    return await _delete_each(store, targets) and listed
+
+
+async def _listed(store: SwiftStore, container: str, prefix: str, into: set[str]) -> bool:
+    """Add the names under ``prefix`` to ``into``; False (logged) when the listing failed:
+    the names already known are still deleted."""
     try:
-        names.update(await store.list_objects(seg_container, prefix=f"{name}/"))
-    except Exception:  # the known ones are still deleted below
-        LOG.exception("could not list the segments of %s/%s", container, name)
-        complete = False
-    targets += [(seg_container, seg_name) for seg_name in sorted(names)]
+        into.update(await store.list_objects(container, prefix=prefix))
+    except Exception:
+        LOG.exception("could not list %s under %r", container, prefix)
+        return False
+    return True
+
+
+async def _delete_each(store: SwiftStore, targets: list[tuple[str, str]]) -> bool:
+    complete = True
     for target_container, target in targets:
-        try:  # one failure must not leave every later segment behind
+        try:  # one failure must not leave every later object behind
             await store.delete_object(target_container, target)
         except Exception:  # the caller's error matters more; leave a trace for operators
-            LOG.exception("could not remove %s/%s of a failed upload", target_container,
-                          target)
+            LOG.exception("could not remove %s/%s of an upload", target_container, target)
             complete = False
     return complete
 

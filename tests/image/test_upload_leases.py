@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -291,9 +291,14 @@ class FlakyStore:
 
     def __init__(self) -> None:
         self.healthy = False
-        self.objects = {("glance_p", "stuck"), ("glance_p_segments", "stuck/00000001")}
+        # one attempt from before attempt names, one after
+        self.objects = {("glance_p", "stuck"), ("glance_p_segments", "stuck/00000001"),
+                        ("glance_p", "stuck/0a1b"), ("glance_p_segments", "stuck/0a1b/00000001")}
+        self.on_list: Callable[[], Awaitable[None]] | None = None
 
     async def list_objects(self, container: str, prefix: str = "") -> list[str]:
+        if self.on_list is not None:
+            await self.on_list()
         return [name for cont, name in self.objects
                 if cont == container and name.startswith(prefix)]
 
@@ -327,14 +332,42 @@ async def test_the_sweeper_requeues_only_once_the_bytes_are_gone(tmp_path: Path)
         repo.close()
 
 
+async def test_a_sweeper_that_stalled_past_its_lease_deletes_nothing(tmp_path: Path) -> None:
+    """Between its listing and its deletes the image went on without it (swept again by
+    another process and uploaded anew): the listing may hold the newer upload's
+    objects, so it deletes none and leaves the record alone."""
+    repo = SqliteImageRepository(tmp_path / "images.sqlite")
+    store = FlakyStore()
+    store.healthy = True
+    c = ImageContext(ImageSettings(upload_lease=60.0), repo, store,  # type: ignore[arg-type]
+                     validator=None)
+    try:
+        await repo.add(ImageRecord(id="stuck", owner="p", status="saving",
+                                   busy_until=time.time() - 1))
+
+        async def moved_on() -> None:
+            set_holder(tmp_path, "stuck", "saving", time.time() + 600)
+
+        store.on_list = moved_on
+        before = set(store.objects)
+        assert await sweep_stale(c) == []
+        assert store.objects == before
+        image = await repo.get("stuck")
+        assert image is not None and image.status == "saving"
+    finally:
+        repo.close()
+
+
 def test_a_holder_taken_over_leaves_the_newer_record_alone(
         service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
     """A holder that stalled past its lease finds, at its end, that the image was swept
-    and uploaded again: it answers 409 and does not write its record over the newer
-    one. Its objects have the newer upload's names, though (left open: attempts
-    should name their objects apart), so the image's bytes may be its; a download
-    then fails rather than serve them as the newer image."""
+    and uploaded again: it answers 409, does not write its record over the newer one,
+    and deletes its own objects. Each attempt writes under a name of its own, so its
+    last writes (its manifest, written after the newer upload finished) do not replace
+    the newer bytes: those used to share the image's name, and the image then failed
+    to download."""
     token = image_service.token()
+    store = image_service.store()
     service = _start(service_conf, tmp_path, "service")
     try:
         image_id = _new_image(service.url, token)
@@ -365,12 +398,40 @@ def test_a_holder_taken_over_leaves_the_newer_record_alone(
                              headers=_headers(token)).json()
         assert image["status"] == "active"
         assert image["checksum"] == hashlib.md5(newer).hexdigest()
-        try:
-            got = requests.get(f"{service.url}/v2/images/{image_id}/file", timeout=60,
-                               headers=_headers(token))
-            served = got.content if got.status_code == 200 else None
-        except requests.RequestException:  # cut: the bytes are not what was recorded
-            served = None
-        assert served in (None, newer)
+        got = requests.get(f"{service.url}/v2/images/{image_id}/file", timeout=60,
+                           headers=_headers(token))
+        assert got.status_code == 200 and got.content == newer
+        # the stalled attempt's manifest and segments are gone; the newer one's object
+        # (a single object: 100 KiB) is all that is left
+        left = store.objects_of(image_id)
+        assert len(left) == 1 and "_segments/" not in left[0], left
+    finally:
+        service.stop()
+
+
+def test_deleting_an_image_removes_what_dead_attempts_left(
+        service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
+    """An attempt whose process died after it was taken over leaves objects under the
+    image's prefix that its location does not name; deleting the image removes them."""
+    token = image_service.token()
+    store = image_service.store()
+    service = _start(service_conf, tmp_path, "service")
+    try:
+        created = _create(service.url, token)
+        image_id = created["id"]
+        resp = requests.put(f"{service.url}/v2/images/{image_id}/file", timeout=60,
+                            data=os.urandom(1000), headers=_data_headers(token))
+        assert resp.status_code == 204, resp.text
+        container = container_for(ImageSettings(), created["owner"])
+        requests.put(f"{store.storage_url}/{container}_segments", headers=store.headers,
+                     timeout=30)
+        for path in (f"{container}/{image_id}/0123456789abcdef",
+                     f"{container}_segments/{image_id}/0123456789abcdef/00000001"):
+            assert requests.put(f"{store.storage_url}/{path}", data=b"dead attempt",
+                                headers=store.headers, timeout=30).status_code == 201
+        assert len(store.objects_of(image_id)) == 3
+        assert requests.delete(f"{service.url}/v2/images/{image_id}", timeout=60,
+                               headers=_headers(token)).status_code == 204
+        assert store.objects_of(image_id) == []
     finally:
         service.stop()

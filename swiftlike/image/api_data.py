@@ -13,12 +13,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from swiftlike.image.context import (
     ImageContext,
+    ImageSettings,
     container_for,
     ctx,
     http_error,
@@ -41,10 +42,11 @@ from swiftlike.image.upload import (
     store_stream,
     verify_stored,
 )
+from swiftlike.image.web_download import UriFilter, UriRefused, fetch_into_store
 
 LOG = logging.getLogger("swiftlike.image.data")
 CHUNK = 64 * 1024
-IMPORT_METHODS = ("glance-direct",)
+IMPORT_METHODS = ("glance-direct", "web-download")
 TASKS_KEY: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("image_import_tasks")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -175,19 +177,89 @@ async def import_image(request: web.Request) -> web.Response:
     if name not in IMPORT_METHODS:
         raise http_error(400, f"Import method {name!r} is not valid; available: "
                               f"{', '.join(IMPORT_METHODS)}")
-    if image.status != "uploading" or not image.location:
-        raise http_error(409, f"Image {image.id} is not in a valid state for import "
-                              f"(status {image.status}): stage its data first.")
+    if not image.disk_format or not image.container_format:
+        raise http_error(400, "'disk_format' and 'container_format' must be set prior to "
+                              "importing data.")
+    run: Callable[[ImageRecord], Awaitable[None]]
+    if name == "web-download":
+        uri = method.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise http_error(400, "URI is required for web-download import method")
+        try:
+            uri_filter(c.settings).check(uri)
+        except UriRefused as exc:
+            raise http_error(400, str(exc)) from exc
+        if image.status != "queued":
+            raise http_error(409, f"Image {image.id} is not in a valid state for "
+                                  f"web-download (status {image.status}): it must be "
+                                  "queued, with no data.")
+        from_status = "queued"
+
+        async def run(claimed: ImageRecord) -> None:
+            await _run_web_download(request, claimed, uri)
+    else:
+        if image.status != "uploading" or not image.location:
+            raise http_error(409, f"Image {image.id} is not in a valid state for import "
+                                  f"(status {image.status}): stage its data first.")
+        from_status = "uploading"
+
+        async def run(claimed: ImageRecord) -> None:
+            await _run_import(request, claimed)
     image.status = "importing"
     image.updated_at = utc_now()
     image.busy_until = time.time() + c.settings.upload_lease
-    if not await c.repo.save(image, expect_status="uploading", columns=DATA_COLUMNS):
+    if not await c.repo.save(image, expect_status=from_status, columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already being imported.")
-    task = asyncio.get_running_loop().create_task(_run_import(request, image))
+    task = asyncio.get_running_loop().create_task(run(image))
     tasks: set[asyncio.Task[None]] = request.config_dict[TASKS_KEY]
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return web.Response(status=202)
+
+
+def uri_filter(settings: ImageSettings) -> UriFilter:
+    """The operator's web-download filter from the ``[image]`` settings."""
+    return UriFilter(
+        allowed_schemes=tuple(str(v).lower() for v in settings.web_download_allowed_schemes),
+        disallowed_schemes=tuple(
+            str(v).lower() for v in settings.web_download_disallowed_schemes),
+        allowed_hosts=tuple(str(v) for v in settings.web_download_allowed_hosts),
+        disallowed_hosts=tuple(str(v) for v in settings.web_download_disallowed_hosts),
+        allowed_ports=tuple(int(v) for v in settings.web_download_allowed_ports),
+        disallowed_ports=tuple(int(v) for v in settings.web_download_disallowed_ports),
+    )
+
+
+async def _run_web_download(request: web.Request, image: ImageRecord, uri: str) -> None:
+    """Fetch ``uri`` into the store as a new attempt, verify, then activate (or revert:
+    the image goes back to queued with no bytes kept, as after a failed upload)."""
+    c = ctx(request)
+    container = container_for(c.settings, image.owner)
+    name = attempt_name(image.id)
+    verifier = Verifier(image.disk_format, hash_algo=c.settings.hash_algo,
+                        size_cap=c.settings.image_size_cap)
+    claimed = image.busy_until or 0.0
+    lease = Lease(claimed)
+    try:
+        async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease,
+                              claimed) as lease:
+            loc, result = await fetch_into_store(uri, uri_filter(c.settings), c.store,
+                                                 container, name, verifier,
+                                                 c.settings.web_download_timeout)
+    except Exception as exc:  # a refused redirect, the source, the bytes, the store
+        # store_stream has deleted whatever this attempt wrote
+        LOG.warning("web-download of image %s from %s failed: %r", image.id, uri, exc)
+        if await _still_held(c, image.id, "importing", lease.until):
+            await _revert(request, image, "importing", lease.until)
+        return
+    _record_result(image, loc, result, "active")
+    if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
+                             expect_lease=lease.until):
+        # taken over (stalled past the lease) or deleted meanwhile: these objects are
+        # this attempt's alone
+        await discard(c.store, container, name, loc.segments)
+        return
+    LOG.info("image %s active from web-download: %s bytes", image.id, image.size)
 
 
 async def _run_import(request: web.Request, image: ImageRecord) -> None:

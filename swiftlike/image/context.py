@@ -36,6 +36,16 @@ class ImageSettings:
     upload_lease: float = 300.0
     #: seconds between two looks for images whose holder died (and once at start)
     sweep_interval: float = 60.0
+    #: which URLs the web-download import may fetch (image/web_download.py): an
+    #: "allowed" list, when not empty, is the whole rule for its part of the URL
+    web_download_allowed_schemes: tuple[str, ...] = ("http", "https")
+    web_download_disallowed_schemes: tuple[str, ...] = ()
+    web_download_allowed_hosts: tuple[str, ...] = ()
+    web_download_disallowed_hosts: tuple[str, ...] = ()
+    web_download_allowed_ports: tuple[int, ...] = (80, 443)
+    web_download_disallowed_ports: tuple[int, ...] = ()
+    #: seconds a web-download waits to connect, and for each next piece of the body
+    web_download_timeout: float = 60.0
 
 
 @dataclass

@@ -9,15 +9,25 @@ with the credentials `swiftlike serve` generated for it in cluster.toml.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import requests
 
-from tests.cluster_harness import ServedCluster
+from tests.cluster_harness import ServedCluster, free_port
 from tests.conftest import IMAGE_SEGMENT_SIZE
+
+#: segment size of the stand-alone services (``service_conf``)
+SEGMENT = 256 * 1024
 
 
 @dataclass
@@ -102,3 +112,64 @@ def image_service(swift_cluster: ServedCluster) -> ImageService:
     assert int(conf["segment_size"]) == IMAGE_SEGMENT_SIZE
     return ImageService(swift_cluster.image_url, swift_cluster.auth_url,
                         conf["store_user"], conf["store_key"], int(conf["segment_size"]))
+
+
+class ImageProcess:
+    """``swiftlike image`` on a free port, killed or stopped by the test."""
+
+    def __init__(self, conf_path: Path, port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}/image"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "swiftlike", "image", "--config", str(conf_path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/versions", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            assert self.proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        raise AssertionError(f"image service did not start: {log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def service_conf(swift_cluster: ServedCluster, tmp_path: Path) -> Iterator[Path]:
+    """A config for stand-alone image services sharing one registry: 1.5 s leases,
+    sweeps every 0.3 s, 256 KiB segments."""
+    image = dict(cluster_image_conf(swift_cluster)["image"])
+    image.update(registry=str(tmp_path / "images.sqlite"), segment_size=SEGMENT,
+                 upload_lease=1.5, sweep_interval=0.3,
+                 object_store_url=swift_cluster.proxy_url)
+    lines = ["[image]"]
+    for key, value in image.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str)
+                     else f'{key} = "{value}"')
+    conf = tmp_path / "image.toml"
+    conf.write_text("\n".join(lines) + "\n")
+    yield conf
+
+
+def start_service(conf: Path, tmp_path: Path, name: str, extra: str = "") -> ImageProcess:
+    """A stand-alone ``swiftlike image`` with ``conf`` (plus ``extra`` lines of its
+    [image] table) on a free port."""
+    text = conf.read_text().replace("[image]\n", "")
+    port = free_port()
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"[image]\nbind_port = {port}\n{extra}\n{text}")
+    return ImageProcess(path, port, tmp_path / f"{name}.log")

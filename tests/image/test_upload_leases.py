@@ -10,85 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
 from swiftlike.image.context import ImageContext, ImageSettings, container_for
 from swiftlike.image.registry import ImageRecord, SqliteImageRepository
 from swiftlike.image.store import StoreError
 from swiftlike.image.sweeper import sweep_stale
-from tests.cluster_harness import ServedCluster, free_port
-from tests.image.conftest import ImageService, cluster_image_conf
-
-SEGMENT = 256 * 1024
-
-
-class ImageProcess:
-    """``swiftlike image`` on a free port, killed or stopped by the test."""
-
-    def __init__(self, conf_path: Path, port: int, log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}/image"
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "swiftlike", "image", "--config", str(conf_path)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/versions", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            assert self.proc.poll() is None, log_path.read_text()[-2000:]
-            time.sleep(0.1)
-        raise AssertionError(f"image service did not start: {log_path.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture
-def service_conf(swift_cluster: ServedCluster, tmp_path: Path) -> Iterator[Path]:
-    """A config for stand-alone image services sharing one registry: 1.5 s leases,
-    sweeps every 0.3 s, 256 KiB segments."""
-    image = dict(cluster_image_conf(swift_cluster)["image"])
-    image.update(registry=str(tmp_path / "images.sqlite"), segment_size=SEGMENT,
-                 upload_lease=1.5, sweep_interval=0.3,
-                 object_store_url=swift_cluster.proxy_url)
-    lines = ["[image]"]
-    for key, value in image.items():
-        lines.append(f"{key} = {value!r}" if not isinstance(value, str)
-                     else f'{key} = "{value}"')
-    conf = tmp_path / "image.toml"
-    conf.write_text("\n".join(lines) + "\n")
-    yield conf
-
-
-def _start(conf: Path, tmp_path: Path, name: str) -> ImageProcess:
-    text = conf.read_text().replace("[image]\n", "")
-    port = free_port()
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"[image]\nbind_port = {port}\n{text}")
-    return ImageProcess(path, port, tmp_path / f"{name}.log")
+from tests.image.conftest import ImageService, start_service
 
 
 def _headers(token: str, **extra: str) -> dict[str, str]:
@@ -149,7 +83,7 @@ def test_an_upload_whose_process_died_is_swept_back_to_queued(
         service_conf: Path, tmp_path: Path, image_service: ImageService) -> None:
     token = image_service.token()
     store = image_service.store()
-    first = _start(service_conf, tmp_path, "first")
+    first = start_service(service_conf, tmp_path, "first")
     try:
         image_id = _new_image(first.url, token)
         body = _slow_body([bytes([n]) * 64 * 1024 for n in range(60)], 0.1)  # 6 s, 3.75 MiB
@@ -173,7 +107,7 @@ def test_an_upload_whose_process_died_is_swept_back_to_queued(
     finally:
         first.kill()
 
-    second = _start(service_conf, tmp_path, "second")
+    second = start_service(service_conf, tmp_path, "second")
     try:
         _wait_status(second.url, token, image_id, "queued", 20)
         assert store.objects_of(image_id) == []
@@ -193,8 +127,8 @@ def test_a_live_slow_upload_keeps_its_image_through_many_sweeps(
     """Two services share the registry and sweep every 0.3 s; an upload that takes
     three times the lease is left alone, because its holder renews the lease."""
     token = image_service.token()
-    one = _start(service_conf, tmp_path, "one")
-    other = _start(service_conf, tmp_path, "other")
+    one = start_service(service_conf, tmp_path, "one")
+    other = start_service(service_conf, tmp_path, "other")
     try:
         image_id = _new_image(one.url, token)
         chunks = [bytes([n]) * 32 * 1024 for n in range(45)]
@@ -216,7 +150,7 @@ def test_an_import_and_a_stage_whose_holder_died_are_swept(
     """Staged bytes of an import that died go with it; a stage that died mid-way too."""
     token = image_service.token()
     store = image_service.store()
-    service = _start(service_conf, tmp_path, "service")
+    service = start_service(service_conf, tmp_path, "service")
     try:
         importing = _new_image(service.url, token)
         resp = requests.put(f"{service.url}/v2/images/{importing}/stage",
@@ -237,7 +171,7 @@ def test_an_import_and_a_stage_whose_holder_died_are_swept(
                             data=b"x" * 1000, headers=store.headers, timeout=30)
         assert resp.status_code == 201
 
-        service = _start(service_conf, tmp_path, "again")
+        service = start_service(service_conf, tmp_path, "again")
         _wait_status(service.url, token, importing, "queued", 20)
         _wait_status(service.url, token, staging, "queued", 20)
         assert store.objects_of(importing) == [] and store.objects_of(staging) == []
@@ -368,7 +302,7 @@ def test_a_holder_taken_over_leaves_the_newer_record_alone(
     to download."""
     token = image_service.token()
     store = image_service.store()
-    service = _start(service_conf, tmp_path, "service")
+    service = start_service(service_conf, tmp_path, "service")
     try:
         image_id = _new_image(service.url, token)
         slow_result: list[int] = []
@@ -415,7 +349,7 @@ def test_deleting_an_image_removes_what_dead_attempts_left(
     image's prefix that its location does not name; deleting the image removes them."""
     token = image_service.token()
     store = image_service.store()
-    service = _start(service_conf, tmp_path, "service")
+    service = start_service(service_conf, tmp_path, "service")
     try:
         created = _create(service.url, token)
         image_id = created["id"]

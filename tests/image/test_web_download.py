@@ -1,0 +1,226 @@
+"""The web-download import: a stand-alone image service fetches image bytes from a real
+HTTP server on loopback (the standard library's), filtered as the operator configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from swiftlike.image.web_download import UriFilter, UriRefused
+from tests.image.conftest import ImageProcess, ImageService, start_service
+
+
+class Source:
+    """An HTTP server whose paths answer what the test put in ``routes``:
+    ``(status, headers, body)``; a body shorter than a Content-Length in the headers is
+    a body cut off in the middle."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, headers, body = routes.get(self.path, (404, {}, b"no such image"))
+                self.send_response(status)
+                headers = {"Content-Length": str(len(body)), **headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def source() -> Iterator[Source]:
+    server = Source()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def service(service_conf: Path, tmp_path: Path, source: Source) -> Iterator[ImageProcess]:
+    """An image service allowed to fetch from the source's port only (and never from
+    the host named in the disallowed list)."""
+    proc = start_service(service_conf, tmp_path, "web", extra=(
+        f"web_download_allowed_ports = [{source.port}]\n"
+        'web_download_disallowed_hosts = ["localhost"]\n'
+        "web_download_timeout = 5.0\n"))
+    yield proc
+    proc.stop()
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {"X-Auth-Token": token}
+
+
+def _create(url: str, token: str, disk_format: str = "raw") -> str:
+    resp = requests.post(f"{url}/v2/images", headers=_headers(token), timeout=30,
+                         json={"name": "web", "disk_format": disk_format,
+                               "container_format": "bare"})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
+def _import(url: str, token: str, image_id: str, uri: object) -> requests.Response:
+    method: dict[str, object] = {"name": "web-download"}
+    if uri is not None:
+        method["uri"] = uri
+    return requests.post(f"{url}/v2/images/{image_id}/import", headers=_headers(token),
+                         json={"method": method}, timeout=30)
+
+
+def _show(url: str, token: str, image_id: str) -> dict:
+    resp = requests.get(f"{url}/v2/images/{image_id}", headers=_headers(token), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _settle(url: str, token: str, image_id: str, seconds: float = 30) -> dict:
+    """The image once it has left ``importing``."""
+    deadline = time.monotonic() + seconds
+    image = _show(url, token, image_id)
+    while image["status"] == "importing" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        image = _show(url, token, image_id)
+    return image
+
+
+def test_openstacksdk_imports_an_image_from_a_url(
+        service: ImageProcess, source: Source, image_service: ImageService) -> None:
+    """openstacksdk's own web-download call; 3 MiB over 256 KiB segments, through a
+    redirect the filter allows."""
+    import openstack
+
+    token = image_service.token()
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    source.routes["/cirros.img"] = (200, {}, data)
+    source.routes["/latest"] = (302, {"Location": "/cirros.img"}, b"")
+    conn = openstack.connection.Connection(
+        auth_type="admin_token", auth={"endpoint": service.url, "token": token},
+        image_endpoint_override=service.url)
+    image = conn.image.create_image(name="from-the-web", disk_format="raw",
+                                    container_format="bare")
+    conn.image.import_image(image, method="web-download", uri=source.url("/latest"))
+    done = _settle(service.url, token, image.id)
+    assert done["status"] == "active", done
+    assert done["size"] == len(data)
+    assert done["checksum"] == hashlib.md5(data).hexdigest()
+    assert done["os_hash_value"] == hashlib.sha512(data).hexdigest()
+    assert conn.image.download_image(conn.image.get_image(image.id)).content == data
+    conn.image.delete_image(image.id)
+    assert image_service.store().objects_of(image.id) == []
+
+
+def test_import_info_offers_web_download(service: ImageProcess,
+                                         image_service: ImageService) -> None:
+    info = requests.get(f"{service.url}/v2/info/import", timeout=30,
+                        headers=_headers(image_service.token())).json()
+    assert "web-download" in info["import-methods"]["value"]
+
+
+@pytest.mark.parametrize("uri", [
+    None, "", 42,
+    "file:///etc/passwd",
+    "ftp://127.0.0.1/image",
+    "http://127.0.0.1:1/image",          # a port not allowed
+    "http://localhost:{port}/image",     # a host disallowed
+    "http://127.0.0.1:99999/image",      # no such port
+    "http:///image",                     # no host
+])
+def test_a_refused_uri_is_400_and_the_image_stays_queued(
+        service: ImageProcess, source: Source, image_service: ImageService,
+        uri: object) -> None:
+    token = image_service.token()
+    image_id = _create(service.url, token)
+    if isinstance(uri, str):
+        uri = uri.format(port=source.port)
+    resp = _import(service.url, token, image_id, uri)
+    assert resp.status_code == 400, resp.text
+    assert _show(service.url, token, image_id)["status"] == "queued"
+
+
+@pytest.mark.parametrize("route", ["missing", "redirect-out", "cut", "not-qcow2"])
+def test_a_failed_download_returns_the_image_to_queued_with_no_bytes(
+        service: ImageProcess, source: Source, image_service: ImageService,
+        route: str) -> None:
+    """The source answers 404, redirects to a port the filter refuses, cuts the body
+    after 1 MiB of a declared 2 MiB, or sends bytes that are not the declared format."""
+    token = image_service.token()
+    source.routes["/redirect-out"] = (302, {"Location": "http://127.0.0.1:1/x"}, b"")
+    source.routes["/cut"] = (200, {"Content-Length": str(2 * 1024 * 1024)},
+                             os.urandom(1024 * 1024))
+    source.routes["/not-qcow2"] = (200, {}, os.urandom(600 * 1024))
+    image_id = _create(service.url, token,
+                       disk_format="qcow2" if route == "not-qcow2" else "raw")
+    resp = _import(service.url, token, image_id, source.url(f"/{route}"))
+    assert resp.status_code == 202, resp.text
+    image = _settle(service.url, token, image_id)
+    assert image["status"] == "queued", image
+    assert image["size"] is None and image["checksum"] is None
+    assert image_service.store().objects_of(image_id) == []
+    if route == "not-qcow2":
+        return
+    # and it takes a good import afterwards
+    data = os.urandom(1000)
+    source.routes["/good"] = (200, {}, data)
+    assert _import(service.url, token, image_id, source.url("/good")).status_code == 202
+    image = _settle(service.url, token, image_id)
+    assert image["status"] == "active" and image["checksum"] == hashlib.md5(data).hexdigest()
+
+
+def test_only_a_queued_image_can_be_imported_from_the_web(
+        service: ImageProcess, source: Source, image_service: ImageService) -> None:
+    token = image_service.token()
+    image_id = _create(service.url, token)
+    source.routes["/a"] = (200, {}, b"a" * 1000)
+    assert _import(service.url, token, image_id, source.url("/a")).status_code == 202
+    assert _settle(service.url, token, image_id)["status"] == "active"
+    resp = _import(service.url, token, image_id, source.url("/a"))
+    assert resp.status_code == 409, resp.text
+    assert _show(service.url, token, image_id)["checksum"] == hashlib.md5(b"a" * 1000).hexdigest()
+
+
+def test_the_filter_rules() -> None:
+    """Glance's rule: an allowed list, when set, is the whole rule; otherwise the
+    disallowed list; hosts compared in one spelling."""
+    default = UriFilter()
+    assert default.check("https://images.example.com/a.img")
+    assert default.check("http://images.example.com:80/a.img")
+    for refused in ("http://images.example.com:8080/a.img", "gopher://h/a",
+                    "https://h:0x50/a"):
+        with pytest.raises(UriRefused):
+            default.check(refused)
+    no_loopback = UriFilter(allowed_ports=(), disallowed_hosts=("127.0.0.1", "::1"))
+    assert no_loopback.check("http://10.0.0.1:8080/a")
+    for refused in ("http://127.0.0.1/a", "http://[::1]/a", "http://[0:0::1]:81/a",
+                    "http://127.0.0.1./a"):
+        with pytest.raises(UriRefused):
+            no_loopback.check(refused)
+    only = UriFilter(allowed_hosts=("images.example.com",), disallowed_hosts=("x",))
+    assert only.check("http://IMAGES.example.com/a")
+    with pytest.raises(UriRefused):
+        only.check("http://other.example.com/a")

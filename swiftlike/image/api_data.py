@@ -31,7 +31,7 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
-from swiftlike.image.sweeper import Lease, held_lease, reset_to_queued
+from swiftlike.image.sweeper import Lease, LeaseLost, held_lease, reset_to_queued
 from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
@@ -42,7 +42,7 @@ from swiftlike.image.upload import (
     store_stream,
     verify_stored,
 )
-from swiftlike.image.web_download import UriFilter, UriRefused, fetch_into_store
+from swiftlike.image.web_download import UriFilter, UriRefused, fetch_into_store, shown
 
 LOG = logging.getLogger("swiftlike.image.data")
 CHUNK = 64 * 1024
@@ -107,6 +107,8 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
         if isinstance(exc, StoreError):
             LOG.error("upload to image %s failed in the store: %s", image.id, exc)
             raise http_error(503, "The object store failed to store the data.") from exc
+        if isinstance(exc, LeaseLost):  # store_stream has deleted this attempt's objects
+            raise await _claim_lost(c, image.id) from exc
         raise
     _record_result(image, loc, result, done_status)
     if not await c.repo.save(image, expect_status=busy_status, columns=DATA_COLUMNS,
@@ -116,10 +118,15 @@ async def _receive(request: web.Request, image: ImageRecord, from_status: str,
         # this attempt's alone. Its segments by name (a listing may not show them yet),
         # then whatever the listing has.
         await asyncio.shield(discard(c.store, container, name, loc.segments))
-        if await c.repo.get(image.id) is not None:
-            raise http_error(409, f"Image {image.id}: this upload lost its claim on the "
-                                  "image (it stalled past its lease); upload again.")
-        raise http_error(410, "Image was deleted while its data was being uploaded.")
+        raise await _claim_lost(c, image.id)
+
+
+async def _claim_lost(c: ImageContext, image_id: str) -> web.HTTPException:
+    """The answer to an upload whose image was taken over (409) or deleted (410)."""
+    if await c.repo.get(image_id) is not None:
+        return http_error(409, f"Image {image_id}: this upload lost its claim on the "
+                               "image (it stalled past its lease); upload again.")
+    return http_error(410, "Image was deleted while its data was being uploaded.")
 
 
 def _record_result(image: ImageRecord, loc: Location, result: UploadResult, status: str
@@ -177,32 +184,35 @@ async def import_image(request: web.Request) -> web.Response:
     if name not in IMPORT_METHODS:
         raise http_error(400, f"Import method {name!r} is not valid; available: "
                               f"{', '.join(IMPORT_METHODS)}")
-    if not image.disk_format or not image.container_format:
-        raise http_error(400, "'disk_format' and 'container_format' must be set prior to "
-                              "importing data.")
+    # Glance's order: the image's state (409), its formats (409), then the URI (400)
+    if image.status == "active":
+        raise http_error(409, "Image with status active cannot be target for import")
     run: Callable[[ImageRecord], Awaitable[None]]
     if name == "web-download":
+        if image.status != "queued":
+            raise http_error(409, "Image needs to be in 'queued' state to use "
+                                  "'web-download' method")
+        from_status = "queued"
+    elif image.status != "uploading" or not image.location:
+        raise http_error(409, f"Image {image.id} is not in a valid state for import "
+                              f"(status {image.status}): stage its data first.")
+    else:
+        from_status = "uploading"
+    for field in ("container_format", "disk_format"):
+        if not getattr(image, field):
+            raise http_error(409, f"'{field}' needs to be set before import")
+    if name == "web-download":
         uri = method.get("uri")
-        if not isinstance(uri, str) or not uri:
-            raise http_error(400, "URI is required for web-download import method")
         try:
+            if not isinstance(uri, str) or not uri:
+                raise UriRefused(f"URI for web-download does not pass filtering: {uri}")
             uri_filter(c.settings).check(uri)
         except UriRefused as exc:
             raise http_error(400, str(exc)) from exc
-        if image.status != "queued":
-            raise http_error(409, f"Image {image.id} is not in a valid state for "
-                                  f"web-download (status {image.status}): it must be "
-                                  "queued, with no data.")
-        from_status = "queued"
 
         async def run(claimed: ImageRecord) -> None:
             await _run_web_download(request, claimed, uri)
     else:
-        if image.status != "uploading" or not image.location:
-            raise http_error(409, f"Image {image.id} is not in a valid state for import "
-                                  f"(status {image.status}): stage its data first.")
-        from_status = "uploading"
-
         async def run(claimed: ImageRecord) -> None:
             await _run_import(request, claimed)
     image.status = "importing"
@@ -246,18 +256,21 @@ async def _run_web_download(request: web.Request, image: ImageRecord, uri: str) 
             loc, result = await fetch_into_store(uri, uri_filter(c.settings), c.store,
                                                  container, name, verifier,
                                                  c.settings.web_download_timeout)
-    except Exception as exc:  # a refused redirect, the source, the bytes, the store
-        # store_stream has deleted whatever this attempt wrote
-        LOG.warning("web-download of image %s from %s failed: %r", image.id, uri, exc)
-        if await _still_held(c, image.id, "importing", lease.until):
-            await _revert(request, image, "importing", lease.until)
+    except BaseException as exc:  # the source, a refused redirect, the bytes, the store,
+        # the lease lost, or the service shutting down; store_stream has deleted
+        # whatever this attempt wrote
+        LOG.warning("web-download of image %s from %s failed: %r", image.id, shown(uri),
+                    exc)
+        await asyncio.shield(_revert_if_held(request, image, lease.until))
+        if not isinstance(exc, Exception):
+            raise
         return
     _record_result(image, loc, result, "active")
     if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
                              expect_lease=lease.until):
         # taken over (stalled past the lease) or deleted meanwhile: these objects are
         # this attempt's alone
-        await discard(c.store, container, name, loc.segments)
+        await asyncio.shield(discard(c.store, container, name, loc.segments))
         return
     LOG.info("image %s active from web-download: %s bytes", image.id, image.size)
 
@@ -276,17 +289,29 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
         async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease,
                               claimed) as lease:
             result = await verify_stored(c.store, loc, verifier)
-    except Exception as exc:  # any failure (a refusal, the store, a cut connection)
+    except BaseException as exc:  # any failure (a refusal, the store, a cut connection,
+        # the lease lost, the service shutting down)
         LOG.warning("import of image %s failed: %r", image.id, exc)
-        if await _still_held(c, image.id, "importing", lease.until):
-            await discard(c.store, loc.container, loc.name, loc.segments)
-            await _revert(request, image, "importing", lease.until)
+        await asyncio.shield(_revert_if_held(request, image, lease.until, loc))
+        if not isinstance(exc, Exception):
+            raise
         return
     _record_result(image, loc, result, "active")
     if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
                              expect_lease=lease.until) \
             and await c.repo.get(image.id) is None:
         await c.store.delete_location(loc)  # deleted meanwhile (taken over: the sweeper's)
+
+
+async def _revert_if_held(request: web.Request, image: ImageRecord, lease: float,
+                          staged: Location | None = None) -> None:
+    """A failed import's end: unless the image went on without this holder (deleted,
+    or taken over), delete the ``staged`` bytes and return it to queued."""
+    c = ctx(request)
+    if await _still_held(c, image.id, "importing", lease):
+        if staged is not None:
+            await discard(c.store, staged.container, staged.name, staged.segments)
+        await _revert(request, image, "importing", lease)
 
 
 async def _still_held(c: ImageContext, image_id: str, status: str, lease: float) -> bool:

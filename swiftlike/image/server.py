@@ -91,6 +91,10 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
     response.headers.setdefault("x-openstack-request-id", f"req-{uuid.uuid4()}")
 
 
+#: how long a stopping service waits for cancelled imports to clean up
+SHUTDOWN_CLEANUP_SECONDS = 6.0
+
+
 def image_settings(conf: dict[str, Any]) -> ImageSettings:
     section = conf.get("image", {})
     defaults = ImageSettings()
@@ -149,9 +153,14 @@ def make_app(conf: dict[str, Any], *, validator: Any = None) -> web.Application:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            for task in list(tasks):  # imports still running: let them finish briefly
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(task), 30)
+            # Imports still running are cancelled, and given a few seconds (less than
+            # serve's 10 s before it kills a worker) to delete what they wrote and put
+            # their image back to queued before the store and registry close; waiting
+            # for a download to finish could take hours.
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(list(tasks), timeout=SHUTDOWN_CLEANUP_SECONDS)
             await store.close()
             if validator is None:
                 await token_validator.close()

@@ -46,20 +46,37 @@ class Lease:
     until: float
 
 
+class LeaseLost(Exception):
+    """The image was deleted, or taken over, while its holder was still at work: the
+    holder's work was cancelled (see :func:`held_lease`)."""
+
+
 @contextlib.asynccontextmanager
 async def held_lease(repo: ImageRepository, image_id: str, status: str,
                      lease: float, first: float) -> AsyncIterator[Lease]:
     """Renew the lease on ``image_id`` in ``status`` every ``lease / 3`` s while the body
-    runs; ``first`` is the value the claim that moved it to ``status`` wrote."""
+    runs; ``first`` is the value the claim that moved it to ``status`` wrote.
+
+    A renewal that finds the image deleted or taken over cancels the body, which then
+    raises :class:`LeaseLost`: a download or upload for an image that is gone would
+    otherwise go on for as long as its source lasts, writing objects no registry row
+    names (a crash before its end would leave them for good).
+    """
     held = Lease(first)
+    holder = asyncio.current_task()
+    lost = False
 
     async def renew() -> None:
+        nonlocal lost
         while True:
             await asyncio.sleep(lease / 3)
             until = time.time() + lease
             try:
                 if not await repo.renew(image_id, status, held.until, until):
-                    return  # deleted or taken over: the holder finds out when it saves
+                    lost = True
+                    if holder is not None:
+                        holder.cancel()
+                    return
                 held.until = until
             except Exception:  # a busy registry: the next renewal may get through
                 LOG.exception("renewing the lease on image %s failed", image_id)
@@ -67,6 +84,10 @@ async def held_lease(repo: ImageRepository, image_id: str, status: str,
     task = asyncio.get_running_loop().create_task(renew())
     try:
         yield held
+    except asyncio.CancelledError:
+        if lost and holder is not None and holder.uncancel() == 0:
+            raise LeaseLost(f"image {image_id} was deleted or taken over") from None
+        raise
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

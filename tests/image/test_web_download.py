@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,14 +23,31 @@ from tests.image.conftest import ImageProcess, ImageService, start_service
 class Source:
     """An HTTP server whose paths answer what the test put in ``routes``:
     ``(status, headers, body)``; a body shorter than a Content-Length in the headers is
-    a body cut off in the middle."""
+    a body cut off in the middle. A ``slow`` route sends 64 KiB every 0.2 s for a minute
+    (no Content-Length), and notes in ``cut`` when its client hangs up. ``seen`` lists
+    every path asked for."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        routes = self.routes
+        self.seen: list[str] = []
+        self.cut = threading.Event()
+        routes, seen, cut = self.routes, self.seen, self.cut
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                seen.append(self.path)
+                if self.path == "/slow":
+                    self.send_response(200)
+                    self.end_headers()
+                    deadline = time.monotonic() + 60
+                    try:
+                        while time.monotonic() < deadline:
+                            self.wfile.write(os.urandom(64 * 1024))
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        cut.set()
+                    return
                 status, headers, body = routes.get(self.path, (404, {}, b"no such image"))
                 self.send_response(status)
                 headers = {"Content-Length": str(len(body)), **headers}
@@ -148,6 +166,8 @@ def test_import_info_offers_web_download(service: ImageProcess,
     "ftp://127.0.0.1/image",
     "http://127.0.0.1:1/image",          # a port not allowed
     "http://localhost:{port}/image",     # a host disallowed
+    "http://LOCALHOST.:{port}/image",    # ... spelled otherwise
+    "http://\u24dbocalhost:{port}/image",  # a circled l, which IDNA maps to l
     "http://127.0.0.1:99999/image",      # no such port
     "http:///image",                     # no host
 ])
@@ -201,6 +221,14 @@ def test_only_a_queued_image_can_be_imported_from_the_web(
     assert _settle(service.url, token, image_id)["status"] == "active"
     resp = _import(service.url, token, image_id, source.url("/a"))
     assert resp.status_code == 409, resp.text
+    # Glance's order: the state is judged before the URI
+    resp = _import(service.url, token, image_id, "file:///etc/passwd")
+    assert resp.status_code == 409 and "active" in resp.text, resp.text
+    # and the formats before the URI too (409, as Glance)
+    bare = requests.post(f"{service.url}/v2/images", headers=_headers(token), timeout=30,
+                         json={"name": "no-formats"}).json()["id"]
+    resp = _import(service.url, token, bare, None)
+    assert resp.status_code == 409 and "needs to be set" in resp.text, resp.text
     assert _show(service.url, token, image_id)["checksum"] == hashlib.md5(b"a" * 1000).hexdigest()
 
 
@@ -224,3 +252,100 @@ def test_the_filter_rules() -> None:
     assert only.check("http://IMAGES.example.com/a")
     with pytest.raises(UriRefused):
         only.check("http://other.example.com/a")
+
+
+def test_a_host_refused_by_address_is_refused_however_spelled(
+        service_conf: Path, tmp_path: Path, source: Source,
+        image_service: ImageService) -> None:
+    """With loopback refused as a network, the spellings that reach it are refused:
+    an IPv4-mapped IPv6 address and the unspecified address at once (400), a name
+    that only resolves to it (``0x7f000001``, which getaddrinfo reads as a number)
+    when the download connects; the source never sees a request."""
+    token = image_service.token()
+    proc = start_service(service_conf, tmp_path, "no-loopback", extra=(
+        f"web_download_allowed_ports = [{source.port}]\n"
+        'web_download_disallowed_hosts = ["127.0.0.0/8", "::1"]\n'))
+    try:
+        source.routes["/img"] = (200, {}, b"secret" * 100)
+        for host in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "0.0.0.0",
+                     "[::]", "\uff11\uff12\uff17.0.0.1"):
+            image_id = _create(proc.url, token)
+            resp = _import(proc.url, token, image_id, f"http://{host}:{source.port}/img")
+            assert resp.status_code == 400, (host, resp.text)
+        image_id = _create(proc.url, token)
+        resp = _import(proc.url, token, image_id, f"http://0x7f000001:{source.port}/img")
+        assert resp.status_code == 202, resp.text
+        image = _settle(proc.url, token, image_id)
+        assert image["status"] == "queued", image
+        assert source.seen == []
+        assert image_service.store().objects_of(image_id) == []
+    finally:
+        proc.stop()
+
+
+def test_deleting_the_image_stops_its_download(
+        service: ImageProcess, source: Source, image_service: ImageService) -> None:
+    """The download learns at its next lease renewal (every 0.5 s here) that its image
+    is gone: it stops reading the source and deletes what it wrote, instead of going
+    on for as long as the source lasts."""
+    token = image_service.token()
+    store = image_service.store()
+    image_id = _create(service.url, token)
+    assert _import(service.url, token, image_id, source.url("/slow")).status_code == 202
+    deadline = time.monotonic() + 20
+    while not store.objects_of(image_id):  # a 256 KiB segment of it is stored
+        assert time.monotonic() < deadline, "no segment reached the store"
+        time.sleep(0.1)
+    assert requests.delete(f"{service.url}/v2/images/{image_id}", timeout=30,
+                           headers=_headers(token)).status_code == 204
+    assert source.cut.wait(10), "the download went on reading the source"
+    deadline = time.monotonic() + 10
+    while store.objects_of(image_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.objects_of(image_id) == []
+
+
+def test_stopping_the_service_mid_download_requeues_the_image(
+        service: ImageProcess, source: Source, image_service: ImageService,
+        tmp_path: Path) -> None:
+    """SIGTERM: the download is cancelled, its bytes deleted and the image back to
+    queued before the process exits, not left importing until its lease runs out."""
+    token = image_service.token()
+    store = image_service.store()
+    image_id = _create(service.url, token)
+    assert _import(service.url, token, image_id, source.url("/slow")).status_code == 202
+    deadline = time.monotonic() + 20
+    while not store.objects_of(image_id):
+        assert time.monotonic() < deadline, "no segment reached the store"
+        time.sleep(0.1)
+    started = time.monotonic()
+    service.stop()
+    assert time.monotonic() - started < 15
+    registry = sqlite3.connect(tmp_path / "images.sqlite")
+    try:
+        status, = registry.execute("SELECT status FROM images WHERE id = ?",
+                                   (image_id,)).fetchone()
+    finally:
+        registry.close()
+    assert status == "queued"
+    assert store.objects_of(image_id) == []
+
+
+def test_a_declared_size_over_the_cap_is_refused_before_the_body(
+        service_conf: Path, tmp_path: Path, source: Source,
+        image_service: ImageService) -> None:
+    token = image_service.token()
+    proc = start_service(service_conf, tmp_path, "capped", extra=(
+        f"web_download_allowed_ports = [{source.port}]\nimage_size_cap = 100000\n"))
+    try:
+        # declares a petabyte; sends 1 MiB and hangs up (if it were read)
+        source.routes["/huge"] = (200, {"Content-Length": str(10**15)},
+                                  os.urandom(1024 * 1024))
+        image_id = _create(proc.url, token)
+        assert _import(proc.url, token, image_id, source.url("/huge")).status_code == 202
+        assert _settle(proc.url, token, image_id)["status"] == "queued"
+        assert image_service.store().objects_of(image_id) == []
+        log = (tmp_path / "capped.log").read_text()
+        assert "declares 1000000000000000 bytes" in log
+    finally:
+        proc.stop()

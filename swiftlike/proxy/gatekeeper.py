@@ -1,8 +1,10 @@
 """Keeps internal headers internal: system metadata and backend headers.
 
 Clients must not set ``X-*-Sysmeta-*`` (middlewares store trusted state there, e.g.
-large-object manifests) nor any ``X-Backend-*`` header, and must not see them in
-responses. Placed right after ``catch_errors`` so everything inside may use them.
+large-object manifests), ``X-Object-Transient-Sysmeta-*`` (Swift keeps state such as
+encryption keys there, and a client must not be able to plant it) nor any
+``X-Backend-*`` header, and must not see them in responses. Placed right after
+``catch_errors`` so everything inside may use them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import re
 
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse
 
-_INTERNAL = re.compile(r"^x-(?:(?:account|container|object)-sysmeta-|backend-)", re.I)
+_INTERNAL = re.compile(
+    r"^x-(?:(?:account|container|object)-sysmeta-|object-transient-sysmeta-|backend-)", re.I)
 _INBOUND_EXTRA = ("x-timestamp",)
 _X_PREFIXES = frozenset(("x-", "X-"))
 

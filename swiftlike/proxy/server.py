@@ -306,7 +306,10 @@ async def run_proxy(
     """
     app = make_app(conf)
     mounted = mount_apis(app, extra_apps or {}, extra_routes or {})
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # auto_decompress=False: a body's Content-Encoding is the client's business. Swift
+    # (and Glance) store the bytes as sent; aiohttp would decode them.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           auto_decompress=False)
     await runner.setup()
     server = runner.server
     assert server is not None

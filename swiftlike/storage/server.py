@@ -100,7 +100,9 @@ class NodeDispatcher:
 
 # read_bufsize: a streamed object body arrives in pieces of up to ~1 MiB, not 64 KiB, so
 # the loop pauses/resumes the socket and wakes the PUT far less often.
-HANDLER_ARGS = {"max_field_size": 16384, "read_bufsize": 1024 * 1024}
+#: the bytes of a body are stored as sent, whatever its Content-Encoding says
+HANDLER_ARGS = {"max_field_size": 16384, "read_bufsize": 1024 * 1024,
+                "auto_decompress": False}
 
 
 async def close_dispatcher(dispatcher: NodeDispatcher) -> None:

@@ -428,6 +428,15 @@ class ObjectController(Controller):
 
     async def post(self, req: SwiftRequest, account: str, container: str, obj: str
                    ) -> SwiftResponse:
+        # As Swift: a POST's empty Content-Type changes nothing, and a swift_bytes
+        # parameter (internal: a large object's size in listings) is dropped, not refused
+        content_type = req.headers.get("Content-Type")
+        if content_type is not None:
+            kept = [p for p in content_type.split(";")
+                    if not p.strip().lower().startswith("swift_bytes=")]
+            req.headers.popall("Content-Type")
+            if ";".join(kept).strip():
+                req.headers["Content-Type"] = ";".join(kept).strip()
         problem = self._check_meta(req)
         if problem is not None:
             return problem

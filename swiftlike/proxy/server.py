@@ -176,9 +176,10 @@ def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> Swif
         path = "/v1/" + path[6:]
     query: dict[str, str] = {}
     if raw_query:
+        # a repeated parameter takes its last value, as Swift's (WebOb's) requests do
         for key, value in parse_qsl(raw_query, keep_blank_values=True,
                                     errors="surrogateescape"):
-            query.setdefault(key, value)
+            query[key] = value
     body = _timed_body(request, client_timeout) if request.body_exists else None
     peer = request.transport.get_extra_info("peername") if request.transport else None
     req = SwiftRequest(

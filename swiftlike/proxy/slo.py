@@ -124,6 +124,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                     400, "X-Static-Large-Object is a reserved header. To create a static "
                     "large object add query param multipart-manifest=put.")
             return await app(req)
+        if req.method == "POST" and "X-Static-Large-Object" in req.headers:
+            # as Swift: whether an object is a manifest is decided by its PUT
+            return error_response(
+                400, "X-Static-Large-Object is a reserved header. To create a static "
+                "large object add query param multipart-manifest=put.")
         if req.method == "DELETE" and mode == "delete":
             return await handle_delete(req, account)
         if req.method in ("GET", "HEAD"):

@@ -115,6 +115,11 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                     "using object versioning (X-Versions-Enabled)")
             other = FLAGS[1] if given[0] == FLAGS[0] else FLAGS[0]
             req.headers[other] = ""  # one mode at a time
+        elif any(flag in req.headers for flag in FLAGS):
+            # As Swift, where both are one location with a mode: clearing either
+            # turns legacy versioning off, whichever mode it was in.
+            for flag in FLAGS:
+                req.headers[flag] = ""
         forget_container_headers(req, account, container)
         return await app(req)
 

@@ -60,9 +60,7 @@ STORED_HEADERS = {
 }
 STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
                    "x-object-transient-sysmeta-")
-POST_HEADERS = {"content-type", "x-delete-at", "content-encoding", "content-disposition",
-                "cache-control", "content-language", "expires", "x-robots-tag",
-                "x-object-manifest"}
+POST_HEADERS = {"content-type", *diskfile.POST_REPLACED_HEADERS}
 POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
 #: Set in a .meta by a POST that changed the Content-Type: later POSTs without one
 #: carry the type on (Swift's fast-POST keeps a POSTed type; a .meta replaces the rest)

@@ -294,3 +294,82 @@ async def test_transient_sysmeta_is_kept_from_clients(http, account, unique_name
     assert status == 201
     status, headers, _ = await _req(http, account, "HEAD", f"{c}/o")
     assert status == 200 and "X-Object-Transient-Sysmeta-Foo" not in headers
+
+
+async def test_a_post_replaces_every_header_a_post_may_set(account, unique_name):
+    """Swift: a POST's headers replace the whole set a POST may set, so what the PUT or
+    an earlier POST set and this POST does not repeat is gone. The data file's values
+    used to come back from under each POST."""
+    async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as http:
+        await _post_replaces(http, account, unique_name)
+
+
+async def _post_replaces(http: aiohttp.ClientSession, account: Account, unique_name: str
+                         ) -> None:
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/o", b"x", **{
+        "Content-Type": "text/plain", "Content-Disposition": "inline",
+        "Cache-Control": "max-age=1"})
+    assert (await _req(http, account, "POST", f"{c}/o", **{
+        "Content-Disposition": "attachment", "Content-Encoding": "gzip"}))[0] == 202
+    _, headers, _ = await _req(http, account, "HEAD", f"{c}/o")
+    assert headers["Content-Disposition"] == "attachment"
+    assert "Cache-Control" not in headers
+    assert (await _req(http, account, "POST", f"{c}/o", **{"X-Object-Meta-A": "1"}))[0] == 202
+    _, headers, _ = await _req(http, account, "HEAD", f"{c}/o")
+    for gone in ("Content-Disposition", "Cache-Control", "Content-Encoding"):
+        assert gone not in headers, gone
+    assert headers["X-Object-Meta-A"] == "1" and headers["Content-Type"] == "text/plain"
+    # an empty type changes nothing; swift_bytes is dropped, not refused
+    assert (await _req(http, account, "POST", f"{c}/o", **{"Content-Type": ""}))[0] == 202
+    assert (await _req(http, account, "HEAD", f"{c}/o"))[1]["Content-Type"] == "text/plain"
+    status, _, _ = await _req(http, account, "POST", f"{c}/o", **{
+        "Content-Type": "text/csv; charset=utf-8; swift_bytes=5"})
+    assert status == 202
+    _, headers, _ = await _req(http, account, "HEAD", f"{c}/o")
+    assert headers["Content-Type"] == "text/csv; charset=utf-8"
+    # whether an object is a static large object is its PUT's business
+    status, _, _ = await _req(http, account, "POST", f"{c}/o",
+                              **{"X-Static-Large-Object": "True"})
+    assert status == 400
+
+
+async def test_a_post_without_the_manifest_header_ends_a_dlo(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    await _req(http, account, "PUT", f"{c}/seg/1", b"old")
+    await _req(http, account, "PUT", f"{c}/oth/1", b"new")
+    await _req(http, account, "PUT", f"{c}/dlo", b"",
+               **{"X-Object-Manifest": f"{unique_name}/seg/"})
+    await _req(http, account, "POST", f"{c}/dlo",
+               **{"X-Object-Manifest": f"{unique_name}/oth/"})
+    assert (await _req(http, account, "GET", f"{c}/dlo"))[2] == b"new"
+    await _req(http, account, "POST", f"{c}/dlo", **{"X-Object-Meta-A": "1"})
+    status, headers, body = await _req(http, account, "GET", f"{c}/dlo")
+    assert (status, body) == (200, b"") and "X-Object-Manifest" not in headers
+
+
+async def test_a_repeated_query_parameter_takes_its_last_value(http, account, unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", c)
+    for name in "abc":
+        await _req(http, account, "PUT", f"{c}/{name}", b"x")
+    async with http.get(f"{account.url}{c}?format=json&limit=1&limit=3&format=xml",
+                        headers=account.headers()) as resp:
+        body = await resp.text()
+    assert resp.status == 200 and body.startswith("<?xml")
+    assert body.count("<object>") == 3
+
+
+async def test_clearing_either_legacy_location_turns_versioning_off(http, account,
+                                                                    unique_name):
+    c = f"/{unique_name}"
+    await _req(http, account, "PUT", f"{c}-h")
+    for flag, clear in (("X-History-Location", "X-Versions-Location"),
+                        ("X-Versions-Location", "X-History-Location")):
+        assert (await _req(http, account, "PUT", c, **{flag: f"{unique_name}-h"}))[0] in (
+            201, 202)
+        assert (await _req(http, account, "POST", c, **{clear: ""}))[0] == 204
+        _, headers, _ = await _req(http, account, "HEAD", c)
+        assert "X-History-Location" not in headers and "X-Versions-Location" not in headers

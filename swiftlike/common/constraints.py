@@ -140,6 +140,33 @@ def check_metadata(headers: Mapping[str, str], target: str, limits: Limits) -> s
     return None
 
 
+def check_metadata_after(existing: Mapping[str, str], headers: Mapping[str, str],
+                         target: str, limits: Limits) -> str | None:
+    """The count and overall-size limits over the metadata as it will be stored:
+    ``existing`` (name -> value, e.g. ``container_info``'s ``meta``) with the request's
+    additions and removals (an empty value) applied. Why: Swift's account and container
+    servers check the merged result, so metadata cannot grow past the limits one
+    request at a time."""
+    prefix = META_PREFIXES[target]
+    merged = {name.lower(): value for name, value in existing.items() if value}
+    for key, value in headers.items():
+        lower = key.lower()
+        if not lower.startswith(prefix):
+            continue
+        if value:
+            merged[lower[len(prefix):]] = value
+        else:
+            merged.pop(lower[len(prefix):], None)
+    if len(merged) > limits.max_meta_count:
+        return f"Too many metadata items; max {limits.max_meta_count}"
+    size = sum(len(name.encode("utf-8", "surrogateescape"))
+               + len(value.encode("utf-8", "surrogateescape"))
+               for name, value in merged.items())
+    if size > limits.max_meta_overall_size:
+        return f"Total metadata too large; max {limits.max_meta_overall_size}"
+    return None
+
+
 def parse_content_length(value: str | None) -> int | None:
     """A Content-Length header as int; ``-1`` when present but not a non-negative int."""
     if value is None:

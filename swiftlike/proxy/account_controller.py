@@ -11,7 +11,11 @@ import json
 
 from multidict import CIMultiDict
 
-from swiftlike.common.constraints import check_listing_params, check_metadata
+from swiftlike.common.constraints import (
+    check_listing_params,
+    check_metadata,
+    check_metadata_after,
+)
 from swiftlike.common.listing import render_rows
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
@@ -143,6 +147,11 @@ class AccountController(Controller):
         info = await self.account_info(account)
         if info.get("deleted"):
             return error_response(404)  # as Swift: no autocreate over a deleted account
+        if info["status"] // 100 == 2:
+            message = check_metadata_after(info["meta"], req.headers, "account",
+                                           self.ctx.limits)
+            if message:
+                return error_response(400, message)
         base = forward_headers(req)
         base["X-Backend-Server-Type"] = "account"
         base["X-Timestamp"] = Timestamp.now().internal

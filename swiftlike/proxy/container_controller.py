@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
-from swiftlike.common.constraints import check_container_name, check_listing_params, check_metadata
+from swiftlike.common.constraints import (
+    check_container_name,
+    check_listing_params,
+    check_metadata,
+    check_metadata_after,
+)
 from swiftlike.common.listing import negotiate_listing
 from swiftlike.common.node_client import node_path
 from swiftlike.common.timestamp import Timestamp
@@ -218,8 +223,24 @@ class ContainerController(Controller):
         problem = await self.ensure_account(req, account)
         if problem is not None:
             return problem
+        problem = await self._check_stored_metadata(req, account, container)
+        if problem is not None:
+            return problem
         return await self._write_replicas(req, "PUT", account, container,
                                           account_updates=True)
+
+    async def _check_stored_metadata(self, req: SwiftRequest, account: str,
+                                     container: str) -> SwiftResponse | None:
+        """400 when this write would take an existing container's metadata past the
+        limits (a new container's is the request's own, checked already)."""
+        if not any(key.lower().startswith("x-container-meta-") for key in req.headers):
+            return None
+        info = await self.container_info(account, container)
+        if info["status"] // 100 != 2:
+            return None
+        message = check_metadata_after(info["meta"], req.headers, "container",
+                                       self.ctx.limits)
+        return error_response(400, message) if message else None
 
     async def post(self, req: SwiftRequest, account: str, container: str) -> SwiftResponse:
         problem = self._check(req, container)
@@ -232,6 +253,9 @@ class ContainerController(Controller):
         info = await self.container_info(account, container)
         if info["status"] == 404:
             return error_response(404)
+        problem = await self._check_stored_metadata(req, account, container)
+        if problem is not None:
+            return problem
         return await self._write_replicas(req, "POST", account, container,
                                           account_updates=False)
 

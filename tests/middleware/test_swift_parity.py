@@ -373,3 +373,38 @@ async def test_clearing_either_legacy_location_turns_versioning_off(http, accoun
         assert (await _req(http, account, "POST", c, **{clear: ""}))[0] == 204
         _, headers, _ = await _req(http, account, "HEAD", c)
         assert "X-History-Location" not in headers and "X-Versions-Location" not in headers
+
+
+async def test_metadata_limits_count_what_is_stored_plus_the_request(http, account,
+                                                                     unique_name):
+    """Swift's servers check the merged metadata: 90 items, then one more, is 400, and
+    so is growing past 4,096 bytes in steps; removing items makes room again."""
+    c = f"/{unique_name}"
+    full = {f"X-Container-Meta-K{i}": "v" for i in range(90)}
+    assert (await _req(http, account, "PUT", c, **full))[0] in (201, 202)
+    assert (await _req(http, account, "POST", c, **{"X-Container-Meta-Extra": "v"}))[0] == 400
+    assert (await _req(http, account, "PUT", c, **{"X-Container-Meta-Extra": "v"}))[0] == 400
+    status, _, _ = await _req(http, account, "POST", c, **{
+        "X-Remove-Container-Meta-K0": "x", "X-Container-Meta-Extra": "v"})
+    assert status == 204
+    _, headers, _ = await _req(http, account, "HEAD", c)
+    assert "X-Container-Meta-Extra" in headers and "X-Container-Meta-K0" not in headers
+    big = f"/{unique_name}-big"
+    assert (await _req(http, account, "PUT", big, **{
+        f"X-Container-Meta-B{i}": "x" * 250 for i in range(15)}))[0] in (201, 202)
+    assert (await _req(http, account, "POST", big, **{
+        "X-Container-Meta-Y1": "y" * 250, "X-Container-Meta-Y2": "y" * 100}))[0] == 400
+
+
+def test_stored_metadata_check_merges_additions_and_removals():
+    from swiftlike.common.constraints import Limits, check_metadata_after
+
+    limits = Limits()
+    existing = {f"k{i}": "v" for i in range(90)}
+    assert check_metadata_after(existing, {"X-Account-Meta-New": "v"}, "account", limits)
+    assert check_metadata_after(existing, {"X-Account-Meta-K1": "w"}, "account",
+                                limits) is None  # a change, not an addition
+    assert check_metadata_after(existing, {"X-Account-Meta-K1": "", "X-Account-Meta-N": "v"},
+                                "account", limits) is None
+    assert check_metadata_after(existing, {"X-Container-Meta-New": "v"}, "account",
+                                limits) is None  # another type's headers do not count

@@ -191,17 +191,23 @@ def render_rows(kind: str, owner: str, rows: list[dict[str, Any]], fmt: str
     if fmt == "json":
         return json.dumps(rows).encode("utf-8"), CONTENT_TYPES["json"]
     if fmt == "xml":
-        tag = "object" if kind == "container" else "container"
+        # Swift's two documents differ: an account's puts each element on a line of its
+        # own and its roll-ups are empty elements; a container's is one line
+        account = kind == "account"
+        tag = "container" if account else "object"
+        end = "\n" if account else ""
         parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-                 f"<{kind} name={quoteattr(owner)}>"]
+                 f"<{kind} name={quoteattr(owner)}>{end}"]
         for row in rows:
             if "subdir" in row:
-                parts.append(f"<subdir name={quoteattr(row['subdir'])}>"
-                             f"<name>{escape(row['subdir'])}</name></subdir>")
+                name = quoteattr(row["subdir"])
+                parts.append(f"<subdir name={name} />\n" if account else
+                             f"<subdir name={name}><name>{escape(row['subdir'])}</name>"
+                             "</subdir>")
                 continue
             inner = "".join(f"<{key}>{escape(_xml_text(value))}</{key}>"
                             for key, value in row.items())
-            parts.append(f"<{tag}>{inner}</{tag}>")
+            parts.append(f"<{tag}>{inner}</{tag}>{end}")
         parts.append(f"</{kind}>")
         return "".join(parts).encode("utf-8"), CONTENT_TYPES["xml"]
     names = [row.get("subdir") or row["name"] for row in rows]

@@ -408,3 +408,21 @@ def test_stored_metadata_check_merges_additions_and_removals():
                                 "account", limits) is None
     assert check_metadata_after(existing, {"X-Container-Meta-New": "v"}, "account",
                                 limits) is None  # another type's headers do not count
+
+
+async def test_account_xml_listing_bytes_are_swifts(http, account, unique_name):
+    """One element per line, and a roll-up as an empty element (a container listing's
+    XML is one line with <subdir><name> roll-ups)."""
+    for name in (unique_name, f"{unique_name}-1-a", f"{unique_name}-1-b"):
+        assert (await _req(http, account, "PUT", f"/{name}"))[0] in (201, 202)
+    async with http.get(account.url, params={"format": "xml", "prefix": unique_name,
+                                             "delimiter": "-"},
+                        headers=account.headers()) as resp:
+        body = await resp.text()
+    lines = body.split("\n")
+    assert lines[0] == '<?xml version="1.0" encoding="UTF-8"?>'
+    assert lines[1] == f'<account name="{account.url.rsplit("/", 1)[1]}">'
+    assert lines[2].startswith(f"<container><name>{unique_name}</name><count>0</count>")
+    assert lines[2].endswith("</container>")
+    assert lines[3] == f'<subdir name="{unique_name}-" />'
+    assert lines[4:] == ["</account>"]

@@ -33,7 +33,12 @@ from swiftlike.proxy.mw_util import (
     status_line,
 )
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, info_registry
-from swiftlike.proxy.tempurl import DEFAULT_DIGESTS, SUPPORTED_DIGESTS, parse_signature
+from swiftlike.proxy.tempurl import (
+    DEFAULT_DIGESTS,
+    DEPRECATED_DIGESTS,
+    SUPPORTED_DIGESTS,
+    parse_signature,
+)
 
 MAX_VALUE_LENGTH = 4096
 MAX_HEADER_BYTES = 8192
@@ -188,7 +193,12 @@ class FormPost:
         self.allowed_digests = [d for d in SUPPORTED_DIGESTS if d in digests]
         self.info = InfoCache(app, float(section.get("key_cache_seconds", 5.0)), "FP",
                                info_generations(conf))
-        info_registry(conf).register_info("formpost", {})
+        # as Swift's /info: the digests a form's signature may use (clients pick one)
+        info: dict[str, list[str]] = {"allowed_digests": self.allowed_digests}
+        deprecated = [d for d in self.allowed_digests if d in DEPRECATED_DIGESTS]
+        if deprecated:
+            info["deprecated_digests"] = deprecated
+        info_registry(conf).register_info("formpost", info)
 
     async def __call__(self, req: SwiftRequest) -> SwiftResponse:
         if passes_through(req):

@@ -57,8 +57,10 @@ def fields_for(key: str, path: str, *, redirect: str = "", max_size: int = 1024,
 
 
 async def test_info_advertises_formpost(swift_cluster, http) -> None:
+    """With the digests a signature may use, as Swift 2.38's /info does."""
     async with http.get(swift_cluster.proxy_url + "/info") as resp:
-        assert (await resp.json())["formpost"] == {}
+        assert (await resp.json())["formpost"] == {
+            "allowed_digests": ["sha1", "sha256", "sha512"], "deprecated_digests": ["sha1"]}
 
 
 async def test_upload_with_redirect(swift_cluster, account, keyed_container,

@@ -347,6 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    def stop(signum: int, _frame: object) -> None:
+        # through run_comparison's finally: a side stopped for the other's turn is
+        # continued (SIGCONT) before both are stopped, never left frozen on its ports
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     result = run_comparison(args, log)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

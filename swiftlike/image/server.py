@@ -104,6 +104,20 @@ def image_settings(conf: dict[str, Any]) -> ImageSettings:
     })
 
 
+async def _cancel_imports(app: web.Application) -> None:
+    """Cancel the imports still running and give them a few seconds (less than serve's
+    10 s before it kills a worker) to delete what they wrote and put their image back
+    to queued. On shutdown, not at cleanup: aiohttp runs cleanup only after every
+    request in flight has finished (up to a minute), by when serve has killed us;
+    waiting for a download to finish could take hours anyway."""
+    tasks = app.get(api_data.TASKS_KEY)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(list(tasks), timeout=SHUTDOWN_CLEANUP_SECONDS)
+
+
 def _store_url(section: dict[str, Any]) -> str:
     url = section.get("object_store_url") or section.get("swift_url")
     if not url:
@@ -153,19 +167,13 @@ def make_app(conf: dict[str, Any], *, validator: Any = None) -> web.Application:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            # Imports still running are cancelled, and given a few seconds (less than
-            # serve's 10 s before it kills a worker) to delete what they wrote and put
-            # their image back to queued before the store and registry close; waiting
-            # for a download to finish could take hours.
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(list(tasks), timeout=SHUTDOWN_CLEANUP_SECONDS)
+            await _cancel_imports(app)  # done at shutdown already; in case it was not
             await store.close()
             if validator is None:
                 await token_validator.close()
             repo.close()
 
+    app.on_shutdown.append(_cancel_imports)
     app.cleanup_ctx.append(dependencies)
     _add_routes(app)
     return app

@@ -65,19 +65,31 @@ async def held_lease(repo: ImageRepository, image_id: str, status: str,
     held = Lease(first)
     holder = asyncio.current_task()
     lost = False
+    writing: asyncio.Task[bool] | None = None
+
+    async def renew_once(until: float) -> bool:
+        if not await repo.renew(image_id, status, held.until, until):
+            return False
+        held.until = until
+        return True
 
     async def renew() -> None:
-        nonlocal lost
+        nonlocal lost, writing
         while True:
             await asyncio.sleep(lease / 3)
-            until = time.time() + lease
+            # The registry write runs in a thread that a cancel cannot stop: it goes on
+            # in a task of its own, which records the new lease when it lands, so the
+            # holder's final write (conditional on it) never meets a lease it does not
+            # know about.
+            writing = asyncio.get_running_loop().create_task(
+                renew_once(time.time() + lease))
+            writing.add_done_callback(_retrieve)
             try:
-                if not await repo.renew(image_id, status, held.until, until):
+                if not await asyncio.shield(writing):
                     lost = True
                     if holder is not None:
                         holder.cancel()
                     return
-                held.until = until
             except Exception:  # a busy registry: the next renewal may get through
                 LOG.exception("renewing the lease on image %s failed", image_id)
 
@@ -92,6 +104,15 @@ async def held_lease(repo: ImageRepository, image_id: str, status: str,
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # a renewal landing now: know its lease
+
+
+def _retrieve(task: asyncio.Task[bool]) -> None:
+    """Take a renewal's outcome, so one that failed after its waiter left is not
+    reported as an exception nobody retrieved (the next renewal tries again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def reset_to_queued(image: ImageRecord) -> None:

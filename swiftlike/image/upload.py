@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from swiftlike.image.format_inspector import FormatInspector, ImageFormatError
 from swiftlike.image.store import Location, Segment, StoreError, SwiftStore, write_segmented
@@ -163,12 +164,29 @@ async def store_stream(
         if loc.size != result.size:
             raise StoreError(f"stored {loc.size} bytes but {result.size} passed through")
     except BaseException as exc:
-        # Shielded: a client that hangs up may cancel this handler, but its bytes must go.
-        await asyncio.shield(discard(store, container, name, written))
+        # Waited for to the end even if cancelled meanwhile (a client hanging up, a lost
+        # lease, a shutdown): the bytes must go before anyone can take the image on.
+        if await _finish_despite_cancel(discard(store, container, name, written)):
+            raise asyncio.CancelledError from exc
         if verifier.refused is not None and exc is not verifier.refused:
             raise verifier.refused from exc  # what the store client wrapped (400/413)
         raise
     return loc, result
+
+
+async def _finish_despite_cancel(cleanup: Awaitable[Any]) -> bool:
+    """Run ``cleanup`` to its end; True when this task was cancelled meanwhile (the
+    caller then raises the cancellation, after the cleanup, not instead of it)."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if not task.cancelled():
+        task.exception()  # discard logs its own failures
+    return cancelled
 
 
 def attempt_name(image_id: str) -> str:

@@ -107,7 +107,10 @@ def _host_key(host: str) -> str | Address:
     try:
         address: Address = ipaddress.ip_address(host)
     except ValueError:
-        return host
+        try:  # the spelling yarl gives a URL's host: IDNA mapped, punycode decoded
+            return (URL.build(scheme="http", host=host).host or host).rstrip(".")
+        except (ValueError, UnicodeError):
+            return host
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if address.is_unspecified:  # connect() to 0.0.0.0 or :: reaches this host

@@ -369,3 +369,29 @@ def test_deleting_an_image_removes_what_dead_attempts_left(
         assert store.objects_of(image_id) == []
     finally:
         service.stop()
+
+
+async def test_a_renewal_in_flight_when_the_work_ends_is_known_to_the_final_write(
+        tmp_path: Path) -> None:
+    """The registry write of a renewal runs in a thread a cancel cannot stop: if the
+    body ended while one was in flight and the lease only dropped it, the write landed
+    later with a lease the holder did not know, and its final (conditional) save of a
+    finished upload failed."""
+    import asyncio
+
+    from swiftlike.image.sweeper import held_lease
+
+    repo = SqliteImageRepository(tmp_path / "images.sqlite")
+    try:
+        claimed = time.time() + 60
+        await repo.add(ImageRecord(id="img", owner="p", status="saving", busy_until=claimed))
+        async with held_lease(repo, "img", "saving", 0.3, claimed) as held:
+            await asyncio.sleep(0.05)
+            repo._lock.acquire()  # the renewal due at 0.1 s waits for it in its thread
+            threading.Timer(0.3, repo._lock.release).start()
+            await asyncio.sleep(0.12)  # ... and the body ends meanwhile
+        image = await repo.get("img")
+        assert image is not None and image.busy_until == held.until
+        assert held.until != claimed  # the renewal did land, and the holder knows it
+    finally:
+        repo.close()

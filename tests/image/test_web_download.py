@@ -248,6 +248,10 @@ def test_the_filter_rules() -> None:
                     "http://127.0.0.1./a"):
         with pytest.raises(UriRefused):
             no_loopback.check(refused)
+    punycode = UriFilter(allowed_ports=(), disallowed_hosts=("xn--bcher-kva.example",))
+    for refused in ("http://b\u00fccher.example/a", "http://xn--bcher-kva.example/a"):
+        with pytest.raises(UriRefused):
+            punycode.check(refused)
     only = UriFilter(allowed_hosts=("images.example.com",), disallowed_hosts=("x",))
     assert only.check("http://IMAGES.example.com/a")
     with pytest.raises(UriRefused):

@@ -31,7 +31,13 @@ from swiftlike.image.context import (
 )
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, utc_now
 from swiftlike.image.store import Location, StoreError
-from swiftlike.image.sweeper import Lease, LeaseLost, held_lease, reset_to_queued
+from swiftlike.image.sweeper import (
+    Lease,
+    LeaseLost,
+    held_lease,
+    reset_to_queued,
+    still_held,
+)
 from swiftlike.image.upload import (
     UploadRefused,
     UploadResult,
@@ -203,15 +209,16 @@ async def import_image(request: web.Request) -> web.Response:
             raise http_error(409, f"'{field}' needs to be set before import")
     if name == "web-download":
         uri = method.get("uri")
+        fetch_filter = uri_filter(c.settings)
         try:
             if not isinstance(uri, str) or not uri:
                 raise UriRefused(f"URI for web-download does not pass filtering: {uri}")
-            uri_filter(c.settings).check(uri)
+            fetch_filter.check(uri)
         except UriRefused as exc:
             raise http_error(400, str(exc)) from exc
 
         async def run(claimed: ImageRecord) -> None:
-            await _run_web_download(request, claimed, uri)
+            await _run_web_download(request, claimed, uri, fetch_filter)
     else:
         async def run(claimed: ImageRecord) -> None:
             await _run_import(request, claimed)
@@ -240,7 +247,8 @@ def uri_filter(settings: ImageSettings) -> UriFilter:
     )
 
 
-async def _run_web_download(request: web.Request, image: ImageRecord, uri: str) -> None:
+async def _run_web_download(request: web.Request, image: ImageRecord, uri: str,
+                            fetch_filter: UriFilter) -> None:
     """Fetch ``uri`` into the store as a new attempt, verify, then activate (or revert:
     the image goes back to queued with no bytes kept, as after a failed upload)."""
     c = ctx(request)
@@ -253,7 +261,7 @@ async def _run_web_download(request: web.Request, image: ImageRecord, uri: str) 
     try:
         async with held_lease(c.repo, image.id, "importing", c.settings.upload_lease,
                               claimed) as lease:
-            loc, result = await fetch_into_store(uri, uri_filter(c.settings), c.store,
+            loc, result = await fetch_into_store(uri, fetch_filter, c.store,
                                                  container, name, verifier,
                                                  c.settings.web_download_timeout)
     except BaseException as exc:  # the source, a refused redirect, the bytes, the store,
@@ -308,16 +316,10 @@ async def _revert_if_held(request: web.Request, image: ImageRecord, lease: float
     """A failed import's end: unless the image went on without this holder (deleted,
     or taken over), delete the ``staged`` bytes and return it to queued."""
     c = ctx(request)
-    if await _still_held(c, image.id, "importing", lease):
+    if await still_held(c.repo, image.id, "importing", lease):
         if staged is not None:
             await discard(c.store, staged.container, staged.name, staged.segments)
         await _revert(request, image, "importing", lease)
-
-
-async def _still_held(c: ImageContext, image_id: str, status: str, lease: float) -> bool:
-    """Is the image still in ``status`` under the lease its holder last wrote?"""
-    current = await c.repo.get(image_id)
-    return current is not None and current.status == status and current.busy_until == lease
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:

@@ -115,6 +115,13 @@ def _retrieve(task: asyncio.Task[bool]) -> None:
         task.exception()
 
 
+async def still_held(repo: ImageRepository, image_id: str, status: str, lease: float
+                     ) -> bool:
+    """Is the image still in ``status`` under the lease its holder last wrote?"""
+    current = await repo.get(image_id)
+    return current is not None and current.status == status and current.busy_until == lease
+
+
 def reset_to_queued(image: ImageRecord) -> None:
     """The record of an image whose data is gone: ``queued``, as if never uploaded (a
     failed upload and a swept one end the same way)."""
@@ -155,9 +162,7 @@ async def _remove_bytes(c: ImageContext, image: ImageRecord, lease: float) -> bo
         complete = await discard(c.store, loc.container, loc.name, list(loc.segments))
 
     async def still_ours() -> bool:
-        current = await c.repo.get(image.id)
-        return current is not None and current.status == "killed" \
-            and current.busy_until == lease
+        return await still_held(c.repo, image.id, "killed", lease)
 
     container = container_for(c.settings, image.owner)
     return await discard_image(c.store, container, image.id, still_ours) and complete

@@ -120,17 +120,14 @@ def _host_key(host: str) -> str | Address:
 
 def _host_listed(key: str | Address, entries: tuple[str, ...]) -> bool:
     for entry in entries:
+        if _host_key(entry) == key:  # a name, or one address in any of its spellings
+            return True
         if isinstance(key, str):
-            if _host_key(entry) == key:
-                return True
-            continue
+            continue  # a network never holds a name
         try:
             network = ipaddress.ip_network(entry.strip("[]"), strict=False)
         except ValueError:
-            continue  # a name never matches an address
-        mapped = _host_key(str(network.network_address))
-        if network.prefixlen == network.max_prefixlen and key == mapped:
-            return True
+            continue
         if key.version == network.version and key in network:
             return True
     return False

@@ -432,11 +432,11 @@ class ObjectController(Controller):
         # parameter (internal: a large object's size in listings) is dropped, not refused
         content_type = req.headers.get("Content-Type")
         if content_type is not None:
-            kept = [p for p in content_type.split(";")
-                    if not p.strip().lower().startswith("swift_bytes=")]
+            kept = ";".join(p for p in content_type.split(";")
+                            if not p.strip().lower().startswith("swift_bytes=")).strip()
             req.headers.popall("Content-Type")
-            if ";".join(kept).strip():
-                req.headers["Content-Type"] = ";".join(kept).strip()
+            if kept:
+                req.headers["Content-Type"] = kept
         problem = self._check_meta(req)
         if problem is not None:
             return problem

@@ -173,3 +173,23 @@ def start_service(conf: Path, tmp_path: Path, name: str, extra: str = "") -> Ima
     path = tmp_path / f"{name}.toml"
     path.write_text(f"[image]\nbind_port = {port}\n{extra}\n{text}")
     return ImageProcess(path, port, tmp_path / f"{name}.log")
+
+
+def auth_headers(token: str, **extra: str) -> dict[str, str]:
+    return {"X-Auth-Token": token, **extra}
+
+
+def create_image(url: str, token: str, name: str, disk_format: str = "raw") -> dict:
+    """A new image (queued, formats set) through the image API at ``url``."""
+    resp = requests.post(f"{url}/v2/images", headers=auth_headers(token), timeout=30,
+                         json={"name": name, "disk_format": disk_format,
+                               "container_format": "bare"})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def show_image(url: str, token: str, image_id: str) -> dict:
+    resp = requests.get(f"{url}/v2/images/{image_id}", headers=auth_headers(token),
+                        timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()

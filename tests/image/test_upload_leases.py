@@ -22,29 +22,21 @@ from swiftlike.image.context import ImageContext, ImageSettings, container_for
 from swiftlike.image.registry import ImageRecord, SqliteImageRepository
 from swiftlike.image.store import StoreError
 from swiftlike.image.sweeper import sweep_stale
-from tests.image.conftest import ImageService, start_service
-
-
-def _headers(token: str, **extra: str) -> dict[str, str]:
-    return {"X-Auth-Token": token, **extra}
+from tests.image.conftest import (
+    ImageService,
+    auth_headers,
+    create_image,
+    show_image,
+    start_service,
+)
 
 
 def _new_image(url: str, token: str) -> str:
-    return _create(url, token)["id"]
-
-
-def _create(url: str, token: str) -> dict:
-    resp = requests.post(f"{url}/v2/images", headers=_headers(token), timeout=30,
-                         json={"name": "lease", "disk_format": "raw",
-                               "container_format": "bare"})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    return create_image(url, token, "lease")["id"]
 
 
 def _status(url: str, token: str, image_id: str) -> str:
-    resp = requests.get(f"{url}/v2/images/{image_id}", headers=_headers(token), timeout=30)
-    assert resp.status_code == 200, resp.text
-    return resp.json()["status"]
+    return show_image(url, token, image_id)["status"]
 
 
 def _wait_status(url: str, token: str, image_id: str, wanted: str, seconds: float) -> None:
@@ -76,7 +68,7 @@ def set_holder(tmp_path: Path, image_id: str, status: str, busy_until: float | N
 
 
 def _data_headers(token: str) -> dict[str, str]:
-    return _headers(token, **{"Content-Type": "application/octet-stream"})
+    return auth_headers(token, **{"Content-Type": "application/octet-stream"})
 
 
 def test_an_upload_whose_process_died_is_swept_back_to_queued(
@@ -116,7 +108,7 @@ def test_an_upload_whose_process_died_is_swept_back_to_queued(
                             timeout=60, headers=_data_headers(token))
         assert resp.status_code == 204, resp.text
         got = requests.get(f"{second.url}/v2/images/{image_id}/file",
-                           headers=_headers(token), timeout=60)
+                           headers=auth_headers(token), timeout=60)
         assert got.status_code == 200 and got.content == data
     finally:
         second.stop()
@@ -137,7 +129,7 @@ def test_a_live_slow_upload_keeps_its_image_through_many_sweeps(
                             data=_slow_body(chunks, 0.1),  # 4.5 s in all
                             headers=_data_headers(token))
         assert resp.status_code == 204, resp.text
-        image = requests.get(f"{other.url}/v2/images/{image_id}", headers=_headers(token),
+        image = requests.get(f"{other.url}/v2/images/{image_id}", headers=auth_headers(token),
                              timeout=30).json()
         assert image["status"] == "active" and image["checksum"] == expected
     finally:
@@ -157,7 +149,7 @@ def test_an_import_and_a_stage_whose_holder_died_are_swept(
                             data=os.urandom(600 * 1024), timeout=60, headers=_data_headers(token))
         assert resp.status_code == 204, resp.text
         assert store.objects_of(importing)
-        created = _create(service.url, token)
+        created = create_image(service.url, token, "lease")
         staging = created["id"]
         service.stop()
 
@@ -329,11 +321,11 @@ def test_a_holder_taken_over_leaves_the_newer_record_alone(
         uploader.join(60)
         assert slow_result == [409]
         image = requests.get(f"{service.url}/v2/images/{image_id}", timeout=30,
-                             headers=_headers(token)).json()
+                             headers=auth_headers(token)).json()
         assert image["status"] == "active"
         assert image["checksum"] == hashlib.md5(newer).hexdigest()
         got = requests.get(f"{service.url}/v2/images/{image_id}/file", timeout=60,
-                           headers=_headers(token))
+                           headers=auth_headers(token))
         assert got.status_code == 200 and got.content == newer
         # the stalled attempt's manifest and segments are gone; the newer one's object
         # (a single object: 100 KiB) is all that is left
@@ -351,7 +343,7 @@ def test_deleting_an_image_removes_what_dead_attempts_left(
     store = image_service.store()
     service = start_service(service_conf, tmp_path, "service")
     try:
-        created = _create(service.url, token)
+        created = create_image(service.url, token, "lease")
         image_id = created["id"]
         resp = requests.put(f"{service.url}/v2/images/{image_id}/file", timeout=60,
                             data=os.urandom(1000), headers=_data_headers(token))
@@ -365,7 +357,7 @@ def test_deleting_an_image_removes_what_dead_attempts_left(
                                 headers=store.headers, timeout=30).status_code == 201
         assert len(store.objects_of(image_id)) == 3
         assert requests.delete(f"{service.url}/v2/images/{image_id}", timeout=60,
-                               headers=_headers(token)).status_code == 204
+                               headers=auth_headers(token)).status_code == 204
         assert store.objects_of(image_id) == []
     finally:
         service.stop()

@@ -17,7 +17,14 @@ import pytest
 import requests
 
 from swiftlike.image.web_download import UriFilter, UriRefused
-from tests.image.conftest import ImageProcess, ImageService, start_service
+from tests.image.conftest import (
+    ImageProcess,
+    ImageService,
+    auth_headers,
+    create_image,
+    show_image,
+    start_service,
+)
 
 
 class Source:
@@ -91,39 +98,25 @@ def service(service_conf: Path, tmp_path: Path, source: Source) -> Iterator[Imag
     proc.stop()
 
 
-def _headers(token: str) -> dict[str, str]:
-    return {"X-Auth-Token": token}
-
-
 def _create(url: str, token: str, disk_format: str = "raw") -> str:
-    resp = requests.post(f"{url}/v2/images", headers=_headers(token), timeout=30,
-                         json={"name": "web", "disk_format": disk_format,
-                               "container_format": "bare"})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
+    return create_image(url, token, "web", disk_format)["id"]
 
 
 def _import(url: str, token: str, image_id: str, uri: object) -> requests.Response:
     method: dict[str, object] = {"name": "web-download"}
     if uri is not None:
         method["uri"] = uri
-    return requests.post(f"{url}/v2/images/{image_id}/import", headers=_headers(token),
+    return requests.post(f"{url}/v2/images/{image_id}/import", headers=auth_headers(token),
                          json={"method": method}, timeout=30)
-
-
-def _show(url: str, token: str, image_id: str) -> dict:
-    resp = requests.get(f"{url}/v2/images/{image_id}", headers=_headers(token), timeout=30)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def _settle(url: str, token: str, image_id: str, seconds: float = 30) -> dict:
     """The image once it has left ``importing``."""
     deadline = time.monotonic() + seconds
-    image = _show(url, token, image_id)
+    image = show_image(url, token, image_id)
     while image["status"] == "importing" and time.monotonic() < deadline:
         time.sleep(0.1)
-        image = _show(url, token, image_id)
+        image = show_image(url, token, image_id)
     return image
 
 
@@ -156,7 +149,7 @@ def test_openstacksdk_imports_an_image_from_a_url(
 def test_import_info_offers_web_download(service: ImageProcess,
                                          image_service: ImageService) -> None:
     info = requests.get(f"{service.url}/v2/info/import", timeout=30,
-                        headers=_headers(image_service.token())).json()
+                        headers=auth_headers(image_service.token())).json()
     assert "web-download" in info["import-methods"]["value"]
 
 
@@ -180,7 +173,7 @@ def test_a_refused_uri_is_400_and_the_image_stays_queued(
         uri = uri.format(port=source.port)
     resp = _import(service.url, token, image_id, uri)
     assert resp.status_code == 400, resp.text
-    assert _show(service.url, token, image_id)["status"] == "queued"
+    assert show_image(service.url, token, image_id)["status"] == "queued"
 
 
 @pytest.mark.parametrize("route", ["missing", "redirect-out", "cut", "not-qcow2"])
@@ -225,11 +218,12 @@ def test_only_a_queued_image_can_be_imported_from_the_web(
     resp = _import(service.url, token, image_id, "file:///etc/passwd")
     assert resp.status_code == 409 and "active" in resp.text, resp.text
     # and the formats before the URI too (409, as Glance)
-    bare = requests.post(f"{service.url}/v2/images", headers=_headers(token), timeout=30,
+    bare = requests.post(f"{service.url}/v2/images", headers=auth_headers(token), timeout=30,
                          json={"name": "no-formats"}).json()["id"]
     resp = _import(service.url, token, bare, None)
     assert resp.status_code == 409 and "needs to be set" in resp.text, resp.text
-    assert _show(service.url, token, image_id)["checksum"] == hashlib.md5(b"a" * 1000).hexdigest()
+    checksum = show_image(service.url, token, image_id)["checksum"]
+    assert checksum == hashlib.md5(b"a" * 1000).hexdigest()
 
 
 def test_the_filter_rules() -> None:
@@ -301,7 +295,7 @@ def test_deleting_the_image_stops_its_download(
         assert time.monotonic() < deadline, "no segment reached the store"
         time.sleep(0.1)
     assert requests.delete(f"{service.url}/v2/images/{image_id}", timeout=30,
-                           headers=_headers(token)).status_code == 204
+                           headers=auth_headers(token)).status_code == 204
     assert source.cut.wait(10), "the download went on reading the source"
     deadline = time.monotonic() + 10
     while store.objects_of(image_id) and time.monotonic() < deadline:

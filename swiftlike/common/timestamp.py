@@ -8,7 +8,6 @@ values, never as wall-clock guesses, so all replicas converge on the same answer
 
 from __future__ import annotations
 
-import functools
 import time
 
 PRECISION = 5
@@ -16,11 +15,15 @@ _SCALE = 10**PRECISION
 _MAX_TICKS = 10**10 * _SCALE
 
 
-@functools.total_ordering
 class Timestamp:
-    """An immutable, totally ordered X-Timestamp value (ticks of 10 us plus offset)."""
+    """An immutable, totally ordered X-Timestamp value (ticks of 10 us plus offset).
 
-    __slots__ = ("offset", "ticks")
+    The string form is kept once made: a small PUT's node formats its timestamp five
+    times (metadata, file name, container row ...), and comparisons are written out
+    rather than derived (``functools.total_ordering`` costs two calls per ``<=``).
+    """
+
+    __slots__ = ("_internal", "offset", "ticks")
 
     def __init__(self, value: float | int | str | Timestamp, offset: int = 0) -> None:
         if isinstance(value, Timestamp):
@@ -42,6 +45,7 @@ class Timestamp:
             raise ValueError("timestamp offset cannot be negative")
         self.ticks: int = ticks
         self.offset: int = total_offset
+        self._internal: str | None = None
 
     @classmethod
     def now(cls, offset: int = 0) -> Timestamp:
@@ -59,9 +63,13 @@ class Timestamp:
     @property
     def internal(self) -> str:
         """The normal form plus ``_<16 hex>`` when there is an offset: file names use it."""
-        if self.offset:
-            return f"{self.normal}_{self.offset:016x}"
-        return self.normal
+        text = self._internal
+        if text is None:
+            text = f"{self.ticks // _SCALE:010d}.{self.ticks % _SCALE:05d}"
+            if self.offset:
+                text = f"{text}_{self.offset:016x}"
+            self._internal = text
+        return text
 
     @property
     def http_date(self) -> str:
@@ -90,9 +98,20 @@ class Timestamp:
         return self._key() == other._key()
 
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Timestamp):
-            other = Timestamp(other)  # type: ignore[arg-type]
-        return self._key() < other._key()
+        other = other if isinstance(other, Timestamp) else Timestamp(other)  # type: ignore[arg-type]
+        return (self.ticks, self.offset) < (other.ticks, other.offset)
+
+    def __le__(self, other: object) -> bool:
+        other = other if isinstance(other, Timestamp) else Timestamp(other)  # type: ignore[arg-type]
+        return (self.ticks, self.offset) <= (other.ticks, other.offset)
+
+    def __gt__(self, other: object) -> bool:
+        other = other if isinstance(other, Timestamp) else Timestamp(other)  # type: ignore[arg-type]
+        return (self.ticks, self.offset) > (other.ticks, other.offset)
+
+    def __ge__(self, other: object) -> bool:
+        other = other if isinstance(other, Timestamp) else Timestamp(other)  # type: ignore[arg-type]
+        return (self.ticks, self.offset) >= (other.ticks, other.offset)
 
     def __hash__(self) -> int:
         return hash(self._key())

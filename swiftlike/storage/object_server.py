@@ -199,7 +199,7 @@ class ObjectServer:
             return result
         await self._queue_expiry(route, device_path, metadata, timestamp)
         await self.container_update(request, "PUT", route, device_path, timestamp,
-                                    _row_fields(metadata), skip=parked)
+                                    _row_fields(metadata), skip=parked, targets=targets)
         return web.Response(status=201, headers={"ETag": quote_etag(result)})
 
     async def _put_small(self, request: web.Request, device_path: str, object_dir: str,
@@ -243,7 +243,8 @@ class ObjectServer:
         # hop; with inline_lookups they run on the loop and only the flush leaves it.
         writer = await node.run_lookup(diskfile.stage_whole_object, device_path, object_dir,
                                        body, timestamp, ext, metadata,
-                                       use_xattr=node.use_xattr, make_dir=True)
+                                       use_xattr=node.use_xattr, compute_md5=False,
+                                       make_dir=True)  # the caller has the md5
         if writer.made_dir:
             # a new hash directory holds nothing acknowledged earlier: name and bytes may
             # share one flush (see diskfile's docstring); about 8% of a small PUT's CPU
@@ -568,11 +569,14 @@ class ObjectServer:
     async def container_update(self, request: web.Request, method: str, route: Route,
                                device_path: str, timestamp: Timestamp,
                                extra: dict[str, str],
-                               skip: list[UpdateTarget] | None = None) -> None:
+                               skip: list[UpdateTarget] | None = None,
+                               targets: list[UpdateTarget] | None = None) -> None:
         """Tell the container servers (but those in ``skip``, already told); queue what
-        fails in async_pending."""
-        targets = [target for target in targets_in_headers(request.headers, "Container")
-                   if target not in (skip or ())]
+        fails in async_pending. ``targets``: the request's, when the caller parsed them."""
+        if targets is None:
+            targets = targets_in_headers(request.headers, "Container")
+        if skip:
+            targets = [target for target in targets if target not in skip]
         if not targets:
             return
         headers = {"X-Backend-Server-Type": "container", "X-Timestamp": timestamp.internal,

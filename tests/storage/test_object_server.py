@@ -12,6 +12,7 @@ import pytest
 
 from swiftlike.storage.diskfile import META_XATTR, read_metadata
 from swiftlike.storage.hashes import get_suffix_hashes
+from tests.storage.conftest import make_conf
 
 OBJ = "/sda/3/AUTH_t/cont/dir/obj"
 
@@ -414,3 +415,34 @@ async def test_small_data_file_of_the_wrong_size_is_quarantined_on_get(node, ts,
         assert await resp.read() != b"0123456789"
     assert glob.glob(os.path.join(node.devices, "sda", "quarantined", "objects", "*"))
     assert object_files(node, "*.data") == []
+
+
+def test_small_writes_share_a_recent_space_check_big_ones_ask_again(tmp_path, monkeypatch):
+    """A statvfs per replica write is avoided for small writes, but what they take is
+    counted, and a check is never older than SPACE_CHECK_SECONDS."""
+    from swiftlike.storage import node as node_module
+
+    free = {"bytes": 10_000}
+    calls = []
+
+    def fake_free(path: str) -> int:
+        calls.append(path)
+        return free["bytes"]
+
+    monkeypatch.setattr(node_module, "free_bytes", fake_free)
+    storage = node_module.StorageNode(make_conf(str(tmp_path), small_object_limit=4096))
+    try:
+        device = str(tmp_path / "sda")
+        assert storage.has_space_for(device, 4000) and storage.has_space_for(device, 4000)
+        assert len(calls) == 1
+        assert not storage.has_space_for(device, 4000)  # 2,000 left after the two
+        assert storage.has_space_for(device, 2000)  # a refusal took nothing
+        free["bytes"] = 10**9  # someone freed space: a big write asks at once
+        assert storage.has_space_for(device, 10**6) and len(calls) == 2
+        free["bytes"] = 0
+        clock = node_module.time.monotonic() + node_module.SPACE_CHECK_SECONDS + 1
+        monkeypatch.setattr(node_module.time, "monotonic", lambda: clock)
+        assert not storage.has_space_for(device, 1) and len(calls) == 3
+    finally:
+        storage.io_pool.shutdown()
+        storage.db_pool.shutdown()

@@ -21,23 +21,11 @@ are new timestamps. A journal commit between rename and writeback could then mak
 ``<ts>.data`` durable with length zero while ``cleanup_object_dir`` already removed the
 older, acknowledged version. With step 1 first, every file that ever carries a final
 name holds complete bytes, so a crash leaves the old version or the new one, never a
-torn object.
-
-One exception, and the common case: a write that creates the object's hash directory
-itself (a new object) is published *before* its first flush, and one flush then
-covers bytes and name together. Nothing older lives in a directory that did not
-exist, so a crash before that flush can at worst leave the write's own file torn
-(short or empty, with its metadata): the write was never acknowledged, every read
-checks the size (and a small body's checksum) and quarantines such a file, and a
-container row parked for it is dropped when its file's size is wrong
-(:func:`pending_rows.settle_checked`). Concurrent writers that find the directory
-already there take the two steps; their flushes start after the new file was
-written, so they cover its bytes too.
-
-Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place instead of
-renamed: a crash before the link leaves only an orphan inode the file system frees at
-mount. Obsolete files are unlinked after the rename; the journal commits in order, so
-an unlink cannot become durable without the rename that preceded it.
+torn object. Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place
+instead of renamed: a crash before the link leaves only an orphan inode the file system
+frees at mount. Obsolete files are
+unlinked after the rename; the journal commits in order, so an unlink cannot become
+durable without the rename that preceded it.
 
 All functions here are blocking; the object server calls them through a thread pool.
 """
@@ -216,7 +204,6 @@ class ObjectWriter:
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
-        self.made_dir = False  # stage_whole_object(make_dir=True) created object_dir
         # write_chunks with O_DIRECT where the pieces allow (see direct_write)
         self.direct_io = direct_io
         self.spans: DirectSpanWriter | None = None
@@ -487,13 +474,11 @@ def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
 
 def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
                        ext: str, metadata: dict[str, str], use_xattr: bool = True,
-                       compute_md5: bool = True, make_dir: bool = False) -> ObjectWriter:
+                       compute_md5: bool = True) -> ObjectWriter:
     """Group-commit step 1 for a small object: temp file written and sealed, not synced.
 
     ``compute_md5=False`` when the caller already checked the body's md5 (the
-    replication receiver does, before staging). ``make_dir=True`` also creates the
-    hash directory now and sets ``writer.made_dir`` when this call created it: such a
-    write may be published before its first flush (see the module docstring).
+    replication receiver does, before staging).
 
     Returns the writer; after a device flush call its ``publish()``, then flush again
     before acknowledging (see :mod:`swiftlike.storage.group_commit`).
@@ -504,14 +489,6 @@ def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
     if body:
         writer.write(body)
     writer.seal(timestamp, ext, metadata)
-    if make_dir:
-        try:
-            writer.made_dir = make_object_dir(object_dir)
-        except OSError as err:
-            writer.abort()
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(str(err)) from err
-            raise
     return writer
 
 

@@ -181,8 +181,7 @@ class ObjectServer:
             assert route.container is not None and route.obj is not None
             row = object_row("PUT", route.obj, timestamp, _row_fields(metadata))
             parked.extend(await self.updates.park_before_flush(
-                targets, route.account, route.container, row, device_path, object_file,
-                length or 0))
+                targets, route.account, route.container, row, device_path, object_file))
 
         try:
             if length is not None and length <= self.node.small_object_limit and \
@@ -243,19 +242,14 @@ class ObjectServer:
         # hop; with inline_lookups they run on the loop and only the flush leaves it.
         writer = await node.run_lookup(diskfile.stage_whole_object, device_path, object_dir,
                                        body, timestamp, ext, metadata,
-                                       use_xattr=node.use_xattr, compute_md5=False,
-                                       make_dir=True)  # the caller has the md5
-        if writer.made_dir:
-            # a new hash directory holds nothing acknowledged earlier: name and bytes may
-            # share one flush (see diskfile's docstring); about 8% of a small PUT's CPU
-            await node.run_lookup(writer.publish, cleanup=False, dir_made=True)
-        else:
-            try:
-                await flusher.barrier()  # temp file's bytes + xattr durable, still invisible
-            except BaseException:
-                await node.run_io(writer.abort)
-                raise
-            await node.run_lookup(writer.publish)
+                                       use_xattr=node.use_xattr,
+                                       compute_md5=False)  # the caller has the md5
+        try:
+            await flusher.barrier()  # temp file's bytes + xattr durable, still invisible
+        except BaseException:
+            await node.run_io(writer.abort)
+            raise
+        await node.run_lookup(writer.publish)
         if before_flush is not None:
             await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now

@@ -21,11 +21,31 @@ are new timestamps. A journal commit between rename and writeback could then mak
 ``<ts>.data`` durable with length zero while ``cleanup_object_dir`` already removed the
 older, acknowledged version. With step 1 first, every file that ever carries a final
 name holds complete bytes, so a crash leaves the old version or the new one, never a
-torn object. Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place
-instead of renamed: a crash before the link leaves only an orphan inode the file system
-frees at mount. Obsolete files are
-unlinked after the rename; the journal commits in order, so an unlink cannot become
-durable without the rename that preceded it.
+torn object.
+
+One exception, and the common case: a write that creates the object's hash directory
+itself (a new object) is published *before* its first flush, and one flush then
+covers bytes and name together. Nothing older lives in a directory that did not
+exist, so a crash before that flush can at worst leave the write's own file torn
+(short or empty, with its metadata): the write was never acknowledged, every read
+checks the size (and a small body's checksum) and quarantines such a file, and a
+container row parked for it is dropped when its file's size is wrong
+(:func:`pending_rows.settle_checked`).
+
+What keeps that safe for others: the new file's bytes are written before its
+directory is created, and every other writer that finds the directory already there
+waits for a flush that starts after it saw the directory before anything it decided
+there is acknowledged. A small write takes the two steps; a streamed PUT
+(:meth:`ObjectWriter.commit` reports ``made_dir``) waits for one flush after its
+commit; the replication receiver flushes before it answers, as its sender may
+delete its own copy on that answer. Such a flush covers the new file's bytes, so no
+version can be cleaned up or judged stale in favour of a file a crash could still
+tear, and be acknowledged.
+
+Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place instead of
+renamed: a crash before the link leaves only an orphan inode the file system frees at
+mount. Obsolete files are unlinked after the rename; the journal commits in order, so
+an unlink cannot become durable without the rename that preceded it.
 
 All functions here are blocking; the object server calls them through a thread pool.
 """
@@ -204,6 +224,8 @@ class ObjectWriter:
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
+        # this writer created object_dir (stage_whole_object(make_dir=True), commit)
+        self.made_dir = False
         # write_chunks with O_DIRECT where the pieces allow (see direct_write)
         self.direct_io = direct_io
         self.spans: DirectSpanWriter | None = None
@@ -353,6 +375,7 @@ class ObjectWriter:
             # directories created just before), then the parents of any new directory.
             # Nothing is acknowledged before all of it is on disk.
             created = makedirs_deferred(self.object_dir)
+            self.made_dir = bool(created)
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
@@ -474,11 +497,13 @@ def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
 
 def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
                        ext: str, metadata: dict[str, str], use_xattr: bool = True,
-                       compute_md5: bool = True) -> ObjectWriter:
+                       compute_md5: bool = True, make_dir: bool = False) -> ObjectWriter:
     """Group-commit step 1 for a small object: temp file written and sealed, not synced.
 
     ``compute_md5=False`` when the caller already checked the body's md5 (the
-    replication receiver does, before staging).
+    replication receiver does, before staging). ``make_dir=True`` also creates the
+    hash directory now and sets ``writer.made_dir`` when this call created it: such a
+    write may be published before its first flush (see the module docstring).
 
     Returns the writer; after a device flush call its ``publish()``, then flush again
     before acknowledging (see :mod:`swiftlike.storage.group_commit`).
@@ -489,6 +514,14 @@ def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
     if body:
         writer.write(body)
     writer.seal(timestamp, ext, metadata)
+    if make_dir:
+        try:
+            writer.made_dir = make_object_dir(object_dir)
+        except OSError as err:
+            writer.abort()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(str(err)) from err
+            raise
     return writer
 
 

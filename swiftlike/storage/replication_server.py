@@ -220,6 +220,7 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
     touched: dict[str, set[str]] = {}  # part -> hash dirs to fsync, suffixes to invalidate
     batch: list[tuple[dict, bytes]] = []
     batch_bytes = 0
+    committed_alone = False  # a big file was committed outside the batches
 
     def write_batch(items: list[tuple[dict, bytes]]) -> list[tuple[dict, str, str]]:
         """``durability = "fsync"``: each file fsynced before its rename, directories
@@ -374,6 +375,7 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
                 raise
             outcome = await node.run_io(received.commit)
             account([(header, outcome, received.object_dir)], size)
+            committed_alone = True
         if batch:
             await start_batch(batch, batch_bytes)
         while in_flight:
@@ -388,4 +390,9 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
             await asyncio.gather(*(t for t, _ in in_flight), return_exceptions=True)
         for part, dirs in touched.items():
             await node.run_io(store.finish_received, device_path, part, dirs, node.fsync)
+    if committed_alone and node.group_commit:
+        # a big file fsyncs only itself: its "stale" verdict or cleanup may have been
+        # judged against a newer small file linked ahead of its bytes' flush (see
+        # diskfile), and the sender may delete its copy on this answer
+        await node.flusher(device_path).barrier()
     return web.Response(body=wire.pack(result), content_type=wire.MSGPACK_TYPE)

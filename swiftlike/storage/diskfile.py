@@ -23,29 +23,19 @@ older, acknowledged version. With step 1 first, every file that ever carries a f
 name holds complete bytes, so a crash leaves the old version or the new one, never a
 torn object.
 
-One exception, and the common case: a write that creates the object's hash directory
-itself (a new object) is published *before* its first flush, and one flush then
-covers bytes and name together. Nothing older lives in a directory that did not
-exist, so a crash before that flush can at worst leave the write's own file torn
-(short or empty, with its metadata): the write was never acknowledged, every read
-checks the size (and a small body's checksum) and quarantines such a file, and a
-container row parked for it is dropped when its file's size is wrong
-(:func:`pending_rows.settle_checked`).
+Between step 2's link and its flush a name is visible but not yet durable: a crash
+then loses it (the bytes are an unnamed orphan again). So whatever judges from what
+it sees in a hash directory, and tells someone who may act on it, answers only after
+a flush that began after it looked: a 409 or 412 from the object server (the proxy
+turns a 409 into "accepted, superseded"), a streamed PUT whose commit may have cleaned
+up its own file in favour of such a name, and the replication answers a sender may
+delete its handoff copy on (suffix hashes, "not wanted", "stale").
 
-What keeps that safe for others: the new file's bytes are written before its
-directory is created, and every other writer that finds the directory already there
-waits for a flush that starts after it saw the directory before anything it decided
-there is acknowledged. A small write takes the two steps; a streamed PUT
-(:meth:`ObjectWriter.commit` reports ``made_dir``) waits for one flush after its
-commit; the replication receiver flushes before it answers, as its sender may
-delete its own copy on that answer. Such a flush covers the new file's bytes, so no
-version can be cleaned up or judged stale in favour of a file a crash could still
-tear, and be acknowledged.
-
-Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place instead of
-renamed: a crash before the link leaves only an orphan inode the file system frees at
-mount. Obsolete files are unlinked after the rename; the journal commits in order, so
-an unlink cannot become durable without the rename that preceded it.
+Staged files are unnamed (``O_TMPFILE`` in ``tmp/``) and linked into place
+instead of renamed: a crash before the link leaves only an orphan inode the file system
+frees at mount. Obsolete files are
+unlinked after the rename; the journal commits in order, so an unlink cannot become
+durable without the rename that preceded it.
 
 All functions here are blocking; the object server calls them through a thread pool.
 """
@@ -224,8 +214,7 @@ class ObjectWriter:
         self.body_checksum: xxhash.xxh3_128 | None = None  # see BODY_CHECKSUM_KEY
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
-        # this writer created object_dir (stage_whole_object(make_dir=True), commit)
-        self.made_dir = False
+        self.made_dir = False  # commit created object_dir itself
         # write_chunks with O_DIRECT where the pieces allow (see direct_write)
         self.direct_io = direct_io
         self.spans: DirectSpanWriter | None = None
@@ -374,8 +363,15 @@ class ObjectWriter:
             # hash directory fsynced (which on a journaling file system also commits the
             # directories created just before), then the parents of any new directory.
             # Nothing is acknowledged before all of it is on disk.
-            created = makedirs_deferred(self.object_dir)
-            self.made_dir = bool(created)
+            # made_dir only from our own mkdir: a concurrent writer's hash directory
+            # (with a name it linked that may not be durable yet) is not ours
+            created = makedirs_deferred(os.path.dirname(self.object_dir))
+            try:
+                os.mkdir(self.object_dir)
+                created.insert(0, self.object_dir)
+                self.made_dir = True
+            except FileExistsError:
+                self.made_dir = False
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
@@ -497,13 +493,11 @@ def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
 
 def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
                        ext: str, metadata: dict[str, str], use_xattr: bool = True,
-                       compute_md5: bool = True, make_dir: bool = False) -> ObjectWriter:
+                       compute_md5: bool = True) -> ObjectWriter:
     """Group-commit step 1 for a small object: temp file written and sealed, not synced.
 
     ``compute_md5=False`` when the caller already checked the body's md5 (the
-    replication receiver does, before staging). ``make_dir=True`` also creates the
-    hash directory now and sets ``writer.made_dir`` when this call created it: such a
-    write may be published before its first flush (see the module docstring).
+    replication receiver does, before staging).
 
     Returns the writer; after a device flush call its ``publish()``, then flush again
     before acknowledging (see :mod:`swiftlike.storage.group_commit`).
@@ -514,14 +508,6 @@ def stage_whole_object(device_path: str, object_dir: str, body: bytes, timestamp
     if body:
         writer.write(body)
     writer.seal(timestamp, ext, metadata)
-    if make_dir:
-        try:
-            writer.made_dir = make_object_dir(object_dir)
-        except OSError as err:
-            writer.abort()
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(str(err)) from err
-            raise
     return writer
 
 

@@ -183,8 +183,7 @@ class ObjectServer:
             assert route.container is not None and route.obj is not None
             row = object_row("PUT", route.obj, timestamp, _row_fields(metadata))
             parked.extend(await self.updates.park_before_flush(
-                targets, route.account, route.container, row, device_path, object_file,
-                length or 0))
+                targets, route.account, route.container, row, device_path, object_file))
 
         try:
             if length is not None and length <= self.node.small_object_limit and \
@@ -245,19 +244,14 @@ class ObjectServer:
         # hop; with inline_lookups they run on the loop and only the flush leaves it.
         writer = await node.run_lookup(diskfile.stage_whole_object, device_path, object_dir,
                                        body, timestamp, ext, metadata,
-                                       use_xattr=node.use_xattr, compute_md5=False,
-                                       make_dir=True)  # the caller has the md5
-        if writer.made_dir:
-            # a new hash directory holds nothing acknowledged earlier: name and bytes may
-            # share one flush (see diskfile's docstring); about 8% of a small PUT's CPU
-            await node.run_lookup(writer.publish, cleanup=False, dir_made=True)
-        else:
-            try:
-                await flusher.barrier()  # temp file's bytes + xattr durable, still invisible
-            except BaseException:
-                await node.run_io(writer.abort)
-                raise
-            await node.run_lookup(writer.publish)
+                                       use_xattr=node.use_xattr,
+                                       compute_md5=False)  # the caller has the md5
+        try:
+            await flusher.barrier()  # temp file's bytes + xattr durable, still invisible
+        except BaseException:
+            await node.run_io(writer.abort)
+            raise
+        await node.run_lookup(writer.publish)
         if before_flush is not None:
             await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now
@@ -297,9 +291,9 @@ class ObjectServer:
             await node.run_io_to_end(writer.commit, timestamp, ".data", metadata)
             committed = True
             if node.group_commit and not writer.made_dir:
-                # a newer small write may have been linked here ahead of its bytes'
-                # flush (see diskfile), and this commit's cleanup may just have removed
-                # our file in its favour: answer once a flush has made those bytes durable
+                # a small write's name is visible before the flush that makes it durable
+                # (see diskfile), and this commit's cleanup may just have removed our file
+                # in favour of such a newer one: answer once a flush has made it durable
                 await node.flusher(device_path).barrier()
             return got.etag
         finally:
@@ -564,10 +558,10 @@ class ObjectServer:
         """``response`` once a device flush that began now has ended.
 
         For verdicts judged against the files of a hash directory (409: a newer version
-        is here, 412: the object exists): under group commit that file may be a new
-        object's, linked ahead of its bytes' flush (see diskfile), and the proxy turns
-        a 409 into "accepted, superseded". The flush makes sure the file that decided
-        is one a crash keeps.
+        is here, 412: the object exists): under group commit a small write's name is
+        visible before the flush that makes it durable (see diskfile), and the proxy
+        turns a 409 into "accepted, superseded". The flush makes sure the file that
+        decided is one a crash keeps.
         """
         if self.node.group_commit:
             await self.node.flusher(device_path).barrier()

@@ -137,28 +137,22 @@ def settle_checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     An object server may park a row for a database on its own device before the flush
     that makes the object's name durable, so both ride one flush; such a row names the
     file in ``check``. A crash inside that flush can keep the row and lose the name, so
-    a fold keeps a checked row only if its file is there with the size it was written
-    with (``check_size``: a new object's name may become durable before its bytes, see
-    ``diskfile``), and flushes the file's file system before merging (the name may
-    still be waiting for that same flush). A file gone since (replaced by a newer write,
-    deleted, moved away by replication) leaves the row to the newer rows and to the
-    other replicas.
+    a fold keeps a checked row only if its file is there, and flushes the file's file
+    system before merging (the name may still be waiting for that same flush). A file
+    gone since (replaced by a newer write, deleted, moved away by replication) leaves
+    the row to the newer rows and to the other replicas.
     """
     kept: list[dict[str, Any]] = []
     to_flush: dict[int, str] = {}
     for row in rows:
         check = row.pop("check", None)
-        size = row.pop("check_size", None)
         if check is None:
             kept.append(row)
             continue
         try:
-            stat = os.stat(check)
+            to_flush.setdefault(os.stat(check).st_dev, check)
         except OSError:
             continue
-        if size is not None and stat.st_size != size:
-            continue  # torn by a crash before its flush: never acknowledged
-        to_flush.setdefault(stat.st_dev, check)
         kept.append(row)
     for path in to_flush.values():
         flush_file_system(path)

@@ -156,7 +156,21 @@ async def _replicate(request: web.Request, node: StorageNode, device_path: str
     except ValueError as err:
         return error_response(400, f"bad REPLICATE body: {err}")
     answer = await node.run_io(_suffix_hashes_of, device_path, requested)
+    await _names_durable(node, device_path)
     return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
+
+
+async def _names_durable(node: StorageNode, device_path: str) -> None:
+    """Under group commit, wait for a device flush that began after the look just taken.
+
+    A small write's name is in its hash directory before the flush that makes it
+    durable (see ``diskfile``). A sender that hears "in sync" (equal suffix hashes) or
+    "not wanted" (something newer is here) may delete its handoff copy on that answer,
+    so the names it was judged against must survive a crash first: one shared flush
+    per request.
+    """
+    if node.group_commit:
+        await node.flusher(device_path).barrier()
 
 
 def _wanted_of(device_path: str, offers: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -178,6 +192,7 @@ async def _missing_check(request: web.Request, node: StorageNode, device_path: s
     except ValueError as err:
         return error_response(400, f"bad missing_check body: {err}")
     answer = await node.run_io(_wanted_of, device_path, offers)
+    await _names_durable(node, device_path)
     return web.Response(body=wire.pack(answer), content_type=wire.MSGPACK_TYPE)
 
 class _BufferedBody:
@@ -390,9 +405,8 @@ async def _receive_updates(request: web.Request, node: StorageNode, device_path:
             await asyncio.gather(*(t for t, _ in in_flight), return_exceptions=True)
         for part, dirs in touched.items():
             await node.run_io(store.finish_received, device_path, part, dirs, node.fsync)
-    if committed_alone and node.group_commit:
+    if committed_alone:
         # a big file fsyncs only itself: its "stale" verdict or cleanup may have been
-        # judged against a newer small file linked ahead of its bytes' flush (see
-        # diskfile), and the sender may delete its copy on this answer
-        await node.flusher(device_path).barrier()
+        # judged against a newer name that is not durable yet
+        await _names_durable(node, device_path)
     return web.Response(body=wire.pack(result), content_type=wire.MSGPACK_TYPE)

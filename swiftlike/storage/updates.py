@@ -307,24 +307,22 @@ class UpdateBatcher:
 
     async def park_before_flush(self, targets: list[UpdateTarget], account: str,
                                 container: str, row: dict[str, Any], device_path: str,
-                                object_file: str, file_size: int) -> list[UpdateTarget]:
+                                object_file: str) -> list[UpdateTarget]:
         """The targets whose row now rides the object's own next flush.
 
         Why: a row for a database on the object's device, parked before the flush that
         makes the object's name durable, needs no flush of its own; measured on the
         all-in-one, that third flush wait of a small PUT cost the servers about a tenth
-        of their CPU. The row names ``object_file`` and its size: a crash inside the
-        flush may keep the row without the name, or (for a new object, see diskfile)
-        with the name but not all the bytes, and folding drops such a row.
+        of their CPU. The row names ``object_file``: a crash inside the flush may keep
+        the row without the name, and folding drops a row whose file is not there.
         """
         local = self.local
         if local is None:
             return []
         parked = []
-        checked = {**row, "check": object_file, "check_size": file_size}
         for target in targets:
             if local.serves(target) and await local.park_unflushed(
-                    target, account, container, checked, device_path):
+                    target, account, container, {**row, "check": object_file}, device_path):
                 self.rows_local += 1
                 parked.append(target)
         return parked

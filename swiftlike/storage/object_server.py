@@ -537,7 +537,9 @@ class ObjectServer:
             if not if_delete_at.isdigit():
                 return error_response(400, "Bad X-If-Delete-At header value")
             if opened is None or opened.metadata.get("X-Delete-At") != if_delete_at:
-                return error_response(412, "X-If-Delete-At mismatch")
+                # the expirer drops its queue entry on this answer
+                return await self._once_flushed(device_path, error_response(
+                    412, "X-If-Delete-At mismatch"))
         if state.newest_durable is not None and timestamp <= state.newest_durable:
             return await self._once_flushed(device_path, error_response(
                 409, "A newer or equal version exists",

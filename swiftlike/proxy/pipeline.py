@@ -91,6 +91,11 @@ BodyType = bytes | AsyncIterator[bytes] | None
 _PATH_AUTH_KEYS = frozenset({"swift.acl", "swift.account_acl", "swift.owner"})
 
 
+#: environ key: {name: first value} of the query parameters the client repeated (the
+#: query itself keeps the last value; Swift's tempurl reads the first)
+FIRST_QUERY_VALUES = "swiftlike.first_query_values"
+
+
 class SwiftRequest:
     """One request as the middlewares see it.
 

@@ -40,6 +40,7 @@ from swiftlike.proxy.node_pool import ErrorLimiter, ReadOrder
 from swiftlike.proxy.object_controller import ObjectController
 from swiftlike.proxy.pipeline import (
     DEFAULT_PIPELINE,
+    FIRST_QUERY_VALUES,
     Handler,
     InfoRegistry,
     SwiftRequest,
@@ -175,10 +176,14 @@ def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> Swif
         # middleware (auth above all) can take /v1.0/ for "not the Swift API"
         path = "/v1/" + path[6:]
     query: dict[str, str] = {}
+    firsts: dict[str, str] = {}
     if raw_query:
-        # a repeated parameter takes its last value, as Swift's (WebOb's) requests do
+        # a repeated parameter takes its last value, as Swift's (WebOb's) requests do;
+        # the first values of repeated ones are kept for tempurl, which reads those
         for key, value in parse_qsl(raw_query, keep_blank_values=True,
                                     errors="surrogateescape"):
+            if key in query:
+                firsts.setdefault(key, query[key])
             query[key] = value
     body = _timed_body(request, client_timeout) if request.body_exists else None
     peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -187,7 +192,7 @@ def to_swift_request(request: web.Request, client_timeout: float = 60.0) -> Swif
         host=request.host, scheme=request.scheme,
         remote=peer[0] if peer else None,
         # when the client's request arrived: shared HEADs started later may answer it
-        environ={"swift.arrival": time.monotonic()},
+        environ={"swift.arrival": time.monotonic(), FIRST_QUERY_VALUES: firsts},
     )
     if req.method == "HEAD" and "Range" in req.headers:
         # as Swift's: a HEAD describes the whole object (a client sizing it with a

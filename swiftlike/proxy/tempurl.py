@@ -33,6 +33,7 @@ from swiftlike.proxy.mw_util import (
     split_v1,
 )
 from swiftlike.proxy.pipeline import (
+    FIRST_QUERY_VALUES,
     Handler,
     SwiftRequest,
     SwiftResponse,
@@ -148,6 +149,13 @@ def passes_through(req: SwiftRequest) -> bool:
 _DISALLOWED_INCOMING = ("X-Object-Manifest", "X-Symlink-Target")
 
 
+def _first(req: SwiftRequest, name: str) -> str | None:
+    """A temp URL parameter's first value when the client repeated it, as Swift's tempurl
+    reads them (every other parameter takes its last value)."""
+    first = req.environ.get(FIRST_QUERY_VALUES, {}).get(name)
+    return first if first is not None else req.query.get(name)
+
+
 class TempURL:
     """The middleware; one per proxy app."""
 
@@ -190,8 +198,8 @@ class TempURL:
         self.info.observe(req)
         if req.method == "OPTIONS":
             return await self.app(req)
-        sig = req.query.get("temp_url_sig")
-        expires_text = req.query.get("temp_url_expires")
+        sig = _first(req, "temp_url_sig")
+        expires_text = _first(req, "temp_url_expires")
         if sig is None and expires_text is None:
             resp = await self.app(req)
             self._hide_container_keys(req, resp)
@@ -212,14 +220,14 @@ class TempURL:
         account, container, obj = split_v1(req.path)
         if account is None or container is None or obj is None or not obj.strip("/"):
             return self._invalid(req)
-        prefix = req.query.get("temp_url_prefix")
+        prefix = _first(req, "temp_url_prefix")
         if prefix is not None:
             if not obj.startswith(prefix):
                 return self._invalid(req)
             signed_path = f"prefix:/v1/{account}/{container}/{prefix}"
         else:
             signed_path = req.path
-        ip_range = req.query.get("temp_url_ip_range")
+        ip_range = _first(req, "temp_url_ip_range")
         if ip_range and not _ip_in_range(req.remote, ip_range):
             return self._invalid(req)
         # the HMAC covers the expiry as unix seconds, even when the URL carries ISO 8601
@@ -280,7 +288,7 @@ class TempURL:
         mark_authorized(req.environ, authorize)
         req.environ["swift.tempurl"] = True
         req.environ["REMOTE_USER"] = ".wsgi.tempurl"
-        filename = req.query.get("filename")
+        filename = _first(req, "filename")
         inline = "inline" in req.query
         for name in ("temp_url_sig", "temp_url_expires", "temp_url_prefix",
                      "temp_url_ip_range", "filename", "inline"):

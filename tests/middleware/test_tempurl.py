@@ -220,3 +220,20 @@ def _openstacksdk_temp_url(path: str, key: str) -> str | None:
         return None
     proxy = Proxy.__new__(Proxy)  # generate_temp_url needs no session with a key given
     return proxy.generate_temp_url(path, 60, "GET", temp_url_key=key)
+
+
+async def test_repeated_temp_url_parameters_take_their_first_value(swift_cluster, account,
+                                                                   container_with_key, http
+                                                                   ) -> None:
+    """As Swift's tempurl reads them (every other parameter takes its last value)."""
+    container, key = container_with_key
+    signed = url_for(swift_cluster, generate_temp_url(
+        f"{account.path}/{container}/obj", 60, key, "GET"))
+    async with http.get(signed + "&temp_url_sig=" + "0" * 64 + "&filename=b.txt"
+                        + "&filename=c.txt") as resp:
+        assert resp.status == 200
+        assert 'filename="b.txt"' in resp.headers["Content-Disposition"]
+    base, _, query = signed.partition("?")
+    forged_first = f"{base}?temp_url_sig={'0' * 64}&{query}"
+    async with http.get(forged_first) as resp:
+        assert resp.status == 401

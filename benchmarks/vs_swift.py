@@ -160,6 +160,9 @@ class SwiftlikeServer:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"swiftlike serve did not come up: {exc}\n{tail}") from exc
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None:
             return
@@ -265,6 +268,17 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
             for side, auth_url, pids in targets:
                 log(f"round {number}/{args.rounds}: {side}")
                 turns.give(side)
+                if side == "swiftlike" and ours is not None and not ours.running():
+                    # serve stops itself when a node does not come up; one hiccup must
+                    # not void every later round of ours
+                    log(f"round {number}: swiftlike serve was not running, restarting it")
+                    failures.append({"round": number, "side": side,
+                                     "error": "serve had stopped; restarted"})
+                    try:
+                        ours.start()
+                    except RuntimeError as exc:
+                        log(f"round {number} swiftlike restart failed: {exc}")
+                        continue
                 config = LoadConfig(
                     auth_url=auth_url, procs=args.procs, concurrency=args.concurrency,
                     count=args.count, large_count=args.large_count, duration=args.duration,

@@ -6,6 +6,7 @@ The comparison itself is not run here: it installs OpenStack Swift from PyPI.
 from __future__ import annotations
 
 import configparser
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,12 @@ from benchmarks.swift_saio import (
     ring_commands,
     write_saio,
 )
-from benchmarks.vs_swift import compare_rounds, format_comparison, median_ratio
+from benchmarks.vs_swift import (
+    SwiftlikeServer,
+    compare_rounds,
+    format_comparison,
+    median_ratio,
+)
 
 
 def _load_result(ops: dict[str, float], cpu: float | None = 1.0) -> dict:
@@ -209,3 +215,17 @@ def test_warmup_covers_the_large_phases_twice():
     mib = 1024 * 1024
     assert warmup_bytes(6) == 2 << 30  # the small default: the 2 GiB floor
     assert warmup_bytes(40) == 2 * 2 * 3 * 40 * 16 * mib  # 7.5 GiB
+
+
+def test_a_stopped_serve_is_seen_as_not_running(tmp_path: Path):
+    """vs_swift restarts serve before our turn when it stopped itself (a node that did
+    not come up makes serve give up), instead of failing every later round."""
+    server = SwiftlikeServer(tmp_path / "data", 1, 4, 2, ["true"])
+    assert not server.running()
+    server.proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert server.running()
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    assert not server.running()

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -39,6 +38,18 @@ from swiftlike.storage.direct_read import AlignedBuffers
 from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.expiring_queue import enqueue_expiring
 from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.object_headers import (
+    CONTENT_TYPE_STAMP,
+    INTERNAL_KEYS,
+    POST_HEADERS,
+    POST_PREFIXES,
+    STORED_HEADERS,
+    STORED_PREFIXES,
+    delete_at_error,
+    request_timestamp,
+    row_fields,
+    title_header,
+)
 from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
@@ -53,24 +64,6 @@ from swiftlike.storage.updates import (
 
 LOG = logging.getLogger(__name__)
 
-STORED_HEADERS = {
-    "content-type", "content-encoding", "content-disposition", "x-delete-at",
-    "x-static-large-object", "x-object-manifest", "cache-control", "content-language",
-    "expires", "x-robots-tag",
-}
-STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
-                   "x-object-transient-sysmeta-")
-POST_HEADERS = {"content-type", *diskfile.POST_REPLACED_HEADERS}
-POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
-#: Set in a .meta by a POST that changed the Content-Type: later POSTs without one
-#: carry the type on (Swift's fast-POST keeps a POSTed type; a .meta replaces the rest)
-CONTENT_TYPE_STAMP = "X-Backend-Content-Type-Timestamp"
-INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
-#: A middleware's word on the size a container listing shows (Swift's name): an SLO
-#: manifest stores a few hundred bytes of JSON but lists as the whole object.
-OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
-#: ... and on the type it shows (symlink lists a link's target there, Swift's way)
-OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
 #: what a 304, 412 or 416 answer carries about the object
 _DESCRIBING = ("ETag", "Last-Modified", "X-Timestamp", "X-Backend-Timestamp",
                "Content-Type", "Accept-Ranges")
@@ -78,35 +71,6 @@ READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
 DIRECT_READ_MIN = 4 * 1024 * 1024
-
-
-def request_timestamp(request: web.Request) -> Timestamp | None:
-    value = request.headers.get("X-Timestamp")
-    if not value:
-        return None
-    try:
-        return Timestamp(value)
-    except ValueError:
-        return None
-
-
-def title_header(name: str) -> str:
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
-
-
-def _delete_at_error(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        return "Non-integer X-Delete-At"
-    if int(value) <= time.time():
-        return "X-Delete-At in past"
-    return None
-
-
-def _listed_size(metadata: dict[str, str]) -> str:
-    override = metadata.get(OVERRIDE_SIZE, "")
-    return override if override.isdigit() else metadata["Content-Length"]
 
 
 class ObjectServer:
@@ -148,7 +112,7 @@ class ObjectServer:
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         if length is None and not chunked:
             return error_response(411, "Content-Length or chunked transfer required")
-        problem = _delete_at_error(request.headers.get("X-Delete-At"))
+        problem = delete_at_error(request.headers.get("X-Delete-At"))
         if problem:
             return error_response(400, problem)
         if_none_match = request.headers.get("If-None-Match")
@@ -181,7 +145,7 @@ class ObjectServer:
 
         async def park_rows(object_file: str) -> None:
             assert route.container is not None and route.obj is not None
-            row = object_row("PUT", route.obj, timestamp, _row_fields(metadata))
+            row = object_row("PUT", route.obj, timestamp, row_fields(metadata))
             parked.extend(await self.updates.park_before_flush(
                 targets, route.account, route.container, row, device_path, object_file))
 
@@ -200,7 +164,7 @@ class ObjectServer:
             return result
         await self._queue_expiry(route, device_path, metadata, timestamp)
         await self.container_update(request, "PUT", route, device_path, timestamp,
-                                    _row_fields(metadata), skip=parked, targets=targets)
+                                    row_fields(metadata), skip=parked, targets=targets)
         return web.Response(status=201, headers={"ETag": quote_etag(result)})
 
     async def _put_small(self, request: web.Request, device_path: str, object_dir: str,
@@ -481,7 +445,7 @@ class ObjectServer:
         timestamp = request_timestamp(request)
         if timestamp is None:
             return error_response(400, "Missing or invalid X-Timestamp")
-        problem = _delete_at_error(request.headers.get("X-Delete-At"))
+        problem = delete_at_error(request.headers.get("X-Delete-At"))
         if problem:
             return error_response(400, problem)
         object_dir = self.object_dir(device_path, route)
@@ -611,12 +575,6 @@ class ObjectServer:
             await self.node.run_io(write_async_pending, device_path, record,
                                    timestamp.internal, self.node.hash_prefix,
                                    self.node.hash_suffix, self.node.fsync)
-
-
-def _row_fields(metadata: dict[str, str]) -> dict[str, str]:
-    """What a PUT's container row says of the object, from its stored metadata."""
-    return {"X-Size": _listed_size(metadata), "X-Etag": metadata["ETag"],
-            "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]}
 
 
 def _cut_connection(request: web.Request) -> None:

@@ -1,0 +1,69 @@
+"""What an object request's headers mean to a storage node.
+
+Which headers a PUT stores and a POST replaces, the node's own keys in the stored
+metadata, and the row a container listing gets for an object: the vocabulary the verbs
+(:mod:`.object_server`) share, kept apart so that module stays about what each verb does.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from swiftlike.common.timestamp import Timestamp
+from swiftlike.storage import body_io, diskfile
+
+STORED_HEADERS = {
+    "content-type", "content-encoding", "content-disposition", "x-delete-at",
+    "x-static-large-object", "x-object-manifest", "cache-control", "content-language",
+    "expires", "x-robots-tag",
+}
+STORED_PREFIXES = ("x-object-meta-", "x-object-sysmeta-", "x-symlink-",
+                   "x-object-transient-sysmeta-")
+POST_HEADERS = {"content-type", *diskfile.POST_REPLACED_HEADERS}
+POST_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
+#: Set in a .meta by a POST that changed the Content-Type: later POSTs without one
+#: carry the type on (Swift's fast-POST keeps a POSTed type; a .meta replaces the rest)
+CONTENT_TYPE_STAMP = "X-Backend-Content-Type-Timestamp"
+INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
+#: A middleware's word on the size a container listing shows (Swift's name): an SLO
+#: manifest stores a few hundred bytes of JSON but lists as the whole object.
+OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
+#: ... and on the type it shows (symlink lists a link's target there, Swift's way)
+OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
+
+
+def request_timestamp(request: web.Request) -> Timestamp | None:
+    value = request.headers.get("X-Timestamp")
+    if not value:
+        return None
+    try:
+        return Timestamp(value)
+    except ValueError:
+        return None
+
+
+def title_header(name: str) -> str:
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def delete_at_error(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        return "Non-integer X-Delete-At"
+    if int(value) <= time.time():
+        return "X-Delete-At in past"
+    return None
+
+
+def listed_size(metadata: dict[str, str]) -> str:
+    override = metadata.get(OVERRIDE_SIZE, "")
+    return override if override.isdigit() else metadata["Content-Length"]
+
+
+def row_fields(metadata: dict[str, str]) -> dict[str, str]:
+    """What a PUT's container row says of the object, from its stored metadata."""
+    return {"X-Size": listed_size(metadata), "X-Etag": metadata["ETag"],
+            "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]}

@@ -9,6 +9,7 @@ values, never as wall-clock guesses, so all replicas converge on the same answer
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 PRECISION = 5
 _SCALE = 10**PRECISION
@@ -135,6 +136,19 @@ def _parse(text: str) -> tuple[int, int]:
     if int(frac[PRECISION]) >= 5:
         ticks += 1
     return ticks, offset
+
+
+def header_timestamp(headers: Mapping[str, str], name: str = "X-Timestamp"
+                     ) -> Timestamp | None:
+    """The timestamp a request or response header carries; None when it is missing or
+    not a timestamp (the caller decides whether that is a 400)."""
+    value = headers.get(name)
+    if not value:
+        return None
+    try:
+        return Timestamp(value)
+    except ValueError:
+        return None
 
 
 def normalize_timestamp(value: float | int | str | Timestamp) -> str:

@@ -29,7 +29,7 @@ from swiftlike.common.constraints import (
 )
 from swiftlike.common.http_util import WHOLE_IF_PRESENT
 from swiftlike.common.node_client import NODE_ERRORS, node_path
-from swiftlike.common.timestamp import Timestamp
+from swiftlike.common.timestamp import Timestamp, header_timestamp
 from swiftlike.proxy.base_controller import (
     BackendResponse,
     Controller,
@@ -469,13 +469,7 @@ def _is_true(value: str | None) -> bool:
 
 
 def _header_ts(headers: Any, key: str) -> Timestamp | None:
-    value = headers.get(key)
-    if not value:
-        return None
-    try:
-        return Timestamp(value)
-    except ValueError:
-        return None
+    return header_timestamp(headers, key)
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int] | None:

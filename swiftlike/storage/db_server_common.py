@@ -26,7 +26,7 @@ from swiftlike.common.listing import (
     listing_params,
     render_listing,
 )
-from swiftlike.common.timestamp import Timestamp
+from swiftlike.common.timestamp import Timestamp, header_timestamp
 from swiftlike.storage.db import BrokerCache, DatabaseBroker
 from swiftlike.storage.db_files import is_damaged, quarantine_database, still_damaged
 from swiftlike.storage.node import StorageNode, error_response
@@ -66,13 +66,7 @@ def metadata_headers(info: dict[str, Any]) -> dict[str, str]:
 
 
 def request_timestamp(request: web.Request, header: str = "X-Timestamp") -> Timestamp | None:
-    value = request.headers.get(header)
-    if not value:
-        return None
-    try:
-        return Timestamp(value)
-    except ValueError:
-        return None
+    return header_timestamp(request.headers, header)
 
 
 def backend_headers(info: dict[str, Any]) -> dict[str, str]:

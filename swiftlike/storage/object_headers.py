@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from swiftlike.common.timestamp import Timestamp
+from swiftlike.common.timestamp import Timestamp, header_timestamp
 from swiftlike.storage import body_io, diskfile
 
 STORED_HEADERS = {
@@ -35,13 +35,7 @@ OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
 
 
 def request_timestamp(request: web.Request) -> Timestamp | None:
-    value = request.headers.get("X-Timestamp")
-    if not value:
-        return None
-    try:
-        return Timestamp(value)
-    except ValueError:
-        return None
+    return header_timestamp(request.headers)
 
 
 def title_header(name: str) -> str:

@@ -275,6 +275,7 @@ def run_comparison(args: argparse.Namespace, log=print) -> dict[str, Any]:
                     failures.append({"round": number, "side": side,
                                      "error": "serve had stopped; restarted"})
                     try:
+                        ours.stop()  # whatever is left in its session goes first
                         ours.start()
                     except RuntimeError as exc:
                         log(f"round {number} swiftlike restart failed: {exc}")

@@ -152,8 +152,10 @@ _DISALLOWED_INCOMING = ("X-Object-Manifest", "X-Symlink-Target")
 def _first(req: SwiftRequest, name: str) -> str | None:
     """A temp URL parameter's first value when the client repeated it, as Swift's tempurl
     reads them (every other parameter takes its last value)."""
+    if name not in req.query:  # a subrequest inherits the environ, not the query
+        return None
     first = req.environ.get(FIRST_QUERY_VALUES, {}).get(name)
-    return first if first is not None else req.query.get(name)
+    return first if first is not None else req.query[name]
 
 
 class TempURL:

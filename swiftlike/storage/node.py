@@ -109,13 +109,14 @@ class StorageNode:
 
         A small write reuses a check at most :data:`SPACE_CHECK_SECONDS` old, less what
         was admitted since (a ``statvfs`` per replica write was about 1% of a small
-        PUT's CPU); a bigger one always asks the file system. Either way ENOSPC while
-        writing still answers 507.
+        PUT's CPU); a bigger one, and any call of unknown size (0: a chunked body's
+        periodic checks), always asks the file system. Either way ENOSPC while writing
+        still answers 507.
         """
         length = max(length, 0)
         now = time.monotonic()
         checked = self._spare_space.get(device_path)
-        if checked is None or length > self.small_object_limit or \
+        if checked is None or not 0 < length <= self.small_object_limit or \
                 now - checked[0] > SPACE_CHECK_SECONDS:
             reserve = reserve_bytes(device_path, self.fallocate_reserve or 0)
             checked = (now, free_bytes(device_path) - reserve)

@@ -237,3 +237,17 @@ async def test_repeated_temp_url_parameters_take_their_first_value(swift_cluster
     forged_first = f"{base}?temp_url_sig={'0' * 64}&{query}"
     async with http.get(forged_first) as resp:
         assert resp.status == 401
+
+
+def test_a_subrequest_does_not_inherit_the_first_values():
+    """The environ (with the client's first values) is copied into subrequests made
+    above tempurl, their query is not: a parameter the request lacks reads as absent."""
+    from swiftlike.proxy.pipeline import FIRST_QUERY_VALUES, SwiftRequest
+    from swiftlike.proxy.tempurl import _first
+
+    parent = SwiftRequest("GET", "/v1/AUTH_a/c/o", query={"temp_url_sig": "last"},
+                          environ={FIRST_QUERY_VALUES: {"temp_url_sig": "first"}})
+    assert _first(parent, "temp_url_sig") == "first"
+    sub = parent.make_subrequest("DELETE", "/v1/AUTH_a/c/other")
+    assert sub.environ.get(FIRST_QUERY_VALUES) == {"temp_url_sig": "first"}
+    assert _first(sub, "temp_url_sig") is None

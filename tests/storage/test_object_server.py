@@ -419,30 +419,45 @@ async def test_small_data_file_of_the_wrong_size_is_quarantined_on_get(node, ts,
 
 def test_small_writes_share_a_recent_space_check_big_ones_ask_again(tmp_path, monkeypatch):
     """A statvfs per replica write is avoided for small writes, but what they take is
-    counted, and a check is never older than SPACE_CHECK_SECONDS."""
+    counted, and a check is never older than SPACE_CHECK_SECONDS, even under constant
+    load. A big write, or one of unknown size (a chunked body's checks), always asks."""
+    from types import SimpleNamespace
+
     from swiftlike.storage import node as node_module
 
     free = {"bytes": 10_000}
     calls = []
+    clock = [1000.0]
 
     def fake_free(path: str) -> int:
         calls.append(path)
         return free["bytes"]
 
     monkeypatch.setattr(node_module, "free_bytes", fake_free)
-    storage = node_module.StorageNode(make_conf(str(tmp_path), small_object_limit=4096))
+    monkeypatch.setattr(node_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    storage = node_module.StorageNode(make_conf(str(tmp_path), small_object_limit=4096,
+                                                fallocate_reserve=100))
     try:
         device = str(tmp_path / "sda")
         assert storage.has_space_for(device, 4000) and storage.has_space_for(device, 4000)
         assert len(calls) == 1
-        assert not storage.has_space_for(device, 4000)  # 2,000 left after the two
-        assert storage.has_space_for(device, 2000)  # a refusal took nothing
+        assert not storage.has_space_for(device, 4000)  # 1,900 above the reserve left
+        assert storage.has_space_for(device, 1900)  # a refusal took nothing
         free["bytes"] = 10**9  # someone freed space: a big write asks at once
         assert storage.has_space_for(device, 10**6) and len(calls) == 2
+        assert storage.has_space_for(device, 0) and len(calls) == 3  # size unknown
         free["bytes"] = 0
-        clock = node_module.time.monotonic() + node_module.SPACE_CHECK_SECONDS + 1
-        monkeypatch.setattr(node_module.time, "monotonic", lambda: clock)
-        assert not storage.has_space_for(device, 1) and len(calls) == 3
+        assert not storage.has_space_for(device, 0) and len(calls) == 4
+        free["bytes"] = 10**9
+        assert not storage.has_space_for(device, 1)  # that check still holds ...
+        clock[0] += node_module.SPACE_CHECK_SECONDS + 0.01
+        assert storage.has_space_for(device, 1)  # ... for SPACE_CHECK_SECONDS only
+        checks = len(calls)
+        step = node_module.SPACE_CHECK_SECONDS / 3
+        for _ in range(7):  # a write every third of the window, for over two windows
+            clock[0] += step
+            assert storage.has_space_for(device, 1)
+        assert len(calls) - checks >= 2
     finally:
         storage.io_pool.shutdown()
         storage.db_pool.shutdown()

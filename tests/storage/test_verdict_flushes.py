@@ -169,3 +169,14 @@ async def test_replication_verdicts_are_answered_after_a_flush(node, ts):  # noq
             {"4": [object_hash[-3:]]}))
         assert object_hash[-3:] in answer["hashes"]["4"]
         assert node.flusher.flushes > flushes
+
+
+async def test_an_if_delete_at_mismatch_waits_for_a_flush(node, ts):  # noqa: F811
+    """The expirer drops its queue entry on this 412."""
+    async with aiohttp.ClientSession() as session:
+        assert await _put(session, node, b"object", ts()) == 201
+        flushes = node.flusher.flushes
+        async with session.delete(f"{node.base}{OBJ}", headers={
+                "X-Timestamp": ts(), "X-If-Delete-At": "1700000000"}) as resp:
+            assert resp.status == 412
+        assert node.flusher.flushes > flushes

@@ -363,15 +363,8 @@ class ObjectWriter:
             # hash directory fsynced (which on a journaling file system also commits the
             # directories created just before), then the parents of any new directory.
             # Nothing is acknowledged before all of it is on disk.
-            # made_dir only from our own mkdir: a concurrent writer's hash directory
-            # (with a name it linked that may not be durable yet) is not ours
-            created = makedirs_deferred(os.path.dirname(self.object_dir))
-            try:
-                os.mkdir(self.object_dir)
-                created.insert(0, self.object_dir)
-                self.made_dir = True
-            except FileExistsError:
-                self.made_dir = False
+            created = makedirs_deferred(self.object_dir)  # deepest first, ours only
+            self.made_dir = created[:1] == [self.object_dir]
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:

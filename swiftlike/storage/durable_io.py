@@ -67,16 +67,27 @@ def makedirs_deferred(path: str) -> list[str]:
     anything stored under them. Deferring lets one journal commit carry the new
     directory entries together with the file written into them, instead of one
     commit per directory level before the write even starts.
+
+    Only directories this call's own ``mkdir`` created are returned: one a concurrent
+    writer made first is not ours to claim (its writer may have linked a name in it
+    that is not durable yet, see ``diskfile``).
     """
-    if os.path.isdir(path):
-        return []
     missing = []
     probe = path
     while not os.path.isdir(probe):
         missing.append(probe)
         probe = os.path.dirname(probe)
-    os.makedirs(path, exist_ok=True)
-    return missing
+    created = []
+    for directory in reversed(missing):  # shallowest first
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        created.append(directory)
+    created.reverse()
+    return created
 
 
 def make_object_dir(object_dir: str) -> bool:
@@ -101,7 +112,7 @@ def make_object_dir(object_dir: str) -> bool:
     except FileExistsError:
         pass
     except FileNotFoundError:
-        return bool(makedirs_deferred(object_dir))
+        return makedirs_deferred(object_dir)[:1] == [object_dir]
     try:
         os.mkdir(object_dir)
         return True

@@ -113,19 +113,19 @@ def test_a_commit_claims_only_a_directory_it_created_itself(tmp_path, monkeypatc
     itself (its name may not be durable yet) leaves made_dir False."""
     device = str(tmp_path / "sda")
     object_dir = os.path.join(device, "objects", "1", "abc", "0" * 29 + "abc")
-    real = diskfile.makedirs_deferred
+    real_mkdir = os.mkdir
 
-    def racing(path: str) -> list[str]:
-        created = real(path)
-        os.makedirs(object_dir, exist_ok=True)  # the other writer, just in between
-        return created
+    def racing(path, *args, **kwargs):
+        if path == object_dir:
+            real_mkdir(path)  # the other writer, just before ours
+        return real_mkdir(path, *args, **kwargs)
 
     stamp = Timestamp("1700000000.00000")
     meta = {"X-Timestamp": stamp.internal, "Content-Length": "1"}
     writer = diskfile.ObjectWriter(device, object_dir, fsync=False)
     writer.open()
     writer.write(b"x")
-    monkeypatch.setattr(diskfile, "makedirs_deferred", racing)
+    monkeypatch.setattr(os, "mkdir", racing)
     writer.commit(stamp, ".data", meta)
     assert writer.made_dir is False
     monkeypatch.undo()

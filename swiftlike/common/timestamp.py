@@ -66,7 +66,7 @@ class Timestamp:
         """The normal form plus ``_<16 hex>`` when there is an offset: file names use it."""
         text = self._internal
         if text is None:
-            text = f"{self.ticks // _SCALE:010d}.{self.ticks % _SCALE:05d}"
+            text = self.normal
             if self.offset:
                 text = f"{text}_{self.offset:016x}"
             self._internal = text

@@ -98,7 +98,7 @@ class ObjectController(Controller):
                 continue
             status = resp.status
             if status >= 500 or status == 404:
-                ts = _header_ts(resp.headers, "X-Backend-Timestamp")
+                ts = header_timestamp(resp.headers, "X-Backend-Timestamp")
                 await _drain(resp)
                 if status >= 500:
                     if status == 507:
@@ -113,7 +113,7 @@ class ObjectController(Controller):
                     break
                 continue
             if status // 100 == 2 and newest_404 is not None:
-                found = _header_ts(resp.headers, "X-Backend-Timestamp") or _header_ts(
+                found = header_timestamp(resp.headers, "X-Backend-Timestamp") or header_timestamp(
                     resp.headers, "X-Timestamp")
                 if found is not None and found < newest_404:
                     await _drain(resp)  # a newer tombstone elsewhere: deleted
@@ -154,7 +154,7 @@ class ObjectController(Controller):
             if resp is None:
                 continue
             status = resp.status
-            stamp = _header_ts(resp.headers, "X-Backend-Timestamp") or _header_ts(
+            stamp = header_timestamp(resp.headers, "X-Backend-Timestamp") or header_timestamp(
                 resp.headers, "X-Timestamp")
             if status == 404:
                 saw_404 = True
@@ -466,10 +466,6 @@ class ObjectController(Controller):
 
 def _is_true(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("true", "1", "yes", "on", "t", "y")
-
-
-def _header_ts(headers: Any, key: str) -> Timestamp | None:
-    return header_timestamp(headers, key)
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int] | None:

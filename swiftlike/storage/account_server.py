@@ -26,9 +26,8 @@ from swiftlike.storage.db_server_common import (
     open_live_for_write,
     post_metadata,
     quarantining_damage,
-    request_timestamp,
 )
-from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.node import StorageNode, error_response, request_timestamp
 from swiftlike.storage.routing import Route
 
 META_PREFIXES = ("x-account-meta-", "x-account-sysmeta-")

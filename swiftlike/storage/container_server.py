@@ -32,9 +32,13 @@ from swiftlike.storage.db_server_common import (
     open_live_for_write,
     post_metadata,
     quarantining_damage,
+)
+from swiftlike.storage.node import (
+    DeviceUnavailable,
+    StorageNode,
+    error_response,
     request_timestamp,
 )
-from swiftlike.storage.node import DeviceUnavailable, StorageNode, error_response
 from swiftlike.storage.routing import Route
 from swiftlike.storage.updates import (
     UpdateTarget,

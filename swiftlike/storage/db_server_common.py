@@ -26,10 +26,10 @@ from swiftlike.common.listing import (
     listing_params,
     render_listing,
 )
-from swiftlike.common.timestamp import Timestamp, header_timestamp
+from swiftlike.common.timestamp import Timestamp
 from swiftlike.storage.db import BrokerCache, DatabaseBroker
 from swiftlike.storage.db_files import is_damaged, quarantine_database, still_damaged
-from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.node import StorageNode, error_response, request_timestamp
 from swiftlike.storage.pending_rows import FOLD_AT_BYTES, append_records, encode_rows, pending_path
 
 LOG = logging.getLogger(__name__)
@@ -63,10 +63,6 @@ def metadata_from_headers(request: web.Request, prefixes: tuple[str, ...],
 def metadata_headers(info: dict[str, Any]) -> dict[str, str]:
     """Stored metadata as response headers; empty values are deletions and stay hidden."""
     return {key: value for key, (value, _stamp) in info["metadata"].items() if value}
-
-
-def request_timestamp(request: web.Request, header: str = "X-Timestamp") -> Timestamp | None:
-    return header_timestamp(request.headers, header)
 
 
 def backend_headers(info: dict[str, Any]) -> dict[str, str]:

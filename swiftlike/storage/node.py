@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from swiftlike.common.node_client import NodeClient
+from swiftlike.common.timestamp import Timestamp, header_timestamp
 from swiftlike.storage.durable_io import free_bytes, reserve_bytes
 from swiftlike.storage.group_commit import DeviceFlusher, group_commit_supported
 
@@ -182,6 +183,11 @@ class StorageNode:
         for flusher in self._flushers.values():
             flusher.close()
         self.db_pool.shutdown(wait=True)
+
+
+def request_timestamp(request: web.Request, header: str = "X-Timestamp") -> Timestamp | None:
+    """A request's timestamp header; None when missing or malformed (the caller's 400)."""
+    return header_timestamp(request.headers, header)
 
 
 def error_response(status: int, text: str = "", headers: dict[str, str] | None = None

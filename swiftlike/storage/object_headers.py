@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import web
-
-from swiftlike.common.timestamp import Timestamp, header_timestamp
 from swiftlike.storage import body_io, diskfile
 
 STORED_HEADERS = {
@@ -32,10 +29,6 @@ INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
 OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
 #: ... and on the type it shows (symlink lists a link's target there, Swift's way)
 OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
-
-
-def request_timestamp(request: web.Request) -> Timestamp | None:
-    return header_timestamp(request.headers)
 
 
 def title_header(name: str) -> str:

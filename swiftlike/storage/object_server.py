@@ -37,7 +37,7 @@ from swiftlike.storage import body_io, diskfile
 from swiftlike.storage.direct_read import AlignedBuffers
 from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.expiring_queue import enqueue_expiring
-from swiftlike.storage.node import StorageNode, error_response
+from swiftlike.storage.node import StorageNode, error_response, request_timestamp
 from swiftlike.storage.object_headers import (
     CONTENT_TYPE_STAMP,
     INTERNAL_KEYS,
@@ -46,7 +46,6 @@ from swiftlike.storage.object_headers import (
     STORED_HEADERS,
     STORED_PREFIXES,
     delete_at_error,
-    request_timestamp,
     row_fields,
     title_header,
 )

@@ -120,9 +120,7 @@ class ObjectServer:
         object_dir = self.object_dir(device_path, route)
         state = await self.node.run_lookup(diskfile.gather_ondisk_files, object_dir)
         if state.newest_durable is not None and timestamp <= state.newest_durable:
-            return await self._once_flushed(device_path, error_response(
-                409, "A newer or equal version exists",
-                {"X-Backend-Timestamp": state.newest_durable.internal}))
+            return await self._newer_here(device_path, state.newest_durable)
         if if_none_match is not None and state.data_file is not None:
             _, opened = await self.node.run_lookup(diskfile.open_object, device_path,
                                                    object_dir, -1)
@@ -459,9 +457,7 @@ class ObjectServer:
                 headers["X-Backend-Timestamp"] = state.ts_timestamp.internal
             return web.Response(status=404, headers=headers)
         if timestamp <= opened.newest_timestamp:
-            return await self._once_flushed(device_path, error_response(
-                409, "A newer or equal version exists",
-                {"X-Backend-Timestamp": opened.newest_timestamp.internal}))
+            return await self._newer_here(device_path, opened.newest_timestamp)
         metadata = {"X-Timestamp": timestamp.internal}
         for key, value in request.headers.items():
             lowered = key.lower()
@@ -504,9 +500,7 @@ class ObjectServer:
                 return await self._once_flushed(device_path, error_response(
                     412, "X-If-Delete-At mismatch"))
         if state.newest_durable is not None and timestamp <= state.newest_durable:
-            return await self._once_flushed(device_path, error_response(
-                409, "A newer or equal version exists",
-                {"X-Backend-Timestamp": state.newest_durable.internal}))
+            return await self._newer_here(device_path, state.newest_durable)
         existed = opened is not None and not diskfile.is_expired(opened.metadata)
         try:
             await self.write_small(device_path, object_dir, b"", timestamp, ".ts", {
@@ -517,6 +511,12 @@ class ObjectServer:
         await self.container_update(request, "DELETE", route, device_path, timestamp, {})
         headers = {"X-Backend-Timestamp": timestamp.internal}
         return web.Response(status=204 if existed else 404, headers=headers)
+
+    async def _newer_here(self, device_path: str, newest: Timestamp) -> web.StreamResponse:
+        """409: a version as new or newer than the request's is here (answered after a
+        flush, see :meth:`_once_flushed`)."""
+        return await self._once_flushed(device_path, error_response(
+            409, "A newer or equal version exists", {"X-Backend-Timestamp": newest.internal}))
 
     async def _once_flushed(self, device_path: str, response: web.StreamResponse
                             ) -> web.StreamResponse:

@@ -77,6 +77,7 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
 )
 from swiftlike.storage.durable_io import fsync_dir as _fsync_dir
 from swiftlike.storage.hashes import invalidate_suffix
+from swiftlike.storage.object_headers import merge_post_metadata
 
 #: How much of a large body is written before the disk is asked to start on it.
 WRITEBACK_STEP = 4 * 1024 * 1024
@@ -573,28 +574,6 @@ def open_object(device_path: str, object_dir: str, read_limit: int, keep_fd: boo
             newest = state.meta_timestamp
     return state, OpenedObject(data_path, metadata, state.data_timestamp, newest, size,
                                body, fd if keep else None, corrupt)
-
-
-POST_REPLACED_PREFIXES = ("x-object-meta-", "x-object-transient-sysmeta-")
-#: what a POST sets, so a .meta replaces as a whole (the data file's values go, whether
-#: the POST repeated them or not); Content-Type only when the POST gave one
-POST_REPLACED_HEADERS = frozenset((
-    "x-delete-at", "content-encoding", "content-disposition", "cache-control",
-    "content-language", "expires", "x-robots-tag", "x-object-manifest"))
-
-
-def merge_post_metadata(data_meta: dict[str, str], post_meta: dict[str, str]) -> dict[str, str]:
-    """Metadata after a POST: what a POST may set comes from the POST alone (as in
-    Swift, a POST without ``Cache-Control`` removes the PUT's), the data file's system
-    metadata (size, ETag, type unless the POST changed it, sysmeta) stays."""
-    merged = {key: value for key, value in data_meta.items()
-              if not key.lower().startswith(POST_REPLACED_PREFIXES)
-              and key.lower() not in POST_REPLACED_HEADERS}
-    for key, value in post_meta.items():
-        if key == "X-Timestamp":
-            continue
-        merged[key] = value
-    return merged
 
 
 def is_expired(metadata: dict[str, str], now: float | None = None) -> bool:

@@ -1,9 +1,9 @@
 """What an object request's headers mean to a storage node.
 
 Which headers a PUT stores and a POST replaces (and how a ``.meta`` merges over the
-data file's metadata), the node's own keys in the stored
-metadata, and the row a container listing gets for an object: the vocabulary the verbs
-(:mod:`.object_server`) share, kept apart so that module stays about what each verb does.
+data file's metadata), the node's own keys in the stored metadata, and the row a
+container listing gets for an object: the vocabulary the verbs (:mod:`.object_server`)
+share, kept apart so that module stays about what each verb does.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from swiftlike.daemons.replication_peer import (
 )
 from swiftlike.storage import replication_store as store
 from swiftlike.storage.hashes import get_suffix_hashes
+from swiftlike.storage.partition_removal import remove_delivered
 
 LOG = logging.getLogger(__name__)
 LOCAL_SLICE = 16  # partitions per thread hop for local hashing and listing (hops run at once)
@@ -186,8 +187,9 @@ class ObjectReplicator(Daemon):
                     job.fresh = fresh.get(job.part, set())
                     jobs.append(job)
             if empty_handoffs:
-                await self.ctx.run_io(_remove_partitions, device_path, empty_handoffs)
-                stats.add("handoffs_removed", len(empty_handoffs))
+                removed = await self.ctx.run_io(_remove_if_delivered, device_path,
+                                                {part: {} for part in empty_handoffs})
+                stats.add("handoffs_removed", len(removed))
             if jobs:
                 await self._sync_jobs(dev, device_path, jobs, peers, gone, session, stats)
         finally:
@@ -477,15 +479,13 @@ class ObjectReplicator(Daemon):
                      if all(j.done.get(n["id"]) for n in j.primaries)]
         if not delivered:
             return
-        now, _ = await self.ctx.run_io(_hashes_of, device_path,
-                                       {j.part: [] for j in delivered})
-        removable = [j.part for j in delivered if now.get(j.part) == j.hashes]
-        stats.add("handoffs_changed_meanwhile", len(delivered) - len(removable))
-        if removable:
-            await self.ctx.run_io(_remove_partitions, device_path, removable)
-            stats.add("handoffs_removed", len(removable))
+        removed = await self.ctx.run_io(_remove_if_delivered, device_path,
+                                        {j.part: j.hashes for j in delivered})
+        stats.add("handoffs_changed_meanwhile", len(delivered) - len(removed))
+        if removed:
+            stats.add("handoffs_removed", len(removed))
             LOG.info("handoff partitions %s on %s delivered to their primaries and removed",
-                     removable, dev["device"])
+                     removed, dev["device"])
 
 
 
@@ -590,6 +590,9 @@ def _rehash_and_list(device_path: str, requested: dict[str, list[str]], reclaim_
     return fresh, offers, errors
 
 
-def _remove_partitions(device_path: str, parts: list[str]) -> None:
-    for part in parts:
-        store.remove_partition(device_path, part)
+def _remove_if_delivered(device_path: str, delivered: dict[str, dict[str, str]]
+                         ) -> list[str]:
+    """Remove each handoff partition still holding just what was delivered (see
+    :mod:`swiftlike.storage.partition_removal`); the partitions removed."""
+    return [part for part, hashes in delivered.items()
+            if remove_delivered(device_path, part, hashes)]

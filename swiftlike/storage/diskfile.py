@@ -372,7 +372,12 @@ class ObjectWriter:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
-            os.rename(self.tmp_path, final_path)
+            try:
+                os.rename(self.tmp_path, final_path)
+            except FileNotFoundError:  # directories taken meanwhile, see publish()
+                created = makedirs_deferred(self.object_dir)
+                self.made_dir = created[:1] == [self.object_dir]
+                os.rename(self.tmp_path, final_path)
             if self.fsync:
                 _fsync_dir(self.object_dir)
                 fsync_parents(created)
@@ -426,13 +431,12 @@ class ObjectWriter:
         try:
             if not dir_made and make_object_dir(self.object_dir):
                 cleanup = False
-            if self.anonymous:
-                assert self.fd is not None
-                link_anonymous(self.fd, self.final_path)
-                os.close(self.fd)
-                self.fd = None
-            else:
-                os.rename(self.tmp_path, self.final_path)
+            try:
+                self._link_into_place()
+            except FileNotFoundError:  # emptied directories taken by partition_removal
+                if make_object_dir(self.object_dir):
+                    cleanup = False
+                self._link_into_place()
         except OSError as err:
             self.abort()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -444,6 +448,15 @@ class ObjectWriter:
         if invalidate:
             invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
                               os.path.basename(os.path.dirname(self.object_dir)))
+
+    def _link_into_place(self) -> None:
+        if self.anonymous:
+            assert self.fd is not None
+            link_anonymous(self.fd, self.final_path)
+            os.close(self.fd)
+            self.fd = None
+        else:
+            os.rename(self.tmp_path, self.final_path)
 
     def abort(self) -> None:
         """Remove the temp file: nothing half-written ever reaches the object dir."""

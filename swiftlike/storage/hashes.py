@@ -14,7 +14,7 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import msgpack
 
@@ -80,34 +80,49 @@ def _remove_if_idle(path: str) -> None:
             os.rmdir(path)
 
 
-def hash_suffix_dir(suffix_dir: str) -> str | None:
-    """md5 over the sorted ``<hash>/<file>`` names of a suffix; None when it is empty.
+def list_suffix_dir(suffix_dir: str) -> dict[str, list[str]]:
+    """Hash directory -> its sorted file names, for one suffix; sidecars left out.
 
     Sidecar metadata files are left out: their names follow from the file they describe.
-    Empty hash directories (and an empty suffix) are removed on the way, once idle.
     """
-    md5 = hashlib.md5(usedforsecurity=False)
-    found = False
     try:
         hash_dirs = sorted(os.listdir(suffix_dir))
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return {}
+    listing: dict[str, list[str]] = {}
     for hash_dir in hash_dirs:
-        path = os.path.join(suffix_dir, hash_dir)
         try:
-            names = sorted(name for name in os.listdir(path) if not name.endswith(".msgpack"))
+            names = os.listdir(os.path.join(suffix_dir, hash_dir))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if not names:
-            _remove_if_idle(path)
-            continue
-        for name in names:
+        listing[hash_dir] = sorted(name for name in names if not name.endswith(".msgpack"))
+    return listing
+
+
+def listing_digest(listing: Mapping[str, Iterable[str]]) -> str | None:
+    """md5 over the sorted ``<hash>/<file>`` names of a suffix; None when it has none."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    found = False
+    for hash_dir in sorted(listing):
+        for name in listing[hash_dir]:
             md5.update(f"{hash_dir}/{name}\n".encode())
             found = True
-    if not found:
+    return md5.hexdigest() if found else None
+
+
+def hash_suffix_dir(suffix_dir: str) -> str | None:
+    """The suffix's :func:`listing_digest`, read from disk now.
+
+    Empty hash directories (and an empty suffix) are removed on the way, once idle.
+    """
+    listing = list_suffix_dir(suffix_dir)
+    for hash_dir, names in listing.items():
+        if not names:
+            _remove_if_idle(os.path.join(suffix_dir, hash_dir))
+    digest = listing_digest(listing)
+    if digest is None:
         _remove_if_idle(suffix_dir)
-        return None
-    return md5.hexdigest()
+    return digest
 
 
 def _write_hashes(hashes_path: str, hashes: dict[str, str | None]) -> None:

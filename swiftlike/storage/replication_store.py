@@ -17,7 +17,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -427,8 +426,3 @@ def local_partitions(device_path: str, kind: str = "objects") -> list[str]:
                       key=int)
     except FileNotFoundError:
         return []
-
-
-def remove_partition(device_path: str, partition: str, kind: str = "objects") -> None:
-    """Drop a handoff partition once every primary holds its content."""
-    shutil.rmtree(os.path.join(device_path, kind, partition), ignore_errors=True)

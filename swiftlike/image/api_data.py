@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from swiftlike.image.api_tasks import import_task, new_request_id, run_as_task
 from swiftlike.image.context import (
     ImageContext,
     ImageSettings,
@@ -193,7 +194,7 @@ async def import_image(request: web.Request) -> web.Response:
     # Glance's order: the image's state (409), its formats (409), then the URI (400)
     if image.status == "active":
         raise http_error(409, "Image with status active cannot be target for import")
-    run: Callable[[ImageRecord], Awaitable[None]]
+    run: Callable[[ImageRecord], Awaitable[str | None]]
     if name == "web-download":
         if image.status != "queued":
             raise http_error(409, "Image needs to be in 'queued' state to use "
@@ -217,21 +218,25 @@ async def import_image(request: web.Request) -> web.Response:
         except UriRefused as exc:
             raise http_error(400, str(exc)) from exc
 
-        async def run(claimed: ImageRecord) -> None:
-            await _run_web_download(request, claimed, uri, fetch_filter)
+        async def run(claimed: ImageRecord) -> str | None:
+            return await _run_web_download(request, claimed, uri, fetch_filter)
     else:
-        async def run(claimed: ImageRecord) -> None:
-            await _run_import(request, claimed)
+        async def run(claimed: ImageRecord) -> str | None:
+            return await _run_import(request, claimed)
     image.status = "importing"
     image.updated_at = utc_now()
     image.busy_until = time.time() + c.settings.upload_lease
     if not await c.repo.save(image, expect_status=from_status, columns=DATA_COLUMNS):
         raise http_error(409, f"Image {image.id} is already being imported.")
-    task = asyncio.get_running_loop().create_task(run(image))
+    request_id = new_request_id()
+    record = import_task(request, image, body, request_id)
+    await c.repo.add_task(record)
+    task = asyncio.get_running_loop().create_task(
+        run_as_task(c.repo, record, c.settings.task_time_to_live, run(image)))
     tasks: set[asyncio.Task[None]] = request.config_dict[TASKS_KEY]
     tasks.add(task)
     task.add_done_callback(tasks.discard)
-    return web.Response(status=202)
+    return web.Response(status=202, headers={"x-openstack-request-id": request_id})
 
 
 def uri_filter(settings: ImageSettings) -> UriFilter:
@@ -248,9 +253,11 @@ def uri_filter(settings: ImageSettings) -> UriFilter:
 
 
 async def _run_web_download(request: web.Request, image: ImageRecord, uri: str,
-                            fetch_filter: UriFilter) -> None:
+                            fetch_filter: UriFilter) -> str | None:
     """Fetch ``uri`` into the store as a new attempt, verify, then activate (or revert:
-    the image goes back to queued with no bytes kept, as after a failed upload)."""
+    the image goes back to queued with no bytes kept, as after a failed upload).
+
+    None once active; else why not, for the import's task."""
     c = ctx(request)
     container = container_for(c.settings, image.owner)
     name = attempt_name(image.id)
@@ -272,19 +279,22 @@ async def _run_web_download(request: web.Request, image: ImageRecord, uri: str,
         await asyncio.shield(_revert_if_held(request, image, lease.until))
         if not isinstance(exc, Exception):
             raise
-        return
+        return failure_message(exc, uri)
     _record_result(image, loc, result, "active")
     if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
                              expect_lease=lease.until):
         # taken over (stalled past the lease) or deleted meanwhile: these objects are
         # this attempt's alone
         await asyncio.shield(discard(c.store, container, name, loc.segments))
-        return
+        return LOST
     LOG.info("image %s active from web-download: %s bytes", image.id, image.size)
+    return None
 
 
-async def _run_import(request: web.Request, image: ImageRecord) -> None:
-    """Re-read the staged bytes, verify format and hashes, then activate (or revert)."""
+async def _run_import(request: web.Request, image: ImageRecord) -> str | None:
+    """Re-read the staged bytes, verify format and hashes, then activate (or revert).
+
+    None once active; else why not, for the import's task."""
     c = ctx(request)
     assert image.location is not None
     loc = Location.from_json(image.location)
@@ -303,12 +313,27 @@ async def _run_import(request: web.Request, image: ImageRecord) -> None:
         await asyncio.shield(_revert_if_held(request, image, lease.until, loc))
         if not isinstance(exc, Exception):
             raise
-        return
+        return failure_message(exc)
     _record_result(image, loc, result, "active")
     if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
-                             expect_lease=lease.until) \
-            and await c.repo.get(image.id) is None:
-        await c.store.delete_location(loc)  # deleted meanwhile (taken over: the sweeper's)
+                             expect_lease=lease.until):
+        if await c.repo.get(image.id) is None:
+            await c.store.delete_location(loc)  # deleted meanwhile (taken over: the sweeper's)
+        return LOST
+    return None
+
+
+#: a task's message when the image went on without its import (deleted, or its import
+#: stalled past the lease and the sweeper took it back)
+LOST = "The image was deleted, or taken back from a stalled import, before this import ended."
+
+
+def failure_message(exc: Exception, uri: str | None = None) -> str:
+    """Why an import failed, for its task: what it met, with a URL's credentials hidden."""
+    text = str(exc) or type(exc).__name__
+    if uri is not None:
+        text = text.replace(uri, shown(uri))
+    return f"Image import failed: {text}"
 
 
 async def _revert_if_held(request: web.Request, image: ImageRecord, lease: float,

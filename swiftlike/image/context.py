@@ -46,6 +46,8 @@ class ImageSettings:
     web_download_disallowed_ports: tuple[int, ...] = ()
     #: seconds a web-download waits to connect, and for each next piece of the body
     web_download_timeout: float = 60.0
+    #: hours a finished import's task stays visible (Glance's task_time_to_live)
+    task_time_to_live: float = 48.0
 
 
 @dataclass

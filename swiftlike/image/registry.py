@@ -77,6 +77,25 @@ class MemberRecord:
     updated_at: str = field(default_factory=utc_now)
 
 
+@dataclass
+class TaskRecord:
+    """One asynchronous operation on an image (an import), as Glance's tasks API shows it."""
+
+    id: str
+    type: str
+    owner: str
+    image_id: str
+    user_id: str
+    request_id: str
+    input: dict[str, Any]
+    status: str = "processing"  # then "success" or "failure"
+    result: dict[str, Any] | None = None
+    message: str = ""
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    expires_at: str | None = None  # set when it ends: it is forgotten after that
+
+
 class ImageIdTaken(Exception):
     """The id names an image, or named one that was deleted: ids are never reused."""
 
@@ -103,6 +122,9 @@ class ImageRepository(Protocol):
     async def get_member(self, image_id: str, member_id: str) -> MemberRecord | None: ...
     async def save_member(self, member: MemberRecord) -> None: ...
     async def remove_member(self, image_id: str, member_id: str) -> bool: ...
+    async def add_task(self, task: TaskRecord) -> None: ...
+    async def finish_task(self, task: TaskRecord) -> None: ...
+    async def image_tasks(self, image_id: str) -> list[TaskRecord]: ...
 
 
 _SCHEMA = """
@@ -121,7 +143,16 @@ CREATE TABLE IF NOT EXISTS members (
 );
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 CREATE TABLE IF NOT EXISTS deleted_ids (id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, owner TEXT NOT NULL, image_id TEXT NOT NULL,
+    user_id TEXT NOT NULL, request_id TEXT NOT NULL, input TEXT NOT NULL,
+    status TEXT NOT NULL, result TEXT, message TEXT NOT NULL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, expires_at TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_image ON tasks (image_id);
 """
+_TASK_COLUMNS = ("id", "type", "owner", "image_id", "user_id", "request_id", "input",
+                 "status", "result", "message", "created_at", "updated_at", "expires_at")
 
 _ALL_COLUMNS = (*CORE_COLUMNS, "location", "extra", "tags", "busy_until")
 _BOOL_COLUMNS = ("protected", "os_hidden")
@@ -343,6 +374,7 @@ class SqliteImageRepository:
         def delete() -> None:
             with self._transaction():
                 self._db.execute("DELETE FROM members WHERE image_id = ?", (image_id,))
+                self._db.execute("DELETE FROM tasks WHERE image_id = ?", (image_id,))
                 self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
                 self._db.execute("INSERT OR IGNORE INTO deleted_ids (id, deleted_at) "
                                  "VALUES (?, ?)", (image_id, utc_now()))
@@ -404,3 +436,43 @@ class SqliteImageRepository:
             return cur.rowcount == 1
 
         return await self._run(delete)
+
+    async def add_task(self, task: TaskRecord) -> None:
+        """Record a task; tasks past their ``expires_at`` are dropped on the way."""
+        values = [json.dumps(v) if k in ("input", "result") and v is not None else v
+                  for k, v in ((c, getattr(task, c)) for c in _TASK_COLUMNS)]
+
+        def insert() -> None:
+            with self._transaction():
+                self._db.execute("DELETE FROM tasks WHERE expires_at < ?", (utc_now(),))
+                self._db.execute(f"INSERT INTO tasks ({','.join(_TASK_COLUMNS)}) VALUES "
+                                 f"({','.join('?' * len(_TASK_COLUMNS))})", values)
+
+        await self._run(insert)
+
+    async def finish_task(self, task: TaskRecord) -> None:
+        """Write a task's outcome: status, result, message and times."""
+        result = None if task.result is None else json.dumps(task.result)
+        await self._run(
+            self._db.execute,
+            "UPDATE tasks SET status = ?, result = ?, message = ?, updated_at = ?, "
+            "expires_at = ? WHERE id = ?",
+            (task.status, result, task.message, task.updated_at, task.expires_at, task.id))
+
+    async def image_tasks(self, image_id: str) -> list[TaskRecord]:
+        """An image's tasks not yet expired, newest first."""
+        def fetch() -> list[TaskRecord]:
+            cur = self._db.execute(
+                f"SELECT {','.join(_TASK_COLUMNS)} FROM tasks WHERE image_id = ? AND "
+                "(expires_at IS NULL OR expires_at >= ?) ORDER BY created_at DESC, "
+                "rowid DESC", (image_id, utc_now()))
+            tasks = []
+            for row in cur.fetchall():
+                fields = dict(zip(_TASK_COLUMNS, row, strict=True))
+                fields["input"] = json.loads(fields["input"])
+                if fields["result"] is not None:
+                    fields["result"] = json.loads(fields["result"])
+                tasks.append(TaskRecord(**fields))
+            return tasks
+
+        return await self._run(fetch)

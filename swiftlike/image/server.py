@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from swiftlike.image import api_data, api_images, api_members, schemas
+from swiftlike.image import api_data, api_images, api_members, api_tasks, schemas
 from swiftlike.image.auth import AuthError, TokenValidator
 from swiftlike.image.context import (
     CTX_KEY,
@@ -197,6 +197,7 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v2/images/{image_id}/file", api_data.download)
     r.add_put("/v2/images/{image_id}/stage", api_data.stage)
     r.add_post("/v2/images/{image_id}/import", api_data.import_image)
+    r.add_get("/v2/images/{image_id}/tasks", api_tasks.list_image_tasks)
     r.add_post("/v2/images/{image_id}/actions/deactivate", api_images.deactivate)
     r.add_post("/v2/images/{image_id}/actions/reactivate", api_images.reactivate)
     r.add_put("/v2/images/{image_id}/tags/{tag}", api_images.add_tag)

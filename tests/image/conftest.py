@@ -25,6 +25,7 @@ import requests
 
 from tests.cluster_harness import ServedCluster, free_port
 from tests.conftest import IMAGE_SEGMENT_SIZE
+from tests.image.web_source import Source
 
 #: segment size of the stand-alone services (``service_conf``)
 SEGMENT = 256 * 1024
@@ -193,3 +194,11 @@ def show_image(url: str, token: str, image_id: str) -> dict:
                         timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+@pytest.fixture
+def source() -> Iterator[Source]:
+    """An HTTP server on loopback that web-download imports fetch from."""
+    server = Source()
+    yield server
+    server.close()

@@ -7,15 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
+from swiftlike.image.api_tasks import INTERRUPTED
 from swiftlike.image.web_download import UriFilter, UriRefused
 from tests.image.conftest import (
     ImageProcess,
@@ -25,65 +24,7 @@ from tests.image.conftest import (
     show_image,
     start_service,
 )
-
-
-class Source:
-    """An HTTP server whose paths answer what the test put in ``routes``:
-    ``(status, headers, body)``; a body shorter than a Content-Length in the headers is
-    a body cut off in the middle. A ``slow`` route sends 64 KiB every 0.2 s for a minute
-    (no Content-Length), and notes in ``cut`` when its client hangs up. ``seen`` lists
-    every path asked for."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self.seen: list[str] = []
-        self.cut = threading.Event()
-        routes, seen, cut = self.routes, self.seen, self.cut
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                seen.append(self.path)
-                if self.path == "/slow":
-                    self.send_response(200)
-                    self.end_headers()
-                    deadline = time.monotonic() + 60
-                    try:
-                        while time.monotonic() < deadline:
-                            self.wfile.write(os.urandom(64 * 1024))
-                            self.wfile.flush()
-                            time.sleep(0.2)
-                    except OSError:
-                        cut.set()
-                    return
-                status, headers, body = routes.get(self.path, (404, {}, b"no such image"))
-                self.send_response(status)
-                headers = {"Content-Length": str(len(body)), **headers}
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str, port: int | None = None) -> str:
-        return f"http://127.0.0.1:{port or self.port}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def source() -> Iterator[Source]:
-    server = Source()
-    yield server
-    server.close()
+from tests.image.web_source import Source
 
 
 @pytest.fixture
@@ -323,10 +264,13 @@ def test_stopping_the_service_mid_download_requeues_the_image(
     try:
         status, = registry.execute("SELECT status FROM images WHERE id = ?",
                                    (image_id,)).fetchone()
+        task = registry.execute("SELECT status, message FROM tasks WHERE image_id = ?",
+                                (image_id,)).fetchall()
     finally:
         registry.close()
     assert status == "queued"
     assert store.objects_of(image_id) == []
+    assert task == [("failure", INTERRUPTED)]  # its task does not stay "processing"
 
 
 def test_a_declared_size_over_the_cap_is_refused_before_the_body(

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swiftlike.common.nodes import node_key
+from swiftlike.daemons import replication_local as on_disk
 from swiftlike.daemons.base import Daemon, DaemonContext, PassStats, RateLimiter
 from swiftlike.daemons.replication_http import ReplicationHTTP
 from swiftlike.daemons.replication_peer import (
@@ -46,8 +47,6 @@ from swiftlike.daemons.replication_peer import (
     PushFile,
 )
 from swiftlike.storage import replication_store as store
-from swiftlike.storage.hashes import get_suffix_hashes
-from swiftlike.storage.partition_removal import remove_delivered
 
 LOG = logging.getLogger(__name__)
 LOCAL_SLICE = 16  # partitions per thread hop for local hashing and listing (hops run at once)
@@ -73,6 +72,9 @@ class PartJob:
     #: suffixes this pass already rehashed (a stale cache is impossible for them: writes
     #: since are in the journal, which every read folds in)
     fresh: set[str] = field(default_factory=set)
+    #: suffixes whose content changed between the plan and their listing (a write
+    #: landed meanwhile): a peer that was not sent them has not got it
+    changed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -187,7 +189,7 @@ class ObjectReplicator(Daemon):
                     job.fresh = fresh.get(job.part, set())
                     jobs.append(job)
             if empty_handoffs:
-                removed = await self.ctx.run_io(_remove_if_delivered, device_path,
+                removed = await self.ctx.run_io(on_disk.remove_if_delivered, device_path,
                                                 {part: {} for part in empty_handoffs})
                 stats.add("handoffs_removed", len(removed))
             if jobs:
@@ -220,7 +222,7 @@ class ObjectReplicator(Daemon):
         found: dict[str, dict[str, str]] = {}
         fresh: dict[str, set[str]] = {}
         answers = await asyncio.gather(*(
-            self.ctx.run_io(_hashes_of, device_path,
+            self.ctx.run_io(on_disk.hashes_of, device_path,
                             {p: [] for p in parts[start:start + LOCAL_SLICE]}, fresh)
             for start in range(0, len(parts), LOCAL_SLICE)))
         for hashes, errors in answers:
@@ -303,6 +305,12 @@ class ObjectReplicator(Daemon):
             for part, suffixes in target.suffixes.items():
                 wanted.setdefault(part, set()).update(suffixes)
         listed = await self._list(device_path, wanted, by_part, stats)
+        for job in jobs:
+            for peer_id in job.remote if job.changed else ():
+                target = targets.get(peer_id)
+                sent = set(target.suffixes.get(job.part, ())) if target else set()
+                if job.changed - sent:
+                    job.done[peer_id] = False  # delivered next pass, not removed now
         for peer_id, target in targets.items():
             for part in list(target.suffixes):
                 job = by_part[part]
@@ -327,7 +335,7 @@ class ObjectReplicator(Daemon):
         chunks = [{p: sorted(wanted[p]) for p in parts[start:start + LOCAL_SLICE]}
                   for start in range(0, len(parts), LOCAL_SLICE)]
         answers = await asyncio.gather(*(
-            self.ctx.run_io(_rehash_and_list, device_path, chunk, self.reclaim_age,
+            self.ctx.run_io(on_disk.rehash_and_list, device_path, chunk, self.reclaim_age,
                             {p: by_part[p].fresh for p in chunk})
             for chunk in chunks))
         for chunk, (fresh, offers, errors) in zip(chunks, answers, strict=True):
@@ -336,7 +344,16 @@ class ObjectReplicator(Daemon):
             for part in chunk:
                 job = by_part[part]
                 if part in fresh:
-                    job.hashes = fresh[part]
+                    # only the suffixes listed: a write that landed since the plan in
+                    # another suffix was offered to nobody, and must keep the partition
+                    now = fresh[part]
+                    for suffix in chunk[part]:
+                        if now.get(suffix) != job.hashes.get(suffix):
+                            job.changed.add(suffix)
+                        if suffix in now:
+                            job.hashes[suffix] = now[suffix]
+                        else:
+                            job.hashes.pop(suffix, None)
                 if part in offers:
                     job.offers.update(offers[part])
                     listed.add(part)
@@ -479,7 +496,7 @@ class ObjectReplicator(Daemon):
                      if all(j.done.get(n["id"]) for n in j.primaries)]
         if not delivered:
             return
-        removed = await self.ctx.run_io(_remove_if_delivered, device_path,
+        removed = await self.ctx.run_io(on_disk.remove_if_delivered, device_path,
                                         {j.part: j.hashes for j in delivered})
         stats.add("handoffs_changed_meanwhile", len(delivered) - len(removed))
         if removed:
@@ -542,57 +559,3 @@ def _split_by_partition(files: list[PushFile], size: int) -> list[list[PushFile]
             chunks.append([])
         chunks[-1].append(item)
     return [c for c in chunks if c]
-
-
-def _hashes_of(device_path: str, requested: dict[str, list[str]],
-               rehashed: dict[str, set[str]] | None = None
-               ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """Local suffix hashes of many partitions in one thread hop; errors per partition.
-
-    ``rehashed`` (when given) collects per partition the suffixes recomputed here.
-    """
-    hashes: dict[str, dict[str, str]] = {}
-    errors: dict[str, str] = {}
-    for part, suffixes in requested.items():
-        done: set[str] | None = None if rehashed is None else rehashed.setdefault(part, set())
-        try:
-            hashes[part] = get_suffix_hashes(device_path, part, suffixes, rehashed=done)
-        except OSError as err:
-            errors[part] = f"{type(err).__name__}: {err}"
-    return hashes, errors
-
-
-def _rehash_and_list(device_path: str, requested: dict[str, list[str]], reclaim_age: float,
-                     fresh_already: dict[str, set[str]] | None = None
-                     ) -> tuple[dict, dict[str, dict[str, list[store.OfferedObject]]], dict]:
-    """Fresh hashes of the named suffixes, then their files grouped by suffix.
-
-    Suffixes in ``fresh_already`` were rehashed earlier in this pass: only the journal
-    is folded in for them, they are not recomputed again.
-    """
-    fresh_already = fresh_already or {}
-    fresh, errors = _hashes_of(device_path, {
-        part: [s for s in suffixes if s not in fresh_already.get(part, ())]
-        for part, suffixes in requested.items()})
-    offers: dict[str, dict[str, list[store.OfferedObject]]] = {}
-    for part, suffixes in requested.items():
-        if part in errors:
-            continue
-        try:
-            listed = store.list_partition_offers(device_path, part, suffixes, reclaim_age)
-        except OSError as err:
-            errors[part] = f"{type(err).__name__}: {err}"
-            continue
-        grouped: dict[str, list[store.OfferedObject]] = {}
-        for offer in listed:
-            grouped.setdefault(offer.suffix, []).append(offer)
-        offers[part] = grouped
-    return fresh, offers, errors
-
-
-def _remove_if_delivered(device_path: str, delivered: dict[str, dict[str, str]]
-                         ) -> list[str]:
-    """Remove each handoff partition still holding just what was delivered (see
-    :mod:`swiftlike.storage.partition_removal`); the partitions removed."""
-    return [part for part, hashes in delivered.items()
-            if remove_delivered(device_path, part, hashes)]

@@ -375,8 +375,9 @@ class ObjectWriter:
             try:
                 os.rename(self.tmp_path, final_path)
             except FileNotFoundError:  # directories taken meanwhile, see publish()
-                created = makedirs_deferred(self.object_dir)
-                self.made_dir = created[:1] == [self.object_dir]
+                again = makedirs_deferred(self.object_dir)
+                self.made_dir = again[:1] == [self.object_dir]
+                created += again
                 os.rename(self.tmp_path, final_path)
             if self.fsync:
                 _fsync_dir(self.object_dir)
@@ -434,8 +435,8 @@ class ObjectWriter:
             try:
                 self._link_into_place()
             except FileNotFoundError:  # emptied directories taken by partition_removal
-                if make_object_dir(self.object_dir):
-                    cleanup = False
+                # another writer may have made them again, with older files in them
+                cleanup = not make_object_dir(self.object_dir)
                 self._link_into_place()
         except OSError as err:
             self.abort()

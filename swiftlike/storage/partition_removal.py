@@ -9,19 +9,27 @@ told is stored.
 So the removal lists the partition afresh and compares the listing's suffix hashes
 with the hashes every primary was brought up to. Only if they are equal does it
 unlink, and then only the files in that listing. Directories go with ``rmdir``, which
-fails on anything new in them. A file that arrives after the listing keeps its
-directories, and its partition's journal is told which suffixes the removal changed.
-The partition directory goes last, under the partition lock, once no suffix is left.
+fails on anything new in them. Each object's directory is looked at again right
+before its unlinks, and any name not in the listing there (a POST's ``.meta``, a newer
+write) keeps that whole directory. The listed suffixes are invalidated in the
+partition's journal, and the partition directory goes last, under the partition lock,
+once no suffix is left. What arrived since is delivered by the next pass.
+
+Left open: a few system calls between that second look and the unlinks, in which a
+POST's ``.meta`` could still land and lose its ``.data``. Closing it would mean moving
+the directory aside first, and a crash could then strand an acknowledged file there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping
 
 from swiftlike.storage.diskfile import SIDECAR_EXT
 from swiftlike.storage.hashes import (
+    EMPTY_DIR_GRACE,
     HASHES_FILE,
     INVALID_FILE,
     LOCK_FILE,
@@ -64,15 +72,14 @@ def remove_delivered(device_path: str, partition: str, delivered: Mapping[str, s
 
     ``delivered``: the suffix hashes every primary has been brought up to (empty for a
     partition that held nothing). False, with nothing touched, when the partition
-    holds anything else now; True once the listed files are gone (the directory
-    itself stays if something arrived since the listing).
+    holds anything else now; True once it is gone. In between (False too): the listed
+    files went, and something that arrived since keeps its directories.
     """
     partition_dir = os.path.join(device_path, kind, partition)
     listing = partition_listing(partition_dir)
     if listing_hashes(listing) != dict(delivered):
         return False
-    remove_listed(partition_dir, listing)
-    return True
+    return remove_listed(partition_dir, listing)
 
 
 def remove_listed(partition_dir: str, listing: PartitionListing) -> bool:
@@ -80,24 +87,52 @@ def remove_listed(partition_dir: str, listing: PartitionListing) -> bool:
     for suffix, hash_dirs in listing.items():
         suffix_dir = os.path.join(partition_dir, suffix)
         for hash_dir, names in hash_dirs.items():
-            object_dir = os.path.join(suffix_dir, hash_dir)
-            for name in names:
-                for victim in (name, name + SIDECAR_EXT):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(object_dir, victim))
-            with contextlib.suppress(OSError):  # not empty: something arrived since
-                os.rmdir(object_dir)
-        with contextlib.suppress(OSError):
+            _remove_hash_dir(os.path.join(suffix_dir, hash_dir), names)
+        with contextlib.suppress(OSError):  # not empty: something arrived since
             os.rmdir(suffix_dir)
+    # the files removed changed those suffixes: no cached hash of theirs may survive,
+    # whether the partition goes now or a newcomer keeps it
+    invalidate_suffixes(partition_dir, sorted(listing))
     try:
         remaining = [name for name in os.listdir(partition_dir) if is_suffix(name)]
     except FileNotFoundError:
         return True
-    if remaining:
-        # the files removed changed those suffixes: their cached hashes must go
-        invalidate_suffixes(partition_dir, sorted(listing))
+    return not remaining and _remove_partition_dir(partition_dir)
+
+
+def _remove_hash_dir(object_dir: str, listed: list[str]) -> None:
+    """Unlink one object's listed files unless something else arrived in its directory.
+
+    Looked at again right before the unlinks: a ``.meta`` a POST wrote since the
+    partition was listed describes the listed ``.data``, and unlinking that would leave
+    metadata nobody can offer. So an unlisted name keeps the whole directory (the next
+    pass delivers it with its data). A sidecar whose file is gone is left over from a
+    failed write once it is older than a write takes (EMPTY_DIR_GRACE), and goes.
+    """
+    try:
+        present = set(os.listdir(object_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    expected = set(listed) | {name + SIDECAR_EXT for name in listed}
+    leftovers = {name for name in present - expected
+                 if _is_stale_orphan_sidecar(object_dir, name, present)}
+    if present - expected - leftovers:
+        return
+    for name in expected | leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(object_dir, name))
+    with contextlib.suppress(OSError):  # not empty: something arrived since
+        os.rmdir(object_dir)
+
+
+def _is_stale_orphan_sidecar(object_dir: str, name: str, present: set[str]) -> bool:
+    if not name.endswith(SIDECAR_EXT) or name[:-len(SIDECAR_EXT)] in present:
         return False
-    return _remove_partition_dir(partition_dir)
+    try:
+        return time.time() - os.stat(os.path.join(object_dir, name)).st_mtime \
+            >= EMPTY_DIR_GRACE
+    except FileNotFoundError:
+        return False
 
 
 def _remove_partition_dir(partition_dir: str) -> bool:

@@ -270,7 +270,11 @@ class ReceivedFile:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.rename(self.tmp_path, final)
+            try:
+                os.rename(self.tmp_path, final)
+            except FileNotFoundError:  # emptied directories taken by partition_removal
+                makedirs_durable(self.object_dir, self.fsync)
+                os.rename(self.tmp_path, final)
         except OSError as err:
             self.abort()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC240
+# ruff: noqa: ASYNC230, ASYNC240
 """A delivered handoff partition loses what was delivered, never what arrived since.
 
 A PUT lands on a handoff while one of its primaries is away, and it can land while the
@@ -9,9 +9,12 @@ windows of the removal: before its fresh listing and after it.
 from __future__ import annotations
 
 import os
+import time
+
+import pytest
 
 from swiftlike.common.timestamp import Timestamp
-from swiftlike.daemons import replicator as replicator_module
+from swiftlike.daemons import replication_local
 from swiftlike.storage import partition_removal
 from swiftlike.storage.hashes import get_suffix_hashes
 from swiftlike.storage.partition_removal import listing_hashes, partition_listing
@@ -81,7 +84,7 @@ async def test_a_write_after_the_listing_stays_and_goes_home_next_pass(cluster, 
 async def test_a_write_before_the_listing_keeps_the_whole_partition(cluster, monkeypatch):
     part, handoff, late = _handoff_and_late_name(cluster, "h1")
     cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
-    real_remove_delivered = replicator_module.remove_delivered
+    real_remove_delivered = replication_local.remove_delivered
 
     def write_lands_then_remove(device_path, partition, delivered, kind="objects"):
         if partition == str(part) and not _files(cluster, handoff, late):
@@ -89,7 +92,7 @@ async def test_a_write_before_the_listing_keeps_the_whole_partition(cluster, mon
                                 timestamp=Timestamp.now())
         return real_remove_delivered(device_path, partition, delivered, kind)
 
-    monkeypatch.setattr(replicator_module, "remove_delivered", write_lands_then_remove)
+    monkeypatch.setattr(replication_local, "remove_delivered", write_lands_then_remove)
     result = await replicate_node(cluster, handoff)
     counts = result[handoff.device]["counts"]
     assert counts.get("handoffs_removed", 0) == 0
@@ -97,7 +100,7 @@ async def test_a_write_before_the_listing_keeps_the_whole_partition(cluster, mon
     assert len(_files(cluster, handoff, "h1")) == 1
     assert len(_files(cluster, handoff, late)) == 1
 
-    monkeypatch.setattr(replicator_module, "remove_delivered", real_remove_delivered)
+    monkeypatch.setattr(replication_local, "remove_delivered", real_remove_delivered)
     result = await replicate_node(cluster, handoff)
     assert result[handoff.device]["counts"]["handoffs_removed"] == 1
     for name in ("h1", late):
@@ -110,7 +113,7 @@ async def test_an_empty_handoff_partition_that_got_a_write_is_kept(cluster, monk
     part, handoff, late = _handoff_and_late_name(cluster, "h1")
     partition_dir = os.path.join(handoff.device_path, "objects", str(part))
     os.makedirs(partition_dir)
-    real_remove_delivered = replicator_module.remove_delivered
+    real_remove_delivered = replication_local.remove_delivered
 
     def write_lands_then_remove(device_path, partition, delivered, kind="objects"):
         if partition == str(part):
@@ -118,6 +121,132 @@ async def test_an_empty_handoff_partition_that_got_a_write_is_kept(cluster, monk
             cluster.write_local(handoff, "AUTH_a", "c", late, b"acknowledged")
         return real_remove_delivered(device_path, partition, delivered, kind)
 
-    monkeypatch.setattr(replicator_module, "remove_delivered", write_lands_then_remove)
+    monkeypatch.setattr(replication_local, "remove_delivered", write_lands_then_remove)
     await replicate_node(cluster, handoff)
     assert len(_files(cluster, handoff, late)) == 1
+
+
+def _same_suffix_name(cluster, node, name: str) -> str:
+    """Another object name whose hash directory shares ``name``'s suffix directory."""
+    suffix_dir = os.path.dirname(cluster.object_dir(node, "AUTH_a", "c", name))
+    for index in range(2_000_000):
+        other = f"twin-{index}"
+        if os.path.dirname(cluster.object_dir(node, "AUTH_a", "c", other)) == suffix_dir:
+            return other
+    raise AssertionError("no name in the same suffix")
+
+
+def _write_before_listing(cluster, monkeypatch, node, name: str):
+    """Make ``name`` land on ``node`` (a PUT) right before the pass lists its suffixes;
+    the real listing function, to put back."""
+    real = replication_local.rehash_and_list
+
+    def write_lands_then_list(*args, **kwargs):
+        if not _files(cluster, node, name):
+            cluster.write_local(node, "AUTH_a", "c", name, b"acknowledged")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replication_local, "rehash_and_list", write_lands_then_list)
+    return real
+
+
+async def test_a_write_in_a_suffix_nobody_was_asked_about_is_not_removed(cluster,
+                                                                          monkeypatch):
+    """The pass lists only the suffixes that differ from a primary; a write landing in
+    another suffix after the plan was offered to nobody, so it keeps the partition."""
+    part, handoff, late = _handoff_and_late_name(cluster, "h1")
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
+    real = _write_before_listing(cluster, monkeypatch, handoff, late)
+    await replicate_node(cluster, handoff)
+    assert len(_files(cluster, handoff, late)) == 1 or \
+        set(holders(cluster, late)) == primaries(cluster, late)
+    monkeypatch.setattr(replication_local, "rehash_and_list", real)
+    await replicate_node(cluster, handoff)
+    await replicate_node(cluster, handoff)
+    assert set(holders(cluster, late)) == primaries(cluster, late)
+    assert not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))
+
+
+async def test_a_write_in_a_suffix_one_primary_already_matched_is_not_removed(
+        cluster, monkeypatch):
+    """The suffix differs from two primaries and matches the third; a write landing in
+    it before the listing is pushed to the two. The third has not got it, so the
+    partition stays for the next pass."""
+    part, _ = cluster.ring.get_nodes("AUTH_a", "c", "h1")
+    handoff = cluster.node_of(next(iter(cluster.ring.get_more_nodes(part))))
+    twin = _same_suffix_name(cluster, handoff, "h1")
+    stamp = Timestamp.now()
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100, timestamp=stamp)
+    first = cluster.node_of(cluster.ring.get_nodes("AUTH_a", "c", "h1")[1][0])
+    cluster.write_local(first, "AUTH_a", "c", "h1", b"x" * 100, timestamp=stamp)
+    real = _write_before_listing(cluster, monkeypatch, handoff, twin)
+    await replicate_node(cluster, handoff)
+    assert len(_files(cluster, handoff, twin)) == 1  # kept: `first` was not sent it
+    monkeypatch.setattr(replication_local, "rehash_and_list", real)
+    await replicate_node(cluster, handoff)
+    assert set(holders(cluster, twin)) == primaries(cluster, twin)
+    assert not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))
+
+
+async def test_a_post_after_the_listing_keeps_its_object_for_the_next_pass(cluster,
+                                                                          monkeypatch):
+    """A .meta landing beside a listed .data: unlinking the .data would leave metadata
+    nobody can offer, so the object's directory stays, and the next pass delivers it."""
+    part, handoff, _ = _handoff_and_late_name(cluster, "h1")
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
+    partition_dir = os.path.join(handoff.device_path, "objects", str(part))
+    real_remove_listed = partition_removal.remove_listed
+    posted = Timestamp.now()
+
+    def post_lands_then_remove(directory, listing):
+        if directory == partition_dir:
+            cluster.write_local(handoff, "AUTH_a", "c", "h1", b"", timestamp=posted,
+                                ext=".meta", extra={"X-Object-Meta-Color": "blue"})
+        return real_remove_listed(directory, listing)
+
+    monkeypatch.setattr(partition_removal, "remove_listed", post_lands_then_remove)
+    result = await replicate_node(cluster, handoff)
+    assert result[handoff.device]["counts"].get("handoffs_removed", 0) == 0
+    assert len(_files(cluster, handoff, "h1")) == 2  # the .data and the .meta
+    monkeypatch.setattr(partition_removal, "remove_listed", real_remove_listed)
+    await replicate_node(cluster, handoff)
+    for index in primaries(cluster, "h1"):
+        names = _files(cluster, cluster.nodes[index], "h1")
+        assert posted.internal + ".meta" in names, names
+    assert not os.path.exists(partition_dir)
+
+
+async def test_a_suffix_made_while_the_partition_goes_leaves_no_stale_hash(cluster,
+                                                                          monkeypatch):
+    part, handoff, late = _handoff_and_late_name(cluster, "h1")
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
+    partition_dir = os.path.join(handoff.device_path, "objects", str(part))
+    real = partition_removal._remove_partition_dir
+
+    def write_lands_then_drop(directory):
+        cluster.write_local(handoff, "AUTH_a", "c", late, b"acknowledged")
+        return real(directory)
+
+    monkeypatch.setattr(partition_removal, "_remove_partition_dir", write_lands_then_drop)
+    await replicate_node(cluster, handoff)
+    assert len(_files(cluster, handoff, late)) == 1
+    assert get_suffix_hashes(handoff.device_path, part) == \
+        listing_hashes(partition_listing(partition_dir))
+
+
+@pytest.mark.parametrize("age", [120.0, 0.0])
+async def test_a_leftover_sidecar_goes_with_the_partition_once_old(cluster, age):
+    """A sidecar whose file never got linked (a failed write) is not the replicas'
+    business; once older than a write takes it goes, a fresh one may be a write in
+    progress and stays."""
+    part, handoff, _ = _handoff_and_late_name(cluster, "h1")
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
+    orphan = os.path.join(cluster.object_dir(handoff, "AUTH_a", "c", "h1"),
+                          Timestamp.now().internal + ".data.msgpack")
+    with open(orphan, "wb") as handle:
+        handle.write(b"\x80")
+    os.utime(orphan, (time.time() - age, time.time() - age))
+    result = await replicate_node(cluster, handoff)
+    gone = not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))
+    assert gone == (age > 0)
+    assert result[handoff.device]["counts"].get("handoffs_removed", 0) == int(gone)

@@ -24,8 +24,8 @@ def _taken_right_after(real):
     """``real`` (a directory maker), then the new directories removed, once."""
     calls = []
 
-    def make_then_lose(object_dir):
-        made = real(object_dir)
+    def make_then_lose(object_dir, *args):
+        made = real(object_dir, *args)
         if not calls:
             calls.append(object_dir)
             os.rmdir(object_dir)
@@ -65,3 +65,47 @@ def test_a_streamed_write_commits_after_its_directories_went(tmp_path, monkeypat
     assert writer.made_dir
     with open(os.path.join(object_dir, timestamp.internal + ".data"), "rb") as handle:
         assert handle.read() == b"streamed"
+
+
+def test_a_write_whose_directory_came_back_with_an_older_file_cleans_it(tmp_path,
+                                                                        monkeypatch):
+    """Another writer made the directory again, with an older version in it: ours is
+    linked and the older file goes, as in any directory this write did not make."""
+    device, object_dir = _paths(tmp_path)
+    older, newer = Timestamp(1_700_000_000.0), Timestamp.now()
+    writer = diskfile.stage_whole_object(device, object_dir, b"new", newer, ".data",
+                                         _meta(newer, b"new"))
+    real = diskfile.make_object_dir
+    calls = []
+
+    def made_again_by_another_writer(path):
+        calls.append(path)
+        if len(calls) == 1:  # ours, then taken before the link
+            made = real(path)
+            os.rmdir(path)
+            os.rmdir(os.path.dirname(path))
+            return made
+        # the retry's: another writer was quicker
+        diskfile.write_whole_object(device, path, b"old", older, ".data",
+                                    _meta(older, b"old"), fsync=False)
+        return real(path)
+
+    monkeypatch.setattr(diskfile, "make_object_dir", made_again_by_another_writer)
+    writer.publish()
+    assert sorted(os.listdir(object_dir)) == [newer.internal + ".data"]
+
+
+def test_a_pushed_file_lands_after_its_directories_went(tmp_path, monkeypatch):
+    from swiftlike.storage import replication_store
+
+    device, object_dir = _paths(tmp_path)
+    timestamp = Timestamp.now()
+    received = replication_store.ReceivedFile(
+        device, "7", os.path.basename(object_dir), timestamp.internal + ".data",
+        {**_meta(timestamp, b"pushed"), "ETag": ""}, fsync=False, use_xattr=True)
+    received.write(b"pushed")
+    monkeypatch.setattr(replication_store, "makedirs_durable",
+                        _taken_right_after(replication_store.makedirs_durable))
+    assert received.commit() == "written"
+    with open(os.path.join(object_dir, timestamp.internal + ".data"), "rb") as handle:
+        assert handle.read() == b"pushed"

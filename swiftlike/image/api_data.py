@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from swiftlike.image.api_tasks import import_task, new_request_id, run_as_task
+from swiftlike.image.api_tasks import import_task, new_request_id, record_task, run_as_task
 from swiftlike.image.context import (
     ImageContext,
     ImageSettings,
@@ -230,7 +230,7 @@ async def import_image(request: web.Request) -> web.Response:
         raise http_error(409, f"Image {image.id} is already being imported.")
     request_id = new_request_id()
     record = import_task(request, image, body, request_id)
-    await c.repo.add_task(record)
+    await record_task(c.repo, record)
     task = asyncio.get_running_loop().create_task(
         run_as_task(c.repo, record, c.settings.task_time_to_live, run(image)))
     tasks: set[asyncio.Task[None]] = request.config_dict[TASKS_KEY]

@@ -19,12 +19,16 @@ from typing import Any
 
 from aiohttp import web
 
-from swiftlike.image.context import ctx, http_error, identity, json_response, visible_image
+from swiftlike.image.context import ctx, identity, json_response, visible_image
 from swiftlike.image.registry import ImageRecord, ImageRepository, TaskRecord, utc_now
+from swiftlike.image.web_download import shown
 
 LOG = logging.getLogger("swiftlike.image.tasks")
 IMPORT_TASK_TYPE = "api_image_import"
 INTERRUPTED = "The import was interrupted: the image service stopped before it ended."
+#: the sweeper's word for a task whose holder stopped renewing its lease
+ABANDONED = ("The import was interrupted: the process running it stopped, and the image "
+             "was returned to queued.")
 
 
 def new_request_id() -> str:
@@ -34,12 +38,26 @@ def new_request_id() -> str:
 
 def import_task(request: web.Request, image: ImageRecord, import_req: Any,
                 request_id: str) -> TaskRecord:
-    """The task record of an import the caller just started."""
+    """The task record of an import the caller just started (a URL's password left out:
+    the project's readers see the task too)."""
+    if isinstance(import_req, dict) and isinstance(import_req.get("method"), dict) and \
+            isinstance(import_req["method"].get("uri"), str):
+        method = {**import_req["method"], "uri": shown(import_req["method"]["uri"])}
+        import_req = {**import_req, "method": method}
     return TaskRecord(id=str(uuid.uuid4()), type=IMPORT_TASK_TYPE, owner=image.owner,
                       image_id=image.id, user_id=identity(request).user,
                       request_id=request_id,
                       input={"image_id": image.id, "import_req": import_req,
                              "backend": None})
+
+
+async def record_task(repo: ImageRepository, task: TaskRecord) -> None:
+    """Record a starting task; the import goes on without one if the registry fails
+    here (its image is already ``importing``: refusing now would strand it)."""
+    try:
+        await repo.add_task(task)
+    except Exception as err:
+        LOG.error("recording task %s of image %s failed: %r", task.id, task.image_id, err)
 
 
 async def run_as_task(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
@@ -65,13 +83,17 @@ async def _finish(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
     task.message = failure or ""
     task.result = None if failure is not None else {"image_id": task.image_id}
     task.updated_at = utc_now()
-    task.expires_at = time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                    time.gmtime(time.time() + ttl_hours * 3600))
+    task.expires_at = expiry(ttl_hours)
     try:
         await repo.finish_task(task)
     except Exception as err:  # the registry is down: the image's own status still tells
         LOG.error("recording the end of task %s (image %s) failed: %r", task.id,
                   task.image_id, err)
+
+
+def expiry(ttl_hours: float) -> str:
+    """When a task ending now is forgotten."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + ttl_hours * 3600))
 
 
 def task_view(task: TaskRecord) -> dict[str, Any]:
@@ -88,12 +110,12 @@ def task_view(task: TaskRecord) -> dict[str, Any]:
 async def list_image_tasks(request: web.Request) -> web.Response:
     """``GET /v2/images/{image_id}/tasks``: the image's tasks, newest first.
 
-    For the image's own project and admins: a task's input holds what the importer
-    sent, a web-download's URL included.
+    As Glance: 404 unless the caller may see the image, then the tasks an admin may
+    see (all) or that belong to the caller's project (a project the image is shared
+    with sees none: a task's input holds what the importer sent).
     """
     image = await visible_image(request, request.match_info["image_id"])
     who = identity(request)
-    if not (who.is_admin or image.owner == who.project):
-        raise http_error(403, "You are not permitted to see the tasks of this image.")
     tasks = await ctx(request).repo.image_tasks(image.id)
-    return json_response({"tasks": [task_view(t) for t in tasks]})
+    return json_response({"tasks": [task_view(t) for t in tasks
+                                    if who.is_admin or t.owner == who.project]})

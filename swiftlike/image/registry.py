@@ -125,6 +125,8 @@ class ImageRepository(Protocol):
     async def add_task(self, task: TaskRecord) -> None: ...
     async def finish_task(self, task: TaskRecord) -> None: ...
     async def image_tasks(self, image_id: str) -> list[TaskRecord]: ...
+    async def fail_unfinished_tasks(self, image_id: str, message: str,
+                                    expires_at: str) -> int: ...
 
 
 _SCHEMA = """
@@ -458,6 +460,17 @@ class SqliteImageRepository:
             "UPDATE tasks SET status = ?, result = ?, message = ?, updated_at = ?, "
             "expires_at = ? WHERE id = ?",
             (task.status, result, task.message, task.updated_at, task.expires_at, task.id))
+
+    async def fail_unfinished_tasks(self, image_id: str, message: str,
+                                    expires_at: str) -> int:
+        """Mark an image's tasks still ``processing`` as failed (their holder is gone)."""
+        def update() -> int:
+            return self._db.execute(
+                "UPDATE tasks SET status = 'failure', message = ?, updated_at = ?, "
+                "expires_at = ? WHERE image_id = ? AND status = 'processing'",
+                (message, utc_now(), expires_at, image_id)).rowcount
+
+        return await self._run(update)
 
     async def image_tasks(self, image_id: str) -> list[TaskRecord]:
         """An image's tasks not yet expired, newest first."""

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from swiftlike.image.api_tasks import ABANDONED, expiry
 from swiftlike.image.context import ImageContext, container_for
 from swiftlike.image.registry import DATA_COLUMNS, ImageRecord, ImageRepository, utc_now
 from swiftlike.image.store import Location
@@ -143,6 +144,9 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
             continue  # another sweeper has it, or it was deleted meanwhile
         LOG.warning("image %s was left %s by a holder that stopped renewing its lease: "
                     "removing its bytes and returning it to queued", image.id, image.status)
+        # an import's task would otherwise say "processing" for ever
+        await c.repo.fail_unfinished_tasks(image.id, ABANDONED,
+                                           expiry(c.settings.task_time_to_live))
         if not await _remove_bytes(c, image, lease):
             continue  # the store is failing: killed until the lease runs out, then again
         reset_to_queued(image)

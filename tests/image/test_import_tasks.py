@@ -8,7 +8,9 @@ service that fetches from a real HTTP server on loopback.
 from __future__ import annotations
 
 import io
+import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,14 @@ import glanceclient
 import pytest
 import requests
 
+from swiftlike.image.api_tasks import ABANDONED
 from tests.image.conftest import (
     ImageProcess,
     ImageService,
     auth_headers,
-    create_image,
     start_service,
 )
+from tests.image.test_upload_leases import set_holder
 from tests.image.test_web_download import _create, _import, _settle
 from tests.image.web_source import Source
 
@@ -93,7 +96,9 @@ def test_a_failed_web_download_says_why_and_a_retry_gets_its_own_task(
     failed, = _ended(service.url, token, image_id)
     assert failed["status"] == "failure" and failed["result"] is None
     assert "404" in failed["message"], failed["message"]
-    assert "s3cret" not in failed["message"]
+    assert "s3cret" not in json.dumps(failed)  # nor in the input it shows
+    assert failed["input"]["import_req"]["method"]["uri"] == \
+        f"http://127.0.0.1:{source.port}/missing"
 
     source.routes["/good"] = (200, {}, b"x" * 5000)
     assert _import(service.url, token, image_id, source.url("/good")).status_code == 202
@@ -128,21 +133,66 @@ def test_glanceclient_sees_a_glance_direct_import_whose_staged_bytes_vanished(
     assert task["message"].startswith("Image import failed: "), task["message"]
 
 
-def test_only_the_images_project_sees_its_tasks(
-        service: ImageProcess, image_service: ImageService) -> None:
-    """A project the image is shared with sees the image, not its tasks (their input
-    holds what the importer sent, a URL included)."""
+def test_a_project_the_image_is_shared_with_sees_none_of_its_tasks(
+        service: ImageProcess, source: Source, image_service: ImageService) -> None:
+    """As Glance: 404 unless the caller sees the image, then only its own project's
+    tasks (a task's input holds what the importer sent); admins see them all."""
     token = image_service.token()
     other = image_service.token("test2:tester2", "testing2")
-    image = create_image(service.url, token, "shared-one")
-    assert requests.post(f"{service.url}/v2/images/{image['id']}/members", timeout=30,
+    image_id = _create(service.url, token)
+    source.routes["/disk.img"] = (200, {}, b"y" * 3000)
+    assert _import(service.url, token, image_id, source.url("/disk.img")).status_code == 202
+    assert len(_ended(service.url, token, image_id)) == 1
+    assert _tasks(service.url, other, image_id).status_code == 404  # not shared yet
+    assert requests.post(f"{service.url}/v2/images/{image_id}/members", timeout=30,
                          headers=auth_headers(token),
                          json={"member": "AUTH_test2"}).status_code == 200
-    assert requests.get(f"{service.url}/v2/images/{image['id']}", timeout=30,
-                        headers=auth_headers(other)).status_code == 200
-    answer = _tasks(service.url, other, image["id"])
-    assert answer.status_code == 403, answer.text
+    answer = _tasks(service.url, other, image_id)
+    assert answer.status_code == 200 and answer.json() == {"tasks": []}, answer.text
+    admin = image_service.token("admin:admin", "admin")
+    assert len(_tasks(service.url, admin, image_id).json()["tasks"]) == 1
     assert _tasks(service.url, token, "00000000-0000-0000-0000-000000000000"
                   ).status_code == 404
-    admin = image_service.token("admin:admin", "admin")
-    assert _tasks(service.url, admin, image["id"]).json() == {"tasks": []}
+
+
+def test_an_import_goes_on_when_its_task_cannot_be_recorded(
+        service: ImageProcess, source: Source, image_service: ImageService,
+        tmp_path: Path) -> None:
+    """The image is already importing when the task is written: a registry failure
+    there must not strand it (500 and importing until its lease ran out)."""
+    registry = sqlite3.connect(tmp_path / "images.sqlite")
+    try:
+        registry.execute("DROP TABLE tasks")
+        registry.commit()
+    finally:
+        registry.close()
+    token = image_service.token()
+    image_id = _create(service.url, token)
+    source.routes["/disk.img"] = (200, {}, b"z" * 3000)
+    assert _import(service.url, token, image_id, source.url("/disk.img")).status_code == 202
+    assert _settle(service.url, token, image_id)["status"] == "active"
+
+
+def test_the_task_of_an_import_whose_process_died_is_failed_by_the_sweeper(
+        service_conf: Path, tmp_path: Path, source: Source,
+        image_service: ImageService) -> None:
+    token = image_service.token()
+    proc = start_service(service_conf, tmp_path, "dies", extra=(
+        f"web_download_allowed_ports = [{source.port}]\n"))
+    try:
+        image_id = _create(proc.url, token)
+        assert _import(proc.url, token, image_id, source.url("/slow")).status_code == 202
+        assert _tasks(proc.url, token, image_id).json()["tasks"][0]["status"] == \
+            "processing"
+        proc.kill()  # SIGKILL: no shutdown hook runs
+    finally:
+        proc.stop()
+    set_holder(tmp_path, image_id, "importing", time.time() - 1)  # its lease ran out
+    proc = start_service(service_conf, tmp_path, "again")
+    try:
+        task, = _ended(proc.url, token, image_id)
+        assert task["status"] == "failure" and task["message"] == ABANDONED
+        assert task["expires_at"] is not None
+        assert _settle(proc.url, token, image_id)["status"] == "queued"
+    finally:
+        proc.stop()

@@ -305,12 +305,8 @@ class ObjectReplicator(Daemon):
             for part, suffixes in target.suffixes.items():
                 wanted.setdefault(part, set()).update(suffixes)
         listed = await self._list(device_path, wanted, by_part, stats)
-        for job in jobs:
-            for peer_id in job.remote if job.changed else ():
-                target = targets.get(peer_id)
-                sent = set(target.suffixes.get(job.part, ())) if target else set()
-                if job.changed - sent:
-                    job.done[peer_id] = False  # delivered next pass, not removed now
+        planned = {peer_id: {part: set(suffixes) for part, suffixes in t.suffixes.items()}
+                   for peer_id, t in targets.items()}
         for peer_id, target in targets.items():
             for part in list(target.suffixes):
                 job = by_part[part]
@@ -326,6 +322,12 @@ class ObjectReplicator(Daemon):
                 else:
                     job.done[peer_id] = True
                     del target.suffixes[part]
+        # last, so nothing above sets it back: a suffix that changed since the plan
+        # and was not meant for a peer (it matched then) has not reached that peer
+        for job in jobs:
+            for peer_id in job.remote if job.changed else ():
+                if job.changed - planned.get(peer_id, {}).get(job.part, set()):
+                    job.done[peer_id] = False  # delivered next pass, not removed now
 
     async def _list(self, device_path: str, wanted: dict[str, set[str]],
                     by_part: dict[str, PartJob], stats: PassStats) -> set[str]:

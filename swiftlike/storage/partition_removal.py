@@ -29,7 +29,6 @@ from collections.abc import Mapping
 
 from swiftlike.storage.diskfile import SIDECAR_EXT
 from swiftlike.storage.hashes import (
-    EMPTY_DIR_GRACE,
     HASHES_FILE,
     INVALID_FILE,
     LOCK_FILE,
@@ -42,6 +41,9 @@ from swiftlike.storage.hashes import (
 
 #: files of the partition itself, besides its suffix directories
 PARTITION_FILES = (HASHES_FILE, HASHES_FILE + ".tmp", INVALID_FILE, LOCK_FILE)
+
+#: seconds before a sidecar whose file is missing counts as left over (see _remove_hash_dir)
+ORPHAN_SIDECAR_AGE = 24 * 3600.0
 
 PartitionListing = dict[str, dict[str, list[str]]]  # suffix -> hash dir -> file names
 
@@ -77,13 +79,21 @@ def remove_delivered(device_path: str, partition: str, delivered: Mapping[str, s
     """
     partition_dir = os.path.join(device_path, kind, partition)
     listing = partition_listing(partition_dir)
-    if listing_hashes(listing) != dict(delivered):
+    found = listing_hashes(listing)
+    if found != dict(delivered):
+        # whatever differs gets rehashed: a cached hash that disagrees with the disk (a
+        # removal or a writer that died before its invalidation) must not keep this
+        # partition, or an undelivered file in it, for ever
+        invalidate_suffixes(partition_dir, sorted(
+            s for s in set(found) | set(delivered) if found.get(s) != delivered.get(s)))
         return False
     return remove_listed(partition_dir, listing)
 
 
 def remove_listed(partition_dir: str, listing: PartitionListing) -> bool:
     """Unlink the listed files, then every directory left empty; True if it all went."""
+    # before the unlinks too: a removal that dies halfway leaves no cached hash behind
+    invalidate_suffixes(partition_dir, sorted(listing))
     for suffix, hash_dirs in listing.items():
         suffix_dir = os.path.join(partition_dir, suffix)
         for hash_dir, names in hash_dirs.items():
@@ -106,8 +116,10 @@ def _remove_hash_dir(object_dir: str, listed: list[str]) -> None:
     Looked at again right before the unlinks: a ``.meta`` a POST wrote since the
     partition was listed describes the listed ``.data``, and unlinking that would leave
     metadata nobody can offer. So an unlisted name keeps the whole directory (the next
-    pass delivers it with its data). A sidecar whose file is gone is left over from a
-    failed write once it is older than a write takes (EMPTY_DIR_GRACE), and goes.
+    pass delivers it with its data). A sidecar whose file is missing goes once it is a
+    day old: a write writes it before it links its file, and a flush in between may
+    take long on a loaded disk, so only a much older one is surely left over from a
+    write that failed.
     """
     try:
         present = set(os.listdir(object_dir))
@@ -130,7 +142,7 @@ def _is_stale_orphan_sidecar(object_dir: str, name: str, present: set[str]) -> b
         return False
     try:
         return time.time() - os.stat(os.path.join(object_dir, name)).st_mtime \
-            >= EMPTY_DIR_GRACE
+            >= ORPHAN_SIDECAR_AGE
     except FileNotFoundError:
         return False
 

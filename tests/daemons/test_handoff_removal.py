@@ -15,7 +15,7 @@ import pytest
 
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.daemons import replication_local
-from swiftlike.storage import partition_removal
+from swiftlike.storage import diskfile, partition_removal
 from swiftlike.storage.hashes import get_suffix_hashes
 from swiftlike.storage.partition_removal import listing_hashes, partition_listing
 from tests.daemons.test_replicator import holders, primaries, replicate_node
@@ -234,11 +234,11 @@ async def test_a_suffix_made_while_the_partition_goes_leaves_no_stale_hash(clust
         listing_hashes(partition_listing(partition_dir))
 
 
-@pytest.mark.parametrize("age", [120.0, 0.0])
+@pytest.mark.parametrize("age", [2 * 86400.0, 120.0, 0.0])
 async def test_a_leftover_sidecar_goes_with_the_partition_once_old(cluster, age):
     """A sidecar whose file never got linked (a failed write) is not the replicas'
-    business; once older than a write takes it goes, a fresh one may be a write in
-    progress and stays."""
+    business; a day old it goes. A younger one may be a write waiting for a slow flush
+    before its link, and stays."""
     part, handoff, _ = _handoff_and_late_name(cluster, "h1")
     cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x" * 100)
     orphan = os.path.join(cluster.object_dir(handoff, "AUTH_a", "c", "h1"),
@@ -248,5 +248,86 @@ async def test_a_leftover_sidecar_goes_with_the_partition_once_old(cluster, age)
     os.utime(orphan, (time.time() - age, time.time() - age))
     result = await replicate_node(cluster, handoff)
     gone = not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))
-    assert gone == (age > 0)
+    assert gone == (age > 86400)
     assert result[handoff.device]["counts"].get("handoffs_removed", 0) == int(gone)
+
+
+def test_a_write_whose_flush_is_slow_keeps_its_sidecar(tmp_path):
+    """Without xattrs a staged write's metadata is a sidecar beside where its file will
+    be linked, written before the flush that precedes the link; a removal meanwhile
+    must leave it, or the write is acknowledged without metadata."""
+    device = str(tmp_path)
+    os.makedirs(os.path.join(device, "tmp"))
+    partition_dir = os.path.join(device, "objects", "7")
+    object_dir = os.path.join(partition_dir, "abc", "0" * 29 + "abc")
+    older, newer = Timestamp(1_700_000_000.0), Timestamp.now()
+
+    def meta(stamp, body):
+        return {"name": "/a/c/o", "X-Timestamp": stamp.internal, "ETag": "x",
+                "Content-Length": str(len(body))}
+
+    diskfile.write_whole_object(device, object_dir, b"old", older, ".data",
+                                meta(older, b"old"), fsync=False, use_xattr=False)
+    delivered = listing_hashes(partition_listing(partition_dir))
+    writer = diskfile.stage_whole_object(device, object_dir, b"new", newer, ".data",
+                                         meta(newer, b"new"), use_xattr=False)
+    sidecar = os.path.join(object_dir, newer.internal + ".data.msgpack")
+    os.utime(sidecar, (time.time() - 300, time.time() - 300))  # a slow flush
+    partition_removal.remove_delivered(device, "7", delivered)
+    writer.publish()
+    data = os.path.join(object_dir, newer.internal + ".data")
+    assert diskfile.read_metadata(data)["X-Timestamp"] == newer.internal
+
+
+async def test_a_suffix_that_changed_and_was_not_meant_for_a_peer_keeps_the_partition(
+        cluster, monkeypatch):
+    """Suffix a is sent to every primary, suffix c to one of them only (the others
+    matched). Before the listing a matches everyone (a write landed on the handoff)
+    and c gets a new object: that object reached one primary, so the partition stays."""
+    _, handoff, other = _handoff_and_late_name(cluster, "h1")
+    same_a = _same_suffix_name(cluster, handoff, "h1")
+    new_in_c = _same_suffix_name(cluster, handoff, other)
+    p1, p2, p3 = (cluster.node_of(n) for n in cluster.ring.get_nodes("AUTH_a", "c", "h1")[1])
+    tx, ty, tw = (Timestamp(1_700_000_001.0), Timestamp(1_700_000_002.0),
+                  Timestamp(1_700_000_003.0))
+    cluster.write_local(handoff, "AUTH_a", "c", "h1", b"x", timestamp=tx)
+    cluster.write_local(handoff, "AUTH_a", "c", other, b"w", timestamp=tw)
+    for node in (p1, p2, p3):
+        cluster.write_local(node, "AUTH_a", "c", "h1", b"x", timestamp=tx)
+        cluster.write_local(node, "AUTH_a", "c", same_a, b"y", timestamp=ty)
+    for node in (p1, p3):
+        cluster.write_local(node, "AUTH_a", "c", other, b"w", timestamp=tw)
+    real = replication_local.rehash_and_list
+
+    def writes_land_then_list(*args, **kwargs):
+        if not _files(cluster, handoff, new_in_c):
+            cluster.write_local(handoff, "AUTH_a", "c", same_a, b"y", timestamp=ty)
+            cluster.write_local(handoff, "AUTH_a", "c", new_in_c, b"acknowledged")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replication_local, "rehash_and_list", writes_land_then_list)
+    await replicate_node(cluster, handoff)
+    assert _files(cluster, handoff, new_in_c) or \
+        set(holders(cluster, new_in_c)) == primaries(cluster, new_in_c)
+
+
+async def test_a_removal_that_died_halfway_does_not_strand_the_partition(cluster):
+    """The files of one object went, then the process died before the journal heard
+    of it: the cached hash still matches every primary, the disk does not. The next
+    pass must rehash it, not compare against it for ever."""
+    part, handoff, _ = _handoff_and_late_name(cluster, "h1")
+    twin = _same_suffix_name(cluster, handoff, "h1")
+    nodes = [cluster.node_of(n) for n in cluster.ring.get_nodes("AUTH_a", "c", "h1")[1]]
+    for node in [handoff, *nodes]:
+        cluster.write_local(node, "AUTH_a", "c", "h1", b"x",
+                            timestamp=Timestamp(1_700_000_001.0))
+        cluster.write_local(node, "AUTH_a", "c", twin, b"y",
+                            timestamp=Timestamp(1_700_000_002.0))
+    get_suffix_hashes(handoff.device_path, part)  # cached, journal empty
+    object_dir = cluster.object_dir(handoff, "AUTH_a", "c", "h1")
+    for name in os.listdir(object_dir):
+        os.unlink(os.path.join(object_dir, name))
+    os.rmdir(object_dir)
+    for _ in range(2):
+        await replicate_node(cluster, handoff)
+    assert not os.path.exists(os.path.join(handoff.device_path, "objects", str(part)))

@@ -56,6 +56,7 @@ CHUNK = 64 * 1024
 IMPORT_METHODS = ("glance-direct", "web-download")
 TASKS_KEY: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("image_import_tasks")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_USERINFO = re.compile(r"//[^/@\s]*@")  # the user:password@ of a URL in a message
 
 
 async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
@@ -274,12 +275,12 @@ async def _run_web_download(request: web.Request, image: ImageRecord, uri: str,
     except BaseException as exc:  # the source, a refused redirect, the bytes, the store,
         # the lease lost, or the service shutting down; store_stream has deleted
         # whatever this attempt wrote
-        LOG.warning("web-download of image %s from %s failed: %r", image.id, shown(uri),
-                    exc)
+        LOG.warning("web-download of image %s from %s failed: %s", image.id, shown(uri),
+                    failure_message(exc))
         await asyncio.shield(_revert_if_held(request, image, lease.until))
         if not isinstance(exc, Exception):
             raise
-        return failure_message(exc, uri)
+        return failure_message(exc)
     _record_result(image, loc, result, "active")
     if not await c.repo.save(image, expect_status="importing", columns=DATA_COLUMNS,
                              expect_lease=lease.until):
@@ -328,12 +329,11 @@ async def _run_import(request: web.Request, image: ImageRecord) -> str | None:
 LOST = "The image was deleted, or taken back from a stalled import, before this import ended."
 
 
-def failure_message(exc: Exception, uri: str | None = None) -> str:
-    """Why an import failed, for its task: what it met, with a URL's credentials hidden."""
-    text = str(exc) or type(exc).__name__
-    if uri is not None:
-        text = text.replace(uri, shown(uri))
-    return f"Image import failed: {text}"
+def failure_message(exc: BaseException) -> str:
+    """Why an import failed, for its task and the log, with every URL's
+    ``user:password@`` removed (the source's, a redirect's, however a library spelled
+    it)."""
+    return f"Image import failed: {_USERINFO.sub('//', str(exc) or type(exc).__name__)}"
 
 
 async def _revert_if_held(request: web.Request, image: ImageRecord, lease: float,

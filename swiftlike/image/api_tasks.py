@@ -26,6 +26,8 @@ from swiftlike.image.web_download import shown
 LOG = logging.getLogger("swiftlike.image.tasks")
 IMPORT_TASK_TYPE = "api_image_import"
 INTERRUPTED = "The import was interrupted: the image service stopped before it ended."
+FINISH_ATTEMPTS = 3  # writes of a task's outcome before it is only logged
+FINISH_RETRY_SECONDS = 0.5
 #: the sweeper's word for a task whose holder stopped renewing its lease
 ABANDONED = ("The import was interrupted: the process running it stopped, and the image "
              "was returned to queued.")
@@ -84,11 +86,15 @@ async def _finish(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
     task.result = None if failure is not None else {"image_id": task.image_id}
     task.updated_at = utc_now()
     task.expires_at = expiry(ttl_hours)
-    try:
-        await repo.finish_task(task)
-    except Exception as err:  # the registry is down: the image's own status still tells
-        LOG.error("recording the end of task %s (image %s) failed: %r", task.id,
-                  task.image_id, err)
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            await repo.finish_task(task)
+            return
+        except Exception as err:  # the registry is busy or down
+            LOG.error("recording the end of task %s (image %s) failed: %r", task.id,
+                      task.image_id, err)
+        if attempt + 1 < FINISH_ATTEMPTS:
+            await asyncio.sleep(FINISH_RETRY_SECONDS)
 
 
 def expiry(ttl_hours: float) -> str:

@@ -125,8 +125,8 @@ class ImageRepository(Protocol):
     async def add_task(self, task: TaskRecord) -> None: ...
     async def finish_task(self, task: TaskRecord) -> None: ...
     async def image_tasks(self, image_id: str) -> list[TaskRecord]: ...
-    async def fail_unfinished_tasks(self, image_id: str, message: str,
-                                    expires_at: str) -> int: ...
+    async def fail_unfinished_tasks(self, image_id: str, message: str, expires_at: str,
+                                    created_by: str) -> int: ...
 
 
 _SCHEMA = """
@@ -461,14 +461,16 @@ class SqliteImageRepository:
             "expires_at = ? WHERE id = ?",
             (task.status, result, task.message, task.updated_at, task.expires_at, task.id))
 
-    async def fail_unfinished_tasks(self, image_id: str, message: str,
-                                    expires_at: str) -> int:
-        """Mark an image's tasks still ``processing`` as failed (their holder is gone)."""
+    async def fail_unfinished_tasks(self, image_id: str, message: str, expires_at: str,
+                                    created_by: str) -> int:
+        """Mark an image's tasks created by ``created_by`` and still ``processing`` as
+        failed (their holder is gone; a later one may be a newer import's)."""
         def update() -> int:
             return self._db.execute(
                 "UPDATE tasks SET status = 'failure', message = ?, updated_at = ?, "
-                "expires_at = ? WHERE image_id = ? AND status = 'processing'",
-                (message, utc_now(), expires_at, image_id)).rowcount
+                "expires_at = ? WHERE image_id = ? AND status = 'processing' "
+                "AND created_at <= ?",
+                (message, utc_now(), expires_at, image_id, created_by)).rowcount
 
         return await self._run(update)
 

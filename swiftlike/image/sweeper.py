@@ -140,13 +140,17 @@ async def sweep_stale(c: ImageContext, now: float | None = None) -> list[str]:
     recovered = []
     for image in await c.repo.stale(now):
         lease = time.time() + c.settings.upload_lease
+        taken_at = utc_now()  # tasks created later belong to a newer import
         if not await c.repo.take_over(image.id, image.status, now, lease):
             continue  # another sweeper has it, or it was deleted meanwhile
         LOG.warning("image %s was left %s by a holder that stopped renewing its lease: "
                     "removing its bytes and returning it to queued", image.id, image.status)
-        # an import's task would otherwise say "processing" for ever
-        await c.repo.fail_unfinished_tasks(image.id, ABANDONED,
-                                           expiry(c.settings.task_time_to_live))
+        try:  # an import's task would otherwise say "processing" for ever
+            await c.repo.fail_unfinished_tasks(image.id, ABANDONED,
+                                               expiry(c.settings.task_time_to_live),
+                                               created_by=taken_at)
+        except Exception as err:  # the image matters more than its task's record
+            LOG.error("failing the tasks of image %s failed: %r", image.id, err)
         if not await _remove_bytes(c, image, lease):
             continue  # the store is failing: killed until the lease runs out, then again
         reset_to_queued(image)

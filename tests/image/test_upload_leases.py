@@ -258,15 +258,21 @@ async def test_the_sweeper_requeues_only_once_the_bytes_are_gone(tmp_path: Path)
         repo.close()
 
 
-async def test_a_sweeper_that_stalled_past_its_lease_deletes_nothing(tmp_path: Path) -> None:
-    """Between its listing and its deletes the image went on without it (swept again by
-    another process and uploaded anew): the listing may hold the newer upload's
-    objects, so it deletes none and leaves the record alone."""
+def sweep_context(tmp_path: Path) -> tuple[SqliteImageRepository, ImageContext, FlakyStore]:
+    """A real registry in ``tmp_path`` and a healthy store double, for sweep_stale."""
     repo = SqliteImageRepository(tmp_path / "images.sqlite")
     store = FlakyStore()
     store.healthy = True
     c = ImageContext(ImageSettings(upload_lease=60.0), repo, store,  # type: ignore[arg-type]
                      validator=None)
+    return repo, c, store
+
+
+async def test_a_sweeper_that_stalled_past_its_lease_deletes_nothing(tmp_path: Path) -> None:
+    """Between its listing and its deletes the image went on without it (swept again by
+    another process and uploaded anew): the listing may hold the newer upload's
+    objects, so it deletes none and leaves the record alone."""
+    repo, c, store = sweep_context(tmp_path)
     try:
         await repo.add(ImageRecord(id="stuck", owner="p", status="saving",
                                    busy_until=time.time() - 1))

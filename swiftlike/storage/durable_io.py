@@ -60,6 +60,10 @@ def makedirs_durable(path: str, fsync: bool) -> None:
         fsync_parents(created)
 
 
+#: tries of makedirs_deferred when a parent vanishes between two levels
+MKDIR_ATTEMPTS = 3
+
+
 def makedirs_deferred(path: str) -> list[str]:
     """Create missing directories without fsync; returns the ones created (deepest first).
 
@@ -71,7 +75,20 @@ def makedirs_deferred(path: str) -> list[str]:
     Only directories this call's own ``mkdir`` created are returned: one a concurrent
     writer made first is not ours to claim (its writer may have linked a name in it
     that is not durable yet, see ``diskfile``).
+
+    A parent removed between two levels (a handoff partition's removal takes the
+    directories it emptied, see ``partition_removal``) means starting again; what the
+    failed attempt made went with that parent.
     """
+    for _ in range(MKDIR_ATTEMPTS - 1):
+        try:
+            return _makedirs_once(path)
+        except FileNotFoundError:
+            continue
+    return _makedirs_once(path)
+
+
+def _makedirs_once(path: str) -> list[str]:
     missing = []
     probe = path
     while not os.path.isdir(probe):
@@ -118,6 +135,8 @@ def make_object_dir(object_dir: str) -> bool:
         return True
     except FileExistsError:
         return False
+    except FileNotFoundError:  # the suffix directory was removed meanwhile
+        return makedirs_deferred(object_dir)[:1] == [object_dir]
 
 
 def fsync_parents(created: list[str]) -> None:

@@ -109,3 +109,36 @@ def test_a_pushed_file_lands_after_its_directories_went(tmp_path, monkeypatch):
     assert received.commit() == "written"
     with open(os.path.join(object_dir, timestamp.internal + ".data"), "rb") as handle:
         assert handle.read() == b"pushed"
+
+
+def _parent_taken_once(monkeypatch, victim: str) -> None:
+    """os.mkdir, but the first time ``victim`` is made it is removed again at once (a
+    removal rmdir-ing it while it is still empty, between a writer's two levels)."""
+    real_mkdir = os.mkdir
+    taken = []
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if path == victim and not taken:
+            taken.append(path)
+            os.rmdir(path)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_making_directories_survives_a_parent_removed_between_levels(tmp_path,
+                                                                     monkeypatch):
+    from swiftlike.storage.durable_io import make_object_dir, makedirs_deferred
+
+    device, object_dir = _paths(tmp_path)
+    suffix_dir = os.path.dirname(object_dir)
+    os.makedirs(os.path.dirname(suffix_dir))  # the partition is there, the suffix not
+    _parent_taken_once(monkeypatch, suffix_dir)
+    assert make_object_dir(object_dir)  # fast path: the suffix made, then taken
+    assert os.path.isdir(object_dir)
+
+    deeper = os.path.join(device, "objects", "8", "def", "e" * 29 + "def")
+    _parent_taken_once(monkeypatch, os.path.dirname(os.path.dirname(deeper)))
+    created = makedirs_deferred(deeper)
+    assert os.path.isdir(deeper) and created[0] == deeper
+    assert all(os.path.isdir(path) for path in created)

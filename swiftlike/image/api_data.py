@@ -49,14 +49,19 @@ from swiftlike.image.upload import (
     store_stream,
     verify_stored,
 )
-from swiftlike.image.web_download import UriFilter, UriRefused, fetch_into_store, shown
+from swiftlike.image.web_download import (
+    UriFilter,
+    UriRefused,
+    fetch_into_store,
+    shown,
+    without_userinfo,
+)
 
 LOG = logging.getLogger("swiftlike.image.data")
 CHUNK = 64 * 1024
 IMPORT_METHODS = ("glance-direct", "web-download")
 TASKS_KEY: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("image_import_tasks")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_USERINFO = re.compile(r"//[^/@\s]*@")  # the user:password@ of a URL in a message
 
 
 async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
@@ -333,7 +338,7 @@ def failure_message(exc: BaseException) -> str:
     """Why an import failed, for its task and the log, with every URL's
     ``user:password@`` removed (the source's, a redirect's, however a library spelled
     it)."""
-    return f"Image import failed: {_USERINFO.sub('//', str(exc) or type(exc).__name__)}"
+    return f"Image import failed: {without_userinfo(str(exc) or type(exc).__name__)}"
 
 
 async def _revert_if_held(request: web.Request, image: ImageRecord, lease: float,

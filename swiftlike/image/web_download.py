@@ -23,6 +23,7 @@ checksum and format checks, segmenting, and no bytes left behind on failure.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -50,12 +51,22 @@ class DownloadFailed(Exception):
     """The source did not deliver: an error status, too many redirects, a cut body."""
 
 
+#: a URL's ``user:password@`` inside any text: up to the last ``@`` of the authority (a
+#: password may hold a raw ``@``), never across quotes or brackets
+USERINFO = re.compile(r"//[^/?#\s'\"<>]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed."""
+    return USERINFO.sub("//", text)
+
+
 def shown(uri: object) -> str:
     """``uri`` for messages and logs, without any ``user:password@``."""
     try:
         return str(URL(str(uri)).with_user(None))
-    except (ValueError, TypeError):
-        return str(uri)
+    except (ValueError, TypeError):  # not a URL yarl can build: strip it by pattern
+        return without_userinfo(str(uri))
 
 
 @dataclass(frozen=True)

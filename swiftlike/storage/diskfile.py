@@ -216,6 +216,7 @@ class ObjectWriter:
         self.checksummed_bytes = 0
         self.anonymous = False  # set by open_anonymous when O_TMPFILE worked
         self.made_dir = False  # commit created object_dir itself
+        self.sidecar_of = ""  # the final path whose sidecar we wrote, not linked yet
         # write_chunks with O_DIRECT where the pieces allow (see direct_write)
         self.direct_io = direct_io
         self.spans: DirectSpanWriter | None = None
@@ -367,6 +368,7 @@ class ObjectWriter:
             created = makedirs_deferred(self.object_dir)  # deepest first, ours only
             self.made_dir = created[:1] == [self.object_dir]
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
+                self.sidecar_of = final_path
                 write_sidecar(final_path + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
                 os.fsync(self.fd)
@@ -379,6 +381,7 @@ class ObjectWriter:
                 self.made_dir = again[:1] == [self.object_dir]
                 created += again
                 os.rename(self.tmp_path, final_path)
+            self.sidecar_of = ""
             if self.fsync:
                 _fsync_dir(self.object_dir)
                 fsync_parents(created)
@@ -406,6 +409,7 @@ class ObjectWriter:
         try:
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 makedirs_deferred(self.object_dir)
+                self.sidecar_of = self.final_path
                 write_sidecar(self.final_path + SIDECAR_EXT, packed, False)
             if not self.anonymous:
                 os.close(self.fd)
@@ -458,6 +462,7 @@ class ObjectWriter:
             self.fd = None
         else:
             os.rename(self.tmp_path, self.final_path)
+        self.sidecar_of = ""
 
     def abort(self) -> None:
         """Remove the temp file: nothing half-written ever reaches the object dir."""
@@ -474,6 +479,10 @@ class ObjectWriter:
                 os.unlink(self.tmp_path)
             except FileNotFoundError:
                 pass
+        if self.sidecar_of and not os.path.exists(self.sidecar_of):  # ours, orphaned
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.sidecar_of + SIDECAR_EXT)
+        self.sidecar_of = ""
 
 
 def cleanup_object_dir(object_dir: str) -> OnDiskState:

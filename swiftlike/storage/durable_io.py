@@ -77,24 +77,29 @@ def makedirs_deferred(path: str) -> list[str]:
     that is not durable yet, see ``diskfile``).
 
     A parent removed between two levels (a handoff partition's removal takes the
-    directories it emptied, see ``partition_removal``) means starting again; what the
-    failed attempt made went with that parent.
+    directories it emptied, see ``partition_removal``) means starting again.
     """
-    for _ in range(MKDIR_ATTEMPTS - 1):
+    made: list[str] = []
+    for attempt in range(MKDIR_ATTEMPTS):
         try:
-            return _makedirs_once(path)
+            _makedirs_once(path, made)
+            break
         except FileNotFoundError:
-            continue
-    return _makedirs_once(path)
+            if attempt + 1 == MKDIR_ATTEMPTS:
+                raise
+    # a failed attempt still made the levels above the one that vanished: their
+    # parents must be fsynced as well (deepest first, as the callers expect)
+    return sorted((d for d in dict.fromkeys(made) if os.path.isdir(d)), key=len,
+                  reverse=True)
 
 
-def _makedirs_once(path: str) -> list[str]:
+def _makedirs_once(path: str, made: list[str]) -> None:
+    """One pass, shallowest level first; appends to ``made`` what its mkdir created."""
     missing = []
     probe = path
     while not os.path.isdir(probe):
         missing.append(probe)
         probe = os.path.dirname(probe)
-    created = []
     for directory in reversed(missing):  # shallowest first
         try:
             os.mkdir(directory)
@@ -102,9 +107,7 @@ def _makedirs_once(path: str) -> list[str]:
             if not os.path.isdir(directory):
                 raise
             continue
-        created.append(directory)
-    created.reverse()
-    return created
+        made.append(directory)
 
 
 def make_object_dir(object_dir: str) -> bool:

@@ -16,6 +16,7 @@ from swiftlike.image.api_data import failure_message
 from swiftlike.image.api_tasks import ABANDONED
 from swiftlike.image.registry import ImageRecord, SqliteImageRepository, TaskRecord, utc_now
 from swiftlike.image.sweeper import sweep_stale
+from swiftlike.image.web_download import shown
 from tests.image.test_upload_leases import sweep_context
 
 
@@ -109,7 +110,12 @@ def test_a_failure_message_never_carries_a_url_password() -> None:
 
     for text in ("Connection timeout to host http://u:s3cret@example.com/img",
                  "redirected to HTTP://svc:t0ken@mirror.example/img, a port not allowed",
-                 "http://u:s3cret@example.com/a%20b answered 404"):
+                 "http://u:s3cret@example.com/a%20b answered 404",
+                 "refused: http://svc:p@s3cret@mirror:99999/img",  # a raw @ in it
+                 "url='http://u:s3cret@[::1]:8080/x', hdr='x@y'"):
         message = failure_message(Refused(text))
         assert "s3cret" not in message and "t0ken" not in message, message
         assert message.startswith("Image import failed: ")
+    assert failure_message(Refused("url='http://h/x', hdr='x@y'")).endswith("hdr='x@y'")
+    # a URL yarl cannot build (port out of range) is stripped by pattern
+    assert shown("http://svc:p@s3cret@mirror:99999/img") == "http://mirror:99999/img"

@@ -142,3 +142,50 @@ def test_making_directories_survives_a_parent_removed_between_levels(tmp_path,
     created = makedirs_deferred(deeper)
     assert os.path.isdir(deeper) and created[0] == deeper
     assert all(os.path.isdir(path) for path in created)
+
+
+def test_a_level_an_attempt_made_before_its_child_vanished_is_still_reported(
+        tmp_path, monkeypatch):
+    """The first attempt makes the partition and the suffix, the suffix is taken before
+    the hash directory is made; the second makes suffix and hash. The partition is
+    this call's too: the caller must fsync its parent, or a crash can lose it."""
+    from swiftlike.storage.durable_io import makedirs_deferred
+
+    _, object_dir = _paths(tmp_path)
+    suffix_dir = os.path.dirname(object_dir)
+    partition_dir = os.path.dirname(suffix_dir)
+    os.makedirs(os.path.dirname(partition_dir))
+    real_mkdir = os.mkdir
+    taken = []
+
+    def mkdir(path, *args, **kwargs):
+        if path == object_dir and not taken:
+            taken.append(path)
+            os.rmdir(suffix_dir)  # the removal, between the writer's two levels
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert makedirs_deferred(object_dir) == [object_dir, suffix_dir, partition_dir]
+
+
+def test_an_aborted_write_takes_its_sidecar_with_it(tmp_path):
+    """Without xattrs the metadata is written beside the final name before the link;
+    a write that never links (its flush failed) must not leave it there, where it
+    would keep a handoff's directory for a day (see partition_removal)."""
+    device, object_dir = _paths(tmp_path)
+    stamp = Timestamp.now()
+    writer = diskfile.stage_whole_object(device, object_dir, b"x", stamp, ".data",
+                                         _meta(stamp, b"x"), use_xattr=False)
+    assert os.listdir(object_dir) == [stamp.internal + ".data.msgpack"]
+    writer.abort()
+    assert os.listdir(object_dir) == []
+
+    # a file of that very name is already there (a push of the same version): the
+    # sidecar describes it too, and stays
+    diskfile.write_whole_object(device, object_dir, b"x", stamp, ".data",
+                                _meta(stamp, b"x"), fsync=False, use_xattr=False)
+    writer = diskfile.stage_whole_object(device, object_dir, b"x", stamp, ".data",
+                                         _meta(stamp, b"x"), use_xattr=False)
+    writer.abort()
+    assert sorted(os.listdir(object_dir)) == [stamp.internal + ".data",
+                                              stamp.internal + ".data.msgpack"]

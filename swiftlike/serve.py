@@ -182,6 +182,11 @@ def _write_atomic(path: Path, text: str) -> None:
 def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[str, Any]]:
     """One config per process kind: each node's, and the proxy workers' shared one."""
     shared = {k: v for k, v in conf.items() if k in ("cluster", "auth", "image")}
+    if conf.get("serve", {}).get("local_sockets", True):
+        # every process here is on one host: the proxy and the nodes reach each node by
+        # a Unix socket beside its port (see common.backend_http.BackendPool)
+        shared["cluster"] = {**conf.get("cluster", {}), "local_socket_dir": str(
+            opts.data_dir.resolve() / "run" / "sockets")}
     node_tables = ("node", "daemons", "replicator", "db_replicator", "auditor", "updater",
                    "expirer", "reaper")
     out: dict[str, dict[str, Any]] = {}
@@ -198,6 +203,7 @@ def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[
     # the proxy workers, so an operator can tune middlewares of the all-in-one there.
     proxy_conf = {k: v for k, v in conf.items()
                   if k not in ("nodes", "serve", *node_tables)}
+    proxy_conf["cluster"] = shared["cluster"]
     proxy_conf["proxy"] = {**conf.get("proxy", {}), "bind_ip": opts.host,
                            "bind_port": opts.port, "workers": opts.workers,
                            # the workers' shared info-cache invalidation counters

@@ -78,8 +78,10 @@ class NodeClient:
         node_timeout: float = 10.0,
         pool_size: int = 512,
         pool_per_host: int = 64,
+        socket_dir: str | None = None,
     ) -> None:
         self.conn_timeout = conn_timeout
+        self.socket_dir = socket_dir  # nodes of this host on Unix sockets (BackendPool)
         self.node_timeout = node_timeout
         self._pool_size = pool_size
         self._pool_per_host = pool_per_host
@@ -165,7 +167,8 @@ class NodeClient:
         pool = self._pool
         if pool is None:
             pool = self._pool = BackendPool(self.conn_timeout, self.node_timeout,
-                                            idle_per_node=self._pool_per_host)
+                                            idle_per_node=self._pool_per_host,
+                                            socket_dir=self.socket_dir)
         read_timeout = conn_timeout = None
         if limits is not None:
             read_timeout = limits.sock_read or limits.total

@@ -107,6 +107,7 @@ def build_context(conf: dict, ring: Any | None = None) -> ProxyContext:
     client = NodeClient(
         conn_timeout=float(proxy_conf.get("conn_timeout", 0.5)),
         node_timeout=float(proxy_conf.get("node_timeout", 10.0)),
+        socket_dir=conf.get("cluster", {}).get("local_socket_dir"),
     )
     limiter = ErrorLimiter(
         interval=float(proxy_conf.get("error_suppression_interval", 60.0)),

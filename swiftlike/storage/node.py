@@ -56,6 +56,8 @@ class StorageNode:
         self.hash_prefix = str(cluster.get("hash_path_prefix", "")).encode()
         self.hash_suffix = str(cluster.get("hash_path_suffix", "")).encode()
         self.update_timeout = float(node.get("container_update_timeout", 2.0))
+        #: nodes of this host also listen on Unix sockets here (``swiftlike serve``)
+        self.local_socket_dir: str | None = cluster.get("local_socket_dir")
         self.account_update_interval = float(node.get("account_update_interval", 1.0))
         self.small_object_limit = int(node.get("small_object_limit", 64 * 1024))
         self.chunk_size = int(node.get("disk_chunk_size", 64 * 1024))
@@ -172,7 +174,8 @@ class StorageNode:
         """Keep-alive requests to other nodes (container and account updates)."""
         if self._client is None:
             self._client = NodeClient(conn_timeout=self.update_timeout,
-                                      node_timeout=self.update_timeout)
+                                      node_timeout=self.update_timeout,
+                                      socket_dir=self.local_socket_dir)
         return self._client
 
     async def close(self) -> None:

@@ -30,8 +30,10 @@ server is an :class:`asyncio.BufferedProtocol` that does only that:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mmap
+import os
 import re
 import socket
 import sys
@@ -498,6 +500,8 @@ class NodeHTTPServer:
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
+        self._unix_server: asyncio.AbstractServer | None = None
+        self.unix_path = ""
         self._date_second = -1
         self._date = ""
         self._arenas: list[mmap.mmap] = []
@@ -513,6 +517,16 @@ class NodeHTTPServer:
                 reuse_address=True)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
         self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    async def listen_unix(self, path: str) -> None:
+        """Also serve on a Unix socket at ``path`` (a stale one is replaced): clients of
+        this host reach the node there without loopback TCP (see
+        ``common.backend_http.BackendPool``)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._unix_server = await self.loop.create_unix_server(
+            lambda: NodeConnection(self), path)
+        self.unix_path = path
 
     def take_arena(self) -> mmap.mmap:
         """A receive buffer of ARENA_SIZE bytes: a pooled one no piece refers to any
@@ -552,6 +566,10 @@ class NodeHTTPServer:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_path)
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):

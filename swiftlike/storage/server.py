@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 
 from aiohttp import web
 
+from swiftlike.common.backend_http import local_socket_path
 from swiftlike.common.gc_tuning import settle_after_startup
 from swiftlike.storage.account_server import AccountServer
 from swiftlike.storage.container_server import ContainerServer
@@ -176,6 +178,11 @@ async def start_node_server(conf: dict, host: str | None = None, port: int | Non
                        port if port is not None else int(node_conf.get("bind_port", 6200)),
                        sock=sock)
     dispatcher.serve_address(server.host, server.port)
+    socket_dir = conf.get("cluster", {}).get("local_socket_dir")
+    path = socket_dir and local_socket_path(socket_dir, server.host, server.port)
+    if path:
+        os.makedirs(socket_dir, exist_ok=True)
+        await server.listen_unix(path)
     return RunningNode(server, dispatcher)
 
 

@@ -298,3 +298,47 @@ def test_chunked_bodies_decode_however_they_are_framed_and_fragmented(
         assert resp._reusable
     finally:
         conn.loop.close()
+
+
+async def test_a_node_of_this_host_is_reached_by_its_unix_socket(tmp_path):
+    """With a socket directory the pool connects to ``<ip>_<port>.sock`` there; with no
+    one listening on it (a node gone, its file left) or a path too long for a socket
+    address, it goes to the port."""
+    from swiftlike.common.backend_http import local_socket_path
+
+    port = free_port()
+
+    def answering(word: bytes):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(word), word))
+            await writer.drain()
+            writer.close()
+        return handle
+
+    tcp = await asyncio.start_server(answering(b"tcp"), "127.0.0.1", port)
+    path = local_socket_path(str(tmp_path), "127.0.0.1", port)
+    assert path is not None
+    unix = await asyncio.start_unix_server(answering(b"unix"), path)
+
+    async def via(socket_dir: str | None) -> bytes:
+        pool = BackendPool(socket_dir=socket_dir)
+        try:
+            response = await pool.request("127.0.0.1", port, "GET", "/x", {})
+            return await response.read()
+        finally:
+            await pool.close()
+
+    try:
+        assert await via(str(tmp_path)) == b"unix"
+        assert await via(None) == b"tcp"
+        unix.close()
+        await unix.wait_closed()
+        if not (tmp_path / f"127.0.0.1_{port}.sock").exists():  # left, as by a dead node
+            socket.socket(socket.AF_UNIX).bind(path)
+        assert await via(str(tmp_path)) == b"tcp"
+        assert local_socket_path("/" + "d" * 120, "127.0.0.1", port) is None
+    finally:
+        tcp.close()
+        await tcp.wait_closed()

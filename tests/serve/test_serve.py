@@ -48,6 +48,10 @@ def test_printed_command_works_and_data_survives_restart(tmp_path: Path) -> None
         assert _swift(cmd, "list", "docs").split() == ["hello.txt"]
         children = _child_pids(cluster.process.pid)
         assert len(children) == 4 + 2, "4 storage nodes and 2 proxy workers"
+        # the proxies reach the nodes of this host by their Unix sockets, not loopback TCP
+        sockets = data_dir / "run" / "sockets"
+        assert len(list(sockets.glob("*.sock"))) == 4
+        assert _connected_unix_sockets(sockets) > 0
         # the configs hold the auth secret and the image store's key, the registry every
         # image's record: none is for other users' eyes
         secret_files = [data_dir / "cluster.toml", *data_dir.glob("**/*.toml"),
@@ -59,6 +63,7 @@ def test_printed_command_works_and_data_survives_restart(tmp_path: Path) -> None
         assert cluster.stop() == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"{pid} still running"
+    assert list((data_dir / "run" / "sockets").glob("*.sock")) == []  # nodes remove theirs
 
     again = start_served_cluster(data_dir, nodes=4, workers=1)
     try:
@@ -69,6 +74,15 @@ def test_printed_command_works_and_data_survives_restart(tmp_path: Path) -> None
         assert (out_dir / "hello.txt").read_bytes() == src.read_bytes()
     finally:
         again.stop()
+
+
+def _connected_unix_sockets(directory: Path) -> int:
+    """Connected (state 03) Unix sockets bound under ``directory``, from /proc/net/unix:
+    the nodes' ends of connections made to their sockets."""
+    rows = Path("/proc/net/unix").read_text().splitlines()[1:]
+    return sum(1 for row in rows
+               if len(row.split()) >= 8 and row.split()[5] == "03"
+               and row.split()[7].startswith(str(directory)))
 
 
 def _is_zombie(pid: int) -> bool:

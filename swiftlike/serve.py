@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from swiftlike.common.config import ConfigError, dump_toml, load_config, new_secret
+from swiftlike.common.config import ConfigError, conf_bool, dump_toml, load_config, new_secret
 from swiftlike.common.ports import free_port, listen_socket, port_is_free
 
 CLUSTER_FILE = "cluster.toml"
@@ -182,7 +182,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def process_configs(conf: dict[str, Any], opts: ServeOptions) -> dict[str, dict[str, Any]]:
     """One config per process kind: each node's, and the proxy workers' shared one."""
     shared = {k: v for k, v in conf.items() if k in ("cluster", "auth", "image")}
-    if conf.get("serve", {}).get("local_sockets", True):
+    if conf_bool(conf.get("serve", {}).get("local_sockets"), True):
         # every process here is on one host: the proxy and the nodes reach each node by
         # a Unix socket beside its port (see common.backend_http.BackendPool)
         shared["cluster"] = {**conf.get("cluster", {}), "local_socket_dir": str(

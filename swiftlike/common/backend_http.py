@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -517,11 +518,21 @@ class BackendPool:
         path = local_socket_path(self.socket_dir, *conn.address)
         if path is None:
             return False
+        # connected by hand: a Unix connect answers at once, and whatever it answers
+        # (no file, a file left by a node that is gone, a listen queue full: EAGAIN,
+        # where TCP would have waited) means "use the port", on every event loop
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            await asyncio.wait_for(self.loop.create_unix_connection(lambda: conn, path),
-                                   conn_timeout or self.conn_timeout)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False  # a socket file left by a node that is gone: try its port
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            return False
+        try:
+            await self.loop.create_unix_connection(lambda: conn, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return True
 
     def put_back(self, conn: _Connection) -> None:

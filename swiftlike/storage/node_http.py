@@ -525,7 +525,7 @@ class NodeHTTPServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self._unix_server = await self.loop.create_unix_server(
-            lambda: NodeConnection(self), path)
+            lambda: NodeConnection(self), path, backlog=1024)  # as the TCP listener
         self.unix_path = path
 
     def take_arena(self) -> mmap.mmap:

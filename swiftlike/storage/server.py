@@ -174,16 +174,32 @@ async def start_node_server(conf: dict, host: str | None = None, port: int | Non
                             idle_timeout=float(node_conf.get("idle_timeout", IDLE_SECONDS)),
                             body_timeout=float(node_conf.get("client_timeout",
                                                              BODY_STALL_SECONDS)))
-    await server.start(host if host is not None else node_conf.get("bind_ip", "127.0.0.1"),
+    bind_ip = host if host is not None else str(node_conf.get("bind_ip", "127.0.0.1"))
+    await server.start(bind_ip,
                        port if port is not None else int(node_conf.get("bind_port", 6200)),
                        sock=sock)
     dispatcher.serve_address(server.host, server.port)
-    socket_dir = conf.get("cluster", {}).get("local_socket_dir")
-    path = socket_dir and local_socket_path(socket_dir, server.host, server.port)
-    if path:
+    await _listen_locally(server, conf.get("cluster", {}).get("local_socket_dir"), bind_ip)
+    return RunningNode(server, dispatcher)
+
+
+async def _listen_locally(server: NodeHTTPServer, socket_dir: str | None,
+                          bind_ip: str) -> None:
+    """The node's Unix socket, named by the address the ring (and so every client)
+    knows it by: its configured bind_ip, not what the socket reports. A failure costs
+    only the shortcut: clients use the port."""
+    path = socket_dir and local_socket_path(socket_dir, bind_ip, server.port)
+    if not path:
+        if socket_dir:
+            LOG.warning("no Unix socket for %s:%s: its path under %s is too long",
+                        bind_ip, server.port, socket_dir)
+        return
+    try:
         os.makedirs(socket_dir, exist_ok=True)
         await server.listen_unix(path)
-    return RunningNode(server, dispatcher)
+    except OSError as err:
+        LOG.warning("no Unix socket at %s (clients use port %s): %r", path, server.port,
+                    err)
 
 
 async def _start_aiohttp(conf: dict, sock: socket.socket | None = None) -> RunningNode:

@@ -342,3 +342,42 @@ async def test_a_node_of_this_host_is_reached_by_its_unix_socket(tmp_path):
     finally:
         tcp.close()
         await tcp.wait_closed()
+
+
+async def test_a_unix_socket_with_a_full_queue_sends_the_pool_to_the_port(tmp_path):
+    """A Unix connect to a listener whose queue is full fails at once (EAGAIN) where TCP
+    would wait: a burst of new connections to a busy node must go to its port, not
+    fail (and count against the node)."""
+    from swiftlike.common.backend_http import local_socket_path
+
+    port = free_port()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntcp")
+        await writer.drain()
+        writer.close()
+
+    tcp = await asyncio.start_server(answer, "127.0.0.1", port)
+    path = local_socket_path(str(tmp_path), "127.0.0.1", port)
+    assert path is not None
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)  # and never accepts
+    queued = []
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(16):
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            queued.append(client)
+            client.connect(path)
+    pool = BackendPool(socket_dir=str(tmp_path))
+    try:
+        response = await pool.request("127.0.0.1", port, "GET", "/x", {})
+        assert await response.read() == b"tcp"
+    finally:
+        await pool.close()
+        for sock in (listener, *queued):
+            sock.close()
+        tcp.close()
+        await tcp.wait_closed()

@@ -424,3 +424,32 @@ async def test_handler_raising_connection_error_is_a_500(lean, monkeypatch):
     conn = await Raw.open(lean.port)
     await conn.send(get("/healthcheck"))
     assert (await conn.answer())[0] == 500
+
+
+async def test_a_nodes_unix_socket_is_named_by_its_configured_address(tmp_path):
+    """Clients look for ``<ring ip>_<port>.sock``: a node bound by a name (localhost)
+    must use that name, not the address its socket reports. A directory it cannot use
+    costs only the shortcut."""
+    from aiohttp import web
+
+    from swiftlike.storage.node_http import NodeHTTPServer
+    from swiftlike.storage.server import _listen_locally
+
+    async def handler(request):
+        return web.Response(text="ok")
+
+    server = NodeHTTPServer(handler)
+    await server.start("localhost", 0)
+    try:
+        await _listen_locally(server, str(tmp_path / "sockets"), "localhost")
+        assert os.listdir(tmp_path / "sockets") == [f"localhost_{server.port}.sock"]
+        (tmp_path / "blocked").write_text("a file where the directory should be")
+        other = NodeHTTPServer(handler)
+        await other.start("127.0.0.1", 0)
+        try:
+            await _listen_locally(other, str(tmp_path / "blocked"), "127.0.0.1")  # no raise
+        finally:
+            await other.close()
+    finally:
+        await server.close()
+    assert os.listdir(tmp_path / "sockets") == []  # removed when the node stops

@@ -26,7 +26,7 @@ from tests.image.conftest import (
     auth_headers,
     start_service,
 )
-from tests.image.test_upload_leases import set_holder
+from tests.image.test_upload_leases import _wait_status, set_holder
 from tests.image.test_web_download import _create, _import, _settle
 from tests.image.web_source import Source
 
@@ -193,6 +193,6 @@ def test_the_task_of_an_import_whose_process_died_is_failed_by_the_sweeper(
         task, = _ended(proc.url, token, image_id)
         assert task["status"] == "failure" and task["message"] == ABANDONED
         assert task["expires_at"] is not None
-        assert _settle(proc.url, token, image_id)["status"] == "queued"
+        _wait_status(proc.url, token, image_id, "queued", 30)  # via killed, bytes gone
     finally:
         proc.stop()

@@ -73,7 +73,7 @@ async def test_a_tasks_outcome_is_written_again_when_the_registry_was_busy(
         tmp_path: Path, monkeypatch) -> None:
     """The first write of the outcome fails (the table is gone); the retry, once it is
     back, records it, instead of the task saying "processing" for ever."""
-    monkeypatch.setattr(api_tasks, "FINISH_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(api_tasks, "FINISH_RETRY_SECONDS", 1.0)
     path = tmp_path / "images.sqlite"
     repo = SqliteImageRepository(path)
     try:

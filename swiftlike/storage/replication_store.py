@@ -260,10 +260,7 @@ class ReceivedFile:
         final = os.path.join(self.object_dir, self.name)
         packed = msgpack.packb(self.metadata, use_bin_type=True)
         try:
-            try:
-                makedirs_durable(self.object_dir, self.fsync)
-            except FileNotFoundError:  # a rehash removed an empty parent meanwhile
-                makedirs_durable(self.object_dir, self.fsync)
+            makedirs_durable(self.object_dir, self.fsync)  # retries a parent removed meanwhile
             if not set_xattr_metadata(self.fd, packed, self.use_xattr):
                 write_sidecar(final + SIDECAR_EXT, packed, self.fsync)
             if self.fsync:
@@ -380,10 +377,7 @@ def publish_received(staged: StagedFile, invalidate: bool = True) -> str:
     # have been dropped, and a .meta alone describes nothing
     if (not created or staged.name.endswith(".meta")) and \
             _is_stale(staged.object_dir, staged.name):
-        staged.writer.abort()
-        if staged.writer.final_path and not os.path.exists(staged.writer.final_path):
-            with contextlib.suppress(FileNotFoundError):  # sidecar of a dropped file
-                os.unlink(staged.writer.final_path + SIDECAR_EXT)
+        staged.writer.abort()  # and the sidecar it wrote, if any
         return "stale"
     staged.writer.publish(invalidate=invalidate, cleanup=not created, dir_made=True)
     return "written"

@@ -69,14 +69,14 @@ async def run_as_task(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
     The outcome is written even when the service stops meanwhile (shielded): a task
     left ``processing`` for ever would say the import still runs.
     """
+    failure: str | None = INTERRUPTED  # unless the work ends, or fails, on its own
     try:
         failure = await work
-    except BaseException as exc:
-        failure = INTERRUPTED if not isinstance(exc, Exception) else \
-            f"The import failed unexpectedly: {type(exc).__name__}"
-        await asyncio.shield(_finish(repo, task, ttl_hours, failure))
+    except Exception as exc:
+        failure = f"The import failed unexpectedly: {type(exc).__name__}"
         raise
-    await asyncio.shield(_finish(repo, task, ttl_hours, failure))
+    finally:
+        await asyncio.shield(_finish(repo, task, ttl_hours, failure))
 
 
 async def _finish(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
@@ -99,7 +99,7 @@ async def _finish(repo: ImageRepository, task: TaskRecord, ttl_hours: float,
 
 def expiry(ttl_hours: float) -> str:
     """When a task ending now is forgotten."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + ttl_hours * 3600))
+    return utc_now(time.time() + ttl_hours * 3600)
 
 
 def task_view(task: TaskRecord) -> dict[str, Any]:

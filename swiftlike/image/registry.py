@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-def utc_now() -> str:
-    """Glance's timestamp format: ISO 8601 in UTC, seconds precision, ``Z`` suffix."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_now(at: float | None = None) -> str:
+    """Glance's timestamp format: ISO 8601 in UTC, seconds precision, ``Z`` suffix (of
+    now, or of the epoch seconds ``at``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 #: columns of the ``images`` table that are image attributes (besides extra properties)

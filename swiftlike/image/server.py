@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ async def auth_middleware(
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Glance names every answer (errors too): openstacksdk and the CLI log this id."""
-    response.headers.setdefault("x-openstack-request-id", f"req-{uuid.uuid4()}")
+    response.headers.setdefault("x-openstack-request-id", api_tasks.new_request_id())
 
 
 #: how long a stopping service waits for cancelled imports to clean up

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -161,9 +162,43 @@ def _iso_second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+#: RFC 2616's separators but the backslash: with controls and space, what a token may
+#: not contain (any other character may, non-ASCII and ``\\`` too, as in Swift's parser)
+_SEPARATORS = '()<>@,;:"/[]?={} \t'
+_TOKEN = "[^" + re.escape(_SEPARATORS) + "\x00-\x1f\x7f]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+#: one ``; key[=value]`` parameter of a Content-Type
+_PARAMETER = re.compile(rf"\s*;\s*({_TOKEN})\s*(?:=\s*({_TOKEN}|{_QUOTED}))?")
+
+
+#: where the parameters the proxy's symlink middleware lists a link with begin (see
+#: ``proxy.symlink_listing``): kept verbatim, a target path has slashes in it
+LINK_PARAMETERS = ";symlink_target="
+
+
+def content_type_as_listed(content_type: str) -> str:
+    """A stored Content-Type as container listings show it.
+
+    Why: Swift's container server re-assembles a type's parameters when it lists them,
+    as ``type;key=value`` with no spaces (a parameter without a value as ``key=``,
+    what is not a well-formed parameter left out), and clients comparing listing rows
+    with what they uploaded have learnt that form. HEAD and GET keep the type exactly
+    as stored.
+    """
+    if ";" not in content_type:
+        return content_type
+    own, link, target = content_type.partition(LINK_PARAMETERS)
+    main, _, parameters = own.partition(";")
+    parts = [main]
+    for key, value in _PARAMETER.findall(";" + parameters):
+        if key.strip() != "swift_bytes":
+            parts.append(f";{key.strip()}={value.strip()}")
+    return "".join(parts) + link + target
+
+
 def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {"name": entry["name"], "hash": entry["hash"], "bytes": entry["bytes"],
-            "content_type": entry["content_type"],
+            "content_type": content_type_as_listed(entry["content_type"]),
             "last_modified": iso_last_modified(entry["created_at"])}
 
 

@@ -426,3 +426,34 @@ async def test_account_xml_listing_bytes_are_swifts(http, account, unique_name):
     assert lines[2].endswith("</container>")
     assert lines[3] == f'<subdir name="{unique_name}-" />'
     assert lines[4:] == ["</account>"]
+
+
+async def test_listed_content_types_lose_their_spaces_as_swifts_do(http, account,
+                                                                   unique_name):
+    """Container listings re-assemble a type's parameters (``type;key=value``); HEAD
+    keeps the type as stored. Checked through swiftclient, which reads the JSON."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    stored = {"plain": "text/plain", "spaced": "text/plain; charset=UTF-8",
+              "several": 'text/html ;level = 1; q="a; b" ;flag',
+              "slashed": "application/x-thing; path=a/b"}
+    for name, content_type in stored.items():
+        conn.put_object(unique_name, name, b"x", content_type=content_type)
+    _, rows = conn.get_container(unique_name)
+    assert {row["name"]: row["content_type"] for row in rows} == {
+        "plain": "text/plain", "spaced": "text/plain;charset=UTF-8",
+        "several": 'text/html ;level=1;q="a; b";flag=',
+        "slashed": "application/x-thing;path=a"}
+    for name, content_type in stored.items():
+        assert conn.head_object(unique_name, name)["content-type"] == content_type
+    async with http.get(f"{account.url}/{unique_name}", params={"format": "xml"},
+                        headers=account.headers()) as resp:
+        assert "<content_type>text/plain;charset=UTF-8</content_type>" in await resp.text()
+    # a link's own type is listed the same way, and its target survives in full
+    status, _, _ = await _req(http, account, "PUT", f"/{unique_name}/link", b"",
+                              **{"X-Symlink-Target": f"{unique_name}/spaced",
+                                 "Content-Type": "text/x-link; a = 1"})
+    assert status == 201
+    _, rows = conn.get_container(unique_name, prefix="link")
+    assert rows[0]["content_type"] == "text/x-link;a=1"
+    assert rows[0]["symlink_path"].endswith(f"/{unique_name}/spaced")

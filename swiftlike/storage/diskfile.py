@@ -421,7 +421,7 @@ class ObjectWriter:
             raise
 
     def publish(self, invalidate: bool = True, cleanup: bool = True,
-                dir_made: bool = False) -> None:
+                dir_made: bool = False, defer_cleanup: bool = False) -> bool:
         """Group-commit step 2: rename the flushed temp file into place, drop old files.
 
         No fsync: the caller waits for the next device flush before acknowledging, which
@@ -431,7 +431,8 @@ class ObjectWriter:
         ``cleanup=False`` when the caller just created the hash directory (nothing in it
         can be obsolete); ``dir_made=True`` when the caller has made sure it exists.
         A hash directory this call creates is not cleaned either: a new object's
-        directory holds nothing but the file just published.
+        directory holds nothing but the file just published. ``defer_cleanup=True``
+        leaves the cleanup to the caller; returns whether one is due.
         """
         try:
             if not dir_made and make_object_dir(self.object_dir):
@@ -448,11 +449,12 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
         self.tmp_path = ""
-        if cleanup:
+        if cleanup and not defer_cleanup:
             cleanup_object_dir(self.object_dir)
         if invalidate:
             invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
                               os.path.basename(os.path.dirname(self.object_dir)))
+        return cleanup
 
     def _link_into_place(self) -> None:
         if self.anonymous:

@@ -49,6 +49,7 @@ from swiftlike.storage.object_headers import (
     row_fields,
     title_header,
 )
+from swiftlike.storage.obsolete_files import remove_files, remove_small_obsolete
 from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
@@ -212,7 +213,10 @@ class ObjectServer:
         except BaseException:
             await node.run_io(writer.abort)
             raise
-        await node.run_lookup(writer.publish)
+        if await node.run_lookup(writer.publish, defer_cleanup=True):
+            big = await node.run_lookup(remove_small_obsolete, object_dir)
+            if big:
+                await node.run_io(remove_files, object_dir, big)
         if before_flush is not None:
             await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now

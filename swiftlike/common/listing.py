@@ -56,6 +56,19 @@ def negotiate_listing(query: Mapping[str, str], accept: str | None
     return best[2], f"{best[1]}; charset=utf-8"
 
 
+def accepts_json(query: Mapping[str, str], accept: str | None) -> bool:
+    """Whether a request takes a JSON answer: ``format=json``, or (without a
+    ``format=``) an Accept header that rates ``application/json`` above 0. For what
+    Swift serves in JSON alone (a versions listing), anything else being 406.
+
+    ValueError for an Accept header that cannot be read (400).
+    """
+    named = (query.get("format") or "").strip().lower()
+    if named:
+        return named == "json"
+    return _quality(_accept_ranges(accept or "*/*"), "application/json") > 0
+
+
 def _accept_ranges(accept: str) -> list[tuple[str, str, float]]:
     ranges = []
     for item in accept.split(","):
@@ -196,10 +209,20 @@ def content_type_as_listed(content_type: str) -> str:
     return "".join(parts) + link + target
 
 
+#: what a row's stored etag carries after the object's md5 when the object is a static
+#: large object (the SLO middleware's container-update override, Swift's form)
+SLO_ETAG_PARAMETER = "; slo_etag="
+
+
 def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"name": entry["name"], "hash": entry["hash"], "bytes": entry["bytes"],
-            "content_type": content_type_as_listed(entry["content_type"]),
-            "last_modified": iso_last_modified(entry["created_at"])}
+    row = {"name": entry["name"], "hash": entry["hash"], "bytes": entry["bytes"],
+           "content_type": content_type_as_listed(entry["content_type"]),
+           "last_modified": iso_last_modified(entry["created_at"])}
+    etag, found, slo_etag = row["hash"].partition(SLO_ETAG_PARAMETER)
+    if found:  # as Swift lists a manifest: its own md5, and the large object's etag
+        row["hash"] = etag
+        row["slo_etag"] = f'"{slo_etag}"'
+    return row
 
 
 def _container_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -219,10 +242,16 @@ def render_listing(kind: str, owner: str, entries: list[dict[str, Any]], fmt: st
     return render_rows(kind, owner, rows, fmt)
 
 
+#: the fields of a container listing's XML rows, Swift's (the JSON rows' ``slo_etag``,
+#: ``symlink_path`` ... are not in its XML)
+XML_OBJECT_FIELDS = ("name", "hash", "bytes", "content_type", "last_modified")
+
+
 def render_rows(kind: str, owner: str, rows: list[dict[str, Any]], fmt: str
                 ) -> tuple[bytes, str]:
-    """(body, content type) of listing rows already in their client form (every field a
-    row has is shown, in order), or ``{"subdir": ...}`` roll-ups."""
+    """(body, content type) of listing rows already in their client form, or
+    ``{"subdir": ...}`` roll-ups. JSON shows every field a row has, in order; XML an
+    account row's every field, and a container row's :data:`XML_OBJECT_FIELDS`."""
     if fmt == "json":
         return json.dumps(rows).encode("utf-8"), CONTENT_TYPES["json"]
     if fmt == "xml":
@@ -240,8 +269,10 @@ def render_rows(kind: str, owner: str, rows: list[dict[str, Any]], fmt: str
                              f"<subdir name={name}><name>{escape(row['subdir'])}</name>"
                              "</subdir>")
                 continue
+            fields = row.items() if account else \
+                ((key, row[key]) for key in XML_OBJECT_FIELDS if key in row)
             inner = "".join(f"<{key}>{escape(_xml_text(value))}</{key}>"
-                            for key, value in row.items())
+                            for key, value in fields)
             parts.append(f"<{tag}>{inner}</{tag}>{end}")
         parts.append(f"</{kind}>")
         return "".join(parts).encode("utf-8"), CONTENT_TYPES["xml"]

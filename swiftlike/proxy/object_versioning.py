@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from swiftlike.common.listing import listing_format, render_rows
+from swiftlike.common.listing import accepts_json, render_rows
 from swiftlike.common.timestamp import Timestamp
 from swiftlike.proxy.info_generations import info_generations
 from swiftlike.proxy.mw_util import InfoCache, conf_section
@@ -211,6 +211,12 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
 
     async def list_versions(req: SwiftRequest, account: str,
                             container: str) -> SwiftResponse:
+        # as Swift's: versions are listed in JSON alone, anything else asked for is 406
+        try:
+            if not accepts_json(req.query, req.headers.get("Accept")):
+                return error_response(406)
+        except ValueError:
+            return error_response(400, "Invalid Accept header")
         version_marker = req.query.get("version_marker", "")
         if version_marker and not req.query.get("marker"):
             return error_response(400, "version_marker param requires marker")
@@ -279,14 +285,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                     entry.get("content_type") == DELETE_MARKER_TYPE
             last = name
         rows = _select_versions(entries, req.query, version_marker, limit)
-        # JSON unless another format is asked for by name: Swift lists versions in
-        # JSON only, whatever the Accept header
-        fmt = listing_format(req.query, req.headers.get("Accept")) \
-            if req.query.get("format") or "xml" in req.headers.get("Accept", "") \
-            or "text/plain" in req.headers.get("Accept", "") else "json"
-        body, ctype = render_rows("container", container, rows, fmt)
-        empty = not rows and fmt == "plain"  # an empty JSON or XML listing is 200, as Swift
-        resp = SwiftResponse(204 if empty else 200, dict(head.headers), b"" if empty else body)
+        body, ctype = render_rows("container", container, rows, "json")
+        resp = SwiftResponse(200, dict(head.headers), body)  # an empty one too: []
         resp.headers["Content-Type"] = ctype
         resp.headers.popall("Content-Length", None)
         resp.headers["X-Versions-Enabled"] = str(true_value(head.headers.get(ENABLED)))

@@ -51,6 +51,9 @@ SYSMETA_ETAG = "X-Object-Sysmeta-Slo-Etag"
 SYSMETA_SIZE = "X-Object-Sysmeta-Slo-Size"
 #: the object server lists the object with this size instead of the manifest's own
 LISTED_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
+#: the etag container rows keep: the manifest's md5 and, as a parameter, the SLO's etag
+#: (listed as ``hash`` and ``slo_etag``, see common.listing)
+LISTED_ETAG = "X-Object-Sysmeta-Container-Update-Override-Etag"
 ALLOWED_KEYS = {"path", "etag", "size_bytes", "range"}
 MAX_NESTING = 10
 
@@ -405,6 +408,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         headers[SYSMETA_ETAG] = etag
         headers[SYSMETA_SIZE] = str(total)
         headers[LISTED_SIZE] = str(total)  # listings show the object's size, as Swift's
+        headers[LISTED_ETAG] = f"{hashlib.md5(manifest).hexdigest()}; slo_etag={etag}"
         if not headers.get("Content-Type"):
             # as Swift: from the manifest's own name, never from a segment's type
             # (swiftclient's segments are application/swiftclient-segment)

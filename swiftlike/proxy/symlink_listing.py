@@ -68,6 +68,8 @@ async def list_with_links(app: Handler, req: SwiftRequest, account: str,
     fmt, negotiated_type = negotiated
     chosen_by_accept = not req.query.get("format")
     if fmt == "xml":
+        if "versions" in req.query:
+            return await app(req)  # listed in JSON alone: object_versioning answers 406
         req.query = {**req.query, "format": "json"}
     resp = await app(req)
     if resp.status != 200:

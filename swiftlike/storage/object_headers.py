@@ -35,6 +35,8 @@ INTERNAL_KEYS = {"name", body_io.BODY_CHECKSUM_KEY, CONTENT_TYPE_STAMP}
 OVERRIDE_SIZE = "X-Object-Sysmeta-Container-Update-Override-Size"
 #: ... and on the type it shows (symlink lists a link's target there, Swift's way)
 OVERRIDE_TYPE = "X-Object-Sysmeta-Container-Update-Override-Content-Type"
+#: ... and on the etag (an SLO manifest's md5 followed by ``; slo_etag=<etag>``)
+OVERRIDE_ETAG = "X-Object-Sysmeta-Container-Update-Override-Etag"
 
 
 def title_header(name: str) -> str:
@@ -58,7 +60,8 @@ def listed_size(metadata: dict[str, str]) -> str:
 
 def row_fields(metadata: dict[str, str]) -> dict[str, str]:
     """What a PUT's container row says of the object, from its stored metadata."""
-    return {"X-Size": listed_size(metadata), "X-Etag": metadata["ETag"],
+    return {"X-Size": listed_size(metadata),
+            "X-Etag": metadata.get(OVERRIDE_ETAG) or metadata["ETag"],
             "X-Content-Type": metadata.get(OVERRIDE_TYPE) or metadata["Content-Type"]}
 
 

@@ -4,7 +4,6 @@ the newer X-Versions-Enabled with version ids, delete markers and ?versions list
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from io import BytesIO
 
 import aiohttp
@@ -271,8 +270,9 @@ async def test_versions_listing_while_suspended_shows_the_null_version(api, uniq
 
 
 async def test_versions_listing_formats_delimiter_end_marker_and_reverse(api, unique_name):
-    """``?versions`` follows the plain listing's parameters: format=xml (and Accept),
-    delimiter roll-ups, end_marker and reverse."""
+    """``?versions`` follows the plain listing's parameters (delimiter roll-ups,
+    end_marker, reverse) but is JSON alone: any other format asked for, by name or by
+    Accept, is 406, as Swift 2.38.3 answers."""
     c = unique_name
     await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
     for name in ("d/x", "d/y", "e", "e"):
@@ -287,18 +287,25 @@ async def test_versions_listing_formats_delimiter_end_marker_and_reverse(api, un
     rows = await listing(api, c, versions="", reverse="true", marker="e")
     assert [r["name"] for r in rows] == ["d/y", "d/x"]
     for params, headers in (({"versions": "", "format": "xml"}, {}),
-                            ({"versions": ""}, {"Accept": "application/xml"})):
+                            ({"versions": "", "format": "plain"}, {}),
+                            ({"versions": ""}, {"Accept": "application/xml"}),
+                            ({"versions": ""}, {"Accept": "text/plain"})):
+        status, _, _ = await api.request("GET", c, params=params, headers=headers)
+        assert status == 406, (params, headers)
+    for params, headers in (({"versions": "", "format": "json"}, {}),
+                            ({"versions": ""}, {"Accept": "*/*"}),
+                            ({"versions": ""}, {"Accept": "application/xml, "
+                                                          "application/json;q=0.1"})):
         status, resp_headers, body = await api.request("GET", c, params=params,
                                                        headers=headers)
         assert status == 200
-        assert resp_headers["Content-Type"].startswith("application/xml")
-        root = ET.fromstring(body)
-        assert root.tag == "container" and root.get("name") == c
-        objects = root.findall("object")
-        assert [o.findtext("name") for o in objects] == ["d/x", "d/y", "e", "e"]
-        assert [o.findtext("is_latest") for o in objects] == ["true", "true", "true",
-                                                              "false"]
-        assert all(o.findtext("version_id") for o in objects)
+        assert resp_headers["Content-Type"].startswith("application/json")
+        rows = json.loads(body)
+        assert [r["name"] for r in rows] == ["d/x", "d/y", "e", "e"]
+        assert [r["is_latest"] for r in rows] == [True, True, True, False]
+    status, _, _ = await api.request("GET", c, params={"versions": ""},
+                                     headers={"Accept": "application/json;q=x"})
+    assert status == 400
 
 
 async def test_copy_of_a_version_restores_it(api, unique_name):

@@ -146,7 +146,12 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         resp = await app(req)
         if not (resp.is_success and is_slo(resp.headers)):
             return resp
-        resp.headers["Content-Type"] = "application/json; charset=utf-8"
+        if req.query.get("format") == "raw":
+            # as Swift: the PUT form answers with the object's own type, not JSON's
+            resp.headers["Content-Type"] = resp.headers.get(
+                "Content-Type") or "application/octet-stream"
+        else:
+            resp.headers["Content-Type"] = "application/json; charset=utf-8"
         if req.query.get("format") == "raw" and req.method == "GET":
             rows = json.loads(await resp.read())
             raw = json.dumps([_raw_row(row) for row in rows]).encode()

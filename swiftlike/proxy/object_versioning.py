@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from swiftlike.common.listing import accepts_json, render_rows
 from swiftlike.common.timestamp import Timestamp
@@ -144,8 +145,21 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                     return await versioned_put(req, account, container, obj)
                 return await versioned_delete(req, account, container, obj)
         resp = await app(req)
-        if req.method in ("GET", "HEAD") and resp.headers.get(VERSION_ID):
-            resp.headers["X-Object-Version-Id"] = resp.headers[VERSION_ID]
+        if req.method in ("GET", "HEAD"):
+            version_id = resp.headers.get(VERSION_ID)
+            if version_id:
+                # as Swift: where this version can be read again, whatever comes later
+                resp.headers["X-Object-Version-Id"] = version_id
+                resp.headers["Content-Location"] = \
+                    f"{quote(req.path.encode('utf-8', 'surrogateescape'))}" \
+                    f"?version-id={version_id}"
+            elif resp.status == 404:
+                # as Swift: a versioned container's missing object (a delete marker,
+                # never written) is "null"; only looked up for a miss, not every read
+                info = await container_info.container(req, account, container)
+                if info["status"] // 100 == 2 and true_value(
+                        info["sysmeta"].get("versions-enabled")):
+                    resp.headers["X-Object-Version-Id"] = NULL
         return resp
 
     # ---------------------------------------------------------------- containers

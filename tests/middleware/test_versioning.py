@@ -386,3 +386,34 @@ def test_swiftclient_delete_with_versions_empties_an_unversioned_container(swift
         assert sum(1 for r in results if r["action"] == "delete_object") == 5
         with pytest.raises(SwiftError, match="not found"):
             svc.stat(container=c)  # the container went too
+
+
+async def test_a_read_says_where_its_version_stays(api, unique_name):
+    """As Swift 2.38.3: a GET/HEAD of a versioned object names its version in
+    ``Content-Location``; a miss in a versioned container (behind a delete marker) is
+    version "null"; a plain container's reads carry neither."""
+    c = unique_name
+    await api.request("PUT", c, headers={"X-Versions-Enabled": "true"})
+    name = "d\u00e9j\u00e0 vu/o"
+    _, headers, _ = await api.request("PUT", f"{c}/{name}", data=b"one")
+    vid = headers["X-Object-Version-Id"]
+    account = api.url.rsplit("/", 1)[1]
+    for method in ("GET", "HEAD"):
+        status, headers, _ = await api.request(method, f"{c}/{name}")
+        assert status == 200
+        assert headers["X-Object-Version-Id"] == vid
+        assert headers["Content-Location"] == \
+            f"/v1/{account}/{c}/d%C3%A9j%C3%A0%20vu/o?version-id={vid}"
+    await api.request("PUT", f"{c}/{name}", data=b"two")
+    status, _, body = await api.request("GET", f"{c}/{name}", params={"version-id": vid})
+    assert (status, body) == (200, b"one")  # the location still reads that version
+    await api.request("DELETE", f"{c}/{name}")
+    status, headers, _ = await api.request("GET", f"{c}/{name}")
+    assert status == 404 and headers["X-Object-Version-Id"] == "null"
+    plain = f"{c}-plain"
+    await api.request("PUT", plain)
+    await api.request("PUT", f"{plain}/o", data=b"x")
+    _, headers, _ = await api.request("GET", f"{plain}/o")
+    assert "Content-Location" not in headers and "X-Object-Version-Id" not in headers
+    status, headers, _ = await api.request("GET", f"{plain}/missing")
+    assert status == 404 and "X-Object-Version-Id" not in headers

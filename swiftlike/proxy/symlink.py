@@ -45,6 +45,10 @@ TARGET_ETAG = "X-Object-Sysmeta-Symlink-Target-Etag"
 TARGET_BYTES = "X-Object-Sysmeta-Symlink-Target-Bytes"
 FORM_ERROR = "X-Symlink-Target header must be of the form <container name>/<object name>"
 DEFAULT_TYPE = "application/symlink"
+#: the etag a link's container row keeps (slo's name for it): a static link to a large
+#: object lists the link's own md5 (of no bytes) and, as a parameter, the SLO's etag
+LISTED_ETAG = "X-Object-Sysmeta-Container-Update-Override-Etag"
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 
 def _target_of(headers: CIMultiDict[str] | object, account: str) -> tuple[str, str] | None:
@@ -126,7 +130,10 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             checked = await check_static(req, target_account or account, target_text)
             if isinstance(checked, SwiftResponse):
                 return checked
-            headers[TARGET_ETAG], headers[TARGET_BYTES], target_type = checked
+            headers[TARGET_ETAG], headers[TARGET_BYTES], target_type, slo_etag = checked
+            if slo_etag:
+                # as Swift: a static link to a large object is listed with its slo_etag
+                headers[LISTED_ETAG] = f"{EMPTY_MD5}; slo_etag={slo_etag}"
             if not req.headers.get("Content-Type"):
                 headers["Content-Type"] = target_type
         if not headers.get("Content-Type"):
@@ -169,13 +176,17 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                              b"POST directly to the target to apply requested metadata.")
 
     async def check_static(req: SwiftRequest, account: str,
-                           target: str) -> tuple[str, str, str] | SwiftResponse:
+                           target: str) -> tuple[str, str, str, str] | SwiftResponse:
+        """(etag, size, type, SLO etag or "") of a static link's target, or the 409 that
+        refuses the link (naming the target in ``Content-Location``, as Swift does)."""
         wanted = strip_etag(req.headers["X-Symlink-Target-Etag"])
+        location = {"Content-Location": quote(f"/v1/{account}/{target}")}
         head = await app(internal_subrequest(req, "HEAD", f"/v1/{account}/{target}",
                                              source=SOURCE))
         discard(head)
         if head.status == 404:
-            return error_response(409, f"X-Symlink-Target does not exist: {quote(target)}")
+            return error_response(409, f"X-Symlink-Target does not exist: {quote(target)}",
+                                  headers=location)
         if not head.is_success:
             return error_response(head.status if head.status in (401, 403) else 409,
                                   f"Unable to check the symlink target ({head.status})")
@@ -191,12 +202,14 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                        else head.headers.get("Content-Length", "0"))
         if etag != wanted:
             return error_response(409, f'Object Etag "{etag}" does not match '
-                                  f'X-Symlink-Target-Etag header "{wanted}"')
+                                  f'X-Symlink-Target-Etag header "{wanted}"', headers=location)
         wanted_bytes = req.headers.get("X-Symlink-Target-Bytes")
         if wanted_bytes is not None and wanted_bytes.strip() != size:
             return error_response(409, f'Object Content-Length "{size}" does not match '
                                   f'X-Symlink-Target-Bytes header "{wanted_bytes}"')
-        return etag, size, head.headers.get("Content-Type", DEFAULT_TYPE)
+        slo_etag = strip_etag(head.headers.get("X-Object-Sysmeta-Slo-Etag")) \
+            if true_value(head.headers.get("X-Static-Large-Object")) else ""
+        return etag, size, head.headers.get("Content-Type", DEFAULT_TYPE), slo_etag or ""
 
     async def follow(req: SwiftRequest, account: str) -> SwiftResponse:
         if is_conditional(req):
@@ -233,7 +246,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                 if actual != pinned:
                     discard(resp)
                     return error_response(409, f'Object Etag "{actual}" does not match '
-                                          f'X-Symlink-Target-Etag header "{pinned}"')
+                                          f'X-Symlink-Target-Etag header "{pinned}"',
+                                          headers={"Content-Location": location})
             resp.headers["Content-Location"] = location
         return resp
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from urllib.parse import quote
 
@@ -270,3 +271,40 @@ async def test_links_are_listed_with_their_targets(account, unique_name, http):
     assert "symlink_path" not in text and "symlink_target=" not in text
     async with http.get(f"{account.url}/{unique_name}", headers=account.headers()) as resp:
         assert (await resp.text()).split("\n")[:4] == ["far", "link", "static", "target obj"]
+
+
+async def test_static_links_name_their_target_and_list_a_large_objects_etag(
+        account, unique_name, http):
+    """As Swift 2.38.3: a static link refused (or followed) for a target that does not
+    match says which target in ``Content-Location``; a static link to an SLO is listed
+    with the SLO's ``slo_etag`` beside its own md5."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "s0", b"a" * 1024 * 1024)
+    conn.put_object(unique_name, "s1", b"b")
+    manifest = json.dumps([{"path": f"{unique_name}/s0"}, {"path": f"{unique_name}/s1"}])
+    conn.put_object(unique_name, "slo", manifest, query_string="multipart-manifest=put")
+    head = conn.head_object(unique_name, "slo")
+    conn.put_object(unique_name, "link", b"", headers={
+        "X-Symlink-Target": f"{unique_name}/slo",
+        "X-Symlink-Target-Etag": head["x-manifest-etag"]})
+    for target in ("s1", "missing"):
+        async with http.put(f"{account.url}/{unique_name}/bad", data=b"", headers={
+                **account.headers(), "X-Symlink-Target": f"{unique_name}/{target}",
+                "X-Symlink-Target-Etag": "nope"}) as resp:
+            assert resp.status == 409
+            assert resp.headers["Content-Location"] == \
+                f"/v1/{account.url.rsplit('/', 1)[1]}/{unique_name}/{target}"
+    rows = {row["name"]: row for row in conn.get_container(unique_name)[1]}
+    assert rows["link"]["hash"] == "d41d8cd98f00b204e9800998ecf8427e"
+    assert rows["link"]["slo_etag"] == head["etag"]
+    assert rows["link"]["symlink_etag"] == head["x-manifest-etag"]
+    assert rows["link"]["symlink_bytes"] == 1024 * 1024 + 1
+    conn.put_object(unique_name, "pinned", b"", headers={
+        "X-Symlink-Target": f"{unique_name}/s1",
+        "X-Symlink-Target-Etag": hashlib.md5(b"b").hexdigest()})
+    conn.put_object(unique_name, "s1", b"changed")
+    async with http.get(f"{account.url}/{unique_name}/pinned",
+                        headers=account.headers()) as resp:
+        assert resp.status == 409
+        assert resp.headers["Content-Location"].endswith(f"/{unique_name}/s1")

@@ -64,9 +64,6 @@ from swiftlike.storage.updates import (
 
 LOG = logging.getLogger(__name__)
 
-#: what a 304, 412 or 416 answer carries about the object
-_DESCRIBING = ("ETag", "Last-Modified", "X-Timestamp", "X-Backend-Timestamp",
-               "Content-Type", "Accept-Ranges")
 READ_BATCH = 1024 * 1024  # bytes per read (and, when not cached, thread hop) of a GET
 #: A whole-object GET of at least this many bytes that misses the page cache reads the
 #: rest with O_DIRECT (with [node] direct_io): see direct_read.
@@ -316,9 +313,10 @@ class ObjectServer:
         last_modified = math.ceil(opened.newest_timestamp.timestamp)
         verdict = evaluate_conditions(request.headers, opened.metadata.get("ETag"),
                                       last_modified)
-        # as Swift's: a refusal still describes the object (a cache revalidating, or a
-        # client that asked for the wrong range, learns what is there)
-        described = {k: headers[k] for k in _DESCRIBING if k in headers}
+        # as Swift's: a refusal still describes the object, with every header a GET
+        # would have (metadata too) but the length (a cache revalidating, or a client
+        # that asked for the wrong range, learns what is there)
+        described = {k: v for k, v in headers.items() if k != "Content-Length"}
         if verdict == 304:
             return web.Response(status=304, headers=described)
         if verdict == 412:

@@ -232,7 +232,9 @@ async def test_refused_conditions_and_ranges_still_describe_the_object(http, acc
                                                                        unique_name):
     c = f"/{unique_name}"
     await _req(http, account, "PUT", c)
-    await _req(http, account, "PUT", f"{c}/o", b"x" * 100, **{"Content-Type": "text/x-doc"})
+    await _req(http, account, "PUT", f"{c}/o", b"x" * 100, **{
+        "Content-Type": "text/x-doc", "Content-Disposition": "inline",
+        "X-Object-Meta-Color": "blue", "X-Delete-After": "1000"})
     status, headers, _ = await _req(http, account, "GET", f"{c}/o", **{"If-Match": '"nope"'})
     assert status == 412
     for name in ("ETag", "Last-Modified", "X-Timestamp"):
@@ -241,6 +243,13 @@ async def test_refused_conditions_and_ranges_still_describe_the_object(http, acc
     status, headers, _ = await _req(http, account, "GET", f"{c}/o", Range="bytes=200-")
     assert status == 416 and headers["Content-Range"] == "bytes */100"
     assert "ETag" in headers and headers["Accept-Ranges"] == "bytes"
+    # with the object's metadata too (Swift 2.38.3), on 304, 412 and 416 alike
+    for condition in ({"If-None-Match": "*"}, {"If-Match": '"nope"'},
+                      {"Range": "bytes=200-"}):
+        status, headers, _ = await _req(http, account, "GET", f"{c}/o", **condition)
+        assert status in (304, 412, 416)
+        assert headers["X-Object-Meta-Color"] == "blue", condition
+        assert headers["Content-Disposition"] == "inline" and "X-Delete-At" in headers
 
 
 async def test_a_dlo_asked_for_several_ranges_answers_whole(http, account, unique_name):

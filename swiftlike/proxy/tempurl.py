@@ -317,11 +317,11 @@ class TempURL:
 
     @staticmethod
     def _invalid(req: SwiftRequest) -> SwiftResponse:
-        body = b"" if req.method == "HEAD" else b"Temp URL invalid\n"
-        resp = SwiftResponse(401, {"Content-Type": "text/plain"}, body)
-        if req.method == "HEAD":
-            resp.content_length = len(b"Temp URL invalid\n")
-        resp.headers["Www-Authenticate"] = 'Temp URL realm="tempurl"'
+        """Swift 2.38.3's answer, byte for byte but the ids: realm "unknown", a
+        one-line body (none, and a length of 0, for a HEAD)."""
+        body = b"" if req.method == "HEAD" else b"401 Unauthorized: Temp URL invalid\n"
+        resp = SwiftResponse(401, {"Content-Type": "text/html; charset=UTF-8"}, body)
+        resp.headers["Www-Authenticate"] = 'Swift realm="unknown"'
         return resp
 
 

@@ -215,7 +215,8 @@ SLO_ETAG_PARAMETER = "; slo_etag="
 
 
 def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    row = {"name": entry["name"], "hash": entry["hash"], "bytes": entry["bytes"],
+    # Swift's key order (clients may compare bytes)
+    row = {"bytes": entry["bytes"], "hash": entry["hash"], "name": entry["name"],
            "content_type": content_type_as_listed(entry["content_type"]),
            "last_modified": iso_last_modified(entry["created_at"])}
     etag, found, slo_etag = row["hash"].partition(SLO_ETAG_PARAMETER)

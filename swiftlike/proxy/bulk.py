@@ -14,7 +14,6 @@ loop, and hands each member's bytes back chunk by chunk to an object PUT.
 from __future__ import annotations
 
 import asyncio
-import json
 import tarfile
 import threading
 import zlib
@@ -24,6 +23,7 @@ from urllib.parse import quote, unquote
 
 from swiftlike.proxy.mw_util import best_accept, conf_section, status_line
 from swiftlike.proxy.pipeline import Handler, SwiftRequest, SwiftResponse, info_registry
+from swiftlike.proxy.subrequest import bulk_json
 
 ACCEPTABLE_FORMATS = ["text/plain", "application/json", "application/xml", "text/xml"]
 ARCHIVE_TYPES = {"tar": "", "tar.gz": "gz", "tar.bz2": "bz2"}
@@ -45,9 +45,7 @@ def report_body(out_type: str, fields: dict[str, Any], errors: list[list[str]],
                 root_tag: str) -> bytes:
     """Swift's bulk report in the negotiated format."""
     if out_type == "application/json":
-        data = dict(fields)
-        data["Errors"] = errors
-        return json.dumps(data).encode()
+        return bulk_json(fields, errors)
     if out_type.endswith("/xml"):
         out = [f"<{root_tag}>\n"]
         for key in sorted(fields):

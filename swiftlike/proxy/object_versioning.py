@@ -299,7 +299,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
                     entry.get("content_type") == DELETE_MARKER_TYPE
             last = name
         rows = _select_versions(entries, req.query, version_marker, limit)
-        body, ctype = render_rows("container", container, rows, "json")
+        body, ctype = render_rows("container", container, [_swift_order(row) for row in rows],
+                                  "json")
         resp = SwiftResponse(200, dict(head.headers), body)  # an empty one too: []
         resp.headers["Content-Type"] = ctype
         resp.headers.popall("Content-Length", None)
@@ -483,6 +484,19 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         return resp
 
     return object_versioning
+
+
+#: a versions listing row's keys in Swift's order (the rest, symlink fields, after)
+_VERSION_ROW_KEYS = ("bytes", "hash", "name", "content_type", "last_modified", "is_latest",
+                     "version_id")
+
+
+def _swift_order(row: dict[str, Any]) -> dict[str, Any]:
+    if "subdir" in row:
+        return row
+    ordered = {key: row[key] for key in _VERSION_ROW_KEYS if key in row}
+    ordered.update((key, value) for key, value in row.items() if key not in ordered)
+    return ordered
 
 
 def _select_versions(entries: list[tuple[str, float, dict[str, Any]]],

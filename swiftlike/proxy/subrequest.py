@@ -276,13 +276,21 @@ def pick_output_format(accept: str | None, query_format: str | None = None) -> s
     return "text/plain"
 
 
+def bulk_json(fields: dict[str, Any], errors: list[list[str]]) -> bytes:
+    """A bulk report in JSON with Swift's key order: the status and body, the counts,
+    then the errors."""
+    data = {key: fields[key] for key in ("Response Status", "Response Body")
+            if key in fields}
+    data.update((key, value) for key, value in sorted(fields.items()) if key not in data)
+    data["Errors"] = errors
+    return json.dumps(data).encode()
+
+
 def bulk_body(out_type: str, fields: dict[str, Any], errors: list[list[str]],
               root_tag: str = "delete") -> bytes:
     """A body shaped like Swift's bulk responses (used by SLO PUT and delete)."""
     if out_type == "application/json":
-        data = dict(fields)
-        data["Errors"] = errors
-        return json.dumps(data).encode()
+        return bulk_json(fields, errors)
     if out_type.endswith("/xml"):
         parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<{root_tag}>\n']
         for key in sorted(fields):

@@ -275,7 +275,10 @@ def render_rows(kind: str, owner: str, rows: list[dict[str, Any]], fmt: str
             inner = "".join(f"<{key}>{escape(_xml_text(value))}</{key}>"
                             for key, value in fields)
             parts.append(f"<{tag}>{inner}</{tag}>{end}")
-        parts.append(f"</{kind}>")
+        if not rows and not account:  # as Swift's XML writer closes an empty element
+            parts[-1] = f"<{kind} name={quoteattr(owner)} />"
+        else:
+            parts.append(f"</{kind}>")
         return "".join(parts).encode("utf-8"), CONTENT_TYPES["xml"]
     names = [row.get("subdir") or row["name"] for row in rows]
     body = "".join(name + "\n" for name in names)

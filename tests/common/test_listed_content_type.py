@@ -52,3 +52,11 @@ def test_listing_keeps_the_main_type_and_is_stable(stored):
     assert listed.split(";", 1)[0] == stored.split(";", 1)[0]
     assert content_type_as_listed(listed) == listed
     assert "; " not in listed.split(";", 1)[-1].split('"')[0]
+
+
+def test_an_empty_container_xml_listing_is_one_empty_element():
+    """As Swift 2.38.3 writes it; an account's keeps its line break inside."""
+    body, _ = render_listing("container", "c&d", [], "xml")
+    assert body == b'<?xml version="1.0" encoding="UTF-8"?>\n<container name="c&amp;d" />'
+    body, _ = render_listing("account", "AUTH_t", [], "xml")
+    assert body.endswith(b'<account name="AUTH_t">\n</account>')

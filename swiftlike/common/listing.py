@@ -204,8 +204,11 @@ def content_type_as_listed(content_type: str) -> str:
     main, _, parameters = own.partition(";")
     parts = [main]
     for key, value in _PARAMETER.findall(";" + parameters):
-        if key.strip() != "swift_bytes":
-            parts.append(f";{key.strip()}={value.strip()}")
+        key = key.strip()
+        # a client's own symlink_target* parameter is left out: re-assembled without
+        # its spaces it would read as a link's (whose parameters follow LINK_PARAMETERS)
+        if key != "swift_bytes" and not key.startswith("symlink_target"):
+            parts.append(f";{key}={value.strip()}")
     return "".join(parts) + link + target
 
 

@@ -225,12 +225,6 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
 
     async def list_versions(req: SwiftRequest, account: str,
                             container: str) -> SwiftResponse:
-        # as Swift's: versions are listed in JSON alone, anything else asked for is 406
-        try:
-            if not accepts_json(req.query, req.headers.get("Accept")):
-                return error_response(406)
-        except ValueError:
-            return error_response(400, "Invalid Accept header")
         version_marker = req.query.get("version_marker", "")
         if version_marker and not req.query.get("marker"):
             return error_response(400, "version_marker param requires marker")
@@ -243,6 +237,13 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         head = await container_headers(app, req, account, container, source=SOURCE)
         if not head.is_success:
             return error_response(head.status)
+        # as Swift's: versions are listed in JSON alone, anything else asked for is 406
+        # (once the container is known to be there and readable: 404 and 401 first)
+        try:
+            if not accepts_json(req.query, req.headers.get("Accept")):
+                return error_response(406)
+        except ValueError:
+            return error_response(400, "Invalid Accept header")
         status, archived = await list_container(
             app, req, account, archive_container(container), source=SOURCE)
         if status not in (200, 404):
@@ -257,8 +258,8 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             if parsed is None:
                 continue
             obj, vid, _null = parsed
-            entry = {k: row[k] for k in ("hash", "bytes", "content_type", "last_modified")
-                     if k in row}
+            entry = {k: row[k] for k in ("hash", "bytes", "content_type", "last_modified",
+                                         "slo_etag") if k in row}
             entry.update(name=obj, version_id=vid)
             stamp = _inverted(row["name"])
             entries.append((obj, stamp, entry))

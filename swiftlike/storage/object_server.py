@@ -49,7 +49,11 @@ from swiftlike.storage.object_headers import (
     row_fields,
     title_header,
 )
-from swiftlike.storage.obsolete_files import remove_files, remove_small_obsolete
+from swiftlike.storage.obsolete_files import (
+    invalidate_object_suffix,
+    remove_files,
+    remove_small_obsolete,
+)
 from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
@@ -210,10 +214,12 @@ class ObjectServer:
         except BaseException:
             await node.run_io(writer.abort)
             raise
-        if await node.run_lookup(writer.publish, defer_cleanup=True):
+        if await node.run_lookup(writer.publish, invalidate=False, defer_cleanup=True):
             big = await node.run_lookup(remove_small_obsolete, object_dir)
             if big:
                 await node.run_io(remove_files, object_dir, big)
+        # last, after the cleanup: see obsolete_files.invalidate_object_suffix
+        await node.run_lookup(invalidate_object_suffix, object_dir)
         if before_flush is not None:
             await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now

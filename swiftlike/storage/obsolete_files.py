@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from swiftlike.storage.diskfile import SIDECAR_EXT, gather_ondisk_files
+from swiftlike.storage.hashes import invalidate_suffix
 
 #: obsolete files with more than this many bytes allocated are unlinked off the loop
 INLINE_UNLINK_BYTES = 256 * 1024
@@ -47,3 +48,11 @@ def remove_files(object_dir: str, names: list[str]) -> None:
                 os.unlink(os.path.join(object_dir, victim))
             except FileNotFoundError:
                 pass
+
+
+def invalidate_object_suffix(object_dir: str) -> None:
+    """Record that ``object_dir``'s suffix changed: called after its obsolete files are
+    gone, so a rehash that ran between the publish and the unlinks (and counted the old
+    file) is not the last word on the suffix."""
+    suffix_dir = os.path.dirname(object_dir)
+    invalidate_suffix(os.path.dirname(suffix_dir), os.path.basename(suffix_dir))

@@ -505,3 +505,35 @@ async def test_an_slo_is_listed_with_its_manifest_md5_and_its_slo_etag(http, acc
     assert "slo_etag" not in rows["flat"]
     whole = hashlib.md5(b"a" * 1024 * 1024 + b"b" * 10).hexdigest()
     assert (rows["flat"]["hash"], rows["flat"]["bytes"]) == (whole, 1024 * 1024 + 10)
+
+
+async def test_a_versions_listing_refuses_its_format_only_once_readable(http, account,
+                                                                       unique_name):
+    """As Swift: 404 for a missing container and 401 without a token come before the
+    406 of a versions listing asked for in XML."""
+    async with http.get(f"{account.url}/{unique_name}-nope",
+                        params={"versions": "", "format": "xml"},
+                        headers=account.headers()) as resp:
+        assert resp.status == 404, resp.status
+    await _req(http, account, "PUT", f"/{unique_name}")
+    async with http.get(f"{account.url}/{unique_name}",
+                        params={"versions": "", "format": "xml"}) as resp:
+        assert resp.status == 401, resp.status
+
+
+async def test_a_versions_listing_shows_an_slos_slo_etag(http, account, unique_name):
+    """Swift's slo middleware adds slo_etag to every JSON listing, versions included."""
+    c, segs = unique_name, f"{unique_name}-segs"
+    await _req(http, account, "PUT", f"/{c}", **{"X-Versions-Enabled": "true"})
+    await _req(http, account, "PUT", f"/{segs}")
+    await _req(http, account, "PUT", f"/{segs}/s1", b"a" * (1 << 20))
+    manifest = json.dumps([{"path": f"/{segs}/s1"}]).encode()
+    st, _, _ = await _req(http, account, "PUT", f"/{c}/big?multipart-manifest=put", manifest)
+    assert st == 201
+    async with http.get(f"{account.url}/{c}", params={"format": "json"},
+                        headers=account.headers()) as resp:
+        assert "slo_etag" in (await resp.json())[0]
+    async with http.get(f"{account.url}/{c}", params={"format": "json", "versions": ""},
+                        headers=account.headers()) as resp:
+        rows = await resp.json()
+    assert rows and all("slo_etag" in r for r in rows), rows

@@ -308,3 +308,18 @@ async def test_static_links_name_their_target_and_list_a_large_objects_etag(
                         headers=account.headers()) as resp:
         assert resp.status == 409
         assert resp.headers["Content-Location"].endswith(f"/{unique_name}/s1")
+
+
+async def test_a_clients_own_symlink_parameter_never_lists_as_a_link(account, unique_name,
+                                                                      http):
+    """A plain object whose type has a ``symlink_target`` parameter of the client's
+    (spaced or not) is no link: the parameter is left out of its listed type."""
+    conn = account.conn()
+    conn.put_container(unique_name)
+    conn.put_object(unique_name, "o", b"hi",
+                    content_type="text/plain; symlink_target=other/x; a=1")
+    row = conn.get_container(unique_name)[1][0]
+    assert "symlink_path" not in row
+    assert row["content_type"] == "text/plain;a=1"
+    assert conn.head_object(unique_name, "o")["content-type"] == \
+        "text/plain; symlink_target=other/x; a=1"

@@ -13,6 +13,7 @@ import threading
 import aiohttp
 
 from swiftlike.storage import object_server, obsolete_files
+from swiftlike.storage.hashes import get_suffix_hashes, hash_suffix_dir
 from swiftlike.storage.obsolete_files import remove_small_obsolete
 from tests.storage.test_parked_rows import node  # noqa: F401  (fixture)
 
@@ -77,3 +78,22 @@ async def test_a_delete_unlinks_a_big_object_off_the_event_loop(node, ts, monkey
         delete_at, files = await _put_then_delete(session, node, b"small", ts)
         assert files == [f"{delete_at}.ts"]
         assert threads == [False]
+
+
+async def test_the_suffix_is_invalidated_after_the_old_file_is_gone(node, ts,  # noqa: F811
+                                                                   monkeypatch):
+    """A rehash (a peer's REPLICATE, in the io pool) landing between the publish and the
+    deferred unlink counts the old file; the suffix must be marked changed after the
+    unlink, or the cached hash would name a file that is gone."""
+    real = obsolete_files.remove_files
+
+    def rehash_first(object_dir: str, names: list[str]) -> None:
+        get_suffix_hashes(node.sda, "4")
+        real(object_dir, names)
+
+    monkeypatch.setattr(object_server, "remove_files", rehash_first)
+    async with aiohttp.ClientSession() as session:
+        await _put_then_delete(session, node, os.urandom(2 << 20), ts)
+    cached = get_suffix_hashes(node.sda, "4")
+    suffix = next(iter(cached))
+    assert cached[suffix] == hash_suffix_dir(os.path.join(node.sda, "objects", "4", suffix))

@@ -68,8 +68,10 @@ async def test_object_writes_are_spaced_and_498_past_max_sleep() -> None:
     allowed = statuses.count(201)
     assert 5 <= allowed <= 8, statuses
     assert elapsed >= 0.2
-    gaps = [b - a for a, b in zip(core.writes, core.writes[1:], strict=False)]
-    assert min(gaps) > 0.03, gaps
+    # spread over at least their booked 50 ms each (a loaded machine can wake two late
+    # sleepers together, so single gaps prove nothing; the span only grows under load)
+    span = core.writes[-1] - core.writes[0]
+    assert span >= 0.05 * (len(core.writes) - 1) * 0.9, core.writes
     # another container has its own clock; reads are never limited
     assert (await limiter(put("/v1/AUTH_a/other/o"))).status == 201
     assert (await limiter(SwiftRequest("GET", "/v1/AUTH_a/c/o0"))).status == 204

@@ -76,7 +76,7 @@ from swiftlike.storage.durable_io import (  # noqa: F401  (re-exported for calle
     write_sidecar,
 )
 from swiftlike.storage.durable_io import fsync_dir as _fsync_dir
-from swiftlike.storage.hashes import invalidate_suffix
+from swiftlike.storage.hashes import invalidate_object_dir
 from swiftlike.storage.object_headers import merge_post_metadata
 
 #: How much of a large body is written before the disk is asked to start on it.
@@ -391,8 +391,7 @@ class ObjectWriter:
                 raise DiskFull(str(err)) from err
             raise
         cleanup_object_dir(self.object_dir)
-        invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
-                          os.path.basename(os.path.dirname(self.object_dir)))
+        invalidate_object_dir(self.object_dir)
 
     def seal(self, timestamp: Timestamp, ext: str, metadata: dict[str, str]) -> None:
         """Group-commit step 1: attach metadata and close the temp file, no fsync.
@@ -452,8 +451,7 @@ class ObjectWriter:
         if cleanup and not defer_cleanup:
             cleanup_object_dir(self.object_dir)
         if invalidate:
-            invalidate_suffix(os.path.dirname(os.path.dirname(self.object_dir)),
-                              os.path.basename(os.path.dirname(self.object_dir)))
+            invalidate_object_dir(self.object_dir)
         return cleanup
 
     def _link_into_place(self) -> None:
@@ -490,13 +488,19 @@ class ObjectWriter:
 def cleanup_object_dir(object_dir: str) -> OnDiskState:
     """Delete files a newer .data/.ts made obsolete (and their sidecars)."""
     state = gather_ondisk_files(object_dir)
-    for name in state.obsolete:
+    remove_files(object_dir, state.obsolete)
+    return state
+
+
+def remove_files(object_dir: str, names: list[str]) -> None:
+    """Unlink ``names`` (and their sidecars) from ``object_dir``; missing ones are fine
+    (another writer's cleanup may have taken them first)."""
+    for name in names:
         for victim in (name, name + SIDECAR_EXT):
             try:
                 os.unlink(os.path.join(object_dir, victim))
             except FileNotFoundError:
                 pass
-    return state
 
 
 def write_whole_object(device_path: str, object_dir: str, body: bytes, timestamp: Timestamp,
@@ -536,8 +540,7 @@ def quarantine_object_dir(device_path: str, object_dir: str) -> str:
     if target is None:
         return os.path.join(device_path, "quarantined", "objects",
                             os.path.basename(object_dir))
-    suffix_dir = os.path.dirname(object_dir)
-    invalidate_suffix(os.path.dirname(suffix_dir), os.path.basename(suffix_dir))
+    invalidate_object_dir(object_dir)
     return target
 
 

@@ -43,6 +43,13 @@ def invalidate_suffix(partition_dir: str, suffix: str) -> None:
     invalidate_suffixes(partition_dir, (suffix,))
 
 
+def invalidate_object_dir(object_dir: str) -> None:
+    """:func:`invalidate_suffix` for the suffix a hash directory
+    (``<partition>/<suffix>/<hash>``) lies in."""
+    suffix_dir = os.path.dirname(object_dir)
+    invalidate_suffixes(os.path.dirname(suffix_dir), (os.path.basename(suffix_dir),))
+
+
 def invalidate_suffixes(partition_dir: str, suffixes: Iterable[str]) -> None:
     """:func:`invalidate_suffix` for several suffixes of one partition in one append.
 

@@ -37,6 +37,7 @@ from swiftlike.storage import body_io, diskfile
 from swiftlike.storage.direct_read import AlignedBuffers
 from swiftlike.storage.direct_write import ALIGNMENT
 from swiftlike.storage.expiring_queue import enqueue_expiring
+from swiftlike.storage.hashes import invalidate_object_dir
 from swiftlike.storage.node import StorageNode, error_response, request_timestamp
 from swiftlike.storage.object_headers import (
     CONTENT_TYPE_STAMP,
@@ -49,11 +50,7 @@ from swiftlike.storage.object_headers import (
     row_fields,
     title_header,
 )
-from swiftlike.storage.obsolete_files import (
-    invalidate_object_suffix,
-    remove_files,
-    remove_small_obsolete,
-)
+from swiftlike.storage.obsolete_files import remove_files, remove_small_obsolete
 from swiftlike.storage.routing import Route
 from swiftlike.storage.streamed_put import receive_streamed_body
 from swiftlike.storage.updates import (
@@ -218,8 +215,9 @@ class ObjectServer:
             big = await node.run_lookup(remove_small_obsolete, object_dir)
             if big:
                 await node.run_io(remove_files, object_dir, big)
-        # last, after the cleanup: see obsolete_files.invalidate_object_suffix
-        await node.run_lookup(invalidate_object_suffix, object_dir)
+        # last, after the cleanup: a rehash (a peer's REPLICATE) that ran between the
+        # publish and the unlinks counted the old file, and must not have the last word
+        await node.run_lookup(invalidate_object_dir, object_dir)
         if before_flush is not None:
             await before_flush(writer.final_path)
         await flusher.barrier()  # the rename and new directories durable: may ack now

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 
-from swiftlike.storage.diskfile import SIDECAR_EXT, gather_ondisk_files
-from swiftlike.storage.hashes import invalidate_suffix
+from swiftlike.storage.diskfile import gather_ondisk_files, remove_files
+
+__all__ = ["INLINE_UNLINK_BYTES", "remove_files", "remove_small_obsolete"]
 
 #: obsolete files with more than this many bytes allocated are unlinked off the loop
 INLINE_UNLINK_BYTES = 256 * 1024
@@ -38,21 +39,3 @@ def remove_small_obsolete(object_dir: str, inline_bytes: int = INLINE_UNLINK_BYT
             remove_files(object_dir, [name])
     return big
 
-
-def remove_files(object_dir: str, names: list[str]) -> None:
-    """Unlink ``names`` (and their sidecars) from ``object_dir``; missing ones are fine
-    (another writer's cleanup may have taken them first)."""
-    for name in names:
-        for victim in (name, name + SIDECAR_EXT):
-            try:
-                os.unlink(os.path.join(object_dir, victim))
-            except FileNotFoundError:
-                pass
-
-
-def invalidate_object_suffix(object_dir: str) -> None:
-    """Record that ``object_dir``'s suffix changed: called after its obsolete files are
-    gone, so a rehash that ran between the publish and the unlinks (and counted the old
-    file) is not the last word on the suffix."""
-    suffix_dir = os.path.dirname(object_dir)
-    invalidate_suffix(os.path.dirname(suffix_dir), os.path.basename(suffix_dir))

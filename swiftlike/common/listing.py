@@ -217,6 +217,12 @@ def content_type_as_listed(content_type: str) -> str:
 SLO_ETAG_PARAMETER = "; slo_etag="
 
 
+def etag_with_slo_etag(etag: str, slo_etag: str) -> str:
+    """The etag a container row keeps for a large object (or a static link to one):
+    listings split it back into ``hash`` and ``slo_etag``."""
+    return f"{etag}{SLO_ETAG_PARAMETER}{slo_etag}"
+
+
 def _object_entry(entry: dict[str, Any]) -> dict[str, Any]:
     # Swift's key order (clients may compare bytes)
     row = {"bytes": entry["bytes"], "hash": entry["hash"], "name": entry["name"],

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from multidict import CIMultiDict
 
 from swiftlike.common.http_util import evaluate_conditions, parse_http_date, quote_etag
+from swiftlike.common.listing import etag_with_slo_etag
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -146,13 +147,14 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         resp = await app(req)
         if not (resp.is_success and is_slo(resp.headers)):
             return resp
-        if req.query.get("format") == "raw":
+        raw_form = req.query.get("format") == "raw"
+        if raw_form:
             # as Swift: the PUT form answers with the object's own type, not JSON's
             resp.headers["Content-Type"] = resp.headers.get(
                 "Content-Type") or "application/octet-stream"
         else:
             resp.headers["Content-Type"] = "application/json; charset=utf-8"
-        if req.query.get("format") == "raw" and req.method == "GET":
+        if raw_form and req.method == "GET":
             rows = json.loads(await resp.read())
             raw = json.dumps([_raw_row(row) for row in rows]).encode()
             resp.body = raw
@@ -413,7 +415,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
         headers[SYSMETA_ETAG] = etag
         headers[SYSMETA_SIZE] = str(total)
         headers[LISTED_SIZE] = str(total)  # listings show the object's size, as Swift's
-        headers[LISTED_ETAG] = f"{hashlib.md5(manifest).hexdigest()}; slo_etag={etag}"
+        headers[LISTED_ETAG] = etag_with_slo_etag(hashlib.md5(manifest).hexdigest(), etag)
         if not headers.get("Content-Type"):
             # as Swift: from the manifest's own name, never from a segment's type
             # (swiftclient's segments are application/swiftclient-segment)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict
 
+from swiftlike.common.listing import etag_with_slo_etag
 from swiftlike.proxy.pipeline import (
     Handler,
     SwiftRequest,
@@ -133,7 +134,7 @@ def make_middleware(app: Handler, conf: dict) -> Handler:
             headers[TARGET_ETAG], headers[TARGET_BYTES], target_type, slo_etag = checked
             if slo_etag:
                 # as Swift: a static link to a large object is listed with its slo_etag
-                headers[LISTED_ETAG] = f"{EMPTY_MD5}; slo_etag={slo_etag}"
+                headers[LISTED_ETAG] = etag_with_slo_etag(EMPTY_MD5, slo_etag)
             if not req.headers.get("Content-Type"):
                 headers["Content-Type"] = target_type
         if not headers.get("Content-Type"):
